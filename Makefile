@@ -1,0 +1,64 @@
+# driftloop — every target sets up what it needs on a machine with only python3.
+# `make help` lists the targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+UV_VERSION := 0.13.9
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+PY := .venv/bin/python
+
+$(UV):
+	python3 -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --quiet
+	@touch $@
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+.PHONY: setup
+setup: .venv/.synced ## create .venv from the lock file (the other targets do this themselves)
+
+.PHONY: demo
+demo: .venv/.synced ## run the main job: the whole loop on the embedded stack
+	$(PY) -m libs.cli demo
+
+.PHONY: up
+up: .venv/.synced ## start the embedded stack and the services until Ctrl-C
+	$(PY) -m libs.cli up
+
+.PHONY: lint
+lint: .venv/.synced ## ruff (lint + format check) and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+.PHONY: test
+test: .venv/.synced ## lint, types, then every test (unit, integration, e2e) on the real stack
+	$(MAKE) --no-print-directory lint
+	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+.PHONY: test-unit
+test-unit: .venv/.synced ## only the fast unit tests
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: format
+format: .venv/.synced ## apply ruff's formatting and safe fixes
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+.PHONY: lock
+lock: $(UV) ## refresh uv.lock after changing dependencies
+	$(UV) lock
+
+.PHONY: clean
+clean: ## remove the virtual environments and local state
+	rm -rf .venv $(TOOLS) .driftloop .mypy_cache .ruff_cache .pytest_cache

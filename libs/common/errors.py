@@ -1,0 +1,93 @@
+"""One error hierarchy for HTTP answers and broker decisions.
+
+Every error the platform raises on purpose derives from :class:`DriftloopError`.
+It carries an HTTP status and renders itself as JSON, so an API never answers a
+stack trace; and it says whether retrying could help, so a Kafka consumer knows
+whether to back off and try again or to dead-letter the message at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class DriftloopError(Exception):
+    """Base error: an HTTP status, a machine-readable code and a human message."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    #: Whether the same input could succeed later (a database that is down) or
+    #: never will (a malformed event). Consumers retry only retryable errors.
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON body an HTTP API answers with."""
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details:
+            body["details"] = self.details
+        return body
+
+
+class BadRequest(DriftloopError):
+    status_code = 400
+    code = "bad_request"
+
+
+class NotFound(DriftloopError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(DriftloopError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(DriftloopError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class ValidationFailed(DriftloopError):
+    status_code = 422
+    code = "validation_failed"
+
+
+class InvalidEvent(DriftloopError):
+    """A Kafka message that is not a valid driftloop event; never retried."""
+
+    status_code = 422
+    code = "invalid_event"
+
+
+class TransientError(DriftloopError):
+    """A failure that may pass: a dependency is down or overloaded."""
+
+    status_code = 503
+    code = "unavailable"
+    retryable = True
+
+
+class MigrationError(DriftloopError):
+    code = "migration_error"
+
+
+class ArtifactError(DriftloopError):
+    code = "artifact_error"
+
+
+class ArtifactNotFound(ArtifactError, NotFound):
+    status_code = 404
+    code = "artifact_not_found"
+
+
+class ArtifactCorrupted(ArtifactError):
+    """The bytes read do not hash to the digest the artifact was stored under."""
+
+    status_code = 500
+    code = "artifact_corrupted"

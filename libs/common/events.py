@@ -1,0 +1,317 @@
+"""Every event on the bus, as a frozen pydantic model with one shared envelope.
+
+Names are in the past tense: an event states a fact that has happened. Schemas
+evolve by adding optional fields; a breaking change bumps ``schema_version`` of
+the class and registers an upcaster (:func:`register_upcaster`) that rewrites
+the older payload, so consumers only ever see the current shape.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from libs.common import topics
+from libs.common.errors import InvalidEvent
+from libs.common.schema import DatasetSchema
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class ArtifactRef(BaseModel):
+    """Where an artifact lives and the digest its bytes must match."""
+
+    model_config = ConfigDict(frozen=True)
+
+    uri: str = Field(description="URI of the artifact in the store.", examples=["file:///a/sha256/ab/ab12…"])
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the bytes.")
+    size: int = Field(ge=0, description="Size in bytes.")
+
+
+class Event(BaseModel):
+    """The envelope every event carries."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    #: The Kafka topic events of this class are published to.
+    topic: ClassVar[str]
+    #: The current schema version of the class; older payloads are upcast to it.
+    current_version: ClassVar[int] = 1
+
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4, description="Unique id; consumers dedupe on it.")
+    event_type: str = Field(description="Which event this is; selects the class.")
+    schema_version: int = Field(default=1, ge=1, description="Version of this event type's schema.")
+    occurred_at: datetime = Field(default_factory=_now, description="When the fact happened (UTC).")
+    producer: str = Field(description="Service that emitted the event.", examples=["ingest"])
+    correlation_id: str | None = Field(
+        default=None, description="Ties together the events of one chain (a batch and what it caused)."
+    )
+
+    def key(self) -> bytes:
+        """The Kafka key: events about one thing stay in order on one partition.
+
+        Concrete events key by what they are about (dataset, model); the
+        envelope's fallback spreads keyless events evenly.
+        """
+        return str(self.event_id).encode()
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class RecordsSubmitted(Event):
+    """Raw records pushed by an upstream system that does not use HTTP."""
+
+    topic: ClassVar[str] = topics.RECORDS_SUBMITTED
+    event_type: Literal["records.submitted"] = "records.submitted"
+    dataset: str = Field(description="Dataset the records belong to.")
+    entity_id: str | None = Field(default=None, description="Upstream entity; the message key.")
+    records: list[dict[str, Any]] = Field(min_length=1, description="Rows as column → value.")
+
+    def key(self) -> bytes:
+        return (self.entity_id or self.dataset).encode()
+
+
+class DataArrived(Event):
+    """A validated batch is stored and a new dataset version exists."""
+
+    topic: ClassVar[str] = topics.DATA_ARRIVED
+    event_type: Literal["data.arrived"] = "data.arrived"
+    dataset: str
+    version: int = Field(ge=1, description="Dataset version: every accepted batch up to this one.")
+    batch: ArtifactRef = Field(description="The batch's Parquet file.")
+    manifest: ArtifactRef = Field(description="Manifest of the batches making up this version.")
+    rows_accepted: int = Field(ge=0)
+    rows_rejected: int = Field(ge=0)
+    total_rows: int = Field(ge=0, description="Rows in the whole version.")
+    dataset_schema: DatasetSchema
+
+    def key(self) -> bytes:
+        return self.dataset.encode()
+
+
+class TrainingRequested(Event):
+    """Someone (a person, the CLI or the monitor) asked for a retrain."""
+
+    topic: ClassVar[str] = topics.TRAINING_REQUESTED
+    event_type: Literal["training.requested"] = "training.requested"
+    model: str
+    dataset: str
+    reason: str = Field(default="requested", description="Why; shown in the audit trail.")
+    requested_by: str = Field(default="unknown")
+    dataset_version: int | None = Field(default=None, description="Pin a version; latest when unset.")
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class ModelTrained(Event):
+    """A candidate version is trained, evaluated and stored."""
+
+    topic: ClassVar[str] = topics.MODEL_TRAINED
+    event_type: Literal["model.trained"] = "model.trained"
+    model: str
+    dataset: str
+    dataset_version: int = Field(ge=1)
+    job_id: str
+    trigger: str = Field(description="What started the job: new_data, drift or request.")
+    trigger_event_id: uuid.UUID | None = None
+    params: dict[str, Any] = Field(default_factory=dict, description="Chosen hyperparameters.")
+    metrics: dict[str, float] = Field(description="Challenger metrics on the holdout.")
+    champion_metrics: dict[str, float] | None = Field(
+        default=None, description="The champion's metrics on the same holdout, if one existed."
+    )
+    champion_version: int | None = None
+    primary_metric: str = Field(description="The metric promotion compares, higher is better.")
+    seed: int
+    code_version: str
+    training_rows: int = Field(ge=0)
+    artifact: ArtifactRef = Field(description="The fitted pipeline (skops).")
+    profile: ArtifactRef = Field(description="Reference profile of the training data.")
+    dataset_schema: DatasetSchema
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class AliasMove(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    alias: str = Field(examples=["champion", "canary", "shadow"])
+    from_version: int | None
+    to_version: int | None
+
+
+class ModelPromoted(Event):
+    """An alias of a model moved to a version (or was cleared)."""
+
+    topic: ClassVar[str] = topics.MODEL_PROMOTED
+    event_type: Literal["model.promoted"] = "model.promoted"
+    model: str
+    version: int = Field(ge=1)
+    move: AliasMove
+    artifact: ArtifactRef
+    profile: ArtifactRef
+    dataset_schema: DatasetSchema
+    metrics: dict[str, float] = Field(default_factory=dict)
+    reason: str
+    actor: str = Field(description="Who moved it: 'policy' or a person's name.")
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class PredictionRecord(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    features: dict[str, Any]
+    prediction: Any
+    probabilities: dict[str, float] | None = None
+    at: datetime = Field(default_factory=_now)
+
+
+class PredictionsLogged(Event):
+    """A batch of predictions served by one model version."""
+
+    topic: ClassVar[str] = topics.PREDICTIONS_LOGGED
+    event_type: Literal["predictions.logged"] = "predictions.logged"
+    model: str
+    version: int = Field(ge=1)
+    records: list[PredictionRecord] = Field(min_length=1)
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class Label(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    request_id: str
+    label: Any
+
+
+class LabelsArrived(Event):
+    """Ground truth for earlier predictions."""
+
+    topic: ClassVar[str] = topics.LABELS_ARRIVED
+    event_type: Literal["labels.arrived"] = "labels.arrived"
+    model: str
+    labels: list[Label] = Field(min_length=1)
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class FeatureDrift(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    feature: str
+    statistics: dict[str, float] = Field(description="Statistic name → value (psi, ks_pvalue …).")
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    drifted: bool
+
+
+class DriftDetected(Event):
+    """Drift or degradation judged significant for a model version."""
+
+    topic: ClassVar[str] = topics.DRIFT_DETECTED
+    event_type: Literal["drift.detected"] = "drift.detected"
+    model: str
+    version: int = Field(ge=1)
+    dataset: str
+    kinds: list[str] = Field(description="data_drift, prediction_drift and/or performance.")
+    window_size: int = Field(ge=0)
+    window_started_at: datetime | None = None
+    features: list[FeatureDrift] = Field(default_factory=list)
+    metrics: dict[str, float] = Field(default_factory=dict, description="Live metrics of the window.")
+    summary: str
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+EVENT_CLASSES: dict[str, type[Event]] = {
+    cls.model_fields["event_type"].default: cls
+    for cls in (
+        RecordsSubmitted,
+        DataArrived,
+        TrainingRequested,
+        ModelTrained,
+        ModelPromoted,
+        PredictionsLogged,
+        LabelsArrived,
+        DriftDetected,
+    )
+}
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+_UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+def register_upcaster(event_type: str, from_version: int) -> Callable[[Upcaster], Upcaster]:
+    """Register a function rewriting a ``from_version`` payload into ``from_version + 1``.
+
+    Chained upcasters bring any old payload to the class's ``current_version``::
+
+        @register_upcaster("data.arrived", 1)
+        def upcast_v1_v2(payload): return {**payload, "schema_version": 2, ...}
+    """
+
+    def decorate(fn: Upcaster) -> Upcaster:
+        _UPCASTERS[(event_type, from_version)] = fn
+        return fn
+
+    return decorate
+
+
+def parse_event(raw: bytes | str | dict[str, Any], expected: tuple[type[Event], ...] = ()) -> Event:
+    """Decode, upcast and validate an event; raise :class:`InvalidEvent` with the cause.
+
+    ``expected`` limits which classes are acceptable (a topic's consumer rejects
+    events that do not belong on it).
+    """
+    try:
+        payload = raw if isinstance(raw, dict) else json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidEvent(f"message is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidEvent(f"event must be a JSON object, got {type(payload).__name__}")
+    event_type = payload.get("event_type")
+    if not isinstance(event_type, str) or event_type not in EVENT_CLASSES:
+        raise InvalidEvent(f"unknown event_type {event_type!r}")
+    cls = EVENT_CLASSES[event_type]
+    if expected and cls not in expected:
+        names = sorted(c.model_fields["event_type"].default for c in expected)
+        raise InvalidEvent(f"event_type {event_type!r} does not belong here (expected {names})")
+    payload = _upcast(payload, event_type, cls.current_version)
+    try:
+        return cls.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}" for err in exc.errors()[:5]
+        )
+        raise InvalidEvent(f"invalid {event_type}: {problems}") from exc
+
+
+def _upcast(payload: dict[str, Any], event_type: str, target: int) -> dict[str, Any]:
+    version = payload.get("schema_version", 1)
+    if not isinstance(version, int) or version < 1:
+        raise InvalidEvent(f"schema_version must be a positive integer, got {version!r}")
+    if version > target:
+        raise InvalidEvent(f"{event_type} schema_version {version} is newer than this consumer ({target})")
+    while version < target:
+        upcaster = _UPCASTERS.get((event_type, version))
+        if upcaster is None:
+            raise InvalidEvent(f"no upcaster for {event_type} v{version} → v{version + 1}")
+        payload = upcaster(payload)
+        version += 1
+        payload["schema_version"] = version
+    return payload

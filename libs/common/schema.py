@@ -1,0 +1,73 @@
+"""The dataset schema: declared by ingest, used by the trainer to build
+preprocessing and by serving to validate requests (from the copy stored with
+each model version). It crosses services, so it lives here.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class DType(StrEnum):
+    NUMERIC = "numeric"
+    INTEGER = "integer"
+    CATEGORICAL = "categorical"
+    BOOLEAN = "boolean"
+
+
+class Task(StrEnum):
+    CLASSIFICATION = "classification"
+    REGRESSION = "regression"
+
+
+class FeatureSpec(BaseModel):
+    """One column: its type and what values it may take."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    dtype: DType
+    nullable: bool = False
+    min: float | None = Field(default=None, description="Smallest accepted value (numeric).")
+    max: float | None = Field(default=None, description="Largest accepted value (numeric).")
+    categories: list[str] | None = Field(
+        default=None, description="Allowed categories; with closed=True others are rejected."
+    )
+    closed: bool = Field(default=True, description="Reject categories outside `categories`.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        numeric = self.dtype in (DType.NUMERIC, DType.INTEGER)
+        if not numeric and (self.min is not None or self.max is not None):
+            raise ValueError(f"feature {self.name!r}: min/max apply to numeric features only")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} exceeds max {self.max}")
+        if self.categories is not None and self.dtype is not DType.CATEGORICAL:
+            raise ValueError(f"feature {self.name!r}: categories apply to categorical features")
+        return self
+
+
+class DatasetSchema(BaseModel):
+    """Features, target and task of a dataset."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    features: list[FeatureSpec] = Field(min_length=1)
+    target: FeatureSpec
+    task: Task
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        names = [f.name for f in self.features] + [self.target.name]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"column names must be unique, repeated: {duplicates}")
+        if self.task is Task.REGRESSION and self.target.dtype is DType.CATEGORICAL:
+            raise ValueError("a regression target must be numeric")
+        return self
+
+    def feature(self, name: str) -> FeatureSpec | None:
+        return next((f for f in self.features if f.name == name), None)

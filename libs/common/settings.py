@@ -1,0 +1,69 @@
+"""Settings shared by every service, read from ``DRIFTLOOP_*`` environment variables.
+
+Each service composes these in its own ``settings.py`` with its own prefix
+(``DRIFTLOOP_INGEST_`` …). Settings are built in ``__main__``, never at import
+time, so tests construct their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka (``DRIFTLOOP_KAFKA_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_KAFKA_", extra="ignore")
+
+    bootstrap: str = "127.0.0.1:9092"
+    """Comma-separated ``host:port`` list of bootstrap brokers."""
+    client_id: str = "driftloop"
+    """Prefix of the client id each service reports to the brokers."""
+    max_attempts: int = Field(default=4, ge=1)
+    """How many times a consumer tries a message before dead-lettering it."""
+    retry_backoff_s: float = Field(default=0.2, gt=0)
+    """First retry delay; doubles with each attempt (bounded exponential backoff)."""
+    retry_backoff_max_s: float = Field(default=5.0, gt=0)
+    """Upper bound of one retry delay."""
+    connect_timeout_s: float = Field(default=60.0, gt=0)
+    """How long start-up keeps retrying an unreachable broker before giving up."""
+
+
+class DatabaseSettings(BaseSettings):
+    """How to reach PostgreSQL (``DRIFTLOOP_DATABASE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_DATABASE_", extra="ignore")
+
+    url: str = "postgresql://postgres@127.0.0.1:5432/postgres"
+    """asyncpg DSN of the metadata database."""
+    min_pool_size: int = Field(default=1, ge=0)
+    """Connections a pool keeps open."""
+    max_pool_size: int = Field(default=10, ge=1)
+    """Connections a pool opens at most."""
+    connect_timeout_s: float = Field(default=60.0, gt=0)
+    """How long start-up keeps retrying an unreachable database before giving up."""
+
+
+class ArtifactSettings(BaseSettings):
+    """Where artifacts (datasets, models, profiles) are stored (``DRIFTLOOP_ARTIFACTS_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_ARTIFACTS_", extra="ignore")
+
+    root: str = Field(default_factory=lambda: (Path.cwd() / ".driftloop" / "artifacts").as_uri())
+    """Root URI: ``file:///path`` for a local directory or ``s3://bucket/prefix``."""
+
+
+class TelemetrySettings(BaseSettings):
+    """Tracing, logging and metrics (``DRIFTLOOP_TELEMETRY_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_TELEMETRY_", extra="ignore")
+
+    otlp_endpoint: str | None = None
+    """OTLP/HTTP endpoint (``http://jaeger:4318``); no export when unset."""
+    log_level: str = "INFO"
+    """Root log level."""
+    json_logs: bool = True
+    """Structured JSON logs carrying trace ids; plain text when false."""

@@ -1,0 +1,65 @@
+"""Session fixtures: the real embedded PostgreSQL and Kafka-compatible broker,
+started once; a fresh schema and fresh topics for every test that asks.
+
+Set DRIFTLOOP_DATABASE_URL / DRIFTLOOP_KAFKA_BOOTSTRAP to run the same tests
+against external servers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from libs.common import topics
+from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
+from libs.common.embedded import EmbeddedStack, StackEndpoints
+from libs.common.kafka import ensure_topics
+from libs.common.settings import DatabaseSettings, KafkaSettings
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
+    with EmbeddedStack(tmp_path_factory.mktemp("stack"), durable=False) as running:
+        yield running.endpoints
+
+
+@pytest.fixture(scope="session")
+def kafka_settings(stack: StackEndpoints) -> KafkaSettings:
+    return KafkaSettings(bootstrap=stack.kafka_bootstrap, max_attempts=3, retry_backoff_s=0.05, connect_timeout_s=20)
+
+
+@pytest.fixture(scope="session")
+def db_settings(stack: StackEndpoints) -> DatabaseSettings:
+    return DatabaseSettings(url=stack.database_url, connect_timeout_s=20)
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def pool(db_settings: DatabaseSettings, schema: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh schema with the shared migrations (outbox, processed events) applied."""
+    pool = await connect_with_retry(db_settings, schema)
+    await migrate(pool, schema, load_migrations(COMMON_MIGRATIONS))
+    yield pool
+    await pool.execute(f"DROP SCHEMA {schema} CASCADE")
+    await pool.close()
+
+
+@pytest.fixture
+async def topic(kafka_settings: KafkaSettings) -> str:
+    """A fresh topic (3 partitions) and its dead-letter twin."""
+    name = f"test.{uuid.uuid4().hex[:12]}"
+    await ensure_topics(kafka_settings, [topics.TopicSpec(name, 3), topics.TopicSpec(topics.dlq(name), 1)])
+    return name
+
+
+@pytest.fixture
+def artifact_root(tmp_path: Path) -> str:
+    return (tmp_path / "artifacts").as_uri()

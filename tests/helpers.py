@@ -1,0 +1,55 @@
+"""Small helpers shared by the tests: bounded polling and topic reading."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+T = TypeVar("T")
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[T]] | Callable[[], T],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    message: str = "condition",
+) -> T:
+    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        result = probe()
+        last = await result if asyncio.iscoroutine(result) else result  # type: ignore[assignment]
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last value: {last!r})")
+
+
+async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0) -> list[ConsumerRecord]:
+    """Read ``topic`` from the beginning until ``expect`` records arrived (or fail)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"reader-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    records: list[ConsumerRecord] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for part in batch.values():
+                records.extend(part)
+    finally:
+        await consumer.stop()
+    assert len(records) >= expect, f"{topic}: expected {expect} records, got {len(records)}"
+    return records

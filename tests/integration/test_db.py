@@ -1,0 +1,90 @@
+"""Migrations and start-up retries against real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from libs.common.db import connect_with_retry, load_migrations, migrate
+from libs.common.embedded import free_port
+from libs.common.errors import MigrationError, TransientError
+from libs.common.kafka import ensure_topics
+from libs.common.settings import DatabaseSettings, KafkaSettings
+
+pytestmark = pytest.mark.integration
+
+
+def _write(directory: Path, name: str, sql: str) -> None:
+    directory.mkdir(exist_ok=True)
+    (directory / name).write_text(sql)
+
+
+async def test_migrations_apply_once_and_are_recorded(pool: asyncpg.Pool, schema: str, tmp_path: Path) -> None:
+    _write(tmp_path, "001_items.sql", "CREATE TABLE items (id int PRIMARY KEY);")
+    _write(tmp_path, "002_seed.sql", "INSERT INTO items VALUES (1), (2);")
+    assert await migrate(pool, schema, load_migrations(tmp_path)) == ["001_items.sql", "002_seed.sql"]
+    assert await migrate(pool, schema, load_migrations(tmp_path)) == []
+    assert await pool.fetchval("SELECT count(*) FROM items") == 2  # the seed ran once
+    recorded = [r["name"] for r in await pool.fetch("SELECT name FROM schema_migrations ORDER BY name")]
+    assert recorded == ["000_outbox.sql", "001_items.sql", "002_seed.sql"]
+
+
+async def test_replicas_migrating_at_once_apply_each_file_once(pool: asyncpg.Pool, schema: str, tmp_path: Path) -> None:
+    _write(tmp_path, "001_counter.sql", "CREATE TABLE counter (n int); INSERT INTO counter VALUES (1);")
+    results = await asyncio.gather(*(migrate(pool, schema, load_migrations(tmp_path)) for _ in range(4)))
+    assert sorted(len(r) for r in results) == [0, 0, 0, 1]
+    assert await pool.fetchval("SELECT count(*) FROM counter") == 1
+
+
+async def test_changed_checksum_is_refused(pool: asyncpg.Pool, schema: str, tmp_path: Path) -> None:
+    _write(tmp_path, "001_items.sql", "CREATE TABLE items (id int);")
+    await migrate(pool, schema, load_migrations(tmp_path))
+    _write(tmp_path, "001_items.sql", "CREATE TABLE items (id bigint);")
+    with pytest.raises(MigrationError, match="was changed after it was applied"):
+        await migrate(pool, schema, load_migrations(tmp_path))
+
+
+async def test_failed_migration_leaves_nothing_half_applied(pool: asyncpg.Pool, schema: str, tmp_path: Path) -> None:
+    _write(tmp_path, "001_ok.sql", "CREATE TABLE ok (id int);")
+    _write(tmp_path, "002_broken.sql", "CREATE TABLE broken (id int); SELECT no_such_function();")
+    with pytest.raises(asyncpg.UndefinedFunctionError):
+        await migrate(pool, schema, load_migrations(tmp_path))
+    tables = {r["tablename"] for r in await pool.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)}
+    assert "ok" not in tables
+    assert "broken" not in tables
+
+
+def test_duplicate_migration_names_are_refused(tmp_path: Path) -> None:
+    _write(tmp_path / "a", "001_x.sql", "SELECT 1;")
+    _write(tmp_path / "b", "001_x.sql", "SELECT 2;")
+    with pytest.raises(MigrationError, match="unique"):
+        load_migrations(tmp_path / "a", tmp_path / "b")
+
+
+async def test_database_down_at_start_retries_with_backoff_then_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    settings = DatabaseSettings(url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", connect_timeout_s=1.5)
+    with caplog.at_level(logging.WARNING), pytest.raises(TransientError, match="PostgreSQL unreachable at"):
+        await connect_with_retry(settings, "anything")
+    retries = [r for r in caplog.records if "retrying in" in r.getMessage()]
+    assert 2 <= len(retries) <= 6  # backoff, not a tight crash loop
+
+
+async def test_kafka_down_at_start_retries_with_backoff_then_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{free_port()}", connect_timeout_s=1.5)
+    with caplog.at_level(logging.WARNING), pytest.raises(TransientError, match="Kafka unreachable at"):
+        await ensure_topics(settings)
+    assert any("retrying in" in r.getMessage() for r in caplog.records)
+
+
+async def test_database_that_comes_up_late_is_joined(db_settings: DatabaseSettings) -> None:
+    """Start-up outlasts a database that is still starting (here: a URL that works)."""
+    pool = await connect_with_retry(db_settings, "late_join")
+    try:
+        assert await pool.fetchval("SELECT current_schema()") == "late_join"
+    finally:
+        await pool.execute("DROP SCHEMA late_join CASCADE")
+        await pool.close()

@@ -1,0 +1,130 @@
+"""Outbox and idempotent consumers against real PostgreSQL and the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+
+import asyncpg
+import pytest
+from faststream.kafka import KafkaBroker
+
+from libs.common import outbox
+from libs.common.events import Event, TrainingRequested
+from libs.common.kafka import BrokerPublisher, Delivery, create_broker, subscribe
+from libs.common.settings import KafkaSettings, TelemetrySettings
+from libs.common.telemetry import setup_telemetry
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class CrashAfterPublish(BrokerPublisher):
+    """Publishes for real, then 'crashes' before the relay can mark the rows sent."""
+
+    async def send(
+        self, topic: str, payload: bytes, *, key: bytes | None, headers: dict[str, str]
+    ) -> Awaitable[object]:
+        ack = await super().send(topic, payload, key=key, headers=headers)
+
+        async def crash() -> None:
+            await ack
+            raise ConnectionResetError("relay died after the broker acked")
+
+        return crash()
+
+
+async def _effects_table(pool: asyncpg.Pool) -> None:
+    await pool.execute("CREATE TABLE effects (event_id uuid, reason text)")
+
+
+def _consumer(broker: KafkaBroker, pool: asyncpg.Pool, topic: str, settings: KafkaSettings, seen: list[str]) -> None:
+    """An idempotent consumer: its effect and the dedupe record share one transaction."""
+
+    async def handle(event: Event, delivery: Delivery) -> None:
+        assert isinstance(event, TrainingRequested)
+        seen.append(event.reason)
+        async with pool.acquire() as conn, conn.transaction():
+            if not await outbox.first_delivery(conn, "effects-writer", event.event_id):
+                return
+            await conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.reason)
+
+    subscribe(broker, topic, group=f"g-{uuid.uuid4().hex[:6]}", handler=handle, accepts=(TrainingRequested,),
+              settings=settings, telemetry=setup_telemetry("consumer", TelemetrySettings()))  # fmt: skip
+
+
+async def test_crash_between_commit_and_publish_still_delivers_and_redelivery_changes_nothing(
+    pool: asyncpg.Pool, schema: str, topic: str, kafka_settings: KafkaSettings
+) -> None:
+    await _effects_table(pool)
+    event = TrainingRequested(producer="test", model="churn", dataset="customers", reason="outboxed")
+    # The service commits its change and the event together, then "crashes"
+    # before any relay runs.
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("CREATE TABLE IF NOT EXISTS jobs (id int)")
+        await conn.execute("INSERT INTO jobs VALUES (1)")
+        await outbox.add(conn, event, topic=topic)
+    assert await outbox.pending_count(pool) == 1
+
+    seen: list[str] = []
+    broker = create_broker(kafka_settings, setup_telemetry("relay", TelemetrySettings()))
+    _consumer(broker, pool, topic, kafka_settings, seen)
+    async with broker:
+        await broker.start()
+        # The first relay publishes, then dies before marking: the row stays pending.
+        crashing = outbox.OutboxRelay(pool, CrashAfterPublish(broker), schema=schema)
+        with pytest.raises(ConnectionResetError):
+            await crashing.relay_once()
+        assert await outbox.pending_count(pool) == 1
+        # The restarted relay publishes it again and marks it.
+        relay = outbox.OutboxRelay(pool, BrokerPublisher(broker), schema=schema)
+        assert await relay.relay_once() == 1
+        assert await outbox.pending_count(pool) == 0
+        await wait_until(lambda: len(seen) == 2, message="both deliveries")
+
+    assert seen == ["outboxed", "outboxed"]  # delivered twice …
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 1  # … applied once
+    assert await pool.fetchval("SELECT count(*) FROM processed_events") == 1
+
+
+async def test_rolled_back_transaction_publishes_nothing(pool: asyncpg.Pool) -> None:
+    async def change_that_fails() -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await outbox.add(conn, TrainingRequested(producer="test", model="m", dataset="d"))
+            raise RuntimeError("business rule failed")
+
+    with pytest.raises(RuntimeError, match="business rule"):
+        await change_that_fails()
+    assert await outbox.pending_count(pool) == 0
+
+
+async def test_add_outside_a_transaction_is_refused(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        with pytest.raises(RuntimeError, match="inside the transaction"):
+            await outbox.add(conn, TrainingRequested(producer="t", model="m", dataset="d"))
+
+
+async def test_running_relay_wakes_on_commit_and_keeps_order(
+    pool: asyncpg.Pool, schema: str, topic: str, kafka_settings: KafkaSettings
+) -> None:
+    await _effects_table(pool)
+    seen: list[str] = []
+    broker = create_broker(kafka_settings, setup_telemetry("relay", TelemetrySettings()))
+    _consumer(broker, pool, topic, kafka_settings, seen)
+    async with broker:
+        await broker.start()
+        # A long poll interval: only NOTIFY can make delivery this quick.
+        relay = outbox.OutboxRelay(pool, BrokerPublisher(broker), schema=schema, poll_interval_s=60)
+        relay.start()
+        try:
+            await asyncio.sleep(0.2)  # let the relay LISTEN before the commits
+            for i in range(20):
+                async with pool.acquire() as conn, conn.transaction():
+                    await outbox.add(conn, TrainingRequested(producer="t", model="m", dataset="d", reason=f"r{i}"),
+                                     topic=topic)  # fmt: skip
+            await wait_until(lambda: len(seen) == 20, timeout=30, message="20 relayed events")
+        finally:
+            await relay.stop()
+    assert seen == [f"r{i}" for i in range(20)]  # one key → one partition → outbox order
+    assert await outbox.pending_count(pool) == 0
