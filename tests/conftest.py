@@ -7,18 +7,24 @@ against external servers.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import asyncpg
+import httpx
 import pytest
+from fastapi import FastAPI
 
 from libs.common import topics
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
 from libs.common.embedded import EmbeddedStack, StackEndpoints
 from libs.common.kafka import ensure_topics
-from libs.common.settings import DatabaseSettings, KafkaSettings
+from libs.common.service import ServiceSettings
+from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
 
 
 @pytest.fixture(scope="session")
@@ -63,3 +69,49 @@ async def topic(kafka_settings: KafkaSettings) -> str:
 @pytest.fixture
 def artifact_root(tmp_path: Path) -> str:
     return (tmp_path / "artifacts").as_uri()
+
+
+@dataclass
+class Isolation:
+    """One test's private slice of the shared stack: topic prefix, schema suffix, artifact root."""
+
+    kafka: KafkaSettings
+    database: DatabaseSettings
+    artifacts_root: str
+    suffix: str
+
+    def settings(self, cls: type[S], **overrides: Any) -> S:
+        service = cls.__name__.removesuffix("Settings").lower()
+        values: dict[str, Any] = {
+            "kafka": self.kafka,
+            "database": self.database,
+            "artifacts": ArtifactSettings(root=self.artifacts_root),
+            "telemetry": TelemetrySettings(json_logs=False),
+            "database_schema": f"{service}_{self.suffix}",
+            **overrides,
+        }
+        return cls(**values)
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+@pytest.fixture
+def isolated(kafka_settings: KafkaSettings, db_settings: DatabaseSettings, tmp_path: Path) -> Isolation:
+    suffix = uuid.uuid4().hex[:10]
+    return Isolation(
+        kafka=kafka_settings.model_copy(update={"topic_prefix": f"t{suffix}."}),
+        database=db_settings,
+        artifacts_root=(tmp_path / "artifacts").as_uri(),
+        suffix=suffix,
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``app``'s lifespan (database, broker, consumers) and talk to it over ASGI."""
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service", timeout=30) as client,
+    ):
+        yield client

@@ -53,3 +53,13 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float 
         await consumer.stop()
     assert len(records) >= expect, f"{topic}: expected {expect} records, got {len(records)}"
     return records
+
+
+async def outbox_drained(pool: object) -> None:
+    """Wait until every outbox row of ``pool``'s schema is published."""
+    from libs.common import outbox
+
+    async def empty() -> bool:
+        return await outbox.pending_count(pool) == 0  # type: ignore[arg-type]
+
+    await wait_until(empty, timeout=30, message="the outbox to drain")

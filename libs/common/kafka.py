@@ -21,12 +21,13 @@ Handlers must therefore be idempotent (see :func:`libs.common.outbox.first_deliv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
@@ -99,7 +100,7 @@ async def ensure_topics(settings: KafkaSettings, specs: Iterable[topics.TopicSpe
     than configured is logged, never shrunk or silently accepted). Retries an
     unreachable cluster like :func:`start_with_retry`.
     """
-    specs = list(specs)
+    specs = [topics.TopicSpec(settings.topic(s.name), s.partitions, s.retention_ms) for s in specs]
     deadline = time.monotonic() + settings.connect_timeout_s
     delay = 0.2
     while True:
@@ -207,14 +208,21 @@ def subscribe(
     settings: KafkaSettings,
     telemetry: Telemetry,
     description: str | None = None,
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest",
 ) -> None:
-    """Register ``handler`` for ``topic`` in consumer group ``group`` under the policy above."""
+    """Register ``handler`` for ``topic`` in consumer group ``group`` under the policy above.
+
+    Both names are given without the installation's prefix (``settings.topic_prefix``).
+    ``auto_offset_reset`` decides where a new group starts: ``earliest`` for
+    work queues, ``latest`` for per-replica groups that only want news.
+    """
     metrics = ConsumerMetrics.on(telemetry)
+    topic, group = settings.topic(topic), settings.group(group)
     subscriber = broker.subscriber(
         topic,
         group_id=group,
         ack_policy=AckPolicy.MANUAL,
-        auto_offset_reset="earliest",
+        auto_offset_reset=auto_offset_reset,
         max_poll_interval_ms=300_000,
         title=f"{group}:{topic}",
         description=description or (handler.__doc__ or "").strip() or None,
@@ -323,17 +331,198 @@ async def dead_letter(
 
 
 class BrokerPublisher:
-    """Publishes through a started faststream broker (the outbox relay's sink)."""
+    """Publishes through a started faststream broker (the outbox relay's sink).
 
-    def __init__(self, broker: KafkaBroker) -> None:
+    Topic names are given without the installation's prefix; it is added here.
+    """
+
+    def __init__(self, broker: KafkaBroker, topic_prefix: str = "") -> None:
         self.broker = broker
+        self.topic_prefix = topic_prefix
 
     async def send(
         self, topic: str, payload: bytes, *, key: bytes | None, headers: dict[str, str]
     ) -> Awaitable[object]:
-        return await self.broker.publish(payload, topic, key=key, headers=headers, no_confirm=True)
+        return await self.broker.publish(payload, self.topic_prefix + topic, key=key, headers=headers, no_confirm=True)
 
     async def publish_event(self, event: Event, *, topic: str | None = None) -> None:
         """Publish one event and wait for the broker (for producers without a database)."""
         headers = {topics.HEADER_EVENT_TYPE: event.event_type, topics.HEADER_EVENT_ID: str(event.event_id)}
-        await self.broker.publish(event.to_bytes(), topic or event.topic, key=event.key(), headers=headers)
+        target = self.topic_prefix + (topic or event.topic)
+        await self.broker.publish(event.to_bytes(), target, key=event.key(), headers=headers)
+
+
+BatchHandler = Callable[[list[tuple[Event, Delivery]]], Awaitable[dict[int, DriftloopError] | None]]
+"""Handles a batch; returns the positions of items it refuses for good (they are
+dead-lettered with the error) while the rest of the batch stands."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    event: Event | None
+    delivery: Delivery
+    raw: bytes
+
+
+class MicroBatchConsumer:
+    """Consumes ``topic`` in micro-batches: up to ``max_records`` or ``max_wait_s``
+    after the first record, whichever comes first, then one handler call.
+
+    faststream's subscriber hands over one message at a time, which would turn
+    every upstream message into its own dataset version; this loop gathers them
+    first. Offsets are committed explicitly after the handler returns. A batch
+    that fails is retried, then split: each message is tried alone, so one
+    poison message goes to the DLQ and its neighbours are still stored. A batch
+    has many causes, so its span links to every message's trace instead of
+    choosing one parent.
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        group: str,
+        handler: BatchHandler,
+        accepts: tuple[type[Event], ...],
+        settings: KafkaSettings,
+        telemetry: Telemetry,
+        broker: KafkaBroker,
+        max_records: int = 500,
+        max_wait_s: float = 1.0,
+    ) -> None:
+        self.topic = settings.topic(topic)
+        self.group = settings.group(group)
+        self.handler = handler
+        self.accepts = accepts
+        self.settings = settings
+        self.telemetry = telemetry
+        self.broker = broker
+        self.max_records = max_records
+        self.max_wait_s = max_wait_s
+        self.metrics = ConsumerMetrics.on(telemetry)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.settings.bootstrap,
+            group_id=self.group,
+            client_id=f"{self.settings.client_id}-{self.telemetry.service}-batch",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=300_000,
+        )
+        await consumer.start()
+        try:
+            while not self._stopping.is_set():
+                buffer: list[Any] = []
+                deadline: float | None = None
+                loop = asyncio.get_running_loop()
+                while len(buffer) < self.max_records and not (self._stopping.is_set() and not buffer):
+                    wait = 0.5 if deadline is None else max(0.0, deadline - loop.time())
+                    if deadline is not None and wait == 0.0:
+                        break
+                    fetched = await consumer.getmany(
+                        timeout_ms=int(wait * 1000), max_records=self.max_records - len(buffer)
+                    )
+                    for records in fetched.values():
+                        buffer.extend(records)
+                    if buffer and deadline is None:
+                        deadline = loop.time() + self.max_wait_s
+                if not buffer:
+                    continue
+                try:
+                    await self._process(buffer)
+                except DeadLetterFailed:
+                    for record in buffer:  # rewind: nothing of this batch is lost
+                        consumer.seek(TopicPartition(record.topic, record.partition), record.offset)
+                    await asyncio.sleep(self.settings.retry_backoff_max_s)
+                    continue
+                offsets: dict[TopicPartition, int] = {}
+                for record in buffer:
+                    tp = TopicPartition(record.topic, record.partition)
+                    offsets[tp] = max(offsets.get(tp, 0), record.offset + 1)
+                try:
+                    await consumer.commit(offsets)
+                except KafkaError as exc:  # partitions moved; the new owner redelivers, consumers dedupe
+                    log.warning("commit after batch failed", extra={"topic": self.topic, "error": repr(exc)})
+        finally:
+            await consumer.stop()
+
+    async def _process(self, records: list[Any]) -> None:
+        from opentelemetry import propagate, trace
+
+        items: list[_Item] = []
+        links = []
+        for record in records:
+            delivery = Delivery(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                headers={k: bytes(v).decode(errors="replace") for k, v in (record.headers or ())},
+            )
+            try:
+                items.append(_Item(parse_event(record.value, self.accepts), delivery, record.value))
+            except InvalidEvent as exc:
+                await self._dead_letter(_Item(None, delivery, record.value), exc, attempts=0)
+                continue
+            span_context = trace.get_current_span(propagate.extract(delivery.headers)).get_span_context()
+            if span_context.is_valid:
+                links.append(trace.Link(span_context))
+        if not items:
+            return
+        with self.telemetry.tracer.start_as_current_span(
+            f"{self.topic} process batch", kind=trace.SpanKind.CONSUMER, links=links,
+            attributes={"messaging.batch.message_count": len(items), "messaging.destination.name": self.topic},
+        ):  # fmt: skip
+            if len(items) > 1 and await self._attempt(items, attempts=2) is None:
+                return
+            for item in items:  # one at a time: only the poison message(s) fail
+                error = await self._attempt([item], attempts=self.settings.max_attempts)
+                if error is not None:
+                    await self._dead_letter(item, error, attempts=self.settings.max_attempts)
+
+    async def _attempt(self, items: list[_Item], *, attempts: int) -> Exception | None:
+        """Run the handler on ``items`` with backoff; the last error, or None on success
+        (items the handler refused are dead-lettered here, and count as handled)."""
+        delay = self.settings.retry_backoff_s
+        for attempt in range(1, attempts + 1):
+            try:
+                refused = await self.handler([(i.event, i.delivery) for i in items if i.event is not None])
+                for position, error in (refused or {}).items():
+                    await self._dead_letter(items[position], error, attempts=attempt)
+                return None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if (isinstance(exc, DriftloopError) and not exc.retryable) or attempt == attempts:
+                    return exc
+                self.metrics.retried.labels(self.topic, self.group).inc()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_backoff_max_s)
+        return None  # pragma: no cover - the loop always returns
+
+    async def _dead_letter(self, item: _Item, error: Exception, *, attempts: int) -> None:
+        log.error("message dead-lettered", extra={"topic": self.topic, "error": repr(error)})
+        await dead_letter(self.broker, item.raw, item.delivery, group=self.group, error=error, attempts=attempts,
+                          metrics=self.metrics)  # fmt: skip
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"batch-consumer-{self.topic}")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand, leave the group cleanly; cancel only if that hangs."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._task = None

@@ -22,6 +22,9 @@ class KafkaSettings(BaseSettings):
     """Comma-separated ``host:port`` list of bootstrap brokers."""
     client_id: str = "driftloop"
     """Prefix of the client id each service reports to the brokers."""
+    topic_prefix: str = ""
+    """Prepended to every topic and consumer group name: several driftloop
+    installations (or test runs) can share one cluster without seeing each other."""
     max_attempts: int = Field(default=4, ge=1)
     """How many times a consumer tries a message before dead-lettering it."""
     retry_backoff_s: float = Field(default=0.2, gt=0)
@@ -30,6 +33,14 @@ class KafkaSettings(BaseSettings):
     """Upper bound of one retry delay."""
     connect_timeout_s: float = Field(default=60.0, gt=0)
     """How long start-up keeps retrying an unreachable broker before giving up."""
+
+    def topic(self, name: str) -> str:
+        """The real name of topic ``name`` on the cluster."""
+        return self.topic_prefix + name
+
+    def group(self, name: str) -> str:
+        """The real name of consumer group ``name`` on the cluster."""
+        return self.topic_prefix + name
 
 
 class DatabaseSettings(BaseSettings):

@@ -1,0 +1,134 @@
+"""PostgreSQL and artifact-store access of the ingest service."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from libs.common import outbox
+from libs.common.artifacts import ArtifactStore
+from libs.common.datasets import BatchEntry, DatasetManifest, batch_to_parquet
+from libs.common.errors import NotFound
+from libs.common.events import ArtifactRef, DataArrived
+from libs.common.schema import DatasetSchema
+from services.ingest.domain.validation import Rejection
+
+
+@dataclass(frozen=True)
+class StoredSubmission:
+    submission_id: uuid.UUID
+    accepted: int
+    rejected: int
+    version: int | None
+    total_rows: int
+
+
+async def get_schema(conn: asyncpg.Connection | asyncpg.Pool, dataset: str) -> DatasetSchema:
+    raw = await conn.fetchval("SELECT schema FROM datasets WHERE name = $1", dataset)
+    if raw is None:
+        raise NotFound(f"dataset {dataset!r} is not declared; PUT /v1/datasets/{dataset} first", dataset=dataset)
+    return DatasetSchema.model_validate_json(raw)
+
+
+async def store_submission(
+    conn: asyncpg.Connection,
+    store: ArtifactStore,
+    *,
+    dataset: str,
+    accepted: list[dict[str, Any]],
+    rejected: list[Rejection],
+    source: str,
+    producer: str = "ingest",
+    correlation_id: str | None = None,
+) -> StoredSubmission:
+    """Record one submission inside the caller's transaction.
+
+    Accepted rows become the next dataset version (batch Parquet + manifest,
+    both content-addressed) and a ``data.arrived`` event in the outbox;
+    rejected rows are kept with their reasons. The dataset row is locked so
+    concurrent submissions get consecutive versions.
+    """
+    head = await conn.fetchrow(
+        "SELECT schema, last_version, total_rows FROM datasets WHERE name = $1 FOR UPDATE", dataset
+    )
+    if head is None:
+        raise NotFound(f"dataset {dataset!r} is not declared", dataset=dataset)
+    schema = DatasetSchema.model_validate_json(head["schema"])
+    submission_id = uuid.uuid4()
+    version: int | None = None
+    total = int(head["total_rows"])
+    if accepted:
+        version = head["last_version"] + 1
+        now = datetime.now(UTC)
+        batch = store.put(batch_to_parquet(schema, accepted, now), suffix=".parquet")
+        entries = [_entry(r) for r in await conn.fetch(
+            "SELECT version, batch_uri, batch_sha256, batch_size, rows, created_at FROM versions "
+            "WHERE dataset = $1 ORDER BY version", dataset)]  # fmt: skip
+        entries.append(BatchEntry(seq=version, artifact=batch, rows=len(accepted), created_at=now))
+        manifest_doc = DatasetManifest(dataset=dataset, version=version, dataset_schema=schema, batches=entries)
+        manifest = store.put(manifest_doc.model_dump_json().encode(), suffix=".manifest.json")
+        total += len(accepted)
+        await conn.execute(
+            "INSERT INTO versions VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            dataset, version, batch.uri, batch.sha256, batch.size, len(accepted),
+            manifest.uri, manifest.sha256, manifest.size, total, now,
+        )  # fmt: skip
+        await conn.execute(
+            "UPDATE datasets SET last_version = $2, total_rows = $3, updated_at = now() WHERE name = $1",
+            dataset, version, total,
+        )  # fmt: skip
+        await outbox.add(
+            conn,
+            DataArrived(
+                producer=producer,
+                correlation_id=correlation_id or str(submission_id),
+                dataset=dataset,
+                version=version,
+                batch=batch,
+                manifest=manifest,
+                rows_accepted=len(accepted),
+                rows_rejected=len(rejected),
+                total_rows=total,
+                dataset_schema=schema,
+            ),
+        )
+    await conn.execute(
+        "INSERT INTO submissions (id, dataset, source, received, accepted, rejected, version) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        submission_id, dataset, source, len(accepted) + len(rejected), len(accepted), len(rejected), version,
+    )  # fmt: skip
+    if rejected:
+        await conn.copy_records_to_table(
+            "rejections",
+            columns=["dataset", "submission_id", "row_index", "field", "reason", "record"],
+            records=[(dataset, submission_id, r.row, r.field, r.reason, _as_json(r.record)) for r in rejected],
+        )
+    return StoredSubmission(submission_id, len(accepted), len(rejected), version, total)
+
+
+def _entry(row: asyncpg.Record) -> BatchEntry:
+    return BatchEntry(
+        seq=row["version"],
+        artifact=ArtifactRef(uri=row["batch_uri"], sha256=row["batch_sha256"], size=row["batch_size"]),
+        rows=row["rows"],
+        created_at=row["created_at"],
+    )
+
+
+def _as_json(record: Any) -> str | None:
+    if record is None:
+        return None
+    return json.dumps(record, default=str, allow_nan=False) if _finite(record) else json.dumps(str(record))
+
+
+def _finite(record: Any) -> bool:
+    try:
+        json.dumps(record, default=str, allow_nan=False)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,177 @@
+"""HTTP API of the ingest service."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
+from pydantic import BaseModel
+
+from libs.common.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from libs.common.schema import DatasetSchema
+from libs.common.service import Runtime
+from services.ingest.adapters import repository
+from services.ingest.domain.parsing import parse_body
+from services.ingest.domain.validation import validate_records
+
+DatasetName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Dataset name.")]
+
+
+class RejectionOut(BaseModel):
+    row: int
+    field: str | None
+    reason: str
+
+
+class SubmissionOut(BaseModel):
+    dataset: str
+    submission_id: str
+    received: int
+    accepted: int
+    rejected: int
+    version: int | None
+    total_rows: int
+    rejections: list[RejectionOut]
+
+
+def mount(app: FastAPI, rt: Runtime) -> None:
+    router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+    @router.put("/{dataset}", status_code=201, summary="Declare (or confirm) a dataset's schema")
+    async def declare(dataset: DatasetName, schema: DatasetSchema, response: Response) -> dict[str, Any]:
+        async with rt.db.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("SELECT schema, last_version FROM datasets WHERE name = $1 FOR UPDATE", dataset)
+            if row is None:
+                await conn.execute(
+                    "INSERT INTO datasets (name, schema) VALUES ($1, $2)", dataset, schema.model_dump_json()
+                )
+                return {"dataset": dataset, "created": True, "schema": schema.model_dump(mode="json")}
+            current = DatasetSchema.model_validate_json(row["schema"])
+            if current != schema:
+                if row["last_version"] > 0:
+                    raise Conflict(
+                        f"dataset {dataset!r} already has data under a different schema; declare a new dataset",
+                        dataset=dataset,
+                    )
+                await conn.execute("UPDATE datasets SET schema = $2, updated_at = now() WHERE name = $1", dataset,
+                                   schema.model_dump_json())  # fmt: skip
+        response.status_code = 200
+        return {"dataset": dataset, "created": False, "schema": schema.model_dump(mode="json")}
+
+    @router.get("", summary="List datasets")
+    async def list_datasets() -> list[dict[str, Any]]:
+        rows = await rt.db.fetch("SELECT name, last_version, total_rows, created_at FROM datasets ORDER BY name")
+        return [{"dataset": r["name"], "version": r["last_version"], "total_rows": r["total_rows"]} for r in rows]
+
+    @router.get("/{dataset}", summary="A dataset: schema, latest version and submission counts")
+    async def show(dataset: DatasetName) -> dict[str, Any]:
+        schema = await repository.get_schema(rt.db, dataset)
+        head = await rt.db.fetchrow("SELECT last_version, total_rows FROM datasets WHERE name = $1", dataset)
+        counts = await rt.db.fetchrow(
+            "SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted, "
+            "coalesce(sum(rejected), 0) AS rejected FROM submissions WHERE dataset = $1",
+            dataset,
+        )
+        if head is None or counts is None:  # deleted between the two reads
+            raise NotFound(f"dataset {dataset!r} is not declared")
+        return {
+            "dataset": dataset,
+            "schema": schema.model_dump(mode="json"),
+            "version": head["last_version"],
+            "total_rows": head["total_rows"],
+            "records": {"received": counts["received"], "accepted": counts["accepted"], "rejected": counts["rejected"]},
+        }
+
+    @router.get("/{dataset}/versions/{version}", summary="The manifest of one dataset version")
+    async def version(dataset: DatasetName, version: int) -> dict[str, Any]:
+        row = await rt.db.fetchrow(
+            "SELECT manifest_uri, manifest_sha256, manifest_size, total_rows, rows, created_at FROM versions "
+            "WHERE dataset = $1 AND version = $2",
+            dataset,
+            version,
+        )
+        if row is None:
+            raise NotFound(f"dataset {dataset!r} has no version {version}")
+        return {
+            "dataset": dataset,
+            "version": version,
+            "manifest": {"uri": row["manifest_uri"], "sha256": row["manifest_sha256"], "size": row["manifest_size"]},
+            "batch_rows": row["rows"],
+            "total_rows": row["total_rows"],
+            "created_at": row["created_at"].isoformat(),
+        }
+
+    @router.post("/{dataset}/records", summary="Submit records: JSON array, NDJSON or CSV")
+    async def submit(
+        dataset: DatasetName,
+        request: Request,
+        mode: Annotated[
+            Literal["partial", "strict"],
+            Query(description="partial: store valid rows, keep the rest as rejections; strict: all or nothing"),
+        ] = "partial",
+    ) -> SubmissionOut:
+        settings = rt.settings
+        parsed = parse_body(await request.body(), request.headers.get("content-type", "application/json"))
+        limit = getattr(settings, "max_rows_per_request", 100_000)
+        if len(parsed.rows) > limit:
+            raise BadRequest(f"{len(parsed.rows)} records in one request; the limit is {limit}")
+        schema = await repository.get_schema(rt.db, dataset)
+        result = validate_records(schema, parsed.rows, from_text=parsed.from_text, unreadable=parsed.unreadable)
+        if mode == "strict" and result.rejected:
+            first = result.rejected[0]
+            raise ValidationFailed(
+                f"row {first.row}: {first.reason}"
+                + (f" (and {len(result.rejected) - 1} more rows)" if len(result.rejected) > 1 else ""),
+                row=first.row,
+                field=first.field,
+                rejections=[{"row": r.row, "field": r.field, "reason": r.reason} for r in result.rejected[:100]],
+            )
+        async with rt.db.acquire() as conn, conn.transaction():
+            stored = await repository.store_submission(
+                conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=result.rejected, source="http"
+            )
+        return SubmissionOut(
+            dataset=dataset,
+            submission_id=str(stored.submission_id),
+            received=len(parsed.rows),
+            accepted=stored.accepted,
+            rejected=stored.rejected,
+            version=stored.version,
+            total_rows=stored.total_rows,
+            rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in result.rejected[:100]],
+        )
+
+    @router.get("/{dataset}/rejections", summary="Rejected rows with their reasons, newest first")
+    async def rejections(
+        dataset: DatasetName,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before_id: Annotated[int | None, Query(description="Page: rejections older than this id")] = None,
+    ) -> dict[str, Any]:
+        await repository.get_schema(rt.db, dataset)
+        rows = await rt.db.fetch(
+            "SELECT id, submission_id, row_index, field, reason, record, created_at FROM rejections "
+            "WHERE dataset = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+            dataset,
+            before_id,
+            limit,
+        )
+        total = await rt.db.fetchval("SELECT count(*) FROM rejections WHERE dataset = $1", dataset)
+        return {
+            "dataset": dataset,
+            "total": total,
+            "rejections": [
+                {
+                    "id": r["id"],
+                    "submission_id": str(r["submission_id"]),
+                    "row": r["row_index"],
+                    "field": r["field"],
+                    "reason": r["reason"],
+                    "record": None if r["record"] is None else json.loads(r["record"]),
+                    "at": r["created_at"].isoformat(),
+                }
+                for r in rows
+            ],
+        }
+
+    app.include_router(router)

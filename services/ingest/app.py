@@ -1,0 +1,40 @@
+"""The ingest service: dataset schemas, validated records, append-only versions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from libs.common.kafka import MicroBatchConsumer
+from libs.common.service import Runtime, ServiceSpec, build
+from libs.common.telemetry import Telemetry
+from services.ingest import api
+from services.ingest.handlers import records_submitted
+from services.ingest.settings import IngestSettings
+
+
+def spec(settings: IngestSettings) -> ServiceSpec:
+    batcher: list[MicroBatchConsumer] = []
+
+    async def on_start(rt: Runtime) -> None:
+        consumer = records_submitted.consumer(rt, settings)
+        consumer.start()
+        batcher.append(consumer)
+
+    async def on_stop(rt: Runtime) -> None:
+        for consumer in batcher:
+            await consumer.stop()
+
+    return ServiceSpec(
+        name="ingest",
+        migrations=Path(__file__).parent / "migrations",
+        routes=api.mount,
+        on_start=on_start,
+        on_stop=on_stop,
+        description="Validates records against declared schemas and stores them as append-only dataset versions.",
+    )
+
+
+def create_app(settings: IngestSettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:
+    return build(spec(settings), settings, telemetry)

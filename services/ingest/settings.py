@@ -1,0 +1,18 @@
+"""Settings of the ingest service (``DRIFTLOOP_INGEST_*``)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.service import ServiceSettings
+
+
+class IngestSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_INGEST_", extra="ignore")
+
+    port: int = 8001
+    micro_batch_records: int = Field(default=2000, ge=1)
+    """records.submitted: store a batch once this many records are buffered …"""
+    micro_batch_wait_s: float = Field(default=2.0, gt=0)
+    """… or this long after the first one arrived."""
+    max_rows_per_request: int = Field(default=100_000, ge=1)
+    """Largest number of records one HTTP request may carry."""
