@@ -6,26 +6,24 @@ import asyncio
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
-T = TypeVar("T")
-
 
 async def wait_until(
-    probe: Callable[[], Awaitable[T]] | Callable[[], T],
+    probe: Callable[[], Any],
     *,
     timeout: float = 30.0,
     interval: float = 0.05,
     message: str = "condition",
-) -> T:
-    """Poll ``probe`` until it returns something truthy; fail after ``timeout`` seconds."""
+) -> Any:
+    """Poll ``probe`` (sync or async) until it returns something truthy; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
+    last: Any = None
     while time.monotonic() < deadline:
         result = probe()
-        last = await result if asyncio.iscoroutine(result) else result  # type: ignore[assignment]
+        last = await result if isinstance(result, Awaitable) else result
         if last:
             return last
         await asyncio.sleep(interval)
@@ -60,6 +58,6 @@ async def outbox_drained(pool: object) -> None:
     from libs.common import outbox
 
     async def empty() -> bool:
-        return await outbox.pending_count(pool) == 0  # type: ignore[arg-type]
+        return await outbox.pending_count(pool) == 0
 
     await wait_until(empty, timeout=30, message="the outbox to drain")
