@@ -1,0 +1,126 @@
+"""PostgreSQL access of the registry: versions, aliases, audit, and alias moves."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from libs.common import outbox
+from libs.common.errors import NotFound
+from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, ModelTrained
+from libs.common.schema import DatasetSchema
+
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+
+async def register(conn: asyncpg.Connection, event: ModelTrained, decision: str) -> int:
+    """Record the trained version under the next number of its model."""
+    await conn.execute(
+        "INSERT INTO models (name, dataset) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING", event.model, event.dataset
+    )
+    await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", event.model)  # numbering is serial
+    version: int = await conn.fetchval(
+        "SELECT coalesce(max(version), 0) + 1 FROM versions WHERE model = $1", event.model
+    )
+    await conn.execute(
+        "INSERT INTO versions (model, version, source_event_id, job_id, dataset, dataset_version, trigger, "
+        "trigger_event_id, params, metrics, champion_metrics, champion_version, primary_metric, seed, code_version, "
+        "training_rows, artifact, profile, schema, decision) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        event.model, version, event.event_id, event.job_id, event.dataset, event.dataset_version, event.trigger,
+        event.trigger_event_id, json.dumps(event.params, default=str), json.dumps(event.metrics),
+        json.dumps(event.champion_metrics) if event.champion_metrics is not None else None, event.champion_version,
+        event.primary_metric, event.seed, event.code_version, event.training_rows, event.artifact.model_dump_json(),
+        event.profile.model_dump_json(), event.dataset_schema.model_dump_json(), decision,
+    )  # fmt: skip
+    return version
+
+
+async def alias_version(conn: Conn, model: str, alias: str) -> int | None:
+    value = await conn.fetchval("SELECT version FROM aliases WHERE model = $1 AND alias = $2", model, alias)
+    return int(value) if value is not None else None
+
+
+async def audit(
+    conn: Conn, model: str, action: str, actor: str, reason: str,
+    alias: str | None = None, from_version: int | None = None, to_version: int | None = None,
+) -> None:  # fmt: skip
+    await conn.execute(
+        "INSERT INTO audit (model, action, alias, from_version, to_version, actor, reason) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        model, action, alias, from_version, to_version, actor, reason,
+    )  # fmt: skip
+
+
+async def move_alias(
+    conn: asyncpg.Connection,
+    model: str,
+    alias: str,
+    version: int,
+    *,
+    actor: str,
+    reason: str,
+    correlation_id: str | None = None,
+) -> ModelPromoted:
+    """Point ``alias`` at ``version``: alias row, audit row and ``model.promoted``, in the caller's transaction."""
+    row = await conn.fetchrow("SELECT * FROM versions WHERE model = $1 AND version = $2", model, version)
+    if row is None:
+        raise NotFound(f"model {model!r} has no version {version}", model=model, version=version)
+    previous = await conn.fetchval(
+        "SELECT version FROM aliases WHERE model = $1 AND alias = $2 FOR UPDATE", model, alias
+    )
+    await conn.execute(
+        "INSERT INTO aliases (model, alias, version) VALUES ($1, $2, $3) "
+        "ON CONFLICT (model, alias) DO UPDATE SET version = $3, updated_at = now()",
+        model, alias, version,
+    )  # fmt: skip
+    action = "promote" if previous is None or version > previous else "rollback"
+    await audit(conn, model, action, actor, reason, alias, previous, version)
+    event = ModelPromoted(
+        producer="registry",
+        correlation_id=correlation_id,
+        model=model,
+        version=version,
+        move=AliasMove(alias=alias, from_version=previous, to_version=version),
+        artifact=ArtifactRef.model_validate_json(row["artifact"]),
+        profile=ArtifactRef.model_validate_json(row["profile"]),
+        dataset_schema=DatasetSchema.model_validate_json(row["schema"]),
+        metrics=json.loads(row["metrics"]),
+        reason=reason,
+        actor=actor,
+    )
+    await outbox.add(conn, event)
+    return event
+
+
+def version_out(row: asyncpg.Record, aliases: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "model": row["model"],
+        "version": row["version"],
+        "aliases": aliases or [],
+        "metrics": json.loads(row["metrics"]),
+        "primary_metric": row["primary_metric"],
+        "decision": row["decision"],
+        "created_at": row["created_at"].isoformat(),
+        "run": {
+            "job_id": row["job_id"],
+            "params": json.loads(row["params"]),
+            "seed": row["seed"],
+            "code_version": row["code_version"],
+            "training_rows": row["training_rows"],
+            "champion_version": row["champion_version"],
+            "champion_metrics": json.loads(row["champion_metrics"]) if row["champion_metrics"] else None,
+        },
+        "lineage": {
+            "dataset": row["dataset"],
+            "dataset_version": row["dataset_version"],
+            "trigger": row["trigger"],
+            "trigger_event_id": str(row["trigger_event_id"]) if row["trigger_event_id"] else None,
+            "source_event_id": str(row["source_event_id"]),
+        },
+        "artifact": json.loads(row["artifact"]),
+        "profile": json.loads(row["profile"]),
+        "schema": json.loads(row["schema"]),
+    }

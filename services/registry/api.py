@@ -1,0 +1,104 @@
+"""HTTP API of the registry: models, versions, aliases, audit."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, FastAPI, Path, Query
+from pydantic import BaseModel, Field
+
+from libs.common.errors import NotFound
+from libs.common.service import Runtime
+from services.registry.adapters import repository
+from services.registry.domain.promotion import ALIASES
+
+ModelName = Annotated[str, Path(description="Model name.")]
+
+
+class AliasMoveRequest(BaseModel):
+    version: int = Field(ge=1, description="Version the alias should point to.")
+    reason: str = Field(min_length=3, max_length=500, description="Why; kept in the audit log.")
+    actor: str = Field(default="api", min_length=1, max_length=128, description="Who is moving it.")
+
+
+def mount(app: FastAPI, rt: Runtime) -> None:
+    router = APIRouter(prefix="/v1/models", tags=["models"])
+
+    async def _require(model: str) -> None:
+        if await rt.db.fetchval("SELECT 1 FROM models WHERE name = $1", model) is None:
+            raise NotFound(f"no model {model!r} in the registry", model=model)
+
+    async def _aliases(model: str) -> dict[int, list[str]]:
+        by_version: dict[int, list[str]] = {}
+        for r in await rt.db.fetch("SELECT alias, version FROM aliases WHERE model = $1 ORDER BY alias", model):
+            by_version.setdefault(r["version"], []).append(r["alias"])
+        return by_version
+
+    @router.get("", summary="Models with their aliases")
+    async def list_models() -> list[dict[str, Any]]:
+        rows = await rt.db.fetch(
+            "SELECT m.name, m.dataset, count(v.version) AS versions FROM models m "
+            "LEFT JOIN versions v ON v.model = m.name GROUP BY m.name, m.dataset ORDER BY m.name"
+        )
+        aliases = await rt.db.fetch("SELECT model, alias, version FROM aliases")
+        return [
+            {
+                "model": r["name"],
+                "dataset": r["dataset"],
+                "versions": r["versions"],
+                "aliases": {a["alias"]: a["version"] for a in aliases if a["model"] == r["name"]},
+            }
+            for r in rows
+        ]
+
+    @router.get("/{model}/versions", summary="Versions of a model, newest first")
+    async def list_versions(model: ModelName) -> list[dict[str, Any]]:
+        await _require(model)
+        aliases = await _aliases(model)
+        rows = await rt.db.fetch("SELECT * FROM versions WHERE model = $1 ORDER BY version DESC", model)
+        return [repository.version_out(r, aliases.get(r["version"])) for r in rows]
+
+    @router.get("/{model}/versions/{version}", summary="One version: metrics, run, lineage, artifacts")
+    async def show_version(model: ModelName, version: int) -> dict[str, Any]:
+        row = await rt.db.fetchrow("SELECT * FROM versions WHERE model = $1 AND version = $2", model, version)
+        if row is None:
+            raise NotFound(f"model {model!r} has no version {version}", model=model, version=version)
+        return repository.version_out(row, (await _aliases(model)).get(version))
+
+    @router.get("/{model}/aliases/{alias}", summary="The version an alias points to")
+    async def show_alias(model: ModelName, alias: str) -> dict[str, Any]:
+        await _require(model)
+        version = await repository.alias_version(rt.db, model, alias)
+        if version is None:
+            raise NotFound(f"model {model!r} has no {alias!r} alias", model=model, alias=alias)
+        return await show_version(model, version)
+
+    @router.put("/{model}/aliases/{alias}", summary="Move an alias by hand (promote or roll back)")
+    async def move(model: ModelName, alias: str, body: AliasMoveRequest) -> dict[str, Any]:
+        if alias not in ALIASES:
+            raise NotFound(f"unknown alias {alias!r}; aliases are {', '.join(ALIASES)}", alias=alias)
+        await _require(model)
+        async with rt.db.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", model)
+            event = await repository.move_alias(conn, model, alias, body.version, actor=body.actor, reason=body.reason)
+        return {"model": model, "alias": alias, "from_version": event.move.from_version, "to_version": body.version}
+
+    @router.get("/{model}/audit", summary="Every registration, promotion, rejection and rollback")
+    async def audit(model: ModelName, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
+        await _require(model)
+        rows = await rt.db.fetch("SELECT * FROM audit WHERE model = $1 ORDER BY id DESC LIMIT $2", model, limit)
+        return [
+            {
+                "id": r["id"],
+                "action": r["action"],
+                "alias": r["alias"],
+                "from_version": r["from_version"],
+                "to_version": r["to_version"],
+                "actor": r["actor"],
+                "reason": r["reason"],
+                "at": r["at"].isoformat(),
+            }
+            for r in rows
+        ]
+
+    app.include_router(router)

@@ -1,0 +1,39 @@
+"""The registry service: versions, promotion policy, aliases, audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from libs.common import topics
+from libs.common.events import ModelTrained
+from libs.common.kafka import subscribe
+from libs.common.service import Runtime, ServiceSpec, build
+from libs.common.telemetry import Telemetry
+from services.registry import api
+from services.registry.domain.promotion import PromotionConfig
+from services.registry.handlers import model_trained
+from services.registry.settings import RegistrySettings
+
+
+def spec(settings: RegistrySettings) -> ServiceSpec:
+    config = PromotionConfig(
+        min_metric=settings.min_metric, min_gain=settings.min_gain, require_approval=settings.require_approval
+    )
+
+    def register(rt: Runtime) -> None:
+        subscribe(rt.broker, topics.MODEL_TRAINED, group="registry", handler=model_trained.handler(rt, config),
+                  accepts=(ModelTrained,), settings=settings.kafka, telemetry=rt.telemetry)  # fmt: skip
+
+    return ServiceSpec(
+        name="registry",
+        migrations=Path(__file__).parent / "migrations",
+        register=register,
+        routes=api.mount,
+        description="Registers trained versions, applies the promotion policy, moves aliases, keeps the audit log.",
+    )
+
+
+def create_app(settings: RegistrySettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:
+    return build(spec(settings), settings, telemetry)

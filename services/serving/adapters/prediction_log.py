@@ -1,0 +1,92 @@
+"""Batching predictions into predictions.logged events.
+
+Predictions are buffered per model version and published when a batch is
+full or on a timer, never on the request path. The log is telemetry for the
+monitor: a crash loses at most one unflushed batch, which the monitor's
+windowed statistics tolerate; a full buffer (broker down) drops the oldest
+records and counts them, rather than growing without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict, deque
+
+from prometheus_client import Counter, Histogram
+
+from libs.common.events import PredictionRecord, PredictionsLogged
+from libs.common.kafka import BrokerPublisher
+from libs.common.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        publisher: BrokerPublisher,
+        telemetry: Telemetry,
+        *,
+        batch_size: int,
+        flush_s: float,
+        max_buffer: int = 100_000,
+    ) -> None:
+        self.publisher = publisher
+        self.batch_size = batch_size
+        self.flush_s = flush_s
+        self.max_buffer = max_buffer
+        self._buffers: dict[tuple[str, int], deque[PredictionRecord]] = defaultdict(deque)
+        self._full = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = Counter(
+            "driftloop_prediction_log_dropped_total", "Predictions dropped from a full log buffer.",
+            registry=telemetry.registry,
+        )  # fmt: skip
+        self.batch_sizes = Histogram(
+            "driftloop_prediction_log_batch_size", "Predictions per predictions.logged event.",
+            buckets=(1, 10, 50, 100, 200, 500, 1000), registry=telemetry.registry,
+        )  # fmt: skip
+
+    def add(self, model: str, version: int, records: list[PredictionRecord]) -> None:
+        buffer = self._buffers[(model, version)]
+        buffer.extend(records)
+        overflow = len(buffer) - self.max_buffer
+        for _ in range(max(0, overflow)):
+            buffer.popleft()
+        if overflow > 0:
+            self.dropped.inc(overflow)
+        if len(buffer) >= self.batch_size:
+            self._full.set()
+
+    async def flush(self) -> None:
+        for (model, version), buffer in list(self._buffers.items()):
+            while buffer:
+                batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
+                try:
+                    await self.publisher.publish_event(
+                        PredictionsLogged(producer="serving", model=model, version=version, records=batch)
+                    )
+                    self.batch_sizes.observe(len(batch))
+                except Exception as exc:  # broker down: keep the batch for the next flush
+                    buffer.extendleft(reversed(batch))
+                    log.warning("prediction log publish failed: %r", exc)
+                    return
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.flush_s)
+            self._full.clear()
+            await self.flush()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="prediction-log")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

@@ -1,0 +1,85 @@
+"""The serving service: champions loaded from the registry, hot-swapped on model.promoted."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import httpx
+from fastapi import FastAPI
+
+from libs.common import topics
+from libs.common.events import ArtifactRef, ModelPromoted
+from libs.common.kafka import subscribe
+from libs.common.schema import DatasetSchema
+from libs.common.service import Runtime, ServiceSpec, build
+from libs.common.telemetry import Telemetry
+from services.serving import api
+from services.serving.adapters.loader import champions_from_registry, load
+from services.serving.adapters.prediction_log import PredictionLog
+from services.serving.domain.models import ModelTable
+from services.serving.handlers import model_promoted
+from services.serving.settings import ServingSettings
+
+log = logging.getLogger(__name__)
+
+
+def spec(settings: ServingSettings) -> ServiceSpec:
+    table = ModelTable()
+    logs: list[PredictionLog] = []
+
+    def register(rt: Runtime) -> None:
+        # Every replica must see every promotion: a group of its own, from now on
+        # (what was promoted before the replica started comes from the registry).
+        subscribe(rt.broker, topics.MODEL_PROMOTED, group=f"serving-{settings.instance_id}",
+                  handler=model_promoted.handler(rt, table), accepts=(ModelPromoted,), settings=settings.kafka,
+                  telemetry=rt.telemetry, auto_offset_reset="latest")  # fmt: skip
+
+    def routes(app: FastAPI, rt: Runtime) -> None:
+        plog = PredictionLog(rt.publisher, rt.telemetry, batch_size=settings.log_batch_size,
+                             flush_s=settings.log_flush_s)  # fmt: skip
+        logs.append(plog)
+        api.mount(app, rt, settings, table, plog)
+
+    async def bootstrap(rt: Runtime) -> None:
+        delay = 0.5
+        while True:
+            try:
+                records = await champions_from_registry(settings.registry_url)
+                break
+            except (httpx.HTTPError, OSError) as exc:
+                log.warning("registry not reachable at %s (%s), retrying in %.1fs", settings.registry_url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+        for record in records:
+            if table.get(record["model"]) is not None:
+                continue  # a promotion event got here first and is newer
+            loaded = await load(
+                rt.store, record["model"], record["version"], ArtifactRef.model_validate(record["artifact"]),
+                DatasetSchema.model_validate(record["schema"]), generation=0.0,
+            )  # fmt: skip
+            table.offer(loaded)
+            log.info("model %s v%d loaded from the registry", loaded.model, loaded.version)
+
+    async def on_start(rt: Runtime) -> None:
+        for plog in logs:
+            plog.start()
+        rt.spawn(bootstrap(rt), "bootstrap")
+
+    async def on_stop(rt: Runtime) -> None:
+        for plog in logs:
+            await plog.stop()
+
+    return ServiceSpec(
+        name="serving",
+        migrations=None,
+        register=register,
+        routes=routes,
+        on_start=on_start,
+        on_stop=on_stop,
+        description="Serves champion models over HTTP, hot-swaps on promotion, logs predictions and feedback.",
+    )
+
+
+def create_app(settings: ServingSettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:
+    return build(spec(settings), settings, telemetry)

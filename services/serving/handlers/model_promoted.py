@@ -1,0 +1,36 @@
+"""model.promoted: load the new champion in the background and swap it in."""
+
+from __future__ import annotations
+
+import logging
+
+from libs.common.events import Event, ModelPromoted
+from libs.common.kafka import Delivery, Handler
+from libs.common.service import Runtime
+from services.serving.adapters.loader import load
+from services.serving.domain.models import ModelTable
+
+log = logging.getLogger(__name__)
+
+
+def handler(rt: Runtime, table: ModelTable) -> Handler:
+    async def handle(event: Event, delivery: Delivery) -> None:
+        """Load and verify the promoted artifact, then swap it in atomically."""
+        assert isinstance(event, ModelPromoted)
+        if event.move.alias != "champion":
+            return  # canary and shadow traffic splits are not served yet
+        current = table.get(event.model)
+        if current is not None and current.version == event.version and current.artifact == event.artifact:
+            return  # redelivery: already serving it
+        loaded = await load(
+            rt.store, event.model, event.version, event.artifact, event.dataset_schema, event.occurred_at.timestamp()
+        )
+        with rt.telemetry.tracer.start_as_current_span(
+            "model swap", attributes={"driftloop.model": event.model, "driftloop.version": event.version}
+        ):
+            swapped = table.offer(loaded)
+        log.info(
+            "model %s v%d %s", event.model, event.version, "now serving" if swapped else "ignored: newer already served"
+        )
+
+    return handle

@@ -1,0 +1,61 @@
+"""The training job as it runs in a worker process.
+
+It runs apart from the service's event loop so the Kafka consumer keeps
+heart-beating while a search takes minutes. Its input and output are plain
+dicts (they cross a process boundary); all I/O is against the artifact store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from libs.common import models
+from libs.common.artifacts import ArtifactStore
+from libs.common.datasets import DatasetManifest, read_batches
+from libs.common.events import ArtifactRef
+from libs.common.profile import build_profile
+from libs.common.schema import DType, Task
+from services.trainer.domain.training import TrainingConfig, train
+
+
+def run_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Train one job; return what the ``model.trained`` event needs."""
+    store = ArtifactStore(spec["artifacts_root"])
+    manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(spec["manifest"])))
+    since = datetime.fromisoformat(spec["since"]) if spec.get("since") else None
+    batches = manifest.since(since) if since else manifest.batches
+    if not batches:
+        raise ValueError(f"no batches of {manifest.dataset} v{manifest.version} since {since}")
+    frame = read_batches(store, batches).to_pandas()
+    schema = manifest.dataset_schema
+    champion = None
+    if spec.get("champion_artifact"):
+        champion = models.load(store, ArtifactRef.model_validate(spec["champion_artifact"]))
+    config = TrainingConfig(**spec["config"])
+    result = train(schema, frame, config, champion)
+    kinds: dict[str, Literal["numeric", "categorical"]] = {
+        f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in schema.features
+    }
+    profile = build_profile(
+        {name: result.train_frame[name].to_numpy() for name in kinds},
+        kinds,
+        result.train_predictions,
+        prediction_kind="categorical" if schema.task is Task.CLASSIFICATION else "numeric",
+        metrics=result.metrics,
+        seed=config.seed,
+    )
+    model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
+    profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
+    return {
+        "params": result.params,
+        "metrics": result.metrics,
+        "champion_metrics": result.champion_metrics,
+        "primary_metric": result.primary_metric,
+        "training_rows": result.training_rows,
+        "holdout_rows": result.holdout_rows,
+        "dataset_version": manifest.version,
+        "dataset_schema": schema.model_dump(mode="json"),
+        "artifact": model_ref.model_dump(),
+        "profile": profile_ref.model_dump(),
+    }

@@ -1,0 +1,39 @@
+"""Settings of the trainer service (``DRIFTLOOP_TRAINER_*``)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.service import ServiceSettings
+
+
+class TrainerSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_TRAINER_", extra="ignore")
+
+    port: int = 8002
+    models: dict[str, str] = Field(default_factory=dict)
+    """Model → dataset it learns from; a dataset with no entry trains a model of its own name."""
+    min_rows_first_model: int = Field(default=1000, ge=10)
+    """Rows needed before the first model is trained."""
+    min_new_rows: int = Field(default=20_000, ge=1)
+    """New rows that justify a routine retrain."""
+    drift_min_rows: int = Field(default=1000, ge=10)
+    """Rows needed after a drift began before retraining on them."""
+    drift_cooldown_s: float = Field(default=120.0, ge=0)
+    """Drift reports are ignored this long after a drift-triggered job."""
+    seed: int = 42
+    """Seed of splits, searches and estimators: same data + seed → same model."""
+    search_iterations: int = Field(default=6, ge=1)
+    """Hyperparameter candidates tried per job."""
+    cv_folds: int = Field(default=3, ge=2)
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9)
+    """Share of the most recent rows held out to compare challenger and champion."""
+    max_training_rows: int = Field(default=50_000, ge=100)
+    """Most recent rows a job trains on at most."""
+    workers: int = Field(default=1, ge=1)
+    """Worker processes running jobs."""
+    job_lease_s: float = Field(default=60.0, gt=0)
+    """A running job whose heartbeat is older than this is considered orphaned and re-queued."""
+    max_job_attempts: int = Field(default=2, ge=1)
+    """Attempts before a failing job is marked failed."""
+    code_version: str | None = None
+    """Recorded with every model; the git commit or package version when unset."""
