@@ -156,6 +156,7 @@ class ModelPromoted(Event):
     event_type: Literal["model.promoted"] = "model.promoted"
     model: str
     version: int = Field(ge=1)
+    dataset: str | None = Field(default=None, description="Dataset the version was trained on.")
     move: AliasMove
     artifact: ArtifactRef
     profile: ArtifactRef
@@ -226,7 +227,7 @@ class DriftDetected(Event):
     event_type: Literal["drift.detected"] = "drift.detected"
     model: str
     version: int = Field(ge=1)
-    dataset: str
+    dataset: str | None = Field(default=None, description="Dataset of the model, when known.")
     kinds: list[str] = Field(description="data_drift, prediction_drift and/or performance.")
     window_size: int = Field(ge=0)
     window_started_at: datetime | None = None

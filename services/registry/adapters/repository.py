@@ -83,6 +83,7 @@ async def move_alias(
         correlation_id=correlation_id,
         model=model,
         version=version,
+        dataset=row["dataset"],
         move=AliasMove(alias=alias, from_version=previous, to_version=version),
         artifact=ArtifactRef.model_validate_json(row["artifact"]),
         profile=ArtifactRef.model_validate_json(row["profile"]),

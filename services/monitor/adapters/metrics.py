@@ -1,0 +1,51 @@
+"""Prometheus metrics of the monitor: drift scores per feature, live metric, windows, alarms."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from services.monitor.adapters.state import ModelMonitor
+from services.monitor.domain.decision import WindowReport
+
+
+class MonitorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.drift_score = Gauge(
+            "driftloop_drift_score", "Latest window's drift statistic per feature.",
+            ["model", "feature", "statistic"], registry=registry,
+        )  # fmt: skip
+        self.feature_drifted = Gauge(
+            "driftloop_feature_drifted", "1 if the feature drifted in the latest window.", ["model", "feature"],
+            registry=registry,
+        )  # fmt: skip
+        self.live_metric = Gauge(
+            "driftloop_live_metric", "Live metric from labels (accuracy or rmse).", ["model", "metric"],
+            registry=registry,
+        )  # fmt: skip
+        self.holdout_metric = Gauge(
+            "driftloop_holdout_metric", "The served version's holdout metric.", ["model", "metric"], registry=registry
+        )
+        self.labels = Counter(
+            "driftloop_labels_total", "Labels received, by whether they matched a prediction.", ["model", "matched"],
+            registry=registry,
+        )  # fmt: skip
+        self.windows = Counter(
+            "driftloop_drift_windows_total", "Windows evaluated.", ["model", "flagged"], registry=registry
+        )
+        self.alarms = Counter(
+            "driftloop_drift_alarms_total", "drift.detected events raised.", ["model"], registry=registry
+        )
+
+    def record(self, monitor: ModelMonitor, report: WindowReport) -> None:
+        self.windows.labels(monitor.model, str(report.flagged).lower()).inc()
+        for verdict in [*report.features, *([report.prediction] if report.prediction else [])]:
+            for statistic in ("psi", "ks_pvalue", "chi2_pvalue", "jensen_shannon", "wasserstein_std"):
+                if statistic in verdict.statistics:
+                    self.drift_score.labels(monitor.model, verdict.feature, statistic).set(
+                        verdict.statistics[statistic]
+                    )
+            self.feature_drifted.labels(monitor.model, verdict.feature).set(1 if verdict.drifted else 0)
+        if report.performance is not None:
+            perf = report.performance
+            self.live_metric.labels(monitor.model, perf.metric).set(perf.live)
+            self.holdout_metric.labels(monitor.model, perf.metric).set(perf.reference)

@@ -1,0 +1,152 @@
+"""The monitor's live state per model: reference, current window, labels, alarms.
+
+Windows live in memory (they refill within one window after a restart);
+references, predictions awaiting labels, reports and alarms live in PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+
+from libs.common.artifacts import ArtifactStore
+from libs.common.events import ArtifactRef
+from libs.common.profile import ReferenceProfile
+from libs.common.schema import DatasetSchema, Task
+from services.monitor.domain.decision import (
+    AlarmState,
+    DriftConfig,
+    Performance,
+    WindowReport,
+    classification_performance,
+    regression_performance,
+)
+from services.monitor.domain.windows import Window
+
+
+@dataclass
+class ModelMonitor:
+    model: str
+    version: int
+    profile: ReferenceProfile
+    schema: DatasetSchema
+    dataset: str | None
+    config: DriftConfig
+    window_size: int
+    label_window: int
+    sample_size: int
+    window: Window = field(init=False)
+    labels: deque[float] = field(init=False)
+    alarms: AlarmState = field(default_factory=AlarmState)
+    last_report: WindowReport | None = None
+    windows_evaluated: int = 0
+    labels_seen: int = 0
+
+    def __post_init__(self) -> None:
+        self.window = self._new_window()
+        self.labels = deque(maxlen=self.label_window)
+
+    def _new_window(self) -> Window:
+        return Window(self.profile, sample_size=self.sample_size, seed=self.windows_evaluated)
+
+    def observe(self, rows: list[dict[str, Any]], predictions: list[Any]) -> list[Window]:
+        """Add predictions; return the windows that filled up (usually none or one)."""
+        full = []
+        start = 0
+        while start < len(rows):
+            room = self.window_size - self.window.records
+            chunk = slice(start, start + room)
+            self.window.add(rows[chunk], predictions[chunk])
+            start += room
+            if self.window.records >= self.window_size:
+                full.append(self.window)
+                self.windows_evaluated += 1
+                self.window = self._new_window()
+        return full
+
+    def observe_labels(self, outcomes: list[float]) -> None:
+        """1/0 correctness (classification) or squared errors (regression)."""
+        self.labels.extend(outcomes)
+        self.labels_seen += len(outcomes)
+
+    def performance(self) -> Performance | None:
+        n = len(self.labels)
+        if self.schema.task is Task.CLASSIFICATION:
+            holdout = self.profile.metrics.get("accuracy")
+            if holdout is None:
+                return None
+            return classification_performance(int(sum(self.labels)), n, holdout, self.config)
+        holdout_rmse = self.profile.metrics.get("rmse")
+        if holdout_rmse is None:
+            return None
+        return regression_performance(float(sum(self.labels)), n, holdout_rmse, self.config)
+
+    def outcome(self, prediction: Any, label: Any) -> float | None:
+        if self.schema.task is Task.CLASSIFICATION:
+            return 1.0 if str(prediction) == str(label) else 0.0
+        try:
+            return (float(prediction) - float(label)) ** 2
+        except (TypeError, ValueError):
+            return None
+
+
+class Monitors:
+    """Model → its monitor, loaded lazily from the reference table."""
+
+    def __init__(
+        self, store: ArtifactStore, config: DriftConfig, *, window_size: int, label_window: int, sample_size: int
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.window_size = window_size
+        self.label_window = label_window
+        self.sample_size = sample_size
+        self._by_model: dict[str, ModelMonitor] = {}
+
+    def get(self, model: str) -> ModelMonitor | None:
+        return self._by_model.get(model)
+
+    def all(self) -> list[ModelMonitor]:
+        return list(self._by_model.values())
+
+    def activate(
+        self, model: str, version: int, profile_ref: ArtifactRef, schema: DatasetSchema, dataset: str | None
+    ) -> ModelMonitor:
+        current = self._by_model.get(model)
+        if current is not None and current.version == version:
+            return current
+        profile = ReferenceProfile.from_bytes(self.store.get(profile_ref))
+        monitor = ModelMonitor(model, version, profile, schema, dataset, self.config, self.window_size,
+                               self.label_window, self.sample_size)  # fmt: skip
+        self._by_model[model] = monitor
+        return monitor
+
+    async def load(self, conn: asyncpg.Connection | asyncpg.Pool, model: str) -> ModelMonitor | None:
+        """The monitor of ``model``, from memory or from the reference table."""
+        monitor = self._by_model.get(model)
+        row = await conn.fetchrow(
+            "SELECT r.version, r.dataset, r.profile, r.schema FROM monitored m JOIN reference_profiles r "
+            "ON r.model = m.model AND r.version = m.version WHERE m.model = $1",
+            model,
+        )
+        if row is None:
+            return monitor
+        if monitor is not None and monitor.version == row["version"]:
+            return monitor
+        return self.activate(
+            model, row["version"], ArtifactRef.model_validate_json(row["profile"]),
+            DatasetSchema.model_validate_json(row["schema"]), row["dataset"],
+        )  # fmt: skip
+
+
+def report_json(report: WindowReport) -> str:
+    return json.dumps(report.to_dict(), default=str)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)

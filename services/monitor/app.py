@@ -1,0 +1,62 @@
+"""The monitor service: live windows against reference profiles, drift.detected."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from libs.common import topics
+from libs.common.events import LabelsArrived, ModelPromoted, PredictionsLogged
+from libs.common.kafka import subscribe
+from libs.common.service import Runtime, ServiceSpec, build
+from libs.common.telemetry import Telemetry
+from services.monitor import api
+from services.monitor.adapters.metrics import MonitorMetrics
+from services.monitor.adapters.state import Monitors
+from services.monitor.domain.decision import DriftConfig
+from services.monitor.handlers import labels_arrived, model_promoted, predictions_logged
+from services.monitor.settings import MonitorSettings
+
+
+def drift_config(s: MonitorSettings) -> DriftConfig:
+    return DriftConfig(
+        min_window=s.min_window, alpha=s.alpha, correction=s.correction, psi_threshold=s.psi_threshold,
+        js_threshold=s.js_threshold, wasserstein_threshold=s.wasserstein_threshold, drift_share=s.drift_share,
+        key_features=tuple(s.key_features), min_labels=s.min_labels, performance_margin=s.performance_margin,
+        persistence_k=s.persistence_k, persistence_n=s.persistence_n, cooldown=timedelta(seconds=s.cooldown_s),
+    )  # fmt: skip
+
+
+def spec(settings: MonitorSettings) -> ServiceSpec:
+    holder: list[Monitors] = []
+
+    def monitors(rt: Runtime) -> Monitors:
+        if not holder:
+            holder.append(Monitors(rt.store, drift_config(settings), window_size=settings.window_size,
+                                   label_window=settings.label_window, sample_size=settings.sample_size))  # fmt: skip
+        return holder[0]
+
+    def register(rt: Runtime) -> None:
+        metrics = MonitorMetrics(rt.telemetry.registry)
+        m = monitors(rt)
+        for topic, event, handle in (
+            (topics.MODEL_PROMOTED, ModelPromoted, model_promoted.handler(rt, m)),
+            (topics.PREDICTIONS_LOGGED, PredictionsLogged, predictions_logged.handler(rt, m, metrics)),
+            (topics.LABELS_ARRIVED, LabelsArrived, labels_arrived.handler(rt, m, metrics)),
+        ):
+            subscribe(rt.broker, topic, group="monitor", handler=handle, accepts=(event,), settings=settings.kafka,
+                      telemetry=rt.telemetry)  # fmt: skip
+
+    return ServiceSpec(
+        name="monitor",
+        migrations=Path(__file__).parent / "migrations",
+        register=register,
+        routes=lambda app, rt: api.mount(app, rt, monitors(rt)),
+        description="Compares live prediction windows with reference profiles; raises drift.detected.",
+    )
+
+
+def create_app(settings: MonitorSettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:
+    return build(spec(settings), settings, telemetry)

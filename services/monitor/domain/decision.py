@@ -1,0 +1,258 @@
+"""From a window to a verdict, and from verdicts to an alarm.
+
+A feature drifts only when its distribution moved by a meaningful amount
+(an effect size over its threshold) *and* the move is unlikely to be noise
+(a p-value, corrected for testing many features at once, under ``alpha``).
+Effect sizes alone would flag noise on small windows; p-values alone would
+flag trivial shifts on large ones. The dataset drifts when a configurable
+share of features drifts, or any feature marked key. Performance degrades
+when even the optimistic end of the live accuracy's confidence interval lies
+below the holdout accuracy by more than a margin. One flagged window is not
+enough to retrain: the alarm needs k flagged windows out of the last n
+(persistence), and after an alarm the model is left alone for a cool-down.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from libs.common.profile import NumericProfile
+from services.monitor.domain import statistics as st
+from services.monitor.domain.windows import CategoricalWindow, FeatureWindow, NumericWindow, Window
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    min_window: int = 200
+    """Windows with fewer records get no verdict."""
+    alpha: float = 0.01
+    """Significance level after correction across features."""
+    correction: str = "bh"
+    """Multiple-testing correction: bh (Benjamini-Hochberg) or bonferroni."""
+    psi_threshold: float = 0.1
+    """PSI at or above which a move is meaningful (0.1 = 'moderate')."""
+    js_threshold: float = 0.1
+    """Jensen-Shannon distance at or above which a categorical move is meaningful."""
+    wasserstein_threshold: float = 0.2
+    """Wasserstein distance, in reference standard deviations, that is meaningful."""
+    drift_share: float = 0.3
+    """Share of features that must drift for the dataset to drift."""
+    key_features: tuple[str, ...] = ()
+    """Features whose drift alone makes the dataset drift."""
+    prediction_drift: bool = True
+    """Count prediction drift as a reason to flag the window."""
+    min_labels: int = 100
+    """Labels needed before the performance rule speaks."""
+    performance_margin: float = 0.05
+    """Allowed drop of the live metric below the holdout metric."""
+    persistence_k: int = 2
+    persistence_n: int = 3
+    """An alarm needs k flagged windows among the last n."""
+    cooldown: timedelta = timedelta(minutes=2)
+    """No new alarm for a model this long after the last one."""
+
+
+@dataclass(frozen=True)
+class FeatureVerdict:
+    feature: str
+    kind: str
+    statistics: dict[str, float]
+    thresholds: dict[str, float]
+    drifted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature, "kind": self.kind, "statistics": self.statistics,
+            "thresholds": self.thresholds, "drifted": self.drifted,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Performance:
+    metric: str
+    live: float
+    bound: float
+    """The optimistic end of the live metric's confidence interval."""
+    reference: float
+    labels: int
+    degraded: bool
+
+
+@dataclass(frozen=True)
+class WindowReport:
+    records: int
+    started_at: datetime
+    evaluated: bool
+    features: list[FeatureVerdict]
+    prediction: FeatureVerdict | None
+    data_drift: bool
+    prediction_drift: bool
+    performance: Performance | None
+    flagged: bool
+    reason: str
+
+    @property
+    def kinds(self) -> list[str]:
+        kinds = []
+        if self.data_drift:
+            kinds.append("data_drift")
+        if self.prediction_drift:
+            kinds.append("prediction_drift")
+        if self.performance is not None and self.performance.degraded:
+            kinds.append("performance")
+        return kinds
+
+    def to_dict(self) -> dict[str, Any]:
+        perf = self.performance
+        return {
+            "records": self.records,
+            "started_at": self.started_at.isoformat(),
+            "evaluated": self.evaluated,
+            "flagged": self.flagged,
+            "kinds": self.kinds,
+            "reason": self.reason,
+            "data_drift": self.data_drift,
+            "prediction_drift": self.prediction_drift,
+            "features": [f.to_dict() for f in self.features],
+            "prediction": self.prediction.to_dict() if self.prediction else None,
+            "performance": None if perf is None else {
+                "metric": perf.metric, "live": perf.live, "bound": perf.bound, "reference": perf.reference,
+                "labels": perf.labels, "degraded": perf.degraded,
+            },
+        }  # fmt: skip
+
+
+def _raw_verdict(
+    name: str, window: FeatureWindow, config: DriftConfig
+) -> tuple[dict[str, float], dict[str, float], bool, float]:
+    """Statistics, thresholds, whether the effect is meaningful, and the p-value (uncorrected)."""
+    if isinstance(window, NumericWindow):
+        ref: NumericProfile = window.reference
+        sample = window.reservoir.sample()
+        ref_sample = np.asarray(ref.sample)
+        psi = st.psi(np.asarray(ref.counts), window.counts)
+        ks_stat, p_value = st.ks_test(ref_sample, sample) if sample.size and ref_sample.size else (0.0, 1.0)
+        wasser = st.wasserstein_normalised(ref_sample, sample, ref.std)
+        count = window.count + window.missing
+        stats = {
+            "psi": psi, "ks_statistic": ks_stat, "ks_pvalue": p_value, "wasserstein_std": wasser,
+            "missing_rate": window.missing / count if count else 0.0,
+            "missing_rate_reference": ref.missing_rate,
+            "out_of_range_share": window.out_of_range / window.count if window.count else 0.0,
+        }  # fmt: skip
+        thresholds = {"psi": config.psi_threshold, "wasserstein_std": config.wasserstein_threshold}
+        meaningful = psi >= config.psi_threshold or wasser >= config.wasserstein_threshold
+        return stats, thresholds, meaningful, p_value
+    assert isinstance(window, CategoricalWindow)
+    reference, live = window.aligned()
+    psi = st.psi(reference, live)
+    chi, p_value = st.chi_square(reference, live)
+    js = st.jensen_shannon(reference, live)
+    count = window.count + window.missing
+    stats = {
+        "psi": psi, "chi2_statistic": chi, "chi2_pvalue": p_value, "jensen_shannon": js,
+        "missing_rate": window.missing / count if count else 0.0,
+        "missing_rate_reference": window.reference.missing_rate,
+        "unseen_share": live[-1] / live.sum() if live.sum() else 0.0,
+    }  # fmt: skip
+    thresholds = {"psi": config.psi_threshold, "jensen_shannon": config.js_threshold}
+    meaningful = psi >= config.psi_threshold or js >= config.js_threshold
+    return stats, thresholds, meaningful, p_value
+
+
+def evaluate_window(window: Window, performance: Performance | None, config: DriftConfig) -> WindowReport:
+    """The verdict on one window (pure: the same window gives the same report)."""
+    if window.records < config.min_window:
+        return WindowReport(window.records, window.started_at, False, [], None, False, False, performance,
+                            bool(performance and performance.degraded),
+                            f"window of {window.records} records is below the minimum {config.min_window}")  # fmt: skip
+    names = list(window.features)
+    raw = [_raw_verdict(name, window.features[name], config) for name in names]
+    pred_raw = _raw_verdict("prediction", window.prediction, config)
+    adjusted = st.adjust_pvalues(np.array([r[3] for r in raw] + [pred_raw[3]]), config.correction)
+    verdicts = []
+    for i, (name, (stats, thresholds, meaningful, _)) in enumerate(zip(names, raw, strict=True)):
+        stats = {**stats, "pvalue_adjusted": float(adjusted[i])}
+        kind = "numeric" if isinstance(window.features[name], NumericWindow) else "categorical"
+        verdicts.append(FeatureVerdict(name, kind, stats, {**thresholds, "alpha": config.alpha},
+                                       meaningful and adjusted[i] < config.alpha))  # fmt: skip
+    pred_stats, pred_thresholds, pred_meaningful, _ = pred_raw
+    prediction = FeatureVerdict(
+        "prediction", "numeric" if isinstance(window.prediction, NumericWindow) else "categorical",
+        {**pred_stats, "pvalue_adjusted": float(adjusted[-1])}, {**pred_thresholds, "alpha": config.alpha},
+        pred_meaningful and adjusted[-1] < config.alpha,
+    )  # fmt: skip
+    drifted = [v.feature for v in verdicts if v.drifted]
+    share = len(drifted) / len(verdicts) if verdicts else 0.0
+    key_hit = sorted(set(drifted) & set(config.key_features))
+    data_drift = share >= config.drift_share or bool(key_hit)
+    prediction_drift = config.prediction_drift and prediction.drifted
+    degraded = bool(performance and performance.degraded)
+    reasons = []
+    if data_drift:
+        reasons.append(f"{len(drifted)}/{len(verdicts)} features drifted ({', '.join(drifted)})")
+    if prediction_drift:
+        reasons.append(f"prediction distribution moved (psi {prediction.statistics['psi']:.3f})")
+    if degraded and performance:
+        reasons.append(
+            f"live {performance.metric} {performance.live:.3f} (≤ {performance.bound:.3f}) below holdout "
+            f"{performance.reference:.3f} by more than {config.performance_margin:.2f}"
+        )
+    flagged = data_drift or prediction_drift or degraded
+    return WindowReport(window.records, window.started_at, True, verdicts, prediction, data_drift, prediction_drift,
+                        performance, flagged, "; ".join(reasons) or "no significant drift")  # fmt: skip
+
+
+def classification_performance(correct: int, labels: int, holdout: float, config: DriftConfig) -> Performance | None:
+    """Live accuracy against the holdout accuracy, judged on its Wilson upper bound."""
+    if labels < config.min_labels:
+        return None
+    live = correct / labels
+    _, upper = st.wilson_interval(correct, labels)
+    return Performance("accuracy", live, upper, holdout, labels, upper < holdout - config.performance_margin)
+
+
+def regression_performance(
+    squared_errors: float, labels: int, holdout_rmse: float, config: DriftConfig
+) -> Performance | None:
+    """Live RMSE against the holdout RMSE (relative margin)."""
+    if labels < config.min_labels:
+        return None
+    rmse = float(np.sqrt(squared_errors / labels))
+    return Performance("rmse", rmse, rmse, holdout_rmse, labels, rmse > holdout_rmse * (1 + config.performance_margin))
+
+
+@dataclass
+class AlarmState:
+    """Persistence and cool-down for one model version."""
+
+    history: deque[tuple[bool, datetime]] = field(default_factory=deque)
+    last_alarm_at: datetime | None = None
+
+
+def should_alarm(
+    state: AlarmState, report: WindowReport, now: datetime, config: DriftConfig
+) -> tuple[bool, datetime | None]:
+    """Record ``report`` and say whether to raise an alarm, with when the drift began.
+
+    The drift began at the start of the earliest flagged window in the run
+    that reached k of n, which is what a retrain should train from.
+    """
+    if not report.evaluated and not report.flagged:
+        return False, None
+    state.history.append((report.flagged, report.started_at))
+    while len(state.history) > config.persistence_n:
+        state.history.popleft()
+    flagged = [started for hit, started in state.history if hit]
+    if len(flagged) < config.persistence_k:
+        return False, None
+    if state.last_alarm_at is not None and now - state.last_alarm_at < config.cooldown:
+        return False, None
+    state.last_alarm_at = now
+    state.history.clear()
+    return True, min(flagged)

@@ -1,0 +1,115 @@
+"""Drift and data-quality statistics, each a pure function over counts or samples.
+
+Two kinds of numbers answer two questions. *Effect sizes* (PSI, Jensen-Shannon
+distance, Wasserstein distance in reference standard deviations) say how much
+a distribution moved, and do not grow with the window: a trivial shift stays
+trivial on ten million rows. *Significance* (KS and chi-square p-values) says
+whether the move could be sampling noise, and does shrink with the window: on
+a small window a large-looking move may still be noise. The decision
+(:mod:`services.monitor.domain.decision`) asks for both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from scipy.spatial import distance
+
+#: Share given to a bin that is empty on one side. PSI divides by shares and
+#: takes logarithms, so an empty bin would make it infinite; 1e-4 caps a bin
+#: that is empty on one side at a contribution of about (share) * ln(share/1e-4),
+#: large enough to signal and finite enough to compare.
+PSI_EPSILON = 1e-4
+
+
+def shares(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    return counts / total if total else np.zeros_like(counts, dtype=float)
+
+
+def psi(reference_counts: np.ndarray, live_counts: np.ndarray, epsilon: float = PSI_EPSILON) -> float:
+    """Population Stability Index over shared bins: Σ (q − p) · ln(q / p).
+
+    ``p`` are reference shares, ``q`` live shares, both floored at ``epsilon``.
+    Bins come from reference quantiles (deciles by default), so each reference
+    bin holds about the same mass and no bin is ignored. Rules of thumb: < 0.1
+    stable, 0.1 – 0.25 moderate, > 0.25 large.
+    """
+    p = np.clip(shares(np.asarray(reference_counts, dtype=float)), epsilon, None)
+    q = np.clip(shares(np.asarray(live_counts, dtype=float)), epsilon, None)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def ks_test(reference_sample: np.ndarray, live_sample: np.ndarray) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic and p-value (scipy's exact/asymptotic choice)."""
+    result = stats.ks_2samp(reference_sample, live_sample)
+    return float(result.statistic), float(result.pvalue)
+
+
+def chi_square(reference_counts: np.ndarray, live_counts: np.ndarray) -> tuple[float, float]:
+    """Chi-square test of homogeneity between reference and live category counts.
+
+    A two-sample test (not goodness of fit against fixed shares): the reference
+    is itself a sample and its noise counts too. Categories absent from both
+    sides are dropped; with fewer than two categories left there is nothing to
+    compare and the p-value is 1.
+    """
+    table = np.vstack([np.asarray(reference_counts, dtype=float), np.asarray(live_counts, dtype=float)])
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 0.0, 1.0
+    statistic, p_value, _, _ = stats.chi2_contingency(table, correction=False)
+    return float(statistic), float(p_value)
+
+
+def jensen_shannon(reference_counts: np.ndarray, live_counts: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2), in [0, 1]: 0 identical, 1 disjoint."""
+    p = shares(np.asarray(reference_counts, dtype=float))
+    q = shares(np.asarray(live_counts, dtype=float))
+    if not p.any() or not q.any():
+        return 0.0
+    return float(distance.jensenshannon(p, q, base=2))
+
+
+def wasserstein_normalised(reference_sample: np.ndarray, live_sample: np.ndarray, reference_std: float) -> float:
+    """Earth mover's distance in units of the reference standard deviation.
+
+    Dividing by the reference spread makes the number comparable across
+    features measured in euros, years or counts: 0.5 means "moved by about
+    half a standard deviation".
+    """
+    if len(reference_sample) == 0 or len(live_sample) == 0:
+        return 0.0
+    raw = float(stats.wasserstein_distance(reference_sample, live_sample))
+    return raw / reference_std if reference_std > 0 else (0.0 if raw == 0 else float("inf"))
+
+
+def adjust_pvalues(p_values: np.ndarray, method: str = "bh") -> np.ndarray:
+    """Multiple-testing correction across features: ``bh`` (Benjamini-Hochberg,
+    controls the false discovery rate) or ``bonferroni`` (controls the chance
+    of any false alarm, stricter)."""
+    p = np.asarray(p_values, dtype=float)
+    if p.size == 0:
+        return p
+    if method == "bonferroni":
+        bonferroni: np.ndarray = np.minimum(p * p.size, 1.0)
+        return bonferroni
+    if method != "bh":
+        raise ValueError(f"unknown correction {method!r}")
+    order = np.argsort(p)
+    ranked = p[order] * p.size / np.arange(1, p.size + 1)
+    adjusted = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty_like(p)
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion: honest at small counts and near 0 or 1."""
+    if trials == 0:
+        return 0.0, 1.0
+    share = successes / trials
+    denominator = 1 + z * z / trials
+    centre = (share + z * z / (2 * trials)) / denominator
+    half = z * np.sqrt(share * (1 - share) / trials + z * z / (4 * trials * trials)) / denominator
+    return float(max(0.0, centre - half)), float(min(1.0, centre + half))

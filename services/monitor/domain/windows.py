@@ -1,0 +1,147 @@
+"""Streaming windows: what the monitor keeps of live traffic, at a fixed cost.
+
+Per numeric feature, counts over the reference bins, missing and
+out-of-reference-range counts, and a bounded uniform reservoir for KS and
+Wasserstein; per categorical feature, category counts (unseen ones in their
+own bucket). Updating costs O(1) per record (batches are binned with one
+vectorised ``searchsorted``), and evaluating a window costs the same whether
+it saw ten thousand or ten million records, because it reads only these
+fixed-size summaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from libs.common.profile import UNSEEN, CategoricalProfile, NumericProfile, ReferenceProfile
+
+
+class Reservoir:
+    """A uniform random sample of at most ``size`` values from a stream (Vitter's algorithm R)."""
+
+    def __init__(self, size: int, rng: np.random.Generator) -> None:
+        self.size = size
+        self.values = np.empty(size, dtype=float)
+        self.seen = 0
+        self.rng = rng
+
+    def add(self, values: np.ndarray) -> None:
+        n = values.size
+        if n == 0:
+            return
+        room = max(0, self.size - self.seen)
+        take = min(room, n)
+        self.values[self.seen : self.seen + take] = values[:take]
+        rest = values[take:]
+        if rest.size:
+            # Item number t (1-based over the stream) replaces a random slot with probability size/t.
+            positions = np.arange(self.seen + take + 1, self.seen + n + 1)
+            slots = (self.rng.random(rest.size) * positions).astype(np.int64)
+            keep = slots < self.size
+            # Later items overwrite earlier ones in the same slot, as the sequential algorithm would.
+            self.values[slots[keep]] = rest[keep]
+        self.seen += n
+
+    def sample(self) -> np.ndarray:
+        return self.values[: min(self.seen, self.size)].copy()
+
+
+@dataclass
+class NumericWindow:
+    reference: NumericProfile
+    reservoir: Reservoir
+    counts: np.ndarray = field(init=False)
+    missing: int = 0
+    out_of_range: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = np.zeros(len(self.reference.counts), dtype=np.int64)
+
+    def add(self, values: np.ndarray) -> None:
+        present = values[~np.isnan(values)]
+        self.missing += values.size - present.size
+        self.counts += np.bincount(self.reference.bin_index(present), minlength=self.counts.size)
+        self.out_of_range += int(np.count_nonzero((present < self.reference.min) | (present > self.reference.max)))
+        self.reservoir.add(present)
+
+    @property
+    def count(self) -> int:
+        return int(self.counts.sum())
+
+
+@dataclass
+class CategoricalWindow:
+    reference: CategoricalProfile
+    counts: dict[str, int] = field(default_factory=dict)
+    missing: int = 0
+
+    def add(self, values: Sequence[Any]) -> None:
+        known = self.reference.counts
+        for value in values:
+            if value is None or (isinstance(value, float) and np.isnan(value)):
+                self.missing += 1
+                continue
+            key = str(value) if str(value) in known else UNSEEN
+            self.counts[key] = self.counts.get(key, 0) + 1
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts.values())
+
+    def aligned(self) -> tuple[np.ndarray, np.ndarray]:
+        """Reference and live counts over the same categories (reference order, then unseen)."""
+        names = [*self.reference.counts, UNSEEN]
+        reference = np.array([self.reference.counts.get(n, 0) for n in names], dtype=float)
+        live = np.array([self.counts.get(n, 0) for n in names], dtype=float)
+        return reference, live
+
+
+FeatureWindow = NumericWindow | CategoricalWindow
+
+
+def new_feature_window(
+    profile: NumericProfile | CategoricalProfile, sample_size: int, rng: np.random.Generator
+) -> FeatureWindow:
+    if isinstance(profile, NumericProfile):
+        return NumericWindow(profile, Reservoir(sample_size, rng))
+    return CategoricalWindow(profile)
+
+
+@dataclass
+class Window:
+    """One window of live traffic for one model version."""
+
+    reference: ReferenceProfile
+    sample_size: int = 2000
+    seed: int = 0
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    records: int = 0
+    features: dict[str, FeatureWindow] = field(init=False)
+    prediction: FeatureWindow = field(init=False)
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        self.features = {
+            name: new_feature_window(profile, self.sample_size, rng)
+            for name, profile in self.reference.features.items()
+        }
+        self.prediction = new_feature_window(self.reference.prediction, self.sample_size, rng)
+
+    def add(self, rows: Sequence[dict[str, Any]], predictions: Sequence[Any]) -> None:
+        """Add a batch of feature rows and the predictions made for them."""
+        for name, window in self.features.items():
+            _add(window, [row.get(name) for row in rows])
+        _add(self.prediction, list(predictions))
+        self.records += len(rows)
+
+
+def _add(window: FeatureWindow, values: list[Any]) -> None:
+    if isinstance(window, NumericWindow):
+        window.add(np.array([np.nan if v is None else float(v) for v in values], dtype=float))
+    else:
+        window.add(values)

@@ -1,0 +1,93 @@
+"""predictions.logged: fill the model's window; judge it when full; raise drift.detected."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+
+from opentelemetry import trace
+
+from libs.common import outbox
+from libs.common.events import DriftDetected, Event, FeatureDrift, PredictionsLogged
+from libs.common.kafka import Delivery, Handler
+from libs.common.service import Runtime
+from services.monitor.adapters.metrics import MonitorMetrics
+from services.monitor.adapters.state import ModelMonitor, Monitors, now, report_json
+from services.monitor.domain.decision import WindowReport, evaluate_window, should_alarm
+from services.monitor.domain.windows import Window
+
+log = logging.getLogger(__name__)
+CONSUMER = "monitor.predictions-logged"
+
+
+def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler:
+    async def handle(event: Event, delivery: Delivery) -> None:
+        """Keep the predictions for label matching, then add them to the window."""
+        assert isinstance(event, PredictionsLogged)
+        async with rt.db.acquire() as conn, conn.transaction():
+            if not await outbox.first_delivery(conn, CONSUMER, event.event_id):
+                return
+            await conn.copy_records_to_table(
+                "predictions",
+                columns=["request_id", "model", "version", "prediction", "at"],
+                records=[(r.request_id, event.model, event.version, json.dumps(r.prediction), r.at)
+                         for r in event.records],
+            )  # fmt: skip
+            monitor = await monitors.load(conn, event.model)
+        if monitor is None or monitor.version != event.version:
+            return  # traffic of a version no longer (or not yet) monitored
+        full = monitor.observe([r.features for r in event.records], [r.prediction for r in event.records])
+        for window in full:
+            await _judge(rt, monitor, window, metrics)
+
+    return handle
+
+
+async def _judge(rt: Runtime, monitor: ModelMonitor, window: Window, metrics: MonitorMetrics) -> None:
+    report = evaluate_window(window, monitor.performance(), monitor.config)
+    monitor.last_report = report
+    metrics.record(monitor, report)
+    alarm, since = should_alarm(monitor.alarms, report, now(), monitor.config)
+    async with rt.db.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO reports (model, version, flagged, report) VALUES ($1, $2, $3, $4)",
+            monitor.model, monitor.version, report.flagged, report_json(report),
+        )  # fmt: skip
+        if not alarm:
+            return
+        event = _drift_event(monitor, report, since)
+        with rt.telemetry.tracer.start_as_current_span(
+            "drift detected", attributes={"driftloop.model": monitor.model, "driftloop.version": monitor.version}
+        ):
+            await outbox.add(conn, event)
+        await conn.execute(
+            "INSERT INTO alarms (model, version, event_id, kinds, summary) VALUES ($1, $2, $3, $4, $5)",
+            monitor.model, monitor.version, event.event_id, event.kinds, event.summary,
+        )  # fmt: skip
+    metrics.alarms.labels(monitor.model).inc()
+    trace.get_current_span().add_event("drift.detected", {"driftloop.model": monitor.model})
+    log.warning("drift detected for %s v%d: %s", monitor.model, monitor.version, report.reason)
+
+
+def _drift_event(monitor: ModelMonitor, report: WindowReport, since: datetime | None) -> DriftDetected:
+    live = {}
+    if report.performance is not None:
+        live = {f"live_{report.performance.metric}": report.performance.live,
+                f"holdout_{report.performance.metric}": report.performance.reference,
+                "labels": float(report.performance.labels)}  # fmt: skip
+    return DriftDetected(
+        producer="monitor",
+        model=monitor.model,
+        version=monitor.version,
+        dataset=monitor.dataset,
+        kinds=report.kinds,
+        window_size=report.records,
+        window_started_at=since or report.started_at,
+        features=[
+            FeatureDrift(feature=v.feature, statistics=v.statistics, thresholds=v.thresholds, drifted=v.drifted)
+            for v in [*report.features, *([report.prediction] if report.prediction else [])]
+        ],
+        metrics=live,
+        summary=report.reason,
+    )

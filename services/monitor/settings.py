@@ -1,0 +1,38 @@
+"""Settings of the monitor service (``DRIFTLOOP_MONITOR_*``)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.common.service import ServiceSettings
+
+
+class MonitorSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="DRIFTLOOP_MONITOR_", extra="ignore")
+
+    port: int = 8005
+    window_size: int = Field(default=500, ge=10)
+    """Predictions per (tumbling) window."""
+    min_window: int = Field(default=200, ge=10)
+    """Smallest window that gets a verdict."""
+    sample_size: int = Field(default=2000, ge=100)
+    """Reservoir size per numeric feature (KS, Wasserstein)."""
+    label_window: int = Field(default=300, ge=10)
+    """Most recent labels the live metric is computed over."""
+    min_labels: int = Field(default=100, ge=1)
+    """Labels needed before the performance rule speaks."""
+    performance_margin: float = Field(default=0.05, ge=0)
+    """Allowed drop below the holdout metric."""
+    alpha: float = Field(default=0.01, gt=0, lt=1)
+    """Significance after multiple-testing correction."""
+    correction: str = Field(default="bh", pattern="^(bh|bonferroni)$")
+    psi_threshold: float = Field(default=0.1, gt=0)
+    js_threshold: float = Field(default=0.1, gt=0)
+    wasserstein_threshold: float = Field(default=0.2, gt=0)
+    drift_share: float = Field(default=0.3, gt=0, le=1)
+    """Share of features that must drift for dataset-level drift."""
+    key_features: list[str] = Field(default_factory=list)
+    """Features whose drift alone is dataset-level drift."""
+    persistence_k: int = Field(default=2, ge=1)
+    persistence_n: int = Field(default=3, ge=1)
+    cooldown_s: float = Field(default=120.0, ge=0)
+    """No new alarm for a model this long after the last one."""
