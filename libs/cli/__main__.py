@@ -1,0 +1,5 @@
+"""python -m libs.cli"""
+
+from libs.cli.main import main
+
+main()

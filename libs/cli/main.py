@@ -1,0 +1,227 @@
+"""The ``driftloop`` command: up, status, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from libs.cli.demo import Demo, DemoConfig, DemoState
+from libs.cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
+from libs.common.embedded import port_open
+
+app = typer.Typer(help="driftloop: drift detected, model retrained, judged and hot-swapped, with no human step.",
+                  no_args_is_help=True, add_completion=False)  # fmt: skip
+console = Console(stderr=True)
+
+HomeOption = Annotated[Path, typer.Option("--home", envvar="DRIFTLOOP_HOME", help="State directory.")]
+DEFAULT_HOME = Path(".driftloop")
+
+#: Settings the demo gives the services it starts itself: the whole loop in minutes.
+DEMO_ENV = {
+    "DRIFTLOOP_TRAINER_MIN_ROWS_FIRST_MODEL": "2000",
+    "DRIFTLOOP_TRAINER_MIN_NEW_ROWS": "1000000",  # only drift retrains during the demo
+    "DRIFTLOOP_TRAINER_DRIFT_MIN_ROWS": "1500",
+    "DRIFTLOOP_MONITOR_WINDOW_SIZE": "500",
+}
+
+
+@app.command()
+def up(
+    home: HomeOption = DEFAULT_HOME,
+    json_logs: Annotated[bool, typer.Option(help="Services log JSON lines instead of text.")] = False,
+) -> None:
+    """Start PostgreSQL, the Kafka-compatible broker and the five services; Ctrl-C stops them all.
+
+    With DRIFTLOOP_DATABASE_URL / DRIFTLOOP_KAFKA_BOOTSTRAP set, those are used and only the services start.
+    """
+    supervisor = Supervisor(home, json_logs=json_logs)
+    _stop_on_sigterm()
+    try:
+        state = supervisor.start()
+        console.print(_state_table(state))
+        console.print("[bold green]driftloop is up.[/] Ctrl-C stops everything.")
+        while True:
+            time.sleep(1)
+            dead = [n for n in SERVICES if n not in supervisor.alive()]
+            if dead:
+                console.print(f"[red]service(s) exited: {', '.join(dead)}; stopping[/]")
+                raise typer.Exit(1)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    finally:
+        supervisor.stop()
+
+
+@app.command()
+def status(
+    home: HomeOption = DEFAULT_HOME,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Say what `driftloop up` is running and whether each part is healthy."""
+    state = UpState.read(home)
+    if state is None or not pid_alive(state.pid):
+        _emit({"running": False}, as_json, "[yellow]driftloop is not running[/] (start it with `driftloop up`)")
+        raise typer.Exit(1)
+    report = _health(state)
+    healthy = all(part["healthy"] for part in report["parts"].values())
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        table = Table("part", "where", "healthy", title="driftloop status")
+        for name, part in report["parts"].items():
+            table.add_row(
+                name, part["where"], "[green]yes[/]" if part["healthy"] else f"[red]no[/] {part.get('why', '')}"
+            )
+        console.print(table)
+    raise typer.Exit(0 if healthy else 1)
+
+
+@app.command()
+def demo(
+    home: HomeOption = DEFAULT_HOME,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 7,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 240.0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one final JSON object instead of live progress.")
+    ] = False,
+    stationary: Annotated[int, typer.Option(help="Predictions before the drift is injected.")] = 3000,
+    recovery: Annotated[int, typer.Option(help="Predictions measured on the retrained model.")] = 1500,
+) -> None:
+    """Run the whole loop on synthetic data; exit 0 only if it closed (drift → retrain → promote → recover)."""
+    config = DemoConfig(seed=seed, timeout_s=timeout, stationary_predictions=stationary, recovery_predictions=recovery)
+    state = UpState.read(home)
+    supervisor = None
+    if state is None or not pid_alive(state.pid) or not _health(state)["healthy"]:
+        run_home = home / "demo-run" if state is not None and pid_alive(state.pid) else home
+        supervisor = Supervisor(run_home, ports=Supervisor.free_ports(), env=DEMO_ENV, log_to_files=True)
+        if not as_json:
+            console.print("starting the embedded stack and the five services…")
+        try:
+            state = supervisor.start()
+        except RuntimeError as exc:
+            console.print(f"[red]{exc}[/]")
+            supervisor.stop()
+            raise typer.Exit(2) from exc
+    elif not as_json:
+        console.print("using the running `driftloop up`")
+    try:
+        result = _run_demo(state, config, live=not as_json)
+    finally:
+        if supervisor is not None:
+            supervisor.stop()
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(_result_table(result))
+        if supervisor is not None:
+            console.print(f"service logs: {supervisor.home / 'logs'}")
+    raise typer.Exit(0 if result["loop_closed"] else 1)
+
+
+def _run_demo(state: UpState, config: DemoConfig, *, live: bool) -> dict[str, Any]:
+    prefix = os.environ.get("DRIFTLOOP_KAFKA_TOPIC_PREFIX", "")
+    if not live:
+        return asyncio.run(Demo(state.services, state.kafka_bootstrap, config, topic_prefix=prefix).run())
+    with Live(console=console, refresh_per_second=4) as view:
+        runner = Demo(state.services, state.kafka_bootstrap, config, topic_prefix=prefix,
+                      on_update=lambda s: view.update(_progress(s)))  # fmt: skip
+        return asyncio.run(runner.run())
+
+
+def _progress(s: DemoState) -> Group:
+    table = Table(title=f"driftloop demo — {s.phase}", show_header=False, min_width=70)
+    table.add_row("elapsed", f"{time.monotonic() - s.started:.0f}s")
+    table.add_row(
+        "records sent / accepted / rejected", f"{s.records_sent} / {s.records_accepted} / {s.records_rejected}"
+    )
+    table.add_row("dataset version", str(s.dataset_version))
+    table.add_row("model version served", str(s.serving_version or "—"))
+    table.add_row("predictions", str(len(s.predictions)))
+    table.add_row("live accuracy (last 500)", f"{s.live_accuracy:.3f}" if s.live_accuracy is not None else "—")
+    table.add_row("drift events", str(len(s.drift_events)))
+    top = sorted(s.drift_scores.items(), key=lambda kv: -kv[1])[:4]
+    table.add_row("drift scores (PSI)", ", ".join(f"{k} {v:.2f}" for k, v in top) or "—")
+    events = Table("topic", "events", title="events per topic")
+    for name, count in sorted(s.events_per_topic.items()):
+        events.add_row(name, str(count))
+    return Group(table, events)
+
+
+def _result_table(result: dict[str, Any]) -> Table:
+    table = Table("", "", title="loop closed" if result["loop_closed"] else "loop NOT closed", show_header=False)
+    for key in ("initial_version", "retrained_version", "accuracy_before_drift", "accuracy_during_drift",
+                "accuracy_after_recovery", "drift_detected_after_rows", "false_drift_events_before_injection",
+                "time_to_recover_s", "dlq_messages", "duration_s"):  # fmt: skip
+        table.add_row(key, str(result[key]))
+    table.add_row("records", json.dumps(result["records"]))
+    if result["errors"]:
+        table.add_row("errors", "\n".join(result["errors"]))
+    return table
+
+
+def _health(state: UpState) -> dict[str, Any]:
+    parts: dict[str, dict[str, Any]] = {}
+    for name, pid in state.stack_pids.items():
+        where = state.database_url if name == "postgres" else state.kafka_bootstrap
+        parts[name] = {"where": where, "healthy": bool(pid and pid_alive(pid))}
+    if "kafka" not in parts:
+        host, _, port = state.kafka_bootstrap.split(",")[0].rpartition(":")
+        parts["kafka"] = {"where": state.kafka_bootstrap, "healthy": port_open(host, int(port))}
+    with httpx.Client(timeout=2) as client:
+        for name, url in state.services.items():
+            try:
+                answer = client.get(f"{url}/readyz")
+                parts[name] = {"where": url, "healthy": answer.status_code == 200}
+                if answer.status_code != 200:
+                    parts[name]["why"] = json.dumps(answer.json().get("checks"))
+            except httpx.HTTPError as exc:
+                parts[name] = {"where": url, "healthy": False, "why": type(exc).__name__}
+    return {"running": True, "healthy": all(p["healthy"] for p in parts.values()), "parts": parts}
+
+
+def _state_table(state: UpState) -> Table:
+    table = Table("part", "where", title="driftloop up")
+    table.add_row("postgres", state.database_url)
+    table.add_row("kafka", state.kafka_bootstrap)
+    table.add_row("artifacts", state.artifacts_root)
+    for name, url in state.services.items():
+        table.add_row(name, f"{url}  (docs: {url}/docs)")
+    return table
+
+
+def _emit(doc: dict[str, Any], as_json: bool, text: str) -> None:
+    if as_json:
+        print(json.dumps(doc))
+    else:
+        console.print(text)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a process manager, CI) stops `up` as cleanly as Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def main() -> None:
+    app(prog_name="driftloop")
+
+
+if __name__ == "__main__":
+    main()
