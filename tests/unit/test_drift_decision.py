@@ -1,0 +1,140 @@
+"""Windows and the drift decision on synthetic streams with fixed seeds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+
+from libs.common.profile import ReferenceProfile, build_profile
+from services.monitor.domain.decision import (
+    AlarmState,
+    DriftConfig,
+    classification_performance,
+    evaluate_window,
+    should_alarm,
+)
+from services.monitor.domain.windows import Reservoir, Window
+
+CATEGORIES = ["x", "y", "z"]
+KINDS: dict[str, Any] = {"a": "numeric", "b": "numeric", "c": "categorical", "d": "numeric"}
+CONFIG = DriftConfig()
+
+
+@pytest.fixture(scope="module")
+def reference() -> ReferenceProfile:
+    rng = np.random.default_rng(1)
+    n = 5000
+    columns = {
+        "a": rng.normal(0, 1, n), "b": rng.normal(5, 2, n), "c": rng.choice(CATEGORIES, n), "d": rng.exponential(1, n),
+    }  # fmt: skip
+    return build_profile(columns, KINDS, rng.choice(["no", "yes"], n, p=[0.6, 0.4]), prediction_kind="categorical",
+                         metrics={"accuracy": 0.8})  # fmt: skip
+
+
+def window(reference: ReferenceProfile, seed: int, *, shift: float = 0.0, shares: tuple[float, ...] = (1 / 3,) * 3,
+           size: int = 500) -> Window:  # fmt: skip
+    rng = np.random.default_rng(1000 + seed)
+    w = Window(reference, seed=seed)
+    a, b, c, d = (
+        rng.normal(shift, 1, size),
+        rng.normal(5, 2, size),
+        rng.choice(CATEGORIES, size, p=shares),
+        rng.exponential(1, size),
+    )
+    rows = [{"a": a[i], "b": b[i], "c": str(c[i]), "d": d[i]} for i in range(size)]
+    w.add(rows, list(rng.choice(["no", "yes"], size, p=[0.6, 0.4])))
+    return w
+
+
+def test_a_stationary_stream_raises_at_most_one_percent_false_flags(reference: ReferenceProfile) -> None:
+    flagged = sum(evaluate_window(window(reference, seed), None, CONFIG).flagged for seed in range(500))
+    assert flagged <= 5
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_half_a_standard_deviation_is_flagged_in_the_first_window(reference: ReferenceProfile, seed: int) -> None:
+    report = evaluate_window(window(reference, seed, shift=0.5), None, CONFIG)
+    verdict = {v.feature: v for v in report.features}
+    assert verdict["a"].drifted
+    assert not verdict["b"].drifted
+    assert verdict["a"].statistics["pvalue_adjusted"] < CONFIG.alpha
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_category_moving_twenty_points_is_flagged(reference: ReferenceProfile, seed: int) -> None:
+    report = evaluate_window(window(reference, seed, shares=(0.5333, 0.2334, 0.2333)), None, CONFIG)
+    assert {v.feature: v.drifted for v in report.features}["c"]
+
+
+def test_large_windows_do_not_flag_trivial_shifts(reference: ReferenceProfile) -> None:
+    # 0.1 sd on 20k rows: KS calls it significant, the effect size says it does not matter.
+    report = evaluate_window(window(reference, 0, shift=0.1, size=20_000), None, CONFIG)
+    a = {v.feature: v for v in report.features}["a"]
+    assert a.statistics["ks_pvalue"] < 0.01
+    assert not a.drifted
+
+
+def test_small_windows_get_no_verdict(reference: ReferenceProfile) -> None:
+    report = evaluate_window(window(reference, 0, shift=3.0, size=50), None, CONFIG)
+    assert not report.evaluated
+    assert not report.flagged
+
+
+def test_dataset_drift_needs_a_share_of_features_or_a_key_feature(reference: ReferenceProfile) -> None:
+    w = window(reference, 3, shift=0.8)
+    assert not evaluate_window(w, None, CONFIG).data_drift  # 1 of 4 features < 30%
+    assert evaluate_window(w, None, DriftConfig(key_features=("a",))).data_drift
+    assert evaluate_window(w, None, DriftConfig(drift_share=0.25)).data_drift
+
+
+def test_performance_rule_uses_the_confidence_bound() -> None:
+    assert classification_performance(50, 99, 0.8, CONFIG) is None  # too few labels
+    noisy = classification_performance(74, 100, 0.8, CONFIG)  # 0.74, but the interval reaches 0.82
+    assert noisy is not None
+    assert not noisy.degraded
+    clear = classification_performance(600, 1000, 0.8, CONFIG)
+    assert clear is not None
+    assert clear.degraded
+
+
+def test_persistence_and_cool_down(reference: ReferenceProfile) -> None:
+    state = AlarmState()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    drifted = evaluate_window(window(reference, 1, shift=2.0, shares=(0.7, 0.2, 0.1)), None, CONFIG)
+    quiet = evaluate_window(window(reference, 2), None, CONFIG)
+    assert drifted.flagged
+    assert not quiet.flagged
+    assert should_alarm(state, drifted, now, CONFIG) == (False, None)  # one window is not enough
+    assert should_alarm(state, quiet, now, CONFIG) == (False, None)
+    alarm, since = should_alarm(state, drifted, now, CONFIG)  # 2 of the last 3
+    assert alarm
+    assert since == drifted.started_at
+    for _ in range(3):  # cool-down: flagged windows, no alarm
+        assert not should_alarm(state, drifted, now + timedelta(seconds=30), CONFIG)[0]
+    assert should_alarm(state, drifted, now + timedelta(minutes=3), CONFIG)[0]
+
+
+def test_reservoir_is_bounded_and_uniform() -> None:
+    rng = np.random.default_rng(0)
+    reservoir = Reservoir(1000, rng)
+    for start in range(0, 100_000, 7_000):
+        reservoir.add(np.arange(start, min(start + 7_000, 100_000), dtype=float))
+    sample = reservoir.sample()
+    assert sample.size == 1000
+    assert reservoir.seen == 100_000
+    # uniform over the stream: the sample's mean is near the stream's, and every decile is represented
+    assert abs(sample.mean() - 50_000) < 3_000
+    assert np.histogram(sample, bins=10, range=(0, 100_000))[0].min() > 60
+
+
+def test_window_counts_missing_out_of_range_and_unseen(reference: ReferenceProfile) -> None:
+    w = Window(reference)
+    w.add([{"a": None, "b": 1e9, "c": "new", "d": 1.0}, {"a": 0.0, "b": 5.0, "c": None, "d": 1.0}], ["no", "maybe"])
+    assert w.features["a"].missing == 1  # type: ignore[union-attr]
+    assert w.features["b"].out_of_range == 1  # type: ignore[union-attr]
+    assert w.features["c"].counts == {"__unseen__": 1}  # type: ignore[union-attr]
+    assert w.features["c"].missing == 1  # type: ignore[union-attr]
+    assert w.records == 2

@@ -1,0 +1,52 @@
+"""The registry's promotion policy."""
+
+from __future__ import annotations
+
+from services.registry.domain.promotion import Candidate, PromotionConfig, decide
+
+CONFIG = PromotionConfig(min_metric=0.6, min_gain=0.01)
+
+
+def candidate(score: float, champion_score: float | None = None, against: int | None = None) -> Candidate:
+    return Candidate(
+        version=3,
+        primary_metric="accuracy",
+        metrics={"accuracy": score},
+        champion_metrics=None if champion_score is None else {"accuracy": champion_score},
+        evaluated_against=against,
+    )
+
+
+def test_first_model_needs_the_minimum() -> None:
+    assert decide(candidate(0.61), None, CONFIG).promote
+    rejected = decide(candidate(0.59), None, CONFIG)
+    assert not rejected.promote
+    assert "below the minimum" in rejected.reason
+
+
+def test_later_models_must_beat_the_champion_by_the_minimum_gain() -> None:
+    assert decide(candidate(0.80, 0.78, against=2), 2, CONFIG).promote
+    small = decide(candidate(0.785, 0.78, against=2), 2, CONFIG)
+    assert not small.promote
+    assert "gain +0.0050" in small.reason
+    assert not decide(candidate(0.70, 0.78, against=2), 2, CONFIG).promote
+
+
+def test_stale_or_missing_comparisons_never_promote() -> None:
+    assert "champion is now v3" in decide(candidate(0.9, 0.5, against=2), 3, CONFIG).reason
+    assert "not compared" in decide(candidate(0.9), 2, CONFIG).reason
+
+
+def test_even_a_better_challenger_must_reach_the_minimum() -> None:
+    assert not decide(candidate(0.55, 0.40, against=1), 1, CONFIG).promote
+
+
+def test_approval_stops_at_the_candidate_alias() -> None:
+    decision = decide(candidate(0.9, 0.5, against=1), 1, PromotionConfig(require_approval=True))
+    assert decision.promote
+    assert decision.alias == "candidate"
+
+
+def test_missing_primary_metric_is_refused() -> None:
+    odd = Candidate(1, "accuracy", {"f1": 0.9}, None, None)
+    assert "missing" in decide(odd, None, CONFIG).reason
