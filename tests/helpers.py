@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 
 async def wait_until(
@@ -31,18 +30,22 @@ async def wait_until(
 
 
 async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0) -> list[ConsumerRecord]:
-    """Read ``topic`` from the beginning until ``expect`` records arrived (or fail)."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        bootstrap_servers=bootstrap,
-        group_id=f"reader-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
+    """Read ``topic`` from the beginning until ``expect`` records arrived (or fail).
+
+    Partitions are assigned directly: no consumer group, so no join delay.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
     await consumer.start()
     records: list[ConsumerRecord] = []
     try:
         deadline = time.monotonic() + timeout
+        partitions: set[int] = set()
+        while not partitions and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic) or set()
+        assignment = [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(assignment)
+        await consumer.seek_to_beginning(*assignment)
         while len(records) < expect and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=200)
             for part in batch.values():

@@ -198,34 +198,44 @@ class DeadLetterFailed(Exception):
     """The dead-letter topic could not be written; the message must not be committed."""
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a consumer does with one topic: the handler and the events it accepts there."""
+
+    handler: Handler
+    accepts: tuple[type[Event], ...]
+
+
 def subscribe(
     broker: KafkaBroker,
-    topic: str,
+    routes: dict[str, Route],
     *,
     group: str,
-    handler: Handler,
-    accepts: tuple[type[Event], ...],
     settings: KafkaSettings,
     telemetry: Telemetry,
     description: str | None = None,
     auto_offset_reset: Literal["earliest", "latest"] = "earliest",
 ) -> None:
-    """Register ``handler`` for ``topic`` in consumer group ``group`` under the policy above.
+    """Consume every topic of ``routes`` in consumer group ``group`` under the policy above.
 
-    Both names are given without the installation's prefix (``settings.topic_prefix``).
+    One consumer (one group member) reads all of a service's topics: a group
+    join costs a rebalance delay (seconds), and one member per topic would pay
+    it once per topic and make every join rebalance the others. Topic and group
+    names are given without the installation's prefix (``settings.topic_prefix``).
     ``auto_offset_reset`` decides where a new group starts: ``earliest`` for
     work queues, ``latest`` for per-replica groups that only want news.
     """
     metrics = ConsumerMetrics.on(telemetry)
-    topic, group = settings.topic(topic), settings.group(group)
+    real = {settings.topic(topic): route for topic, route in routes.items()}
+    group_id = settings.group(group)
     subscriber = broker.subscriber(
-        topic,
-        group_id=group,
+        *real,
+        group_id=group_id,
         ack_policy=AckPolicy.MANUAL,
         auto_offset_reset=auto_offset_reset,
         max_poll_interval_ms=300_000,
-        title=f"{group}:{topic}",
-        description=description or (handler.__doc__ or "").strip() or None,
+        title=group_id,
+        description=description or ", ".join(sorted(routes)),
     )
 
     async def on_message(msg: KafkaMessage) -> None:
@@ -238,15 +248,16 @@ def subscribe(
             key=record.key,
             headers=dict(msg.headers),
         )
+        route = real[record.topic]
         try:
-            await _handle(msg.body, delivery, handler, accepts, group, settings, broker, metrics)
+            await _handle(msg.body, delivery, route.handler, route.accepts, group_id, settings, broker, metrics)
         except DeadLetterFailed:
             await asyncio.sleep(settings.retry_backoff_max_s)
             await msg.nack()  # seek back: delivered again, never skipped
             return
         await msg.ack()
 
-    on_message.__name__ = f"{group}_{topic}".replace(".", "_").replace("-", "_")
+    on_message.__name__ = group_id.replace(".", "_").replace("-", "_")
     subscriber(on_message)
 
 

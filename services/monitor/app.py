@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from libs.common import topics
 from libs.common.events import LabelsArrived, ModelPromoted, PredictionsLogged
-from libs.common.kafka import subscribe
+from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.monitor import api
@@ -41,13 +41,12 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
     def register(rt: Runtime) -> None:
         metrics = MonitorMetrics(rt.telemetry.registry)
         m = monitors(rt)
-        for topic, event, handle in (
-            (topics.MODEL_PROMOTED, ModelPromoted, model_promoted.handler(rt, m)),
-            (topics.PREDICTIONS_LOGGED, PredictionsLogged, predictions_logged.handler(rt, m, metrics)),
-            (topics.LABELS_ARRIVED, LabelsArrived, labels_arrived.handler(rt, m, metrics)),
-        ):
-            subscribe(rt.broker, topic, group="monitor", handler=handle, accepts=(event,), settings=settings.kafka,
-                      telemetry=rt.telemetry)  # fmt: skip
+        routes = {
+            topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, m), (ModelPromoted,)),
+            topics.PREDICTIONS_LOGGED: Route(predictions_logged.handler(rt, m, metrics), (PredictionsLogged,)),
+            topics.LABELS_ARRIVED: Route(labels_arrived.handler(rt, m, metrics), (LabelsArrived,)),
+        }
+        subscribe(rt.broker, routes, group="monitor", settings=settings.kafka, telemetry=rt.telemetry)
 
     return ServiceSpec(
         name="monitor",

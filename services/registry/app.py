@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from libs.common import topics
 from libs.common.events import ModelTrained
-from libs.common.kafka import subscribe
+from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.registry import api
@@ -23,8 +23,8 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
     )
 
     def register(rt: Runtime) -> None:
-        subscribe(rt.broker, topics.MODEL_TRAINED, group="registry", handler=model_trained.handler(rt, config),
-                  accepts=(ModelTrained,), settings=settings.kafka, telemetry=rt.telemetry)  # fmt: skip
+        routes = {topics.MODEL_TRAINED: Route(model_trained.handler(rt, config), (ModelTrained,))}
+        subscribe(rt.broker, routes, group="registry", settings=settings.kafka, telemetry=rt.telemetry)
 
     return ServiceSpec(
         name="registry",

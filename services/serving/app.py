@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from libs.common import topics
 from libs.common.events import ArtifactRef, ModelPromoted
-from libs.common.kafka import subscribe
+from libs.common.kafka import Route, subscribe
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
@@ -31,8 +31,8 @@ def spec(settings: ServingSettings) -> ServiceSpec:
     def register(rt: Runtime) -> None:
         # Every replica must see every promotion: a group of its own, from now on
         # (what was promoted before the replica started comes from the registry).
-        subscribe(rt.broker, topics.MODEL_PROMOTED, group=f"serving-{settings.instance_id}",
-                  handler=model_promoted.handler(rt, table), accepts=(ModelPromoted,), settings=settings.kafka,
+        routes = {topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table), (ModelPromoted,))}
+        subscribe(rt.broker, routes, group=f"serving-{settings.instance_id}", settings=settings.kafka,
                   telemetry=rt.telemetry, auto_offset_reset="latest")  # fmt: skip
 
     def routes(app: FastAPI, rt: Runtime) -> None:

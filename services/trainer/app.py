@@ -8,7 +8,7 @@ from fastapi import FastAPI
 
 from libs.common import topics
 from libs.common.events import DataArrived, DriftDetected, ModelPromoted, TrainingRequested
-from libs.common.kafka import subscribe
+from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.trainer import api
@@ -27,16 +27,13 @@ def spec(settings: TrainerSettings) -> ServiceSpec:
             runner.wake()
 
     def register(rt: Runtime) -> None:
-        k = settings.kafka
-        for topic, event, handle in (
-            (topics.DATA_ARRIVED, DataArrived, data_arrived.handler(rt, settings, wake)),
-            (topics.DRIFT_DETECTED, DriftDetected, drift_detected.handler(rt, settings, wake)),
-            (topics.TRAINING_REQUESTED, TrainingRequested, training_requested.handler(rt, settings, wake)),
-            (topics.MODEL_PROMOTED, ModelPromoted, model_promoted.handler(rt, settings)),
-        ):
-            subscribe(
-                rt.broker, topic, group=GROUP, handler=handle, accepts=(event,), settings=k, telemetry=rt.telemetry
-            )
+        routes = {
+            topics.DATA_ARRIVED: Route(data_arrived.handler(rt, settings, wake), (DataArrived,)),
+            topics.DRIFT_DETECTED: Route(drift_detected.handler(rt, settings, wake), (DriftDetected,)),
+            topics.TRAINING_REQUESTED: Route(training_requested.handler(rt, settings, wake), (TrainingRequested,)),
+            topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, settings), (ModelPromoted,)),
+        }
+        subscribe(rt.broker, routes, group=GROUP, settings=settings.kafka, telemetry=rt.telemetry)
 
     async def on_start(rt: Runtime) -> None:
         runner = JobRunner(rt, settings)

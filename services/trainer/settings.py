@@ -29,8 +29,8 @@ class TrainerSettings(ServiceSettings):
     """Share of the most recent rows held out to compare challenger and champion."""
     max_training_rows: int = Field(default=50_000, ge=100)
     """Most recent rows a job trains on at most."""
-    workers: int = Field(default=1, ge=1)
-    """Worker processes running jobs."""
+    workers: int = Field(default=1, ge=0)
+    """Worker processes running jobs; 0 makes this replica queue jobs only (others run them)."""
     job_lease_s: float = Field(default=60.0, gt=0)
     """A running job whose heartbeat is older than this is considered orphaned and re-queued."""
     max_job_attempts: int = Field(default=2, ge=1)

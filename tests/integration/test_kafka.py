@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 from libs.common import topics
 from libs.common.errors import TransientError
 from libs.common.events import Event, TrainingRequested
-from libs.common.kafka import BrokerPublisher, Delivery, create_broker, subscribe
+from libs.common.kafka import BrokerPublisher, Delivery, Route, create_broker, subscribe
 from libs.common.settings import KafkaSettings, TelemetrySettings
 from libs.common.telemetry import setup_telemetry
 from tests.helpers import read_topic, wait_until
@@ -39,8 +39,8 @@ async def test_event_round_trips_with_envelope_and_child_consumer_span(
     async def handler(event: Event, delivery: Delivery) -> None:
         received.append(event)
 
-    subscribe(broker, topic, group=f"g-{uuid.uuid4().hex[:6]}", handler=handler,
-              accepts=(TrainingRequested,), settings=kafka_settings, telemetry=telemetry)  # fmt: skip
+    routes = {topic: Route(handler, (TrainingRequested,))}
+    subscribe(broker, routes, group=f"g-{uuid.uuid4().hex[:6]}", settings=kafka_settings, telemetry=telemetry)
     sent = _request()
     async with broker:
         await broker.start()
@@ -75,7 +75,7 @@ async def test_poison_messages_go_to_the_dlq_and_the_consumer_moves_on(
         processed.append(event.reason)
 
     group = f"g-{uuid.uuid4().hex[:6]}"
-    subscribe(broker, topic, group=group, handler=handler, accepts=(TrainingRequested,),
+    subscribe(broker, {topic: Route(handler, (TrainingRequested,))}, group=group,
               settings=kafka_settings, telemetry=telemetry)  # fmt: skip
     wrong_schema = json.dumps({"event_type": "training.requested", "producer": "x"}).encode()
     wrong_topic = json.dumps({"event_type": "labels.arrived", "producer": "x"}).encode()
@@ -123,7 +123,7 @@ async def test_offset_is_not_committed_when_the_consumer_dies_mid_handler(
 
     first_telemetry = setup_telemetry("first", TelemetrySettings())
     first = create_broker(kafka_settings, first_telemetry, graceful_timeout=0.5)
-    subscribe(first, topic, group=group, handler=hangs, accepts=(TrainingRequested,),
+    subscribe(first, {topic: Route(hangs, (TrainingRequested,))}, group=group,
               settings=kafka_settings, telemetry=first_telemetry)  # fmt: skip
     await first.start()
     await first.publish(_request(reason="important").to_bytes(), topic, key=b"k")
@@ -133,7 +133,7 @@ async def test_offset_is_not_committed_when_the_consumer_dies_mid_handler(
 
     second_telemetry = setup_telemetry("second", TelemetrySettings())
     second = create_broker(kafka_settings, second_telemetry)
-    subscribe(second, topic, group=group, handler=records, accepts=(TrainingRequested,),
+    subscribe(second, {topic: Route(records, (TrainingRequested,))}, group=group,
               settings=kafka_settings, telemetry=second_telemetry)  # fmt: skip
     async with second:
         await second.start()

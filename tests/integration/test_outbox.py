@@ -12,7 +12,7 @@ from faststream.kafka import KafkaBroker
 
 from libs.common import outbox
 from libs.common.events import Event, TrainingRequested
-from libs.common.kafka import BrokerPublisher, Delivery, create_broker, subscribe
+from libs.common.kafka import BrokerPublisher, Delivery, Route, create_broker, subscribe
 from libs.common.settings import KafkaSettings, TelemetrySettings
 from libs.common.telemetry import setup_telemetry
 from tests.helpers import wait_until
@@ -50,7 +50,7 @@ def _consumer(broker: KafkaBroker, pool: asyncpg.Pool, topic: str, settings: Kaf
                 return
             await conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.reason)
 
-    subscribe(broker, topic, group=f"g-{uuid.uuid4().hex[:6]}", handler=handle, accepts=(TrainingRequested,),
+    subscribe(broker, {topic: Route(handle, (TrainingRequested,))}, group=f"g-{uuid.uuid4().hex[:6]}",
               settings=settings, telemetry=setup_telemetry("consumer", TelemetrySettings()))  # fmt: skip
 
 

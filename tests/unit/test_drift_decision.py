@@ -133,8 +133,8 @@ def test_reservoir_is_bounded_and_uniform() -> None:
 def test_window_counts_missing_out_of_range_and_unseen(reference: ReferenceProfile) -> None:
     w = Window(reference)
     w.add([{"a": None, "b": 1e9, "c": "new", "d": 1.0}, {"a": 0.0, "b": 5.0, "c": None, "d": 1.0}], ["no", "maybe"])
-    assert w.features["a"].missing == 1  # type: ignore[union-attr]
+    assert w.features["a"].missing == 1
     assert w.features["b"].out_of_range == 1  # type: ignore[union-attr]
-    assert w.features["c"].counts == {"__unseen__": 1}  # type: ignore[union-attr]
-    assert w.features["c"].missing == 1  # type: ignore[union-attr]
+    assert w.features["c"].counts == {"__unseen__": 1}
+    assert w.features["c"].missing == 1
     assert w.records == 2

@@ -60,7 +60,7 @@ class JobRunner:
         self.rt = rt
         self.settings = settings
         self.code_version = code_version(settings)
-        self.executor = ProcessPoolExecutor(settings.workers, mp_context=multiprocessing.get_context("spawn"))
+        self.executor = ProcessPoolExecutor(max(1, settings.workers), mp_context=multiprocessing.get_context("spawn"))
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._running: set[uuid.UUID] = set()
@@ -76,6 +76,8 @@ class JobRunner:
         self.running = Gauge("driftloop_training_jobs_running", "Jobs running now.", registry=registry)
 
     def start(self) -> None:
+        if self.settings.workers == 0:
+            return  # a queue-only replica
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._loop(), name=f"trainer-runner-{i}"))
         self._tasks.append(asyncio.create_task(self._listen(), name="trainer-jobs-listen"))
