@@ -26,7 +26,8 @@ class MonitorMetrics:
             "driftloop_holdout_metric", "The served version's holdout metric.", ["model", "metric"], registry=registry
         )
         self.labels = Counter(
-            "driftloop_labels_total", "Labels received, by whether they matched a prediction.", ["model", "matched"],
+            "driftloop_labels_total", "Labels received: matched to a prediction (true) or waiting for it.",
+            ["model", "matched"],
             registry=registry,
         )  # fmt: skip
         self.windows = Counter(

@@ -180,12 +180,12 @@ def evaluate_window(window: Window, performance: Performance | None, config: Dri
         stats = {**stats, "pvalue_adjusted": float(adjusted[i])}
         kind = "numeric" if isinstance(window.features[name], NumericWindow) else "categorical"
         verdicts.append(FeatureVerdict(name, kind, stats, {**thresholds, "alpha": config.alpha},
-                                       meaningful and adjusted[i] < config.alpha))  # fmt: skip
+                                       bool(meaningful and adjusted[i] < config.alpha)))  # fmt: skip
     pred_stats, pred_thresholds, pred_meaningful, _ = pred_raw
     prediction = FeatureVerdict(
         "prediction", "numeric" if isinstance(window.prediction, NumericWindow) else "categorical",
         {**pred_stats, "pvalue_adjusted": float(adjusted[-1])}, {**pred_thresholds, "alpha": config.alpha},
-        pred_meaningful and adjusted[-1] < config.alpha,
+        bool(pred_meaningful and adjusted[-1] < config.alpha),
     )  # fmt: skip
     drifted = [v.feature for v in verdicts if v.drifted]
     share = len(drifted) / len(verdicts) if verdicts else 0.0

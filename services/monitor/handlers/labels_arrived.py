@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from libs.common import outbox
 from libs.common.events import Event, LabelsArrived
 from libs.common.kafka import Delivery, Handler
 from libs.common.service import Runtime
 from services.monitor.adapters.metrics import MonitorMetrics
-from services.monitor.adapters.state import Monitors
+from services.monitor.adapters.state import ModelMonitor, Monitors
 
 CONSUMER = "monitor.labels-arrived"
+#: Labels whose prediction never arrives are forgotten after a day.
+PENDING_LABEL_TTL_S = 24 * 3600.0
 
 
 def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler:
@@ -27,20 +30,34 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
                 "AND NOT labelled RETURNING request_id, version, prediction",
                 list(labels), event.model,
             )  # fmt: skip
+            matched = {r["request_id"] for r in rows}
+            waiting = [(rid, event.model, json.dumps(label)) for rid, label in labels.items() if rid not in matched]
+            if waiting:
+                await conn.executemany(
+                    "INSERT INTO pending_labels (request_id, model, label) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+                    waiting,
+                )
+            await conn.execute(
+                "DELETE FROM pending_labels WHERE at < now() - make_interval(secs => $1)", PENDING_LABEL_TTL_S
+            )
             monitor = await monitors.load(conn, event.model)
         metrics.labels.labels(event.model, "true").inc(len(rows))
-        metrics.labels.labels(event.model, "false").inc(len(labels) - len(rows))
-        if monitor is None:
-            return
-        outcomes = []
-        for row in rows:
-            if row["version"] == monitor.version:
-                outcome = monitor.outcome(json.loads(row["prediction"]), labels[row["request_id"]])
-                if outcome is not None:
-                    outcomes.append(outcome)
-        monitor.observe_labels(outcomes)
-        performance = monitor.performance()
-        if performance is not None:
-            metrics.live_metric.labels(event.model, performance.metric).set(performance.live)
+        metrics.labels.labels(event.model, "waiting").inc(len(waiting))
+        score(monitor, [(r["version"], json.loads(r["prediction"]), labels[r["request_id"]]) for r in rows], metrics)
 
     return handle
+
+
+def score(monitor: ModelMonitor | None, matched: list[tuple[int, Any, Any]], metrics: MonitorMetrics) -> None:
+    """Feed (version, prediction, label) matches of the monitored version to the live metric."""
+    if monitor is None:
+        return
+    outcomes = [
+        outcome
+        for version, prediction, label in matched
+        if version == monitor.version and (outcome := monitor.outcome(prediction, label)) is not None
+    ]
+    monitor.observe_labels(outcomes)
+    performance = monitor.performance()
+    if performance is not None:
+        metrics.live_metric.labels(monitor.model, performance.metric).set(performance.live)

@@ -16,6 +16,7 @@ from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import ModelMonitor, Monitors, now, report_json
 from services.monitor.domain.decision import WindowReport, evaluate_window, should_alarm
 from services.monitor.domain.windows import Window
+from services.monitor.handlers.labels_arrived import score
 
 log = logging.getLogger(__name__)
 CONSUMER = "monitor.predictions-logged"
@@ -34,7 +35,21 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
                 records=[(r.request_id, event.model, event.version, json.dumps(r.prediction), r.at)
                          for r in event.records],
             )  # fmt: skip
+            early = await conn.fetch(
+                "DELETE FROM pending_labels WHERE request_id = ANY($1::text[]) RETURNING request_id, label",
+                [r.request_id for r in event.records],
+            )
+            if early:
+                await conn.execute(
+                    "UPDATE predictions SET labelled = true WHERE request_id = ANY($1::text[])",
+                    [r["request_id"] for r in early],
+                )
             monitor = await monitors.load(conn, event.model)
+        if early:
+            predicted = {r.request_id: r.prediction for r in event.records}
+            matched = [(event.version, predicted[r["request_id"]], json.loads(r["label"])) for r in early]
+            metrics.labels.labels(event.model, "true").inc(len(matched))
+            score(monitor, matched, metrics)
         if monitor is None or monitor.version != event.version:
             return  # traffic of a version no longer (or not yet) monitored
         full = monitor.observe([r.features for r in event.records], [r.prediction for r in event.records])

@@ -46,3 +46,12 @@ CREATE TABLE alarms (
     summary  text        NOT NULL,
     at       timestamptz NOT NULL DEFAULT now()
 );
+
+-- Labels can overtake the predictions they answer (two topics, no order between
+-- them); they wait here until the prediction arrives.
+CREATE TABLE pending_labels (
+    request_id text PRIMARY KEY,
+    model      text        NOT NULL,
+    label      jsonb       NOT NULL,
+    at         timestamptz NOT NULL DEFAULT now()
+);

@@ -1,0 +1,93 @@
+"""The registry on the real stack: versions, the promotion policy, aliases, audit."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from libs.common import topics
+from libs.common.artifacts import ArtifactStore
+from libs.common.events import ModelPromoted, ModelTrained, parse_event
+from services.registry.app import create_app
+from services.registry.settings import RegistrySettings
+from tests.conftest import Isolation, serve
+from tests.factories import CHURN, trained_model
+from tests.helpers import read_topic, wait_until
+from tests.integration.test_trainer import publish
+
+pytestmark = pytest.mark.integration
+
+
+def trained(
+    store: ArtifactStore, accuracy: float, champion: float | None = None, against: int | None = None
+) -> ModelTrained:
+    model = trained_model(store, rows=600)
+    return ModelTrained(
+        producer="test", model="churn", dataset="churn", dataset_version=3, job_id=str(uuid.uuid4()), trigger="drift",
+        params={"max_depth": 3}, metrics={"accuracy": accuracy}, primary_metric="accuracy", seed=1, code_version="t",
+        champion_metrics=None if champion is None else {"accuracy": champion}, champion_version=against,
+        training_rows=100, artifact=model.artifact, profile=model.profile, dataset_schema=CHURN,
+    )  # fmt: skip
+
+
+async def versions(client: Any) -> list[dict[str, Any]]:
+    answer = await client.get("/v1/models/churn/versions")
+    return answer.json() if answer.status_code == 200 else []
+
+
+async def test_policy_promotes_and_rejects_with_an_audit_trail(isolated: Isolation) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    app, _ = create_app(isolated.settings(RegistrySettings, min_metric=0.6, min_gain=0.01))
+    first, weak, better = trained(store, 0.7), trained(store, 0.705, 0.7, 1), trained(store, 0.8, 0.7, 1)
+    async with serve(app) as client:
+        await publish(isolated, first, first)  # a redelivery registers nothing new
+        await wait_until(lambda: _has(client, 1), message="v1")
+        await publish(isolated, weak, better)
+        await wait_until(lambda: _has(client, 3), message="v3")
+        listed = await versions(client)
+        assert [(v["version"], v["decision"], v["aliases"]) for v in listed] == [
+            (3, "promoted", ["champion"]), (2, "rejected", []), (1, "promoted", []),
+        ]  # fmt: skip
+        v3 = (await client.get("/v1/models/churn/versions/3")).json()
+        assert v3["lineage"]["dataset_version"] == 3
+        assert v3["run"]["params"] == {"max_depth": 3}
+        assert v3["run"]["champion_metrics"] == {"accuracy": 0.7}
+        assert (await client.get("/v1/models/churn/aliases/champion")).json()["version"] == 3
+
+        rollback = await client.put(
+            "/v1/models/churn/aliases/champion", json={"version": 1, "reason": "v3 misbehaves", "actor": "alice"}
+        )
+        assert rollback.status_code == 200
+        assert rollback.json() == {"model": "churn", "alias": "champion", "from_version": 3, "to_version": 1}
+        audit = (await client.get("/v1/models/churn/audit")).json()
+        assert [(a["action"], a["actor"]) for a in audit[:2]] == [("rollback", "alice"), ("promote", "policy")]
+        assert audit[0]["reason"] == "v3 misbehaves"
+        assert any(a["action"] == "reject" and "gain +0.0050" in a["reason"] for a in audit)
+
+        assert (await client.get("/v1/models/nope/versions")).status_code == 404
+        assert (await client.get("/v1/models/churn/versions/99")).status_code == 404
+        bad = await client.put("/v1/models/churn/aliases/champion", json={"version": 99, "reason": "why not"})
+        assert bad.status_code == 404
+        assert "no version 99" in bad.json()["message"]
+        assert (
+            await client.put("/v1/models/churn/aliases/king", json={"version": 1, "reason": "x y"})
+        ).status_code == 404
+        missing_reason = await client.put("/v1/models/churn/aliases/champion", json={"version": 1})
+        assert missing_reason.status_code == 422
+        assert "reason" in missing_reason.json()["message"]
+
+    promotions = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=3)
+    moves = {(e.move.from_version, e.move.to_version, e.actor) for e in map(_promoted, promotions)}
+    assert moves == {(None, 1, "policy"), (1, 3, "policy"), (3, 1, "alice")}
+
+
+def _promoted(record: Any) -> ModelPromoted:
+    event = parse_event(record.value)
+    assert isinstance(event, ModelPromoted)
+    return event
+
+
+async def _has(client: Any, n: int) -> bool:
+    return len(await versions(client)) >= n
