@@ -168,6 +168,7 @@ class Supervisor:
                         self.echo.write(f"{name:>8} | {line}\n")
                         self.echo.flush()
         finally:
+            process.stdout.close()
             if sink is not None:
                 sink.close()
 
