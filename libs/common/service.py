@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.common import outbox
 from libs.common.artifacts import ArtifactStore
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
-from libs.common.errors import DriftloopError, PayloadTooLarge
+from libs.common.errors import BadRequest, DriftloopError, PayloadTooLarge
 from libs.common.kafka import BrokerPublisher, create_broker, ensure_topics, start_with_retry
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
 from libs.common.telemetry import Telemetry, configure_logging, setup_telemetry
@@ -217,6 +217,12 @@ def _install_errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e["type"] == "json_invalid" for e in errors) or any(
+            e["type"] == "missing" and tuple(e["loc"]) == ("body",) for e in errors
+        ):
+            bad = BadRequest("request body is empty or not valid JSON")
+            return JSONResponse(bad.to_dict(), status_code=400)
         problems = [
             {"field": ".".join(str(p) for p in err["loc"] if p != "body") or "body", "message": err["msg"]}
             for err in exc.errors()[:20]

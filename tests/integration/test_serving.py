@@ -112,7 +112,12 @@ async def test_bad_requests_name_the_instance_and_field(isolated: Isolation) -> 
         assert unknown.status_code == 404
         assert "not served" in unknown.json()["message"]
         empty = await client.post("/v1/models/churn/predict", content=b"", headers={"content-type": "application/json"})
-        assert empty.status_code == 422
+        assert empty.status_code == 400
+        assert "empty" in empty.json()["message"]
+        garbled = await client.post(
+            "/v1/models/churn/predict", content=b"{", headers={"content-type": "application/json"}
+        )
+        assert garbled.status_code == 400
         feedback = await client.post(
             "/v1/feedback", json={"model": "other", "labels": [{"request_id": "x", "label": 1}]}
         )
