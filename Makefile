@@ -61,4 +61,13 @@ lock: $(UV) ## refresh uv.lock after changing dependencies
 
 .PHONY: clean
 clean: ## remove the virtual environments and local state
-	rm -rf .venv $(TOOLS) .driftloop .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .bench-venv $(TOOLS) .driftloop .mypy_cache .ruff_cache .pytest_cache
+
+.bench-venv/.ready: $(UV)
+	$(UV) venv --quiet .bench-venv
+	$(UV) pip install --quiet --python .bench-venv "evidently==0.7.23" "pandas<3" numpy scipy pydantic
+	@touch $@
+
+.PHONY: bench
+bench: .bench-venv/.ready ## drift engine vs Evidently on the same data (installs Evidently in .bench-venv only)
+	PYTHONPATH=. .bench-venv/bin/python bench/drift.py $(BENCH_ARGS)

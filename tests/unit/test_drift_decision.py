@@ -16,7 +16,7 @@ from services.monitor.domain.decision import (
     evaluate_window,
     should_alarm,
 )
-from services.monitor.domain.windows import Reservoir, Window
+from services.monitor.domain.windows import NumericWindow, Reservoir, Window
 
 CATEGORIES = ["x", "y", "z"]
 KINDS: dict[str, Any] = {"a": "numeric", "b": "numeric", "c": "categorical", "d": "numeric"}
@@ -138,3 +138,29 @@ def test_window_counts_missing_out_of_range_and_unseen(reference: ReferenceProfi
     assert w.features["c"].counts == {"__unseen__": 1}
     assert w.features["c"].missing == 1
     assert w.records == 2
+
+
+def test_column_batches_count_exactly_like_rows(reference: ReferenceProfile) -> None:
+    rng = np.random.default_rng(5)
+    n = 1000
+    columns = {
+        "a": rng.normal(0, 1, n),
+        "b": rng.normal(5, 2, n),
+        "c": rng.choice(CATEGORIES, n),
+        "d": rng.exponential(1, n),
+    }
+    columns["a"][::50] = np.nan
+    predictions = rng.choice(["no", "yes"], n)
+    by_rows, by_columns = Window(reference, seed=1), Window(reference, seed=1)
+    rows = [{k: (None if k == "a" and np.isnan(v[i]) else v[i]) for k, v in columns.items()} for i in range(n)]
+    by_rows.add(rows, list(predictions))
+    by_columns.add_columns(columns, predictions)
+    for name in ("a", "b", "d"):
+        left, right = by_rows.features[name], by_columns.features[name]
+        assert isinstance(left, NumericWindow)
+        assert isinstance(right, NumericWindow)
+        assert left.counts.tolist() == right.counts.tolist()
+        assert left.missing == right.missing
+        assert left.reservoir.sample().tolist() == right.reservoir.sample().tolist()
+    assert by_rows.features["c"].counts == by_columns.features["c"].counts
+    assert by_rows.features["a"].missing == 20

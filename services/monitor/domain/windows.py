@@ -11,6 +11,7 @@ fixed-size summaries.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,12 +83,11 @@ class CategoricalWindow:
 
     def add(self, values: Sequence[Any]) -> None:
         known = self.reference.counts
-        for value in values:
-            if value is None or (isinstance(value, float) and np.isnan(value)):
-                self.missing += 1
-                continue
-            key = str(value) if str(value) in known else UNSEEN
-            self.counts[key] = self.counts.get(key, 0) + 1
+        present = [str(v) for v in values if not (v is None or (isinstance(v, float) and np.isnan(v)))]
+        self.missing += len(values) - len(present)
+        for key, count in Counter(present).items():
+            bucket = key if key in known else UNSEEN
+            self.counts[bucket] = self.counts.get(bucket, 0) + count
 
     @property
     def count(self) -> int:
@@ -138,6 +138,17 @@ class Window:
             _add(window, [row.get(name) for row in rows])
         _add(self.prediction, list(predictions))
         self.records += len(rows)
+
+    def add_columns(self, columns: dict[str, np.ndarray], predictions: np.ndarray) -> None:
+        """Add a batch given column-wise (numeric columns as float arrays with NaN for missing)."""
+        for name, window in self.features.items():
+            values = columns[name]
+            if isinstance(window, NumericWindow):
+                window.add(np.asarray(values, dtype=float))
+            else:
+                window.add(values.tolist() if isinstance(values, np.ndarray) else list(values))
+        _add(self.prediction, list(predictions))
+        self.records += len(predictions)
 
 
 def _add(window: FeatureWindow, values: list[Any]) -> None:
