@@ -35,7 +35,8 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
     def monitors(rt: Runtime) -> Monitors:
         if not holder:
             holder.append(Monitors(rt.store, drift_config(settings), window_size=settings.window_size,
-                                   label_window=settings.label_window, sample_size=settings.sample_size))  # fmt: skip
+                                   label_window=settings.label_window, sample_size=settings.sample_size,
+                                   window_step=settings.window_step))  # fmt: skip
         return holder[0]
 
     def register(rt: Runtime) -> None:

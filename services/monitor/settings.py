@@ -11,7 +11,9 @@ class MonitorSettings(ServiceSettings):
 
     port: int = 8005
     window_size: int = Field(default=500, ge=10)
-    """Predictions per (tumbling) window."""
+    """Predictions per window."""
+    window_step: int = Field(default=0, ge=0)
+    """0: tumbling windows; N: a sliding window judged every N predictions (window_size a multiple of N)."""
     min_window: int = Field(default=200, ge=10)
     """Smallest window that gets a verdict."""
     sample_size: int = Field(default=2000, ge=100)

@@ -164,3 +164,45 @@ def test_column_batches_count_exactly_like_rows(reference: ReferenceProfile) -> 
         assert left.reservoir.sample().tolist() == right.reservoir.sample().tolist()
     assert by_rows.features["c"].counts == by_columns.features["c"].counts
     assert by_rows.features["a"].missing == 20
+
+
+def test_merged_sub_windows_equal_one_window(reference: ReferenceProfile) -> None:
+    from services.monitor.domain.windows import merge_windows
+
+    parts = [window(reference, seed, shift=0.5, size=250) for seed in range(4)]
+    merged = merge_windows(parts)
+    assert merged.records == 1000
+    a = merged.features["a"]
+    assert isinstance(a, NumericWindow)
+    assert int(a.counts.sum()) == 1000
+    assert a.reservoir.sample().size == 1000  # 4 × 250 values, all kept (reservoirs of 2000)
+    assert merged.started_at == min(p.started_at for p in parts)
+    report = evaluate_window(merged, None, CONFIG)
+    assert {v.feature: v.drifted for v in report.features}["a"]
+
+
+def test_reservoir_merge_is_proportional_to_what_each_part_saw() -> None:
+    rng = np.random.default_rng(3)
+    big, small = Reservoir(100, rng), Reservoir(100, rng)
+    big.add(np.zeros(9000))
+    small.add(np.ones(1000))
+    merged = Reservoir.merge([big, small], 100, rng)
+    assert merged.sample().size == 100
+    assert merged.seen == 10_000
+    assert 3 <= merged.sample().sum() <= 20  # about 10% from the part that saw 10% of the records
+
+
+def test_sliding_monitor_judges_every_step(reference: ReferenceProfile) -> None:
+    from libs.common.schema import DatasetSchema
+    from services.monitor.adapters.state import ModelMonitor
+
+    features = [{"name": n, "dtype": "numeric"} for n in ("a", "b", "d")] + [{"name": "c", "dtype": "categorical"}]
+    schema = DatasetSchema.model_validate(
+        {"features": features, "target": {"name": "y", "dtype": "categorical"}, "task": "classification"}
+    )
+    monitor = ModelMonitor("m", 1, reference, schema, None, CONFIG, 400, 100, 2000, window_step=100)
+    rows = [{"a": 0.0, "b": 5.0, "c": "x", "d": 1.0}] * 1000
+    ready = monitor.observe(rows, ["no"] * 1000)
+    # 10 steps of 100; the first judged window is complete after 4 steps, then one per step.
+    assert len(ready) == 7
+    assert all(w.records == 400 for w in ready)

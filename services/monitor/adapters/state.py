@@ -26,7 +26,7 @@ from services.monitor.domain.decision import (
     classification_performance,
     regression_performance,
 )
-from services.monitor.domain.windows import Window
+from services.monitor.domain.windows import Window, merge_windows
 
 
 @dataclass
@@ -40,7 +40,10 @@ class ModelMonitor:
     window_size: int
     label_window: int
     sample_size: int
+    window_step: int = 0
+    """0: tumbling windows; otherwise a sliding window advancing by this many records."""
     window: Window = field(init=False)
+    ring: deque[Window] = field(init=False)
     labels: deque[float] = field(init=False)
     alarms: AlarmState = field(default_factory=AlarmState)
     last_report: WindowReport | None = None
@@ -50,24 +53,38 @@ class ModelMonitor:
     def __post_init__(self) -> None:
         self.window = self._new_window()
         self.labels = deque(maxlen=self.label_window)
+        steps = max(1, self.window_size // self.window_step) if self.window_step else 1
+        self.ring = deque(maxlen=steps)
 
     def _new_window(self) -> Window:
         return Window(self.profile, sample_size=self.sample_size, seed=self.windows_evaluated)
 
     def observe(self, rows: list[dict[str, Any]], predictions: list[Any]) -> list[Window]:
-        """Add predictions; return the windows that filled up (usually none or one)."""
-        full = []
+        """Add predictions; return the windows ready to be judged (usually none or one).
+
+        Tumbling: a window of ``window_size`` records, then a fresh one.
+        Sliding: sub-windows of ``window_step`` records; each time one fills, the
+        last ``window_size / window_step`` of them are merged and judged.
+        """
+        step = self.window_step or self.window_size
+        ready = []
         start = 0
         while start < len(rows):
-            room = self.window_size - self.window.records
+            room = step - self.window.records
             chunk = slice(start, start + room)
             self.window.add(rows[chunk], predictions[chunk])
             start += room
-            if self.window.records >= self.window_size:
-                full.append(self.window)
-                self.windows_evaluated += 1
+            if self.window.records >= step:
+                self.ring.append(self.window)
                 self.window = self._new_window()
-        return full
+                if sum(w.records for w in self.ring) >= self.window_size:
+                    self.windows_evaluated += 1
+                    ready.append(
+                        self.ring[0] if len(self.ring) == 1 else merge_windows(list(self.ring), self.windows_evaluated)
+                    )
+                    if not self.window_step:
+                        self.ring.clear()
+        return ready
 
     def observe_labels(self, outcomes: list[float]) -> None:
         """1/0 correctness (classification) or squared errors (regression)."""
@@ -99,8 +116,16 @@ class Monitors:
     """Model → its monitor, loaded lazily from the reference table."""
 
     def __init__(
-        self, store: ArtifactStore, config: DriftConfig, *, window_size: int, label_window: int, sample_size: int
+        self,
+        store: ArtifactStore,
+        config: DriftConfig,
+        *,
+        window_size: int,
+        label_window: int,
+        sample_size: int,
+        window_step: int = 0,
     ) -> None:
+        self.window_step = window_step
         self.store = store
         self.config = config
         self.window_size = window_size
@@ -122,7 +147,7 @@ class Monitors:
             return current
         profile = ReferenceProfile.from_bytes(self.store.get(profile_ref))
         monitor = ModelMonitor(model, version, profile, schema, dataset, self.config, self.window_size,
-                               self.label_window, self.sample_size)  # fmt: skip
+                               self.label_window, self.sample_size, self.window_step)  # fmt: skip
         self._by_model[model] = monitor
         return monitor
 

@@ -1,4 +1,4 @@
-"""Streaming windows: what the monitor keeps of live traffic, at a fixed cost.
+"""Streaming windows, tumbling or sliding: what the monitor keeps of live traffic, at a fixed cost.
 
 Per numeric feature, counts over the reference bins, missing and
 out-of-reference-range counts, and a bounded uniform reservoir for KS and
@@ -50,6 +50,30 @@ class Reservoir:
 
     def sample(self) -> np.ndarray:
         return self.values[: min(self.seen, self.size)].copy()
+
+    @classmethod
+    def merge(cls, parts: Sequence[Reservoir], size: int, rng: np.random.Generator) -> Reservoir:
+        """A uniform sample of the union of the streams ``parts`` sampled.
+
+        Each part stands for ``seen`` records; the merged sample takes from each
+        part in proportion to that (a multivariate hypergeometric draw), so a
+        part that saw ten times more records contributes ten times more values.
+        """
+        merged = cls(size, rng)
+        seen = np.array([p.seen for p in parts], dtype=np.int64)
+        available = np.array([min(p.seen, p.size) for p in parts], dtype=np.int64)
+        total = int(seen.sum())
+        if total == 0:
+            return merged
+        take = min(size, int(available.sum()))
+        quota = np.minimum(rng.multivariate_hypergeometric(seen, min(take, total)), available)
+        chosen = [rng.choice(p.sample(), int(q), replace=False) for p, q in zip(parts, quota, strict=True) if q]
+        values = np.concatenate(chosen) if chosen else np.empty(0)
+        merged.values[: values.size] = values
+        merged.seen = total
+        if values.size < min(size, total):  # sampled fewer than a full reservoir: report what is held
+            merged.seen = values.size
+        return merged
 
 
 @dataclass
@@ -149,6 +173,42 @@ class Window:
                 window.add(values.tolist() if isinstance(values, np.ndarray) else list(values))
         _add(self.prediction, list(predictions))
         self.records += len(predictions)
+
+
+def merge_windows(parts: Sequence[Window], seed: int = 0) -> Window:
+    """One window holding the union of ``parts`` (consecutive windows on the same reference).
+
+    A sliding window is a ring of sub-windows: every step, the oldest drops out
+    and the ring is merged for evaluation. Merging sums counters and merges
+    reservoirs, so it costs the same whatever the sub-windows saw.
+    """
+    first = parts[0]
+    merged = Window(first.reference, sample_size=first.sample_size, seed=seed)
+    merged.started_at = min(p.started_at for p in parts)
+    merged.records = sum(p.records for p in parts)
+    rng = np.random.default_rng(seed)
+    for name in merged.features:
+        merged.features[name] = _merge_feature([p.features[name] for p in parts], first.sample_size, rng)
+    merged.prediction = _merge_feature([p.prediction for p in parts], first.sample_size, rng)
+    return merged
+
+
+def _merge_feature(parts: Sequence[FeatureWindow], sample_size: int, rng: np.random.Generator) -> FeatureWindow:
+    head = parts[0]
+    if isinstance(head, NumericWindow):
+        numeric = [p for p in parts if isinstance(p, NumericWindow)]
+        out = NumericWindow(head.reference, Reservoir.merge([p.reservoir for p in numeric], sample_size, rng))
+        out.counts = np.sum([p.counts for p in numeric], axis=0)
+        out.missing = sum(p.missing for p in numeric)
+        out.out_of_range = sum(p.out_of_range for p in numeric)
+        return out
+    categorical = [p for p in parts if isinstance(p, CategoricalWindow)]
+    merged = CategoricalWindow(categorical[0].reference)
+    for part in categorical:
+        for key, count in part.counts.items():
+            merged.counts[key] = merged.counts.get(key, 0) + count
+    merged.missing = sum(p.missing for p in categorical)
+    return merged
 
 
 def _add(window: FeatureWindow, values: list[Any]) -> None:
