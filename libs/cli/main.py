@@ -16,9 +16,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+from libs.cli import ops
 from libs.cli.demo import Demo, DemoConfig, DemoState
 from libs.cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
 from libs.common.embedded import port_open
+from libs.common.errors import DriftloopError
+from libs.common.settings import DatabaseSettings
 
 app = typer.Typer(help="driftloop: drift detected, model retrained, judged and hot-swapped, with no human step.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
@@ -130,6 +133,114 @@ def demo(
         if supervisor is not None:
             console.print(f"service logs: {supervisor.home / 'logs'}")
     raise typer.Exit(0 if result["loop_closed"] else 1)
+
+
+def _kafka_and_db(home: Path) -> tuple[str, DatabaseSettings, str]:
+    """Where the operator commands look: the environment first, then a running `driftloop up`."""
+    prefix = os.environ.get("DRIFTLOOP_KAFKA_TOPIC_PREFIX", "")
+    state = UpState.read(home)
+    bootstrap = os.environ.get("DRIFTLOOP_KAFKA_BOOTSTRAP") or (state.kafka_bootstrap if state else None)
+    url = os.environ.get("DRIFTLOOP_DATABASE_URL") or (state.database_url if state else None)
+    if not bootstrap:
+        console.print("[red]no Kafka to look at:[/] set DRIFTLOOP_KAFKA_BOOTSTRAP or start `driftloop up`")
+        raise typer.Exit(2)
+    return bootstrap, DatabaseSettings(url=url or DatabaseSettings().url, connect_timeout_s=10), prefix
+
+
+@app.command()
+def lag(
+    home: HomeOption = DEFAULT_HOME,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    watch: Annotated[float, typer.Option(help="Refresh every N seconds (0: once).")] = 0.0,
+) -> None:
+    """Consumer lag per group, topic and partition: committed offset, end offset, lag."""
+    bootstrap, _, prefix = _kafka_and_db(home)
+    while True:
+        rows = asyncio.run(ops.consumer_lag(bootstrap, prefix))
+        if as_json:
+            print(json.dumps([r.to_dict() for r in rows]))
+        else:
+            table = Table(
+                "group", "topic", "partition", "committed", "end", "lag", title=f"consumer lag {time.strftime('%X')}"
+            )
+            for r in rows:
+                table.add_row(r.group, r.topic, str(r.partition), str(r.committed), str(r.end),
+                              f"[red]{r.lag}[/]" if r.lag else "0")  # fmt: skip
+            console.print(table)
+        if not watch:
+            return
+        time.sleep(watch)
+
+
+@app.command()
+def topics(
+    home: HomeOption = DEFAULT_HOME,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Topics with their partitions and retained messages."""
+    bootstrap, _, prefix = _kafka_and_db(home)
+    rows = asyncio.run(ops.topic_table(bootstrap, prefix))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("topic", "partitions", "messages", title="topics")
+    for row in rows:
+        table.add_row(row["topic"], str(row["partitions"]), str(row["messages"]))
+    console.print(table)
+
+
+dlq_app = typer.Typer(help="Dead-lettered messages: list, show, replay.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    home: HomeOption = DEFAULT_HOME,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every dead-lettered message with its reason and origin."""
+    bootstrap, database, prefix = _kafka_and_db(home)
+    letters = asyncio.run(ops.dead_letters(bootstrap, prefix))
+    replayed = asyncio.run(ops.replayed_refs(database)) if letters else set()
+    rows = [d.summary(d.ref in replayed) for d in letters]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("ref", "original", "group", "error", "reason", "replayed", title=f"{len(rows)} dead letters")
+    for r in rows:
+        table.add_row(r["ref"], r["original"], r["group"] or "", r["error_type"] or "", (r["reason"] or "")[:80],
+                      "yes" if r["replayed"] else "")  # fmt: skip
+    console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    ref: Annotated[str, typer.Argument(help="topic:partition:offset")], home: HomeOption = DEFAULT_HOME
+) -> None:
+    """One dead letter in full: headers and body."""
+    bootstrap, _, _ = _kafka_and_db(home)
+    topic = ref.rsplit(":", 2)[0]
+    letter = next((d for d in asyncio.run(ops.dead_letters(bootstrap, topic=topic)) if d.ref == ref), None)
+    if letter is None:
+        console.print(f"[red]no dead letter at {ref}[/]")
+        raise typer.Exit(1)
+    print(json.dumps({**letter.summary(), "headers": letter.headers,
+                      "body": letter.value.decode(errors="replace")}, indent=2))  # fmt: skip
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ref: Annotated[str, typer.Argument(help="topic:partition:offset")],
+    home: HomeOption = DEFAULT_HOME,
+    actor: Annotated[str | None, typer.Option(help="Who replays (recorded).")] = None,
+) -> None:
+    """Send a dead letter back to its original topic (once) after its cause is fixed."""
+    bootstrap, database, _ = _kafka_and_db(home)
+    try:
+        print(json.dumps(asyncio.run(ops.replay(bootstrap, database, ref, actor=actor))))
+    except DriftloopError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
 
 
 def _run_demo(state: UpState, config: DemoConfig, *, live: bool) -> dict[str, Any]:
