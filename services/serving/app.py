@@ -7,6 +7,7 @@ import logging
 
 import httpx
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from libs.common import topics
 from libs.common.events import ArtifactRef, ModelPromoted
@@ -25,10 +26,19 @@ log = logging.getLogger(__name__)
 
 
 def spec(settings: ServingSettings) -> ServiceSpec:
-    table = ModelTable()
+    gauges: list[Gauge] = []
+
+    def loaded(count: int) -> None:
+        for gauge in gauges:
+            gauge.set(count)
+
+    table = ModelTable(on_change=loaded)
     logs: list[PredictionLog] = []
 
     def register(rt: Runtime) -> None:
+        gauges.append(
+            Gauge("driftloop_models_loaded", "Models this replica can serve.", registry=rt.telemetry.registry)
+        )
         # Every replica must see every promotion: a group of its own, from now on
         # (what was promoted before the replica started comes from the registry).
         routes = {topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table), (ModelPromoted,))}

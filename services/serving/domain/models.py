@@ -9,6 +9,7 @@ that began on v1 finishes on v1 while the next one already runs on v2.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,8 +38,9 @@ class LoadedModel:
 class ModelTable:
     """Model name → the model currently served for it."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
         self._models: dict[str, LoadedModel] = {}
+        self._on_change = on_change
 
     def get(self, model: str) -> LoadedModel | None:
         return self._models.get(model)
@@ -49,6 +51,8 @@ class ModelTable:
         if current is not None and current.generation > loaded.generation:
             return False
         self._models[loaded.model] = loaded
+        if self._on_change is not None:
+            self._on_change(len(self._models))
         return True
 
     def all(self) -> list[LoadedModel]:
