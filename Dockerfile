@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1.7
+# One image for the five services: `python -m services.<name>` picks the service.
+FROM python:3.11.10-slim-bookworm AS build
+ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
+RUN pip install --no-cache-dir uv==0.13.9
+WORKDIR /app
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-dev --no-install-project
+COPY libs ./libs
+COPY services ./services
+RUN uv sync --frozen --no-dev
+
+FROM python:3.11.10-slim-bookworm AS runtime
+RUN groupadd --system driftloop && useradd --system --gid driftloop --home /app driftloop \
+    && mkdir -p /data/artifacts && chown driftloop:driftloop /data/artifacts
+WORKDIR /app
+COPY --from=build --chown=driftloop:driftloop /app /app
+ENV PATH="/app/.venv/bin:$PATH" PYTHONUNBUFFERED=1 \
+    DRIFTLOOP_ARTIFACTS_ROOT=file:///data/artifacts \
+    DRIFTLOOP_INGEST_HOST=0.0.0.0 DRIFTLOOP_TRAINER_HOST=0.0.0.0 DRIFTLOOP_REGISTRY_HOST=0.0.0.0 \
+    DRIFTLOOP_SERVING_HOST=0.0.0.0 DRIFTLOOP_MONITOR_HOST=0.0.0.0
+USER driftloop
+ARG SERVICE=serving
+ENV SERVICE=${SERVICE}
+HEALTHCHECK --interval=10s --timeout=3s --retries=6 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/healthz', timeout=2)"
+CMD ["sh", "-c", "exec python -m services.${SERVICE}"]
