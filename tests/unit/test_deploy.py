@@ -21,13 +21,18 @@ from services.serving.settings import ServingSettings
 from services.trainer.settings import TrainerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES: dict[str, type[BaseSettings]] = {"ingest": IngestSettings, "trainer": TrainerSettings, "registry": RegistrySettings,
-            "serving": ServingSettings, "monitor": MonitorSettings}  # fmt: skip
+SERVICES: dict[str, type[BaseSettings]] = {
+    "ingest": IngestSettings,
+    "trainer": TrainerSettings,
+    "registry": RegistrySettings,
+    "serving": ServingSettings,
+    "monitor": MonitorSettings,
+}
 SHARED: list[type[BaseSettings]] = [KafkaSettings, DatabaseSettings, ArtifactSettings, TelemetrySettings]
 
 
 def known_variables() -> set[str]:
-    names = set()
+    names: set[str] = set()
     for cls in [*SHARED, *SERVICES.values()]:
         prefix = str(cls.model_config.get("env_prefix", ""))
         names.update((prefix + field).upper() for field in cls.model_fields)
