@@ -21,6 +21,7 @@ from libs.cli.demo import Demo, DemoConfig, DemoState
 from libs.cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
 from libs.common.embedded import port_open
 from libs.common.errors import DriftloopError
+from libs.common.service import ServiceSettings, ServiceSpec, build
 from libs.common.settings import DatabaseSettings
 
 app = typer.Typer(help="driftloop: drift detected, model retrained, judged and hot-swapped, with no human step.",
@@ -241,6 +242,40 @@ def dlq_replay(
     except DriftloopError as exc:
         console.print(f"[red]{exc.message}[/]")
         raise typer.Exit(1) from exc
+
+
+@app.command()
+def docs(out: Annotated[Path, typer.Option(help="Directory for the documents.")] = Path("docs/asyncapi")) -> None:
+    """Write the AsyncAPI document of every service (the topics it consumes and publishes)."""
+    from libs.common.asyncapi import document
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, (spec, settings) in service_specs().items():
+        _, runtime = build(spec, settings)
+        path = out / f"{name}.json"
+        path.write_text(json.dumps(document(name, runtime.broker, spec.publishes, spec.description), indent=2) + "\n")
+        console.print(f"wrote {path}")
+
+
+def service_specs() -> dict[str, tuple[ServiceSpec, ServiceSettings]]:
+    """Each service's spec and default settings, built without starting anything."""
+    from services.ingest import app as ingest
+    from services.ingest.settings import IngestSettings
+    from services.monitor import app as monitor
+    from services.monitor.settings import MonitorSettings
+    from services.registry import app as registry
+    from services.registry.settings import RegistrySettings
+    from services.serving import app as serving
+    from services.serving.settings import ServingSettings
+    from services.trainer import app as trainer
+    from services.trainer.settings import TrainerSettings
+
+    settings: list[tuple[str, Any, ServiceSettings]] = [
+        ("ingest", ingest, IngestSettings()), ("trainer", trainer, TrainerSettings()),
+        ("registry", registry, RegistrySettings()), ("serving", serving, ServingSettings()),
+        ("monitor", monitor, MonitorSettings()),
+    ]  # fmt: skip
+    return {name: (module.spec(config), config) for name, module, config in settings}
 
 
 def _run_demo(state: UpState, config: DemoConfig, *, live: bool) -> dict[str, Any]:

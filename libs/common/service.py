@@ -32,8 +32,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.common import outbox
 from libs.common.artifacts import ArtifactStore
+from libs.common.asyncapi import document
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
 from libs.common.errors import BadRequest, DriftloopError, PayloadTooLarge
+from libs.common.events import Event
 from libs.common.kafka import BrokerPublisher, create_broker, ensure_topics, start_with_retry
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
 from libs.common.telemetry import Telemetry, configure_logging, setup_telemetry
@@ -111,6 +113,8 @@ class ServiceSpec:
     """Runs after the database and broker are up (load state, start workers)."""
     on_stop: Callable[[Runtime], Awaitable[None]] | None = None
     description: str = ""
+    publishes: tuple[type[Event], ...] = ()
+    """Events the service emits (for its AsyncAPI document)."""
 
 
 def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:
@@ -136,7 +140,7 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
     app = FastAPI(title=f"driftloop {spec.name}", description=spec.description, lifespan=lifespan)
     app.state.runtime = runtime
     _install_errors(app)
-    _install_probes(app, runtime)
+    _install_probes(app, runtime, spec)
     spec.routes(app, runtime)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, telemetry=telemetry)
@@ -188,7 +192,7 @@ async def _stop(spec: ServiceSpec, rt: Runtime) -> None:
     rt.telemetry.shutdown()
 
 
-def _install_probes(app: FastAPI, rt: Runtime) -> None:
+def _install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "ok", "service": rt.name}
@@ -204,6 +208,10 @@ def _install_probes(app: FastAPI, rt: Runtime) -> None:
                 checks["database"] = f"error: {exc}"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+
+    @app.get("/asyncapi.json", tags=["ops"], summary="AsyncAPI document: the topics consumed and published")
+    async def asyncapi() -> dict[str, Any]:
+        return document(spec.name, rt.broker, spec.publishes, spec.description)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from libs.common.events import DataArrived
 from libs.common.kafka import MicroBatchConsumer
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
@@ -28,6 +29,7 @@ def spec(settings: IngestSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="ingest",
+        publishes=(DataArrived,),
         migrations=Path(__file__).parent / "migrations",
         routes=api.mount,
         on_start=on_start,

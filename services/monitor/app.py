@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import LabelsArrived, ModelPromoted, PredictionsLogged
+from libs.common.events import DriftDetected, LabelsArrived, ModelPromoted, PredictionsLogged
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
@@ -51,6 +51,7 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="monitor",
+        publishes=(DriftDetected,),
         migrations=Path(__file__).parent / "migrations",
         register=register,
         routes=lambda app, rt: api.mount(app, rt, monitors(rt)),

@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import ModelTrained
+from libs.common.events import ModelPromoted, ModelTrained
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
@@ -28,6 +28,7 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="registry",
+        publishes=(ModelPromoted,),
         migrations=Path(__file__).parent / "migrations",
         register=register,
         routes=api.mount,

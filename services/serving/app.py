@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from libs.common import topics
-from libs.common.events import ArtifactRef, ModelPromoted
+from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, PredictionsLogged
 from libs.common.kafka import Route, subscribe
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
@@ -82,6 +82,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="serving",
+        publishes=(PredictionsLogged, LabelsArrived),
         migrations=None,
         register=register,
         routes=routes,

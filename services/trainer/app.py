@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import DataArrived, DriftDetected, ModelPromoted, TrainingRequested
+from libs.common.events import DataArrived, DriftDetected, ModelPromoted, ModelTrained, TrainingRequested
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
@@ -47,6 +47,7 @@ def spec(settings: TrainerSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="trainer",
+        publishes=(ModelTrained,),
         migrations=Path(__file__).parent / "migrations",
         register=register,
         routes=lambda app, rt: api.mount(app, rt, settings, wake),
