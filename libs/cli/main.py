@@ -21,6 +21,7 @@ from libs.cli.demo import Demo, DemoConfig, DemoState
 from libs.cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
 from libs.common.embedded import port_open
 from libs.common.errors import DriftloopError
+from libs.common.kafka import consumer_lag
 from libs.common.service import ServiceSettings, ServiceSpec, build
 from libs.common.settings import DatabaseSettings
 
@@ -157,7 +158,7 @@ def lag(
     """Consumer lag per group, topic and partition: committed offset, end offset, lag."""
     bootstrap, _, prefix = _kafka_and_db(home)
     while True:
-        rows = asyncio.run(ops.consumer_lag(bootstrap, prefix))
+        rows = asyncio.run(consumer_lag(bootstrap, prefix))
         if as_json:
             print(json.dumps([r.to_dict() for r in rows]))
         else:

@@ -10,13 +10,12 @@ same message is never replayed twice.
 from __future__ import annotations
 
 import getpass
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from libs.common import topics
 from libs.common.db import connect_with_retry, load_migrations, migrate
@@ -25,57 +24,6 @@ from libs.common.settings import DatabaseSettings
 
 OPS_SCHEMA = "ops"
 MIGRATIONS = Path(__file__).parent / "migrations"
-
-
-@dataclass(frozen=True)
-class LagRow:
-    group: str
-    topic: str
-    partition: int
-    committed: int
-    end: int
-
-    @property
-    def lag(self) -> int:
-        return max(0, self.end - self.committed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "lag": self.lag}
-
-
-async def consumer_lag(bootstrap: str, prefix: str = "") -> list[LagRow]:
-    """Committed offset, end offset and lag of every group × topic × partition under ``prefix``.
-
-    Committed offsets are read through a consumer of each group that never
-    joins it (OffsetFetch per partition): the admin client's list-offsets call
-    is not answered by every Kafka-compatible broker, this is.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="driftloop-lag")
-    await admin.start()
-    try:
-        groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
-    finally:
-        await admin.close()
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
-    await probe.start()
-    try:
-        names = [t for t in await probe.topics() if t.startswith(prefix) and not t.startswith("__")]
-        partitions = [TopicPartition(t, p) for t in sorted(names) for p in sorted(probe.partitions_for_topic(t) or ())]
-        ends = await probe.end_offsets(partitions) if partitions else {}
-    finally:
-        await probe.stop()
-    rows: list[LagRow] = []
-    for group in groups:
-        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-        await reader.start()
-        try:
-            for tp in partitions:
-                committed = await reader.committed(tp)
-                if committed is not None:
-                    rows.append(LagRow(group, tp.topic, tp.partition, committed, ends.get(tp, committed)))
-        finally:
-            await reader.stop()
-    return rows
 
 
 async def topic_table(bootstrap: str, prefix: str = "") -> list[dict[str, Any]]:

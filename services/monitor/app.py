@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from libs.common import topics
 from libs.common.events import DriftDetected, LabelsArrived, ModelPromoted, PredictionsLogged
-from libs.common.kafka import Route, subscribe
+from libs.common.kafka import LagExporter, Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.monitor import api
@@ -49,8 +49,13 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
         }
         subscribe(rt.broker, routes, group="monitor", settings=settings.kafka, telemetry=rt.telemetry)
 
+    async def on_start(rt: Runtime) -> None:
+        # The monitor watches the plumbing too: consumer lag of every driftloop group.
+        rt.spawn(LagExporter(settings.kafka, rt.telemetry, settings.lag_interval_s).run(), "consumer-lag")
+
     return ServiceSpec(
         name="monitor",
+        on_start=on_start,
         publishes=(DriftDetected,),
         migrations=Path(__file__).parent / "migrations",
         register=register,

@@ -36,5 +36,7 @@ class MonitorSettings(ServiceSettings):
     """Features whose drift alone is dataset-level drift."""
     persistence_k: int = Field(default=2, ge=1)
     persistence_n: int = Field(default=3, ge=1)
+    lag_interval_s: float = Field(default=15.0, gt=0)
+    """How often the consumer lag of every driftloop group is measured for /metrics."""
     cooldown_s: float = Field(default=120.0, ge=0)
     """No new alarm for a model this long after the last one."""

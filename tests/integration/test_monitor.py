@@ -43,7 +43,9 @@ async def drift_state(client: Any) -> dict[str, Any]:
 async def test_stationary_traffic_is_quiet_and_drift_is_detected_with_evidence(isolated: Isolation) -> None:
     store = ArtifactStore(isolated.artifacts_root)
     model = trained_model(store, rows=2000)
-    settings = isolated.settings(MonitorSettings, window_size=300, min_window=100, min_labels=100, label_window=300)
+    settings = isolated.settings(
+        MonitorSettings, window_size=300, min_window=100, min_labels=100, label_window=300, lag_interval_s=2
+    )
     app, runtime = create_app(settings)
     stream = ChurnStream(seed=11)
     async with serve(app) as client:
@@ -77,6 +79,11 @@ async def test_stationary_traffic_is_quiet_and_drift_is_detected_with_evidence(i
         metrics = (await client.get("/metrics")).text
         assert 'driftloop_drift_score{feature="plan",model="churn",statistic="psi"}' in metrics
         assert 'driftloop_drift_alarms_total{model="churn"} 1.0' in metrics
+
+        async def lag_exported() -> bool:  # the monitor exports every group's lag
+            return 'driftloop_consumer_lag{group="' in (await client.get("/metrics")).text
+
+        await wait_until(lag_exported, timeout=30, message="the consumer lag gauge")
 
     records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.DRIFT_DETECTED), expect=1)
     assert len(records) == 1  # persistence + cool-down: one alarm, not one per window

@@ -10,7 +10,16 @@ from libs.cli import ops
 from libs.common import topics
 from libs.common.errors import Conflict, NotFound
 from libs.common.events import TrainingRequested
-from libs.common.kafka import Delivery, Route, create_broker, dead_letter, ensure_topics, subscribe
+from libs.common.kafka import (
+    Delivery,
+    LagRow,
+    Route,
+    consumer_lag,
+    create_broker,
+    dead_letter,
+    ensure_topics,
+    subscribe,
+)
 from libs.common.settings import DatabaseSettings, TelemetrySettings
 from libs.common.telemetry import setup_telemetry
 from tests.conftest import Isolation
@@ -42,8 +51,8 @@ async def test_lag_shows_a_stuck_consumer_and_returns_to_zero(isolated: Isolatio
             event = TrainingRequested(producer="t", model="m", dataset="d", reason=str(i))
             await broker.publish(event.to_bytes(), settings.topic(topic), key=b"m")
 
-        async def lag_of(total: int) -> list[ops.LagRow]:
-            rows = await ops.consumer_lag(settings.bootstrap, settings.topic_prefix)
+        async def lag_of(total: int) -> list[LagRow]:
+            rows = await consumer_lag(settings.bootstrap, settings.topic_prefix)
             return rows if rows and sum(r.lag for r in rows) == total else []
 
         stuck = await wait_until(lambda: lag_of(4), timeout=60, message="a lag of 4 behind the stuck handler")
