@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, FastAPI
+from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel, Field
 
@@ -88,7 +89,11 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
             records.append(
                 PredictionRecord(request_id=request_id, features=row, prediction=prediction, probabilities=probs)
             )
-        plog.add(model, loaded.version, records)
+        span = trace.get_current_span()
+        span.set_attribute("driftloop.model", model)
+        span.set_attribute("driftloop.model.version", loaded.version)
+        span.set_attribute("driftloop.request_ids", [r["request_id"] for r in results])
+        plog.add(model, loaded.version, records, span.get_span_context())
         predictions.labels(model, str(loaded.version)).inc(len(rows))
         return {"model": model, "version": loaded.version, "predictions": results}
 

@@ -3,6 +3,8 @@ embedded stack, synthetic traffic, injected drift, no human step."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,18 +15,28 @@ import pytest
 from libs.cli.demo import Demo, DemoConfig
 from libs.cli.main import DEMO_ENV
 from libs.cli.supervisor import Supervisor, UpState
+from tests.otlp import Receiver, Span, start_receiver
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UpState, dict[str, Any]]]:
+def otlp() -> Iterator[tuple[str, Receiver]]:
+    endpoint, receiver, server = start_receiver()
+    yield endpoint, receiver
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def loop(
+    tmp_path_factory: pytest.TempPathFactory, otlp: tuple[str, Receiver]
+) -> Iterator[tuple[UpState, dict[str, Any]]]:
     home = tmp_path_factory.mktemp("up")
-    supervisor = Supervisor(home, ports=Supervisor.free_ports(), env=DEMO_ENV, log_to_files=True)
+    env = {**DEMO_ENV, "DRIFTLOOP_TELEMETRY_OTLP_ENDPOINT": otlp[0]}
+    supervisor = Supervisor(home, ports=Supervisor.free_ports(), env=env, log_to_files=True)
     state = supervisor.start()
     try:
-        import asyncio
-
         config = DemoConfig(seed=11, stationary_predictions=2500, recovery_predictions=1000, timeout_s=240)
         result = asyncio.run(Demo(state.services, state.kafka_bootstrap, config).run())
         yield state, result
@@ -91,3 +103,57 @@ def test_drift_was_explained_and_the_retrain_used_post_drift_data(loop: tuple[Up
     drift_job = next(j for j in jobs if j["trigger"] == "drift")
     assert drift_job["status"] == "succeeded"
     assert drift_job["since"] is not None  # trained only on data from after the drift began
+
+
+def _wait_for_spans(receiver: Receiver, accept: Any, timeout: float = 30.0) -> list[Span]:
+    """Spans are exported in batches every few seconds: poll until the ones wanted arrived."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with receiver.lock:
+            found = [s for s in receiver.spans if accept(s)]
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError("spans never arrived")
+
+
+def test_one_trace_follows_a_batch_from_ingest_to_the_model_serving_it(
+    loop: tuple[UpState, dict[str, Any]], otlp: tuple[str, Receiver]
+) -> None:
+    _, receiver = otlp
+    swaps = _wait_for_spans(receiver, lambda s: s.name == "model swap" and s.attributes.get("driftloop.version") == 1)
+    chain = receiver.ancestors(swaps[0])
+    services = [s.service for i, s in enumerate(chain) if i == 0 or s.service != chain[i - 1].service]
+    assert services == ["serving", "registry", "trainer", "ingest"], [(s.service, s.name) for s in chain]
+    root = chain[-1]
+    assert root.name == "POST /v1/datasets/{dataset}/records"  # the HTTP request that brought the batch
+    assert len({s.trace_id for s in chain}) == 1
+    job = next(s for s in chain if s.name == "training job")
+    # The worker process continued the job's trace.
+    worker = _wait_for_spans(receiver, lambda s: s.service == "trainer-worker" and s.parent_id == job.span_id)
+    assert worker[0].name == "train"
+
+
+def test_predictions_and_drift_link_back_to_their_causes(
+    loop: tuple[UpState, dict[str, Any]], otlp: tuple[str, Receiver]
+) -> None:
+    _, receiver = otlp
+    predicts = _wait_for_spans(receiver, lambda s: s.name == "POST /v1/models/{model}/predict")
+    assert all(s.attributes["driftloop.model.version"] in (1, 2) for s in predicts)
+    assert all(len(s.attributes["driftloop.request_ids"]) == 50 for s in predicts)
+    flushes = _wait_for_spans(receiver, lambda s: s.name == "predictions.logged flush" and bool(s.links))
+    predict_ids = {s.span_id for s in predicts}
+    assert any(span_id in predict_ids for f in flushes for _, span_id in f.links)
+    drift = _wait_for_spans(receiver, lambda s: s.name == "drift detected")[0]
+    assert drift.service == "monitor"
+    assert drift.links  # many causes: the predictions.logged messages of the window
+    spans = receiver.by_id()
+    caused = [spans[span_id] for _, span_id in drift.links if span_id in spans]
+    assert caused
+    assert any(a.name == "predictions.logged flush" for c in caused for a in receiver.ancestors(c))
+    # …and the retrain it caused links back to it (the data that completed the job is its parent).
+    jobs = _wait_for_spans(
+        receiver, lambda s: s.name == "training job" and s.attributes.get("driftloop.trigger") == "drift"
+    )
+    linked = [spans[span_id] for _, span_id in jobs[0].links if span_id in spans]
+    assert any(drift in receiver.ancestors(span) for span in linked)

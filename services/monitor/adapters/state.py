@@ -47,6 +47,8 @@ class ModelMonitor:
     labels: deque[float] = field(init=False)
     alarms: AlarmState = field(default_factory=AlarmState)
     last_report: WindowReport | None = None
+    causes: deque[Any] = field(default_factory=lambda: deque(maxlen=64))
+    """Span contexts of the predictions.logged messages behind the current windows."""
     windows_evaluated: int = 0
     labels_seen: int = 0
 

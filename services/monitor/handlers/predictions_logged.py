@@ -52,6 +52,7 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
             score(monitor, matched, metrics)
         if monitor is None or monitor.version != event.version:
             return  # traffic of a version no longer (or not yet) monitored
+        monitor.causes.append(trace.get_current_span().get_span_context())
         full = monitor.observe([r.features for r in event.records], [r.prediction for r in event.records])
         for window in full:
             await _judge(rt, monitor, window, metrics)
@@ -73,7 +74,9 @@ async def _judge(rt: Runtime, monitor: ModelMonitor, window: Window, metrics: Mo
             return
         event = _drift_event(monitor, report, since)
         with rt.telemetry.tracer.start_as_current_span(
-            "drift detected", attributes={"driftloop.model": monitor.model, "driftloop.version": monitor.version}
+            "drift detected",
+            attributes={"driftloop.model": monitor.model, "driftloop.version": monitor.version},
+            links=[trace.Link(c) for c in monitor.causes if c.is_valid],  # many causes: links, not one parent
         ):
             await outbox.add(conn, event)
         await conn.execute(
@@ -81,7 +84,6 @@ async def _judge(rt: Runtime, monitor: ModelMonitor, window: Window, metrics: Mo
             monitor.model, monitor.version, event.event_id, event.kinds, event.summary,
         )  # fmt: skip
     metrics.alarms.labels(monitor.model).inc()
-    trace.get_current_span().add_event("drift.detected", {"driftloop.model": monitor.model})
     log.warning("drift detected for %s v%d: %s", monitor.model, monitor.version, report.reason)
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections import defaultdict, deque
 
+from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
 from libs.common.events import PredictionRecord, PredictionsLogged
@@ -38,6 +39,8 @@ class PredictionLog:
         self.flush_s = flush_s
         self.max_buffer = max_buffer
         self._buffers: dict[tuple[str, int], deque[PredictionRecord]] = defaultdict(deque)
+        self._causes: dict[tuple[str, int], list[trace.SpanContext]] = defaultdict(list)
+        self.tracer = telemetry.tracer
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.dropped = Counter(
@@ -49,8 +52,12 @@ class PredictionLog:
             buckets=(1, 10, 50, 100, 200, 500, 1000), registry=telemetry.registry,
         )  # fmt: skip
 
-    def add(self, model: str, version: int, records: list[PredictionRecord]) -> None:
+    def add(
+        self, model: str, version: int, records: list[PredictionRecord], cause: trace.SpanContext | None = None
+    ) -> None:
         buffer = self._buffers[(model, version)]
+        if cause is not None and cause.is_valid:
+            self._causes[(model, version)].append(cause)
         buffer.extend(records)
         overflow = len(buffer) - self.max_buffer
         for _ in range(max(0, overflow)):
@@ -64,10 +71,17 @@ class PredictionLog:
         for (model, version), buffer in list(self._buffers.items()):
             while buffer:
                 batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
+                # One event, many causes: the publish links to every request it carries.
+                causes, self._causes[(model, version)] = self._causes[(model, version)][:128], []
                 try:
-                    await self.publisher.publish_event(
-                        PredictionsLogged(producer="serving", model=model, version=version, records=batch)
-                    )
+                    with self.tracer.start_as_current_span(
+                        "predictions.logged flush", links=[trace.Link(c) for c in causes],
+                        attributes={"driftloop.model": model, "driftloop.model.version": version,
+                                    "driftloop.batch_size": len(batch)},
+                    ):  # fmt: skip
+                        await self.publisher.publish_event(
+                            PredictionsLogged(producer="serving", model=model, version=version, records=batch)
+                        )
                     self.batch_sizes.observe(len(batch))
                 except Exception as exc:  # broker down: keep the batch for the next flush
                     buffer.extendleft(reversed(batch))

@@ -85,11 +85,14 @@ async def enqueue(
     if not inserted:
         return None
     if decision.trigger.value == "drift":
-        await conn.execute(
+        drift_trace = await conn.fetchval(
             "UPDATE models SET drift_since = NULL, drift_event_id = NULL, last_drift_job_at = now(), "
-            "updated_at = now() WHERE name = $1",
+            "updated_at = now() WHERE name = $1 RETURNING (SELECT drift_trace FROM models WHERE name = $1)",
             model,
         )
+        if drift_trace:
+            await conn.execute("UPDATE jobs SET link_headers = jsonb_build_array($2::jsonb) WHERE id = $1",
+                               job_id, drift_trace)  # fmt: skip
     await conn.execute("SELECT pg_notify('driftloop_jobs_' || current_schema(), '')")
     return job_id
 
@@ -147,10 +150,10 @@ async def set_champion(conn: Conn, model: str, version: int, artifact: ArtifactR
     )  # fmt: skip
 
 
-async def mark_drift(conn: Conn, model: str, since: datetime, event_id: uuid.UUID) -> None:
+async def mark_drift(conn: Conn, model: str, since: datetime, event_id: uuid.UUID, trace: dict[str, str]) -> None:
     await conn.execute(
-        "UPDATE models SET drift_since = $2, drift_event_id = $3, updated_at = now() WHERE name = $1",
-        model, since, event_id,
+        "UPDATE models SET drift_since = $2, drift_event_id = $3, drift_trace = $4, updated_at = now() WHERE name = $1",
+        model, since, event_id, json.dumps(trace),
     )  # fmt: skip
 
 

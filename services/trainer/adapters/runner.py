@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common import outbox
@@ -31,6 +31,7 @@ from libs.common.datasets import DatasetManifest
 from libs.common.events import ArtifactRef, ModelTrained
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
+from libs.common.telemetry import inject_context
 from services.trainer.adapters import repository
 from services.trainer.adapters.worker import run_job
 from services.trainer.settings import TrainerSettings
@@ -145,7 +146,14 @@ class JobRunner:
             "driftloop.job_id": str(job_id),
             "driftloop.trigger": job["trigger"],
         }
-        with self.rt.telemetry.tracer.start_as_current_span("training job", context=parent, attributes=attributes):
+        links = [
+            trace.Link(ctx)
+            for headers in json.loads(job["link_headers"])
+            if (ctx := trace.get_current_span(propagate.extract(headers)).get_span_context()).is_valid
+        ]
+        with self.rt.telemetry.tracer.start_as_current_span(
+            "training job", context=parent, attributes=attributes, links=links
+        ):
             heart = asyncio.create_task(self._heartbeat(job_id))
             try:
                 champion = await self.rt.db.fetchrow(
@@ -174,6 +182,8 @@ class JobRunner:
     def _spec(self, job: asyncpg.Record, champion: asyncpg.Record | None) -> dict[str, Any]:
         s = self.settings
         return {
+            "trace": inject_context(),  # the worker process continues this job's trace
+            "otlp_endpoint": s.telemetry.otlp_endpoint,
             "artifacts_root": s.artifacts.root,
             "manifest": json.loads(job["manifest"]),
             "since": job["since"].isoformat() if job["since"] else None,

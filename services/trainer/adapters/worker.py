@@ -18,9 +18,36 @@ from libs.common.profile import build_profile
 from libs.common.schema import DType, Task
 from services.trainer.domain.training import TrainingConfig, train
 
+_PROVIDER: Any = None
+
+
+def _tracer(endpoint: str | None) -> Any:
+    """A tracer for this worker process (one provider per process, exporting over OTLP when configured)."""
+    global _PROVIDER
+    from opentelemetry import trace
+
+    if _PROVIDER is None:
+        from libs.common.settings import TelemetrySettings
+        from libs.common.telemetry import setup_telemetry
+
+        _PROVIDER = setup_telemetry("trainer-worker", TelemetrySettings(otlp_endpoint=endpoint)).tracer_provider
+    return trace.get_tracer("driftloop.trainer.worker", tracer_provider=_PROVIDER)
+
 
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
-    """Train one job; return what the ``model.trained`` event needs."""
+    """Train one job in the trace of the job that queued it; return what ``model.trained`` needs."""
+    from opentelemetry import propagate
+
+    tracer = _tracer(spec.get("otlp_endpoint"))
+    try:
+        with tracer.start_as_current_span("train", context=propagate.extract(spec.get("trace", {}))) as span:
+            span.set_attribute("driftloop.dataset", spec["manifest"]["uri"])
+            return _run(spec, tracer)
+    finally:
+        _PROVIDER.force_flush()
+
+
+def _run(spec: dict[str, Any], tracer: Any) -> dict[str, Any]:
     store = ArtifactStore(spec["artifacts_root"])
     manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(spec["manifest"])))
     since = datetime.fromisoformat(spec["since"]) if spec.get("since") else None
@@ -33,7 +60,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("champion_artifact"):
         champion = models.load(store, ArtifactRef.model_validate(spec["champion_artifact"]))
     config = TrainingConfig(**spec["config"])
-    result = train(schema, frame, config, champion)
+    with tracer.start_as_current_span("search and evaluate", attributes={"driftloop.rows": len(frame)}):
+        result = train(schema, frame, config, champion)
     kinds: dict[str, Literal["numeric", "categorical"]] = {
         f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in schema.features
     }

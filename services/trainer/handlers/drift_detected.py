@@ -10,6 +10,7 @@ from libs.common import outbox
 from libs.common.events import DriftDetected, Event
 from libs.common.kafka import Delivery, Handler
 from libs.common.service import Runtime
+from libs.common.telemetry import inject_context
 from services.trainer.adapters import repository
 from services.trainer.domain.policy import accept_drift
 from services.trainer.handlers.planning import dataset_for, model_view, plan, policy_config
@@ -33,7 +34,8 @@ def handler(rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None
             log.info("drift report for %s: %s", event.model, why, extra={"summary": event.summary})
             if not accepted:
                 return
-            await repository.mark_drift(conn, event.model, event.window_started_at or event.occurred_at, event.event_id)
+            since = event.window_started_at or event.occurred_at
+            await repository.mark_drift(conn, event.model, since, event.event_id, inject_context())
             decision, job_id = await plan(
                 conn, rt.store, settings, model=event.model, dataset=dataset,
                 trigger_event_id=event.event_id, correlation_id=event.correlation_id,
