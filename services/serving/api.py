@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, FastAPI
 from opentelemetry import trace
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
 from libs.common.errors import NotFound, ValidationFailed
@@ -46,16 +46,11 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
         buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     )  # fmt: skip
     predictions = Counter("driftloop_predictions_total", "Predictions served.", ["model", "version"], registry=registry)
-    served = Gauge(
-        "driftloop_model_version_served", "Version each model is served at by this replica.", ["model"],
-        registry=registry,
-    )  # fmt: skip
 
     def serving(model: str) -> LoadedModel:
         loaded = table.get(model)
         if loaded is None:
             raise NotFound(f"model {model!r} is not served (no champion loaded)", model=model)
-        served.labels(model).set(loaded.version)
         return loaded
 
     @router.post("/v1/models/{model}/predict", summary="Predict for a batch of instances")

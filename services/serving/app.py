@@ -26,19 +26,25 @@ log = logging.getLogger(__name__)
 
 
 def spec(settings: ServingSettings) -> ServiceSpec:
-    gauges: list[Gauge] = []
+    gauges: list[tuple[Gauge, Gauge]] = []
 
     def loaded(count: int) -> None:
-        for gauge in gauges:
-            gauge.set(count)
+        for models_loaded, version_served in gauges:
+            models_loaded.set(count)
+            for model in table.all():
+                version_served.labels(model.model).set(model.version)
 
     table = ModelTable(on_change=loaded)
     logs: list[PredictionLog] = []
 
     def register(rt: Runtime) -> None:
-        gauges.append(
-            Gauge("driftloop_models_loaded", "Models this replica can serve.", registry=rt.telemetry.registry)
-        )
+        registry = rt.telemetry.registry
+        models_loaded = Gauge("driftloop_models_loaded", "Models this replica can serve.", registry=registry)
+        version_served = Gauge(
+            "driftloop_model_version_served", "Version each model is served at by this replica.", ["model"],
+            registry=registry,
+        )  # fmt: skip
+        gauges.append((models_loaded, version_served))
         # Every replica must see every promotion: a group of its own, from now on
         # (what was promoted before the replica started comes from the registry).
         routes = {topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table), (ModelPromoted,))}

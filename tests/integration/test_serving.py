@@ -70,7 +70,9 @@ async def test_promotions_swap_models_without_a_failed_request(isolated: Isolati
         assert all(set(p["probabilities"]) == {"no", "yes"} for p in body["predictions"])
         assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in body["predictions"])
         request_id = body["predictions"][0]["request_id"]
-        assert "driftloop_models_loaded 1.0" in (await client.get("/metrics")).text
+        metrics = (await client.get("/metrics")).text
+        assert "driftloop_models_loaded 1.0" in metrics
+        assert 'driftloop_model_version_served{model="churn"} 2.0' in metrics
         feedback = await client.post(
             "/v1/feedback", json={"model": "churn", "labels": [{"request_id": request_id, "label": "yes"}]}
         )
