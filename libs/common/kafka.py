@@ -174,9 +174,9 @@ class ConsumerMetrics:
 
     @classmethod
     def on(cls, telemetry: Telemetry) -> ConsumerMetrics:
-        existing = getattr(telemetry, "_consumer_metrics", None)
-        if existing is not None:
-            return existing  # type: ignore[no-any-return]
+        existing = telemetry.shared.get("consumer_metrics")
+        if isinstance(existing, ConsumerMetrics):
+            return existing
         metrics = cls(
             dead_lettered=Counter(
                 "driftloop_dlq_messages_total",
@@ -191,7 +191,7 @@ class ConsumerMetrics:
                 registry=telemetry.registry,
             ),
         )
-        telemetry._consumer_metrics = metrics  # type: ignore[attr-defined]
+        telemetry.shared["consumer_metrics"] = metrics
         return metrics
 
 

@@ -74,6 +74,8 @@ class Telemetry:
     service: str
     tracer_provider: TracerProvider
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    shared: dict[str, Any] = field(default_factory=dict)
+    """Metric sets shared by several components of the service (created once per registry)."""
 
     @property
     def tracer(self) -> trace.Tracer:

@@ -9,7 +9,6 @@ CONFIG = PromotionConfig(min_metric=0.6, min_gain=0.01)
 
 def candidate(score: float, champion_score: float | None = None, against: int | None = None) -> Candidate:
     return Candidate(
-        version=3,
         primary_metric="accuracy",
         metrics={"accuracy": score},
         champion_metrics=None if champion_score is None else {"accuracy": champion_score},
@@ -48,5 +47,5 @@ def test_approval_stops_at_the_candidate_alias() -> None:
 
 
 def test_missing_primary_metric_is_refused() -> None:
-    odd = Candidate(1, "accuracy", {"f1": 0.9}, None, None)
+    odd = Candidate("accuracy", {"f1": 0.9}, None, None)
     assert "missing" in decide(odd, None, CONFIG).reason

@@ -121,14 +121,10 @@ def _entry(row: asyncpg.Record) -> BatchEntry:
 
 
 def _as_json(record: Any) -> str | None:
+    """The rejected record as JSON for the quarantine; text when it holds NaN or infinity."""
     if record is None:
         return None
-    return json.dumps(record, default=str, allow_nan=False) if _finite(record) else json.dumps(str(record))
-
-
-def _finite(record: Any) -> bool:
     try:
-        json.dumps(record, default=str, allow_nan=False)
-        return True
+        return json.dumps(record, default=str, allow_nan=False)
     except ValueError:
-        return False
+        return json.dumps(str(record))

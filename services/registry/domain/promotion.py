@@ -29,7 +29,6 @@ class PromotionConfig:
 
 @dataclass(frozen=True)
 class Candidate:
-    version: int
     primary_metric: str
     metrics: dict[str, float]
     champion_metrics: dict[str, float] | None

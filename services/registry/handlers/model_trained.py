@@ -35,7 +35,6 @@ def handler(rt: Runtime, config: PromotionConfig) -> Handler:
             await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", event.model)
             champion = await repository.alias_version(conn, event.model, "champion")
             candidate = Candidate(
-                version=0,  # numbered below
                 primary_metric=event.primary_metric,
                 metrics=event.metrics,
                 champion_metrics=event.champion_metrics,
