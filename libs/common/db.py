@@ -8,7 +8,6 @@ a schema prefix, and a test can run a whole service in a fresh schema.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -17,7 +16,8 @@ from pathlib import Path
 
 import asyncpg
 
-from libs.common.errors import MigrationError, TransientError
+from libs.common.errors import MigrationError
+from libs.common.retry import retry_with_backoff
 from libs.common.settings import DatabaseSettings
 
 log = logging.getLogger(__name__)
@@ -40,35 +40,28 @@ async def connect_with_retry(settings: DatabaseSettings, schema: str) -> asyncpg
     :class:`TransientError` says where it tried.
     """
     _check_schema(schema)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.connect_timeout_s
-    delay = 0.2
-    while True:
+
+    async def attempt() -> asyncpg.Pool:
+        conn = await asyncpg.connect(settings.url, timeout=5)
         try:
-            conn = await asyncpg.connect(settings.url, timeout=5)
-            try:
-                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-            finally:
-                await conn.close()
-            pool: asyncpg.Pool = await asyncpg.create_pool(
-                settings.url,
-                min_size=settings.min_pool_size,
-                max_size=settings.max_pool_size,
-                server_settings={"search_path": schema, "application_name": f"driftloop-{schema}"},
-            )
-            return pool
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            if loop.time() + delay > deadline:
-                raise TransientError(
-                    f"PostgreSQL unreachable at {_redact(settings.url)} after {settings.connect_timeout_s:.0f}s: {exc}"
-                ) from exc
-            log.warning(
-                "PostgreSQL not reachable, retrying in %.1fs",
-                delay,
-                extra={"url": _redact(settings.url), "error": str(exc)},
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        finally:
+            await conn.close()
+        pool: asyncpg.Pool = await asyncpg.create_pool(
+            settings.url,
+            min_size=settings.min_pool_size,
+            max_size=settings.max_pool_size,
+            server_settings={"search_path": schema, "application_name": f"driftloop-{schema}"},
+        )
+        return pool
+
+    return await retry_with_backoff(
+        attempt,
+        name="PostgreSQL",
+        where=_redact(settings.url),
+        timeout_s=settings.connect_timeout_s,
+        errors=(TimeoutError, OSError, asyncpg.PostgresError),
+    )
 
 
 def _redact(url: str) -> str:

@@ -37,11 +37,13 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from opentelemetry import propagate, trace
 from prometheus_client import Counter
 
 from libs.common import topics
 from libs.common.errors import DriftloopError, InvalidEvent, TransientError
 from libs.common.events import Event, parse_event
+from libs.common.retry import retry_with_backoff
 from libs.common.settings import KafkaSettings
 from libs.common.telemetry import Telemetry
 
@@ -77,54 +79,42 @@ def create_broker(settings: KafkaSettings, telemetry: Telemetry, *, graceful_tim
 
 async def start_with_retry(broker: KafkaBroker, settings: KafkaSettings) -> None:
     """Start ``broker``, retrying an unreachable cluster with backoff and one log line a try."""
-    deadline = time.monotonic() + settings.connect_timeout_s
-    delay = 0.2
-    while True:
-        try:
-            await broker.start()
-            return
-        except (KafkaConnectionError, OSError) as exc:
-            await broker.stop()
-            if time.monotonic() + delay > deadline:
-                raise TransientError(
-                    f"Kafka unreachable at {settings.bootstrap} after {settings.connect_timeout_s:.0f}s: {exc}"
-                ) from exc
-            log.warning("Kafka not reachable, retrying in %.1fs", delay, extra={"bootstrap": settings.bootstrap})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    await retry_with_backoff(
+        broker.start,
+        name="Kafka",
+        where=settings.bootstrap,
+        timeout_s=settings.connect_timeout_s,
+        errors=(KafkaConnectionError, OSError),
+        cleanup=broker.stop,
+    )
 
 
 async def ensure_topics(settings: KafkaSettings, specs: Iterable[topics.TopicSpec] = topics.all_topics()) -> list[str]:
-    """Create the topics that do not exist yet; return the names created.
+    """Create the topics that do not exist yet, with ``settings.replication_factor``; return the names created.
 
-    Idempotent: an existing topic is left as it is (a partition count lower
-    than configured is logged, never shrunk or silently accepted). Retries an
-    unreachable cluster like :func:`start_with_retry`.
+    Idempotent: a topic that exists is left exactly as it is (partitions and
+    configuration are never changed here). Retries an unreachable cluster like
+    :func:`start_with_retry`.
     """
     specs = [topics.TopicSpec(settings.topic(s.name), s.partitions, s.retention_ms) for s in specs]
     deadline = time.monotonic() + settings.connect_timeout_s
-    delay = 0.2
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=f"{settings.client_id}-admin")
-        try:
-            await admin.start()
-            break
-        except (KafkaConnectionError, OSError) as exc:
-            await admin.close()
-            if time.monotonic() + delay > deadline:
-                raise TransientError(f"Kafka unreachable at {settings.bootstrap}: {exc}") from exc
-            log.warning("Kafka not reachable for topic set-up, retrying in %.1fs", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=f"{settings.client_id}-admin")
+    await retry_with_backoff(
+        admin.start,
+        name="Kafka",
+        where=settings.bootstrap,
+        timeout_s=settings.connect_timeout_s,
+        errors=(KafkaConnectionError, OSError),
+        cleanup=admin.close,
+    )
     try:
         existing = set(await admin.list_topics())
-        missing = [s for s in specs if s.name not in existing]
         created: list[str] = []
-        for spec in missing:
+        for spec in (s for s in specs if s.name not in existing):
             new = NewTopic(
                 spec.name,
                 num_partitions=spec.partitions,
-                replication_factor=1 if "127.0.0.1" in settings.bootstrap else -1,
+                replication_factor=settings.replication_factor,
                 topic_configs={"retention.ms": str(spec.retention_ms)},
             )
             try:
@@ -160,6 +150,12 @@ class Delivery:
     offset: int
     key: bytes | None
     headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record: Any) -> Delivery:
+        """The delivery of an aiokafka ``ConsumerRecord`` (header values decoded as UTF-8)."""
+        headers = {k: bytes(v).decode(errors="replace") for k, v in (record.headers or ())}
+        return cls(record.topic, record.partition, record.offset, record.key, headers)
 
 
 Handler = Callable[[Event, Delivery], Awaitable[None]]
@@ -242,13 +238,7 @@ def subscribe(
     async def on_message(msg: KafkaMessage) -> None:
         record = msg.raw_message
         assert not isinstance(record, tuple)  # not a batch subscriber
-        delivery = Delivery(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            headers=dict(msg.headers),
-        )
+        delivery = Delivery.of(record)
         route = real[record.topic]
         try:
             await _handle(msg.body, delivery, route.handler, route.accepts, group_id, settings, broker, metrics)
@@ -463,18 +453,10 @@ class MicroBatchConsumer:
             await consumer.stop()
 
     async def _process(self, records: list[Any]) -> None:
-        from opentelemetry import propagate, trace
-
         items: list[_Item] = []
         links = []
         for record in records:
-            delivery = Delivery(
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                key=record.key,
-                headers={k: bytes(v).decode(errors="replace") for k, v in (record.headers or ())},
-            )
+            delivery = Delivery.of(record)
             try:
                 items.append(_Item(parse_event(record.value, self.accepts), delivery, record.value))
             except InvalidEvent as exc:

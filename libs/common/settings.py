@@ -25,6 +25,8 @@ class KafkaSettings(BaseSettings):
     topic_prefix: str = ""
     """Prepended to every topic and consumer group name: several driftloop
     installations (or test runs) can share one cluster without seeing each other."""
+    replication_factor: int = Field(default=1, ge=1)
+    """Replicas of the topics driftloop creates (3 on a production cluster); existing topics are left alone."""
     max_attempts: int = Field(default=4, ge=1)
     """How many times a consumer tries a message before dead-lettering it."""
     retry_backoff_s: float = Field(default=0.2, gt=0)
