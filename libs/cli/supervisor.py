@@ -23,7 +23,7 @@ from typing import IO
 
 import httpx
 
-from libs.common.embedded import EmbeddedStack, _die_with_parent, free_port, port_open
+from libs.common.embedded import EmbeddedStack, die_with_parent, free_port, port_open
 from libs.common.kafka import ensure_topics
 from libs.common.settings import KafkaSettings
 
@@ -144,7 +144,7 @@ class Supervisor:
         process = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
             cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent,
         )  # fmt: skip
         self.processes[name] = process
         pump = threading.Thread(target=self._pump, args=(name, process), daemon=True, name=f"log-{name}")

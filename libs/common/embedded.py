@@ -77,7 +77,8 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
         return False
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """``preexec_fn`` for children that must not outlive us (runs between fork and exec)."""
     with contextlib.suppress(OSError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -100,7 +101,7 @@ class ManagedProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches us, and we stop children in order
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
                 # uid, gid and groups all change: with root's gid kept, root's
                 # group bits would decide access instead of the "other" bits.
                 **_as_user(user),

@@ -14,6 +14,7 @@ from libs.common.service import Runtime
 from services.ingest.adapters import repository
 from services.ingest.domain.parsing import parse_body
 from services.ingest.domain.validation import validate_records
+from services.ingest.settings import IngestSettings
 
 DatasetName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Dataset name.")]
 
@@ -35,7 +36,7 @@ class SubmissionOut(BaseModel):
     rejections: list[RejectionOut]
 
 
-def mount(app: FastAPI, rt: Runtime) -> None:
+def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
     router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
     @router.put("/{dataset}", status_code=201, summary="Declare (or confirm) a dataset's schema")
@@ -111,11 +112,9 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             Query(description="partial: store valid rows, keep the rest as rejections; strict: all or nothing"),
         ] = "partial",
     ) -> SubmissionOut:
-        settings = rt.settings
         parsed = parse_body(await request.body(), request.headers.get("content-type", "application/json"))
-        limit = getattr(settings, "max_rows_per_request", 100_000)
-        if len(parsed.rows) > limit:
-            raise BadRequest(f"{len(parsed.rows)} records in one request; the limit is {limit}")
+        if len(parsed.rows) > settings.max_rows_per_request:
+            raise BadRequest(f"{len(parsed.rows)} records in one request; the limit is {settings.max_rows_per_request}")
         schema = await repository.get_schema(rt.db, dataset)
         result = validate_records(schema, parsed.rows, from_text=parsed.from_text, unreadable=parsed.unreadable)
         if mode == "strict" and result.rejected:

@@ -31,7 +31,7 @@ def spec(settings: IngestSettings) -> ServiceSpec:
         name="ingest",
         publishes=(DataArrived,),
         migrations=Path(__file__).parent / "migrations",
-        routes=api.mount,
+        routes=lambda app, rt: api.mount(app, rt, settings),
         on_start=on_start,
         on_stop=on_stop,
         description="Validates records against declared schemas and stores them as append-only dataset versions.",

@@ -27,7 +27,6 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common import outbox
-from libs.common.datasets import DatasetManifest
 from libs.common.events import ArtifactRef, ModelTrained
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
@@ -221,12 +220,9 @@ class JobRunner:
             profile=ArtifactRef.model_validate(result["profile"]),
             dataset_schema=DatasetSchema.model_validate(result["dataset_schema"]),
         )
-        # The baseline for "new rows since the last model": the version the job was queued on.
-        queued_on = DatasetManifest.model_validate_json(
-            self.rt.store.get(ArtifactRef.model_validate_json(job["manifest"]))
-        )
         async with self.rt.db.acquire() as conn, conn.transaction():
-            await repository.finish(conn, job["id"], result, queued_on.total_rows, job["model"])
+            # The baseline for "new rows since the last model": the version the job trained on.
+            await repository.finish(conn, job["id"], result, result["dataset_rows"], job["model"])
             await outbox.add(conn, event)
         log.info(
             "training job succeeded",

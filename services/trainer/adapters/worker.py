@@ -83,6 +83,7 @@ def _run(spec: dict[str, Any], tracer: Any) -> dict[str, Any]:
         "training_rows": result.training_rows,
         "holdout_rows": result.holdout_rows,
         "dataset_version": manifest.version,
+        "dataset_rows": manifest.total_rows,
         "dataset_schema": schema.model_dump(mode="json"),
         "artifact": model_ref.model_dump(),
         "profile": profile_ref.model_dump(),
