@@ -20,7 +20,7 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
 
     @router.get("/{model}/drift", summary="The latest drift report of a model, with its recent alarms")
     async def drift(model: str) -> dict[str, Any]:
-        monitor = await monitors.load(rt.db, model)
+        monitor = await monitors.load(rt.db, model, fresh=True)
         if monitor is None:
             raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
         alarms = await rt.db.fetch(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from services.monitor.adapters.state import ModelMonitor
-from services.monitor.domain.decision import WindowReport
+from services.monitor.domain.decision import Performance, WindowReport
 
 
 class MonitorMetrics:
@@ -36,6 +36,10 @@ class MonitorMetrics:
         self.alarms = Counter(
             "driftloop_drift_alarms_total", "drift.detected events raised.", ["model"], registry=registry
         )
+
+    def record_live(self, model: str, performance: Performance | None) -> None:
+        if performance is not None:
+            self.live_metric.labels(model, performance.metric).set(performance.live)
 
     def record(self, monitor: ModelMonitor, report: WindowReport) -> None:
         self.windows.labels(monitor.model, str(report.flagged).lower()).inc()

@@ -88,6 +88,15 @@ class ModelMonitor:
                         self.ring.clear()
         return ready
 
+    def score(self, matched: list[tuple[int, Any, Any]]) -> Performance | None:
+        """Feed (version, prediction, label) matches to the live metric; labels of other versions are ignored."""
+        self.observe_labels([
+            outcome
+            for version, prediction, label in matched
+            if version == self.version and (outcome := self.outcome(prediction, label)) is not None
+        ])  # fmt: skip
+        return self.performance()
+
     def observe_labels(self, outcomes: list[float]) -> None:
         """1/0 correctness (classification) or squared errors (regression)."""
         self.labels.extend(outcomes)
@@ -153,9 +162,15 @@ class Monitors:
         self._by_model[model] = monitor
         return monitor
 
-    async def load(self, conn: asyncpg.Connection | asyncpg.Pool, model: str) -> ModelMonitor | None:
-        """The monitor of ``model``, from memory or from the reference table."""
+    async def load(
+        self, conn: asyncpg.Connection | asyncpg.Pool, model: str, *, version: int | None = None, fresh: bool = False
+    ) -> ModelMonitor | None:
+        """The monitor of ``model``: from memory when it is there and monitors ``version``
+        (any version when None), else from the reference table (another replica may have
+        handled the promotion). ``fresh`` always asks the table."""
         monitor = self._by_model.get(model)
+        if monitor is not None and not fresh and version in (None, monitor.version):
+            return monitor
         row = await conn.fetchrow(
             "SELECT r.version, r.dataset, r.profile, r.schema FROM monitored m JOIN reference_profiles r "
             "ON r.model = m.model AND r.version = m.version WHERE m.model = $1",

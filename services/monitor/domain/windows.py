@@ -12,7 +12,7 @@ fixed-size summaries.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -158,20 +158,15 @@ class Window:
 
     def add(self, rows: Sequence[dict[str, Any]], predictions: Sequence[Any]) -> None:
         """Add a batch of feature rows and the predictions made for them."""
-        for name, window in self.features.items():
-            _add(window, [row.get(name) for row in rows])
-        _add(self.prediction, list(predictions))
-        self.records += len(rows)
+        self.add_columns({name: [row.get(name) for row in rows] for name in self.features}, predictions)
 
-    def add_columns(self, columns: dict[str, np.ndarray], predictions: np.ndarray) -> None:
-        """Add a batch given column-wise (numeric columns as float arrays with NaN for missing)."""
+    def add_columns(
+        self, columns: Mapping[str, Sequence[Any] | np.ndarray], predictions: Sequence[Any] | np.ndarray
+    ) -> None:
+        """Add a batch given column-wise; missing values as None or NaN."""
         for name, window in self.features.items():
-            values = columns[name]
-            if isinstance(window, NumericWindow):
-                window.add(np.asarray(values, dtype=float))
-            else:
-                window.add(values.tolist() if isinstance(values, np.ndarray) else list(values))
-        _add(self.prediction, list(predictions))
+            _add(window, columns[name])
+        _add(self.prediction, predictions)
         self.records += len(predictions)
 
 
@@ -211,8 +206,11 @@ def _merge_feature(parts: Sequence[FeatureWindow], sample_size: int, rng: np.ran
     return merged
 
 
-def _add(window: FeatureWindow, values: list[Any]) -> None:
+def _add(window: FeatureWindow, values: Sequence[Any] | np.ndarray) -> None:
     if isinstance(window, NumericWindow):
-        window.add(np.array([np.nan if v is None else float(v) for v in values], dtype=float))
+        if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+            window.add(values.astype(float, copy=False))  # the vectorised path: already numbers
+        else:
+            window.add(np.array([np.nan if v is None else float(v) for v in values], dtype=float))
     else:
-        window.add(values)
+        window.add(values.tolist() if isinstance(values, np.ndarray) else list(values))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from libs.common import outbox
 from libs.common.events import Event, LabelsArrived
 from libs.common.kafka import Delivery, Handler
 from libs.common.service import Runtime
 from services.monitor.adapters.metrics import MonitorMetrics
-from services.monitor.adapters.state import ModelMonitor, Monitors
+from services.monitor.adapters.state import Monitors
 
 CONSUMER = "monitor.labels-arrived"
 #: Labels whose prediction never arrives are forgotten after a day.
@@ -43,21 +42,8 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
             monitor = await monitors.load(conn, event.model)
         metrics.labels.labels(event.model, "true").inc(len(rows))
         metrics.labels.labels(event.model, "waiting").inc(len(waiting))
-        score(monitor, [(r["version"], json.loads(r["prediction"]), labels[r["request_id"]]) for r in rows], metrics)
+        if monitor is not None:
+            scored = [(r["version"], json.loads(r["prediction"]), labels[r["request_id"]]) for r in rows]
+            metrics.record_live(monitor.model, monitor.score(scored))
 
     return handle
-
-
-def score(monitor: ModelMonitor | None, matched: list[tuple[int, Any, Any]], metrics: MonitorMetrics) -> None:
-    """Feed (version, prediction, label) matches of the monitored version to the live metric."""
-    if monitor is None:
-        return
-    outcomes = [
-        outcome
-        for version, prediction, label in matched
-        if version == monitor.version and (outcome := monitor.outcome(prediction, label)) is not None
-    ]
-    monitor.observe_labels(outcomes)
-    performance = monitor.performance()
-    if performance is not None:
-        metrics.live_metric.labels(monitor.model, performance.metric).set(performance.live)

@@ -16,7 +16,6 @@ from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import ModelMonitor, Monitors, now, report_json
 from services.monitor.domain.decision import WindowReport, evaluate_window, should_alarm
 from services.monitor.domain.windows import Window
-from services.monitor.handlers.labels_arrived import score
 
 log = logging.getLogger(__name__)
 CONSUMER = "monitor.predictions-logged"
@@ -44,12 +43,13 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
                     "UPDATE predictions SET labelled = true WHERE request_id = ANY($1::text[])",
                     [r["request_id"] for r in early],
                 )
-            monitor = await monitors.load(conn, event.model)
+            monitor = await monitors.load(conn, event.model, version=event.version)
         if early:
             predicted = {r.request_id: r.prediction for r in event.records}
             matched = [(event.version, predicted[r["request_id"]], json.loads(r["label"])) for r in early]
             metrics.labels.labels(event.model, "true").inc(len(matched))
-            score(monitor, matched, metrics)
+            if monitor is not None:
+                metrics.record_live(monitor.model, monitor.score(matched))
         if monitor is None or monitor.version != event.version:
             return  # traffic of a version no longer (or not yet) monitored
         monitor.causes.append(trace.get_current_span().get_span_context())
