@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from libs.common.db import connect_with_retry, load_migrations, migrate
-from libs.common.embedded import free_port
+from libs.common.embedded import EmbeddedPostgres, free_port
 from libs.common.errors import MigrationError, TransientError
 from libs.common.kafka import ensure_topics
 from libs.common.settings import DatabaseSettings, KafkaSettings
@@ -80,11 +80,20 @@ async def test_kafka_down_at_start_retries_with_backoff_then_says_so(caplog: pyt
     assert any("retrying in" in r.getMessage() for r in caplog.records)
 
 
-async def test_database_that_comes_up_late_is_joined(db_settings: DatabaseSettings) -> None:
-    """Start-up outlasts a database that is still starting (here: a URL that works)."""
-    pool = await connect_with_retry(db_settings, "late_join")
-    try:
-        assert await pool.fetchval("SELECT current_schema()") == "late_join"
-    finally:
-        await pool.execute("DROP SCHEMA late_join CASCADE")
-        await pool.close()
+async def test_database_that_comes_up_late_is_joined(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Start-up outlasts a database that is still starting: retries, then connects."""
+    port = free_port()
+    settings = DatabaseSettings(url=f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout_s=60)
+    with caplog.at_level(logging.WARNING):
+        connecting = asyncio.create_task(connect_with_retry(settings, "late_join"))
+        await asyncio.sleep(1.0)
+        assert not connecting.done()  # nothing listens yet: still retrying
+        server = EmbeddedPostgres(tmp_path / "pgdata", port=port, durable=False)
+        await asyncio.to_thread(server.start)
+        try:
+            pool = await asyncio.wait_for(connecting, 30)
+            assert await pool.fetchval("SELECT current_schema()") == "late_join"
+            await pool.close()
+        finally:
+            await asyncio.to_thread(server.stop)
+    assert any("retrying in" in r.getMessage() for r in caplog.records)
