@@ -35,6 +35,26 @@ class ArtifactRef(BaseModel):
     size: int = Field(ge=0, description="Size in bytes.")
 
 
+class OnnxExport(BaseModel):
+    """The ONNX export of a version and whether it may serve in its pipeline's place.
+
+    The trainer converts every pipeline it can and checks parity on the holdout:
+    labels equal and probabilities (or regression outputs) within a tolerance.
+    Serving runs the ONNX model only when ``parity`` is true; otherwise it runs the
+    scikit-learn pipeline, and ``detail`` says why.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    artifact: ArtifactRef | None = Field(default=None, description="The ONNX model, when the export succeeded.")
+    parity: bool = Field(default=False, description="Parity with the pipeline held on the holdout.")
+    detail: str = Field(
+        default="",
+        description="What was checked, or why the export or parity failed.",
+        examples=["labels equal on 4000 holdout rows, max |Δp| 7.1e-06"],
+    )
+
+
 class Event(BaseModel):
     """The envelope every event carries."""
 
@@ -135,6 +155,7 @@ class ModelTrained(Event):
     training_rows: int = Field(ge=0)
     artifact: ArtifactRef = Field(description="The fitted pipeline (skops).")
     profile: ArtifactRef = Field(description="Reference profile of the training data.")
+    onnx: OnnxExport | None = Field(default=None, description="The ONNX export and its parity check.")
     dataset_schema: DatasetSchema
 
     def key(self) -> bytes:
@@ -160,6 +181,7 @@ class ModelPromoted(Event):
     move: AliasMove
     artifact: ArtifactRef
     profile: ArtifactRef
+    onnx: OnnxExport | None = Field(default=None, description="The version's ONNX export, if it has one.")
     dataset_schema: DatasetSchema
     metrics: dict[str, float] = Field(default_factory=dict)
     reason: str
