@@ -68,6 +68,10 @@ clean: ## remove the virtual environments and local state
 	$(UV) pip install --quiet --python .bench-venv "evidently==0.7.23" "pandas<3" numpy scipy pydantic
 	@touch $@
 
+.PHONY: bench-loop
+bench-loop: .venv/.synced ## the loop on drift streams through the real services (BENCH_ARGS="--quick --streams abrupt")
+	$(PY) -m bench.loop $(BENCH_ARGS)
+
 .PHONY: bench
 bench: .bench-venv/.ready ## drift engine vs Evidently on the same data (installs Evidently in .bench-venv only)
 	PYTHONPATH=. .bench-venv/bin/python bench/drift.py $(BENCH_ARGS)
