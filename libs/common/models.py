@@ -147,3 +147,13 @@ def loads(data: bytes) -> Any:
 def load(store: ArtifactStore, ref: ArtifactRef) -> Any:
     """Read (digest-verified) and load a model artifact."""
     return loads(store.get(ref))
+
+
+def load_onnx(store: ArtifactStore, ref: ArtifactRef) -> bytes:
+    """Read an ONNX export, digest-verified like every model artifact.
+
+    onnxruntime parses the graph itself and runs only ONNX operators, so there
+    is no type allowlist to apply; the bytes must still be exactly the ones the
+    trainer stored, and every loader reads them through here.
+    """
+    return store.get(ref)

@@ -1,30 +1,39 @@
-"""HTTP API of serving: predictions, feedback labels, the models being served."""
+"""HTTP API of serving: predictions, feedback labels, the models being served.
+
+The predict path is kept lean: the body is parsed with orjson straight into
+columns (no pydantic model and no DataFrame per request), checked by the
+version's compiled schema, inferred through the version's micro-batcher
+(on the event loop for small batches, so no thread hop), answered with
+orjson, and handed to the prediction log, which builds its records later.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
-import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-from fastapi import APIRouter, FastAPI
+import orjson
+from fastapi import APIRouter, FastAPI, Request, Response
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
-from libs.common.errors import NotFound, ValidationFailed
-from libs.common.events import Label, LabelsArrived, PredictionRecord
-from libs.common.frames import features_frame
-from libs.common.schema import Task
+from libs.common.errors import BadRequest, NotFound, ValidationFailed
+from libs.common.events import Label, LabelsArrived
 from libs.common.service import Runtime
-from libs.common.validation import validate_row
 from services.serving.adapters.prediction_log import PredictionLog
-from services.serving.domain.models import LoadedModel, ModelTable
+from services.serving.domain.features import Columns, InvalidInstance
+from services.serving.domain.models import Inference, LoadedModel, ModelTable
+from services.serving.domain.predictions import Served, plain_list, probability_dicts
 from services.serving.settings import ServingSettings
 
 
 class PredictRequest(BaseModel):
+    """The body of ``POST /v1/models/{m}/predict`` (documentation only: it is parsed with orjson)."""
+
     instances: list[dict[str, Any]] = Field(min_length=1, description="Feature rows as column → value.")
 
 
@@ -38,14 +47,49 @@ class FeedbackRequest(BaseModel):
     labels: list[LabelIn] = Field(min_length=1, max_length=10_000)
 
 
-def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, plog: PredictionLog) -> None:
+def new_request_ids(count: int) -> list[str]:
+    """``count`` random 128-bit ids as hex, from one read of the OS's random source."""
+    pool = os.urandom(16 * count).hex()
+    return [pool[i : i + 32] for i in range(0, 32 * count, 32)]
+
+
+@dataclass
+class Predictor:
+    """Inference, metrics, trace attributes and the prediction log: what every predict route shares."""
+
+    latency: Histogram
+    predictions: Counter
+    plog: PredictionLog
+
+    async def predict(self, model: str, loaded: LoadedModel, columns: Columns) -> tuple[list[str], Inference]:
+        started = time.perf_counter()
+        inference = await loaded.batcher.submit(columns)
+        self.latency.labels(model).observe(time.perf_counter() - started)
+        request_ids = new_request_ids(columns.rows)
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("driftloop.model", model)
+            span.set_attribute("driftloop.model.version", loaded.version)
+            span.set_attribute("driftloop.request_ids", request_ids)
+        served = Served(request_ids, columns, inference, loaded.classes, loaded.compiled.features, datetime.now(UTC))
+        self.plog.add(model, loaded.version, served, span.get_span_context())
+        self.predictions.labels(model, str(loaded.version)).inc(columns.rows)
+        return request_ids, inference
+
+
+def json_response(payload: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
+
+
+def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, plog: PredictionLog) -> Predictor:
     router = APIRouter(tags=["predictions"])
     registry = rt.telemetry.registry
     latency = Histogram(
-        "driftloop_prediction_latency_seconds", "Model inference time per request.", ["model"], registry=registry,
-        buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        "driftloop_prediction_latency_seconds", "Model inference time per request (with its micro-batch wait).",
+        ["model"], registry=registry, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     )  # fmt: skip
     predictions = Counter("driftloop_predictions_total", "Predictions served.", ["model", "version"], registry=registry)
+    predictor = Predictor(latency, predictions, plog)
 
     def serving(model: str) -> LoadedModel:
         loaded = table.get(model)
@@ -53,44 +97,26 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
             raise NotFound(f"model {model!r} is not served (no champion loaded)", model=model)
         return loaded
 
-    @router.post("/v1/models/{model}/predict", summary="Predict for a batch of instances")
-    async def predict(model: str, body: PredictRequest) -> dict[str, Any]:
+    @router.post(
+        "/v1/models/{model}/predict", summary="Predict for a batch of instances", response_class=Response,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+            "schema": PredictRequest.model_json_schema()}}}},
+    )  # fmt: skip
+    async def predict(model: str, request: Request) -> Response:
         loaded = serving(model)  # taken once: a swap during this request does not affect it
-        if len(body.instances) > settings.max_instances:
-            raise ValidationFailed(
-                f"{len(body.instances)} instances in one request; the limit is {settings.max_instances}"
-            )
-        rows = []
-        for index, instance in enumerate(body.instances):
-            row, problems = validate_row(loaded.schema, instance, from_text=False, require_target=False)
-            if problems:
-                field, problem = problems[0]
-                raise ValidationFailed(f"instance {index}: {field}: {problem}", row=index, field=field)
-            rows.append(row)
-        started = time.perf_counter()
-        frame = features_frame(loaded.schema, rows)
-        if len(rows) > 64:  # larger batches off the event loop
-            outputs, probabilities = await asyncio.to_thread(_infer, loaded, frame)
-        else:
-            outputs, probabilities = _infer(loaded, frame)
-        latency.labels(model).observe(time.perf_counter() - started)
-        results = []
-        records = []
-        for i, row in enumerate(rows):
-            request_id = uuid.uuid4().hex
-            prediction = _plain(outputs[i])
-            probs = probabilities[i] if probabilities is not None else None
-            results.append({"request_id": request_id, "prediction": prediction, "probabilities": probs})
-            records.append(
-                PredictionRecord(request_id=request_id, features=row, prediction=prediction, probabilities=probs)
-            )
-        span = trace.get_current_span()
-        span.set_attribute("driftloop.model", model)
-        span.set_attribute("driftloop.model.version", loaded.version)
-        span.set_attribute("driftloop.request_ids", [r["request_id"] for r in results])
-        plog.add(model, loaded.version, records, span.get_span_context())
-        predictions.labels(model, str(loaded.version)).inc(len(rows))
-        return {"model": model, "version": loaded.version, "predictions": results}
+        instances = parse_instances(await request.body(), settings.max_instances)
+        try:
+            columns = loaded.compiled.from_instances(instances)
+        except InvalidInstance as exc:
+            raise ValidationFailed(str(exc), row=exc.index, field=exc.field) from None
+        request_ids, inference = await predictor.predict(model, loaded, columns)
+        labels = plain_list(inference.labels)
+        probabilities = probability_dicts(inference.probabilities, loaded.classes, columns.rows)
+        results = [
+            {"request_id": i, "prediction": label, "probabilities": p}
+            for i, label, p in zip(request_ids, labels, probabilities, strict=True)
+        ]
+        return json_response({"model": model, "version": loaded.version, "predictions": results})
 
     @router.post("/v1/feedback", status_code=202, summary="True labels for earlier predictions")
     async def feedback(body: FeedbackRequest) -> dict[str, Any]:
@@ -111,19 +137,25 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
         return _describe(serving(model))
 
     app.include_router(router)
+    return predictor
 
 
-def _infer(loaded: LoadedModel, frame: Any) -> tuple[np.ndarray, list[dict[str, float]] | None]:
-    outputs = loaded.pipeline.predict(frame)
-    if loaded.schema.task is not Task.CLASSIFICATION or not hasattr(loaded.pipeline, "predict_proba"):
-        return outputs, None
-    classes = loaded.classes or []
-    matrix = loaded.pipeline.predict_proba(frame)
-    return outputs, [{c: round(float(p), 6) for c, p in zip(classes, row, strict=True)} for row in matrix]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+def parse_instances(body: bytes, limit: int) -> list[Any]:
+    """The ``instances`` of a predict body, with the errors pydantic would have given."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("request body is empty or not valid JSON") from None
+    if not isinstance(payload, dict) or "instances" not in payload:
+        raise ValidationFailed("instances: Field required", field="instances")
+    instances = payload["instances"]
+    if not isinstance(instances, list):
+        raise ValidationFailed("instances: Input should be a valid list", field="instances")
+    if not instances:
+        raise ValidationFailed("instances: List should have at least 1 item, not 0", field="instances")
+    if len(instances) > limit:
+        raise ValidationFailed(f"{len(instances)} instances in one request; the limit is {limit}")
+    return instances
 
 
 def _describe(m: LoadedModel) -> dict[str, Any]:
@@ -134,4 +166,10 @@ def _describe(m: LoadedModel) -> dict[str, Any]:
         "loaded_at": m.loaded_at.isoformat(),
         "task": m.schema.task.value,
         "features": [f.name for f in m.schema.features],
-    }
+        "runtime": m.runtime.name,
+        "runtime_reason": m.choice.reason,
+        "onnx": m.onnx.model_dump(mode="json") if m.onnx is not None else None,
+        "memory_bytes": m.memory_bytes,
+        "batching": {"enabled": m.batching.enabled, "max_rows": m.batching.max_rows,
+                     "max_wait_s": m.batching.max_wait_s},
+    }  # fmt: skip

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from prometheus_client import Gauge
 
 from libs.common import topics
-from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, PredictionsLogged
+from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, OnnxExport, PredictionsLogged
 from libs.common.kafka import Route, subscribe
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
@@ -18,7 +18,7 @@ from libs.common.telemetry import Telemetry
 from services.serving import api
 from services.serving.adapters.loader import champions_from_registry, load
 from services.serving.adapters.prediction_log import PredictionLog
-from services.serving.domain.models import ModelTable
+from services.serving.domain.models import BatchPolicy, LoadedModel, ModelTable
 from services.serving.handlers import model_promoted
 from services.serving.settings import ServingSettings
 
@@ -37,6 +37,17 @@ def spec(settings: ServingSettings) -> ServiceSpec:
     table = ModelTable(on_change=loaded)
     logs: list[PredictionLog] = []
 
+    batching = BatchPolicy(settings.batching, settings.batch_max_rows, settings.batch_max_wait_s)
+
+    def promoted(rt: Runtime) -> model_promoted.Loader:
+        async def load_promoted(event: ModelPromoted) -> LoadedModel:
+            return await load(
+                rt.store, event.model, event.version, event.artifact, event.dataset_schema,
+                event.occurred_at.timestamp(), onnx=event.onnx, batching=batching, onnx_threads=settings.onnx_threads,
+            )  # fmt: skip
+
+        return load_promoted
+
     def register(rt: Runtime) -> None:
         registry = rt.telemetry.registry
         models_loaded = Gauge("driftloop_models_loaded", "Models this replica can serve.", registry=registry)
@@ -47,7 +58,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         gauges.append((models_loaded, version_served))
         # Every replica must see every promotion: a group of its own, from now on
         # (what was promoted before the replica started comes from the registry).
-        routes = {topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table), (ModelPromoted,))}
+        routes = {topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table, promoted(rt)), (ModelPromoted,))}
         subscribe(rt.broker, routes, group=f"serving-{settings.instance_id}", settings=settings.kafka,
                   telemetry=rt.telemetry, auto_offset_reset="latest")  # fmt: skip
 
@@ -70,12 +81,15 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         for record in records:
             if table.get(record["model"]) is not None:
                 continue  # a promotion event got here first and is newer
+            onnx = record.get("onnx")
             loaded = await load(
                 rt.store, record["model"], record["version"], ArtifactRef.model_validate(record["artifact"]),
                 DatasetSchema.model_validate(record["schema"]), generation=0.0,
+                onnx=OnnxExport.model_validate(onnx) if onnx else None, batching=batching,
+                onnx_threads=settings.onnx_threads,
             )  # fmt: skip
             table.offer(loaded)
-            log.info("model %s v%d loaded from the registry", loaded.model, loaded.version)
+            log.info("model %s v%d loaded from the registry (%s)", loaded.model, loaded.version, loaded.runtime.name)
 
     async def on_start(rt: Runtime) -> None:
         for plog in logs:

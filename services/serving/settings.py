@@ -22,3 +22,12 @@ class ServingSettings(ServiceSettings):
     """predictions.logged: publish once this many predictions are buffered …"""
     log_flush_s: float = Field(default=1.0, gt=0)
     """… or this often, whichever comes first."""
+    batching: bool = True
+    """Micro-batching: gather concurrent requests for a model version into one inference call."""
+    batch_max_rows: int = Field(default=256, ge=1)
+    """A gathered batch is inferred once it holds this many rows …"""
+    batch_max_wait_s: float = Field(default=0.001, gt=0, le=0.1)
+    """… or once its first request has waited this long (it flushes sooner when no more requests come)."""
+    onnx_threads: int = Field(default=1, ge=1)
+    """onnxruntime threads per inference call. One suits a 2-core replica, where the other core parses
+    HTTP and JSON; raise it on bigger machines that serve large batches."""

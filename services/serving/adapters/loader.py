@@ -1,28 +1,84 @@
-"""Loading champions: from the registry at start, from model.promoted afterwards."""
+"""Loading champions: from the registry at start, from model.promoted afterwards.
+
+A version runs on onnxruntime when its ONNX export passed the trainer's parity
+check, and on its scikit-learn pipeline otherwise. An ONNX export that is
+missing, failed parity, or cannot be loaded never keeps a version from
+serving: it falls back to scikit-learn and says why.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import httpx
 
 from libs.common import models
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import ArtifactRef
+from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.schema import DatasetSchema
-from services.serving.domain.models import LoadedModel
+from services.serving.adapters.runtimes import OnnxRuntime, SklearnRuntime
+from services.serving.domain.models import BatchPolicy, LoadedModel, RuntimeChoice
 
 log = logging.getLogger(__name__)
 
 
 async def load(
-    store: ArtifactStore, model: str, version: int, artifact: ArtifactRef, schema: DatasetSchema, generation: float
+    store: ArtifactStore,
+    model: str,
+    version: int,
+    artifact: ArtifactRef,
+    schema: DatasetSchema,
+    generation: float,
+    *,
+    onnx: OnnxExport | None = None,
+    batching: BatchPolicy | None = None,
+    onnx_threads: int = 1,
 ) -> LoadedModel:
-    """Read, verify and deserialise an artifact in a thread, off the event loop."""
-    pipeline = await asyncio.to_thread(models.load, store, artifact)
-    return LoadedModel(model, version, pipeline, schema, artifact, generation)
+    """Read, verify and prepare a version's runtime in a thread, off the event loop."""
+    before = resident_bytes()
+    choice = await asyncio.to_thread(choose_runtime, store, model, version, artifact, schema, onnx, onnx_threads)
+    after = resident_bytes()
+    memory = after - before if before is not None and after is not None else None
+    return LoadedModel(model, version, choice, schema, artifact, generation, onnx=onnx, memory_bytes=memory,
+                       batching=batching or BatchPolicy())  # fmt: skip
+
+
+def choose_runtime(
+    store: ArtifactStore,
+    model: str,
+    version: int,
+    artifact: ArtifactRef,
+    schema: DatasetSchema,
+    onnx: OnnxExport | None,
+    onnx_threads: int = 1,
+) -> RuntimeChoice:
+    """onnxruntime when the export exists, held parity and loads; scikit-learn otherwise, with the reason."""
+    if onnx is None:
+        reason = "scikit-learn: the version has no ONNX export"
+    elif onnx.artifact is None:
+        reason = f"scikit-learn: the ONNX export failed ({onnx.detail or 'no detail'})"
+    elif not onnx.parity:
+        reason = f"scikit-learn: the ONNX export failed the parity check ({onnx.detail or 'no detail'})"
+    else:
+        try:
+            runtime = OnnxRuntime(models.load_onnx(store, onnx.artifact), schema, threads=onnx_threads)
+            return RuntimeChoice(runtime, f"onnxruntime: parity held ({onnx.detail or 'no detail'})")
+        except Exception as exc:  # a refused artifact, or any of onnxruntime's own errors for a bad graph
+            reason = f"scikit-learn: the ONNX export could not be loaded ({exc})"
+            log.warning("model %s v%d: %s", model, version, reason)
+    return RuntimeChoice(SklearnRuntime(models.load(store, artifact), schema), reason)
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory (Linux), for the memory each loaded version adds."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 async def champions_from_registry(registry_url: str) -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """Batching predictions into predictions.logged events.
 
 Predictions are buffered per model version and published when a batch is
-full or on a timer, never on the request path. The log is telemetry for the
+full or on a timer, never on the request path. A request hands over what it
+served in columns (:class:`Served`); the records are built here, when the log
+flushes, so a response never waits for them. The log is telemetry for the
 monitor: a crash loses at most one unflushed batch, which the monitor's
 windowed statistics tolerate; a full buffer (broker down) drops the oldest
 records and counts them, rather than growing without bound.
@@ -20,6 +22,7 @@ from prometheus_client import Counter, Histogram
 from libs.common.events import PredictionRecord, PredictionsLogged
 from libs.common.kafka import BrokerPublisher
 from libs.common.telemetry import Telemetry
+from services.serving.domain.predictions import Served
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +41,9 @@ class PredictionLog:
         self.batch_size = batch_size
         self.flush_s = flush_s
         self.max_buffer = max_buffer
+        self._served: dict[tuple[str, int], deque[Served]] = defaultdict(deque)
         self._buffers: dict[tuple[str, int], deque[PredictionRecord]] = defaultdict(deque)
+        self._pending = 0
         self._causes: dict[tuple[str, int], list[trace.SpanContext]] = defaultdict(list)
         self.tracer = telemetry.tracer
         self._full = asyncio.Event()
@@ -52,25 +57,42 @@ class PredictionLog:
             buckets=(1, 10, 50, 100, 200, 500, 1000), registry=telemetry.registry,
         )  # fmt: skip
 
-    def add(
-        self, model: str, version: int, records: list[PredictionRecord], cause: trace.SpanContext | None = None
-    ) -> None:
-        buffer = self._buffers[(model, version)]
+    def add(self, model: str, version: int, served: Served, cause: trace.SpanContext | None = None) -> None:
+        """Queue what one request served; cheap (no per-row work), called on the request path."""
+        key = (model, version)
+        self._served[key].append(served)
         if cause is not None and cause.is_valid:
-            self._causes[(model, version)].append(cause)
-        buffer.extend(records)
-        overflow = len(buffer) - self.max_buffer
-        for _ in range(max(0, overflow)):
-            buffer.popleft()
-        if overflow > 0:
-            self.dropped.inc(overflow)
-        if len(buffer) >= self.batch_size:
+            self._causes[key].append(cause)
+        self._pending += served.rows
+        if self._pending > self.max_buffer:
+            self._drop_oldest(self._pending - self.max_buffer)
+        if self._pending >= self.batch_size:
             self._full.set()
 
+    def _drop_oldest(self, excess: int) -> None:
+        dropped = 0
+        for records in self._buffers.values():  # the oldest first: built records, then served ones
+            while records and dropped < excess:
+                records.popleft()
+                dropped += 1
+        for served in self._served.values():
+            while served and dropped < excess:
+                dropped += served.popleft().rows
+        self._pending -= dropped
+        self.dropped.inc(dropped)
+
+    def _materialise(self) -> None:
+        for key, queue in self._served.items():
+            buffer = self._buffers[key]
+            while queue:
+                buffer.extend(queue.popleft().records())
+
     async def flush(self) -> None:
+        self._materialise()
         for (model, version), buffer in list(self._buffers.items()):
             while buffer:
                 batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
+                self._pending -= len(batch)
                 # One event, many causes: the publish links to every request it carries.
                 causes, self._causes[(model, version)] = self._causes[(model, version)][:128], []
                 try:
@@ -85,6 +107,7 @@ class PredictionLog:
                     self.batch_sizes.observe(len(batch))
                 except Exception as exc:  # broker down: keep the batch for the next flush
                     buffer.extendleft(reversed(batch))
+                    self._pending += len(batch)
                     log.warning("prediction log publish failed: %r", exc)
                     return
 

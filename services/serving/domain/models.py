@@ -12,27 +12,91 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Protocol
 
-from libs.common.events import ArtifactRef
+import numpy as np
+
+from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.schema import DatasetSchema
+from services.serving.domain.batching import MicroBatcher
+from services.serving.domain.features import Columns, CompiledSchema
+
+
+@dataclass(frozen=True)
+class Inference:
+    """One inference call's answer: a label (or value) per row, and class probabilities for classifiers."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None
+
+    def slice(self, start: int, stop: int) -> Inference:
+        probs = self.probabilities[start:stop] if self.probabilities is not None else None
+        return Inference(self.labels[start:stop], probs)
+
+
+class ModelRuntime(Protocol):
+    """What runs a version: onnxruntime or scikit-learn (``services.serving.adapters.runtimes``)."""
+
+    name: str
+    classes: list[str] | None
+    inline_rows: int
+    """Batches up to this many rows are inferred on the event loop; bigger ones in a thread."""
+
+    def infer(self, columns: Columns) -> Inference: ...
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """The runtime a version is served by, and why (shown by ``GET /v1/models/{m}``)."""
+
+    runtime: ModelRuntime
+    reason: str
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Micro-batching bounds (from the service's settings)."""
+
+    enabled: bool = True
+    max_rows: int = 256
+    max_wait_s: float = 0.001
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     model: str
     version: int
-    pipeline: Any
+    choice: RuntimeChoice
     schema: DatasetSchema
     artifact: ArtifactRef
     generation: float
     """Ordering of the promotion that loaded it (event time); a late, older load never wins."""
+    onnx: OnnxExport | None = None
+    memory_bytes: int | None = None
+    """Growth of the process's resident memory while this version loaded (approximate)."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    batching: BatchPolicy = field(default_factory=lambda: BatchPolicy())
+    compiled: CompiledSchema = field(init=False)
+    """The schema's checks, compiled once for this version."""
+    batcher: MicroBatcher[Columns, Inference] = field(init=False)
+    """Gathers concurrent requests for this version (and only this version) into one inference call."""
+
+    def __post_init__(self) -> None:
+        runtime, policy = self.choice.runtime, self.batching
+        batcher = MicroBatcher(
+            runtime.infer, Columns.concat, inline_rows=runtime.inline_rows,
+            max_rows=policy.max_rows, max_wait_s=policy.max_wait_s, enabled=policy.enabled,
+        )  # fmt: skip
+        object.__setattr__(self, "compiled", CompiledSchema(self.schema))
+        object.__setattr__(self, "batcher", batcher)
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        return self.choice.runtime
 
     @property
     def classes(self) -> list[str] | None:
-        classes = getattr(self.pipeline, "classes_", None)
-        return [str(c) for c in classes] if classes is not None else None
+        return self.runtime.classes
 
 
 class ModelTable:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from libs.common.events import Event, ModelPromoted
 from libs.common.kafka import Delivery, Handler
 from libs.common.service import Runtime
-from services.serving.adapters.loader import load
-from services.serving.domain.models import ModelTable
+from services.serving.domain.models import LoadedModel, ModelTable
 
 log = logging.getLogger(__name__)
 
+Loader = Callable[[ModelPromoted], Awaitable[LoadedModel]]
 
-def handler(rt: Runtime, table: ModelTable) -> Handler:
+
+def handler(rt: Runtime, table: ModelTable, load: Loader) -> Handler:
     async def handle(event: Event, delivery: Delivery) -> None:
         """Load and verify the promoted artifact, then swap it in atomically."""
         assert isinstance(event, ModelPromoted)
@@ -22,15 +24,14 @@ def handler(rt: Runtime, table: ModelTable) -> Handler:
         current = table.get(event.model)
         if current is not None and current.version == event.version and current.artifact == event.artifact:
             return  # redelivery: already serving it
-        loaded = await load(
-            rt.store, event.model, event.version, event.artifact, event.dataset_schema, event.occurred_at.timestamp()
-        )
+        loaded = await load(event)
         with rt.telemetry.tracer.start_as_current_span(
             "model swap", attributes={"driftloop.model": event.model, "driftloop.version": event.version}
         ):
             swapped = table.offer(loaded)
         log.info(
-            "model %s v%d %s", event.model, event.version, "now serving" if swapped else "ignored: newer already served"
-        )
+            "model %s v%d %s on %s", event.model, event.version,
+            "now serving" if swapped else "ignored: newer already served", loaded.runtime.name,
+        )  # fmt: skip
 
     return handle

@@ -1,0 +1,66 @@
+"""What one request served, kept columnar until the prediction log needs records.
+
+The response needs labels, probabilities and ids; the prediction log needs a
+record per row with its features. Building those records (a dict and a model
+per row) is the most expensive per-row work serving does, so a request only
+hands its columns over, and the log builds the records later, off the
+request path, when it flushes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from libs.common.events import PredictionRecord
+from libs.common.schema import FeatureSpec
+from services.serving.domain.features import Columns, row_values
+from services.serving.domain.models import Inference
+
+
+@dataclass(frozen=True)
+class Served:
+    request_ids: list[str]
+    columns: Columns
+    inference: Inference
+    classes: list[str] | None
+    features: list[FeatureSpec]
+    at: datetime
+
+    @property
+    def rows(self) -> int:
+        return len(self.request_ids)
+
+    def records(self) -> list[PredictionRecord]:
+        """One prediction record per row, as the monitor reads them."""
+        names = [f.name for f in self.features]
+        columns = [row_values(f, self.columns.arrays[f.name]) for f in self.features]
+        labels = plain_list(self.inference.labels)
+        probabilities = probability_dicts(self.inference.probabilities, self.classes, self.rows)
+        rows = zip(self.request_ids, zip(*columns, strict=True), labels, probabilities, strict=True)
+        # model_construct: every value was validated on the way in, and this runs for every row logged.
+        return [
+            PredictionRecord.model_construct(
+                request_id=request_id,
+                features=dict(zip(names, row, strict=True)),
+                prediction=label,
+                probabilities=probs,
+                at=self.at,
+            )
+            for request_id, row, label, probs in rows
+        ]
+
+
+def plain_list(values: np.ndarray) -> list[Any]:
+    """Labels as plain JSON values (str, int, float, bool)."""
+    return list(values.tolist())
+
+
+def probability_dicts(matrix: np.ndarray | None, classes: list[str] | None, rows: int) -> list[dict[str, float] | None]:
+    """Class → probability per row, rounded to 6 places (what the API answers and the log records)."""
+    if matrix is None or classes is None:
+        return [None] * rows
+    return [dict(zip(classes, row, strict=True)) for row in np.round(matrix, 6).tolist()]
