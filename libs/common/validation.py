@@ -11,12 +11,14 @@ type, so ``"42"`` is not silently a number.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 from libs.common.schema import DatasetSchema, DType, FeatureSpec
 
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
+_LARGEST_FLOAT = int(sys.float_info.max)
 
 
 class InvalidValue(Exception):
@@ -58,6 +60,8 @@ def _number(spec: FeatureSpec, value: Any, from_text: bool) -> float | int:
             raise InvalidValue(f"{value!r} is not a number") from exc
     if not isinstance(value, int | float):
         raise InvalidValue(f"expected a number, got {type(value).__name__}")
+    if isinstance(value, int) and abs(value) > _LARGEST_FLOAT:
+        raise InvalidValue("integer too large to be a number")
     if isinstance(value, float):
         if math.isnan(value):
             if spec.nullable:

@@ -7,7 +7,7 @@ import logging
 
 import httpx
 from fastapi import FastAPI
-from prometheus_client import Gauge
+from prometheus_client import Gauge, Histogram
 
 from libs.common import topics
 from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, OnnxExport, PredictionsLogged
@@ -15,7 +15,7 @@ from libs.common.kafka import Route, subscribe
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
-from services.serving import api
+from services.serving import api, api_v2
 from services.serving.adapters.loader import champions_from_registry, load
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.models import BatchPolicy, LoadedModel, ModelTable
@@ -37,7 +37,13 @@ def spec(settings: ServingSettings) -> ServiceSpec:
     table = ModelTable(on_change=loaded)
     logs: list[PredictionLog] = []
 
-    batching = BatchPolicy(settings.batching, settings.batch_max_rows, settings.batch_max_wait_s)
+    batch_requests: list[Histogram] = []
+
+    def observe(model: str, requests: int, rows: int) -> None:
+        for histogram in batch_requests:
+            histogram.labels(model).observe(requests)
+
+    batching = BatchPolicy(settings.batching, settings.batch_max_rows, settings.batch_max_wait_s, observe)
 
     def promoted(rt: Runtime) -> model_promoted.Loader:
         async def load_promoted(event: ModelPromoted) -> LoadedModel:
@@ -56,6 +62,10 @@ def spec(settings: ServingSettings) -> ServiceSpec:
             registry=registry,
         )  # fmt: skip
         gauges.append((models_loaded, version_served))
+        batch_requests.append(Histogram(
+            "driftloop_inference_batch_requests", "Requests answered by one inference call (micro-batching).",
+            ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry,
+        ))  # fmt: skip
         # Every replica must see every promotion: a group of its own, from now on
         # (what was promoted before the replica started comes from the registry).
         routes = {topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table, promoted(rt)), (ModelPromoted,))}
@@ -66,7 +76,8 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         plog = PredictionLog(rt.publisher, rt.telemetry, batch_size=settings.log_batch_size,
                              flush_s=settings.log_flush_s)  # fmt: skip
         logs.append(plog)
-        api.mount(app, rt, settings, table, plog)
+        predictor = api.mount(app, rt, settings, table, plog)
+        api_v2.mount(app, rt, settings, table, predictor)
 
     async def bootstrap(rt: Runtime) -> None:
         delay = 0.5

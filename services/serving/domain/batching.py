@@ -48,6 +48,7 @@ class MicroBatcher(Generic[B, T]):
         max_rows: int = 256,
         max_wait_s: float = 0.001,
         enabled: bool = True,
+        on_call: Callable[[int, int], None] | None = None,
     ) -> None:
         self._infer = infer
         self._concat = concat
@@ -58,8 +59,9 @@ class MicroBatcher(Generic[B, T]):
         self._pending: list[tuple[B, asyncio.Future[T]]] = []
         self._pending_rows = 0
         self._gatherer: asyncio.Task[None] | None = None
-        self.calls = 0
-        """Inference calls made (for tests and metrics: fewer calls than requests means batching worked)."""
+        self._flushes: set[asyncio.Task[None]] = set()
+        self._on_call = on_call
+        """Told (requests, rows) of every inference call: fewer calls than requests means batching worked."""
 
     async def submit(self, batch: B) -> T:
         """The inference of ``batch``, possibly computed together with other callers' batches."""
@@ -68,31 +70,38 @@ class MicroBatcher(Generic[B, T]):
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append((batch, future))
         self._pending_rows += batch.rows
-        if self._gatherer is None:
+        if self._pending_rows >= self.max_rows:  # full: infer now, without waiting for the gatherer
+            flush = asyncio.create_task(self._flush(self._take()))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        elif self._gatherer is None:
             self._gatherer = asyncio.create_task(self._gather())
         return await future
 
-    async def _run(self, batch: B) -> T:
-        self.calls += 1
+    async def _run(self, batch: B, requests: int = 1) -> T:
+        if self._on_call is not None:
+            self._on_call(requests, batch.rows)
         if batch.rows <= self.inline_rows:
             return self._infer(batch)  # no thread hop: cheaper than the hop itself
         return await asyncio.to_thread(self._infer, batch)
 
     async def _gather(self) -> None:
+        me = asyncio.current_task()
         deadline = time.perf_counter() + self.max_wait_s
         seen = -1
         try:
-            # Keep yielding while requests keep arriving, within the bounds.
-            while self._pending_rows < self.max_rows and len(self._pending) != seen:
-                if time.perf_counter() >= deadline:
-                    break
+            # Keep yielding while requests keep arriving, within the bounds. A full batch
+            # is taken by submit() meanwhile, which retires this gatherer (_gatherer is no longer it).
+            while self._gatherer is me and len(self._pending) != seen and time.perf_counter() < deadline:
                 seen = len(self._pending)
                 await asyncio.sleep(0)
-        except asyncio.CancelledError:  # shutting down: nobody is left waiting on a batch
-            for _, future in self._take():
-                future.cancel()
+        except asyncio.CancelledError:  # shutting down: nobody is left waiting on this batch
+            if self._gatherer is me:
+                for _, future in self._take():
+                    future.cancel()
             raise
-        await self._flush(self._take())
+        if self._gatherer is me:
+            await self._flush(self._take())
 
     def _take(self) -> list[tuple[B, asyncio.Future[T]]]:
         pending, self._pending, self._pending_rows, self._gatherer = self._pending, [], 0, None
@@ -103,7 +112,7 @@ class MicroBatcher(Generic[B, T]):
         if not live:
             return
         try:
-            result = await self._run(self._concat([b for b, _ in live]))
+            result = await self._run(self._concat([b for b, _ in live]), len(live))
         except Exception as exc:
             for _, future in live:
                 if not future.done():

@@ -60,6 +60,8 @@ class BatchPolicy:
     enabled: bool = True
     max_rows: int = 256
     max_wait_s: float = 0.001
+    observe: Callable[[str, int, int], None] | None = None
+    """Told (model, requests, rows) of every inference call, for metrics."""
 
 
 @dataclass(frozen=True)
@@ -82,10 +84,12 @@ class LoadedModel:
     """Gathers concurrent requests for this version (and only this version) into one inference call."""
 
     def __post_init__(self) -> None:
-        runtime, policy = self.choice.runtime, self.batching
+        runtime, policy, model = self.choice.runtime, self.batching, self.model
+        observe = policy.observe
         batcher = MicroBatcher(
             runtime.infer, Columns.concat, inline_rows=runtime.inline_rows,
             max_rows=policy.max_rows, max_wait_s=policy.max_wait_s, enabled=policy.enabled,
+            on_call=(lambda requests, rows: observe(model, requests, rows)) if observe is not None else None,
         )  # fmt: skip
         object.__setattr__(self, "compiled", CompiledSchema(self.schema))
         object.__setattr__(self, "batcher", batcher)

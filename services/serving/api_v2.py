@@ -1,0 +1,139 @@
+"""The Open Inference Protocol (V2) endpoints, next to the driftloop JSON API.
+
+A client of KServe or MLServer switches to driftloop by changing the URL:
+health and readiness, model metadata, and ``POST /v2/models/{m}/infer`` in the
+forms MLServer's scikit-learn runtime accepts (see ``domain/v2.py``).
+Predictions made here go through the same micro-batcher, metrics and
+prediction log as ``/v1`` ones; each row's request id (for feedback) is in
+the answer's ``parameters.request_ids``. Errors use the protocol's shape,
+``{"error": "..."}``, always with a 4xx status for a bad request.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as package_metadata
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, Request, Response
+
+from libs.common.service import Runtime
+from services.serving.api import Predictor, json_response
+from services.serving.domain import v2
+from services.serving.domain.features import InvalidInstance
+from services.serving.domain.models import LoadedModel, ModelTable
+from services.serving.settings import ServingSettings
+
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "example": {
+                    "parameters": {"content_type": "pd"},
+                    "inputs": [
+                        {"name": "age", "shape": [2, 1], "datatype": "FP64", "data": [41.0, 29.5]},
+                        {"name": "plan", "shape": [2, 1], "datatype": "BYTES", "data": ["basic", "premium"]},
+                    ],
+                    "outputs": [{"name": "predict"}, {"name": "predict_proba"}],
+                }
+            }
+        },
+    }
+}
+
+
+def error(message: str, status: int) -> Response:
+    return json_response({"error": message}, status)
+
+
+def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, predictor: Predictor) -> None:
+    router = APIRouter(tags=["open inference protocol (v2)"])
+
+    @router.get("/v2", summary="Server metadata")
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": "driftloop-serving", "version": _version(), "extensions": []}
+
+    @router.get("/v2/health/live", summary="Liveness")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @router.get("/v2/health/ready", summary="Readiness: started and able to serve")
+    async def ready() -> Response:
+        return json_response({"ready": rt.ready}, 200 if rt.ready else 503)
+
+    @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs")
+    async def model_metadata(model: str) -> Response:
+        loaded = table.get(model)
+        if loaded is None:
+            return _not_found(model)
+        return json_response(v2.metadata(model, loaded.version, loaded.schema, loaded.runtime.name, loaded.classes))
+
+    @router.get("/v2/models/{model}/ready", summary="Whether the model is loaded")
+    async def model_ready(model: str) -> Response:
+        loaded = table.get(model)
+        if loaded is None:
+            return _not_found(model)
+        return json_response({"name": model, "ready": True})
+
+    @router.post("/v2/models/{model}/infer", summary="Inference", response_class=Response, openapi_extra=_INFER_BODY)
+    async def infer(model: str, request: Request) -> Response:
+        return await _infer(model, None, request)
+
+    @router.post(
+        "/v2/models/{model}/versions/{version}/infer", summary="Inference on a given version",
+        response_class=Response, openapi_extra=_INFER_BODY,
+    )  # fmt: skip
+    async def infer_version(model: str, version: str, request: Request) -> Response:
+        return await _infer(model, version, request)
+
+    async def _infer(model: str, version: str | None, request: Request) -> Response:
+        loaded = table.get(model)  # taken once: a swap during this request does not affect it
+        if loaded is None:
+            return _not_found(model)
+        if version is not None and version != str(loaded.version):
+            return error(f"model {model!r} version {version} is not served (serving version {loaded.version})", 404)
+        if "inference-header-content-length" in request.headers:
+            return error("the binary tensor extension is not supported: send JSON tensors (binary_data=False)", 400)
+        try:
+            decoded = v2.decode(_json(await request.body()), loaded.schema, max_rows=settings.max_instances)
+            columns = loaded.compiled.from_columns(decoded.raw, decoded.rows)
+        except v2.ProtocolError as exc:
+            return error(exc.message, exc.status)
+        except InvalidInstance as exc:
+            return error(str(exc), 400)
+        request_ids, inference = await predictor.predict(model, loaded, columns)
+        return json_response(_answer(loaded, decoded, request_ids, v2.encode_outputs(inference, decoded.outputs,
+                                                                                      loaded.classes)))  # fmt: skip
+
+    app.include_router(router)
+
+
+def _answer(
+    loaded: LoadedModel, decoded: v2.InferRequest, request_ids: list[str], outputs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "model_name": loaded.model,
+        "model_version": str(loaded.version),
+        "id": decoded.id if decoded.id is not None else request_ids[0],
+        "parameters": {"request_ids": request_ids, "runtime": loaded.runtime.name},
+        "outputs": outputs,
+    }
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise v2.ProtocolError("the request body is empty or not valid JSON") from None
+
+
+def _not_found(model: str) -> Response:
+    return error(f"model {model!r} is not served (no champion loaded)", 404)
+
+
+def _version() -> str:
+    try:
+        return package_metadata.version("driftloop")
+    except package_metadata.PackageNotFoundError:
+        return "unknown"
