@@ -13,9 +13,10 @@ from libs.cli.synthetic import SCHEMA, ChurnStream
 from libs.common import models
 from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import BatchEntry, DatasetManifest, batch_to_parquet
-from libs.common.events import AliasMove, ArtifactRef, DataArrived, ModelPromoted
+from libs.common.events import AliasMove, ArtifactRef, DataArrived, ModelPromoted, OnnxExport
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType
+from services.trainer.adapters.worker import export_onnx
 from services.trainer.domain.training import TrainingConfig, train
 
 CHURN = DatasetSchema.model_validate(SCHEMA)
@@ -46,11 +47,15 @@ class TrainedModel:
     profile: ArtifactRef
     metrics: dict[str, float]
     pipeline: Any
+    onnx: OnnxExport | None = None
 
 
-def trained_model(store: ArtifactStore, *, seed: int = 7, rows: int = 2000, drifted: bool = False) -> TrainedModel:
+def trained_model(
+    store: ArtifactStore, *, seed: int = 7, rows: int = 2000, drifted: bool = False, onnx: bool = False
+) -> TrainedModel:
+    """A model trained as the trainer does (and exported to ONNX as it does, with ``onnx``)."""
     frame = pd.DataFrame(ChurnStream(seed=seed, drifted=drifted).batch(rows))
-    result = train(CHURN, frame, TrainingConfig(n_iter=2, seed=seed))
+    result = train(CHURN, frame, TrainingConfig(seed=seed, time_budget_s=0, n_jobs=1))  # one fit: fast, same every run
     kinds: dict[str, Any] = {
         f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in CHURN.features
     }
@@ -61,6 +66,7 @@ def trained_model(store: ArtifactStore, *, seed: int = 7, rows: int = 2000, drif
         profile=store.put(profile.to_bytes(), suffix=".profile.json"),
         metrics=result.metrics,
         pipeline=result.pipeline,
+        onnx=export_onnx(store, CHURN, result) if onnx else None,
     )
 
 

@@ -23,3 +23,8 @@ def features_frame(schema: DatasetSchema, data: pd.DataFrame | Sequence[dict[str
         else:
             out[spec.name] = pd.to_numeric(column, errors="coerce").astype(float)
     return out
+
+
+#: What a missing categorical value becomes inside a model pipeline, and what an
+#: ONNX model is fed in its place (ONNX string tensors cannot hold NaN).
+MISSING_CATEGORY = "__missing__"

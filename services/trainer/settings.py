@@ -22,8 +22,16 @@ class TrainerSettings(ServiceSettings):
     """Drift reports are ignored this long after a drift-triggered job."""
     seed: int = 42
     """Seed of splits, searches and estimators: same data + seed → same model."""
-    search_iterations: int = Field(default=6, ge=1)
-    """Hyperparameter candidates tried per job."""
+    search_iterations: int = Field(default=9, ge=1)
+    """Hyperparameter candidates at most per job (the first is the champion's); the time budget may try fewer."""
+    time_budget_s: float = Field(default=6.0, ge=0)
+    """Wall seconds the hyperparameter search may take. The first candidate is always fitted; successive
+    halving tries as many others as the budget affords, estimated from that first fit. 0 = no search."""
+    search_jobs: int = Field(default=2, ge=1)
+    """Fits run in parallel during the search, one process and one thread each (size it to the cores)."""
+    max_trees: int = Field(default=1500, ge=10)
+    """Trees per model at most: boosting iterations × one tree per class (multi-class) stay under it,
+    so training cost stays bounded however many classes there are."""
     cv_folds: int = Field(default=3, ge=2)
     holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9)
     """Share of the most recent rows held out to compare challenger and champion."""

@@ -5,13 +5,21 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import numpy as np
 import pytest
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
 
+from libs.cli.synthetic import ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import ModelPromoted, ModelTrained, parse_event
+from libs.common.events import ModelPromoted, ModelTrained, OnnxExport, parse_event
+from libs.common.frames import features_frame
 from services.registry.app import create_app
 from services.registry.settings import RegistrySettings
+from services.trainer.domain.export import export
 from tests.conftest import Isolation, serve
 from tests.factories import CHURN, trained_model
 from tests.helpers import read_topic, wait_until
@@ -91,3 +99,47 @@ def _promoted(record: Any) -> ModelPromoted:
 
 async def _has(client: Any, n: int) -> bool:
     return len(await versions(client)) >= n
+
+
+async def test_versions_record_their_onnx_export_and_the_runtime_that_serves_them(isolated: Isolation) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    exported = trained_model(store, rows=600, onnx=True)
+    assert exported.onnx is not None
+    assert exported.onnx.parity, exported.onnx.detail
+    # A pipeline skl2onnx cannot convert: the export says why, and the version still registers.
+    frame = features_frame(CHURN, ChurnStream(seed=2).batch(300))[["tenure_months", "age"]]
+    unconvertible = Pipeline([
+        ("preprocess", ColumnTransformer([("squash", FunctionTransformer(np.tanh), ["tenure_months", "age"])])),
+        ("model", HistGradientBoostingClassifier(max_iter=5)),
+    ]).fit(frame, ["yes" if t > 30 else "no" for t in frame["tenure_months"]])  # fmt: skip
+    failed = export(CHURN, unconvertible, frame)
+    first = trained(store, 0.7).model_copy(update={"onnx": exported.onnx})
+    second = trained(store, 0.8, 0.7, 1).model_copy(
+        update={"onnx": OnnxExport(artifact=None, parity=failed.parity, detail=failed.detail)}
+    )
+    app, _ = create_app(isolated.settings(RegistrySettings, min_metric=0.6, min_gain=0.01))
+    async with serve(app) as client:
+        await publish(isolated, first)
+        await wait_until(lambda: _has(client, 1), message="v1")
+        champion = (await client.get("/v1/models/churn/aliases/champion")).json()  # what serving reads at start-up
+        assert champion["version"] == 1
+        assert champion["runtime"] == "onnxruntime"
+        assert champion["onnx"] == exported.onnx.model_dump(mode="json")
+
+        await publish(isolated, second)
+        await wait_until(lambda: _has(client, 2), message="v2")
+        v2 = (await client.get("/v1/models/churn/versions/2")).json()
+        assert v2["decision"] == "promoted"
+        assert v2["runtime"] == "sklearn"
+        assert v2["onnx"]["parity"] is False
+        assert v2["onnx"]["artifact"] is None
+        assert v2["onnx"]["detail"].startswith("not convertible: ")
+
+        back = await client.put("/v1/models/churn/aliases/champion", json={"version": 1, "reason": "back to onnx"})
+        assert back.status_code == 200
+    promotions = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=3)
+    onnx_by_move = {(e.move.to_version, e.actor): e.onnx for e in map(_promoted, promotions)}
+    assert onnx_by_move[(1, "policy")] == exported.onnx
+    assert onnx_by_move[(2, "policy")] is not None
+    assert onnx_by_move[(2, "policy")].parity is False
+    assert onnx_by_move[(1, "api")] == exported.onnx

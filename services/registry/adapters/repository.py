@@ -9,7 +9,7 @@ import asyncpg
 
 from libs.common import outbox
 from libs.common.errors import NotFound
-from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, ModelTrained
+from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, ModelTrained, OnnxExport
 from libs.common.schema import DatasetSchema
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -27,15 +27,26 @@ async def register(conn: asyncpg.Connection, event: ModelTrained, decision: str)
     await conn.execute(
         "INSERT INTO versions (model, version, source_event_id, job_id, dataset, dataset_version, trigger, "
         "trigger_event_id, params, metrics, champion_metrics, champion_version, primary_metric, seed, code_version, "
-        "training_rows, artifact, profile, schema, decision) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)",
+        "training_rows, artifact, profile, schema, decision, onnx) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)",
         event.model, version, event.event_id, event.job_id, event.dataset, event.dataset_version, event.trigger,
         event.trigger_event_id, json.dumps(event.params, default=str), json.dumps(event.metrics),
         json.dumps(event.champion_metrics) if event.champion_metrics is not None else None, event.champion_version,
         event.primary_metric, event.seed, event.code_version, event.training_rows, event.artifact.model_dump_json(),
         event.profile.model_dump_json(), event.dataset_schema.model_dump_json(), decision,
+        event.onnx.model_dump_json() if event.onnx is not None else None,
     )  # fmt: skip
     return version
+
+
+def onnx_export(row: asyncpg.Record) -> OnnxExport | None:
+    """The version's ONNX export, if its trainer made one (versions from before exports have none)."""
+    return OnnxExport.model_validate_json(row["onnx"]) if row["onnx"] else None
+
+
+def runtime(onnx: OnnxExport | None) -> str:
+    """What serves the version: onnxruntime when its export passed the parity check, else scikit-learn."""
+    return "onnxruntime" if onnx is not None and onnx.parity and onnx.artifact is not None else "sklearn"
 
 
 async def alias_version(conn: Conn, model: str, alias: str) -> int | None:
@@ -89,6 +100,7 @@ async def move_alias(
         profile=ArtifactRef.model_validate_json(row["profile"]),
         dataset_schema=DatasetSchema.model_validate_json(row["schema"]),
         metrics=json.loads(row["metrics"]),
+        onnx=onnx_export(row),
         reason=reason,
         actor=actor,
     )
@@ -124,4 +136,6 @@ def version_out(row: asyncpg.Record, aliases: list[str] | None = None) -> dict[s
         "artifact": json.loads(row["artifact"]),
         "profile": json.loads(row["profile"]),
         "schema": json.loads(row["schema"]),
+        "onnx": onnx.model_dump(mode="json") if (onnx := onnx_export(row)) is not None else None,
+        "runtime": runtime(onnx),
     }

@@ -172,6 +172,7 @@ def job_out(row: asyncpg.Record) -> dict[str, Any]:
         "error": row["error"],
         "metrics": result["metrics"] if result else None,
         "champion_metrics": result["champion_metrics"] if result else None,
+        "search": result.get("search") if result else None,
         "created_at": row["created_at"].isoformat(),
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
         "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,

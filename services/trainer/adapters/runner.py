@@ -27,7 +27,7 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common import outbox
-from libs.common.events import ArtifactRef, ModelTrained
+from libs.common.events import ArtifactRef, ModelTrained, OnnxExport
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from libs.common.telemetry import inject_context
@@ -195,6 +195,9 @@ class JobRunner:
                 "cv_folds": s.cv_folds,
                 "holdout_fraction": s.holdout_fraction,
                 "max_rows": s.max_training_rows,
+                "time_budget_s": s.time_budget_s,
+                "n_jobs": s.search_jobs,
+                "max_trees": s.max_trees,
             },
         }
 
@@ -218,6 +221,7 @@ class JobRunner:
             training_rows=result["training_rows"],
             artifact=ArtifactRef.model_validate(result["artifact"]),
             profile=ArtifactRef.model_validate(result["profile"]),
+            onnx=OnnxExport.model_validate(result["onnx"]) if result.get("onnx") else None,
             dataset_schema=DatasetSchema.model_validate(result["dataset_schema"]),
         )
         async with self.rt.db.acquire() as conn, conn.transaction():

@@ -13,10 +13,11 @@ from typing import Any, Literal
 from libs.common import models
 from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import DatasetManifest, read_batches
-from libs.common.events import ArtifactRef
+from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.profile import build_profile
-from libs.common.schema import DType, Task
-from services.trainer.domain.training import TrainingConfig, train
+from libs.common.schema import DatasetSchema, DType, Task
+from services.trainer.domain.export import export
+from services.trainer.domain.training import TrainingConfig, TrainingResult, train
 
 _PROVIDER: Any = None
 
@@ -75,6 +76,8 @@ def _run(spec: dict[str, Any], tracer: Any) -> dict[str, Any]:
     )
     model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
     profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
+    with tracer.start_as_current_span("onnx export and parity"):
+        onnx = export_onnx(store, schema, result)
     return {
         "params": result.params,
         "metrics": result.metrics,
@@ -87,4 +90,16 @@ def _run(spec: dict[str, Any], tracer: Any) -> dict[str, Any]:
         "dataset_schema": schema.model_dump(mode="json"),
         "artifact": model_ref.model_dump(),
         "profile": profile_ref.model_dump(),
+        "onnx": onnx.model_dump(mode="json"),
+        "search": result.search,
     }
+
+
+def export_onnx(store: ArtifactStore, schema: DatasetSchema, result: TrainingResult) -> OnnxExport:
+    """The ONNX model, content-addressed like the pipeline, and its parity on the holdout.
+
+    Kept even when parity failed (to look into why); serving runs it only when parity held.
+    """
+    exported = export(schema, result.pipeline, result.holdout_frame)
+    artifact = store.put(exported.onnx, suffix=".onnx") if exported.onnx is not None else None
+    return OnnxExport(artifact=artifact, parity=exported.parity, detail=exported.detail)

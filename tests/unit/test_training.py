@@ -1,0 +1,100 @@
+"""The trainer's search: bounded by a wall-time budget and by trees, started from the champion, seeded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from libs.cli.synthetic import ChurnStream
+from libs.common.schema import DatasetSchema
+from services.trainer.domain.training import (
+    DEFAULT_PARAMS,
+    TrainingConfig,
+    affordable,
+    candidates,
+    champion_params,
+    halving_rounds,
+    iteration_cap,
+    train,
+)
+from tests.factories import CHURN
+
+
+def churn(rows: int, seed: int = 3) -> pd.DataFrame:
+    return pd.DataFrame(ChurnStream(seed=seed).batch(rows))
+
+
+def many_classes(rows: int, classes: int = 10, seed: int = 0) -> tuple[DatasetSchema, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 2, (classes, 24))
+    y = rng.integers(0, classes, rows)
+    bits = prototypes[y] ^ (rng.random((rows, 24)) < 0.1)
+    frame = pd.DataFrame(bits.astype(float), columns=[f"b{i}" for i in range(24)]).assign(y=[f"k{k}" for k in y])
+    schema = DatasetSchema.model_validate({
+        "features": [{"name": f"b{i}", "dtype": "boolean"} for i in range(24)],
+        "target": {"name": "y", "dtype": "categorical"},
+        "task": "classification",
+    })  # fmt: skip
+    return schema, frame
+
+
+def test_a_zero_budget_fits_only_the_first_candidate_and_still_gives_a_valid_model() -> None:
+    result = train(CHURN, churn(800), TrainingConfig(n_iter=9, time_budget_s=0, n_jobs=1))
+    assert result.search.startswith("1 candidates")
+    assert {k: v for k, v in result.params.items() if k in DEFAULT_PARAMS} == DEFAULT_PARAMS
+    assert result.metrics["accuracy"] > 0.7
+    assert set(result.pipeline.predict(result.holdout_frame)) <= {"no", "yes"}
+
+
+def test_a_generous_budget_searches_by_successive_halving() -> None:
+    result = train(CHURN, churn(800), TrainingConfig(n_iter=3, time_budget_s=600, n_jobs=1))
+    assert result.search.startswith("3 candidates")
+    assert result.metrics["accuracy"] > 0.7
+
+
+def test_the_same_data_and_seed_give_the_same_model() -> None:
+    config = TrainingConfig(n_iter=3, time_budget_s=600, n_jobs=1, seed=11)
+    first, second = train(CHURN, churn(700), config), train(CHURN, churn(700), config)
+    assert first.params == second.params
+    assert first.metrics == second.metrics
+
+
+def test_the_search_starts_from_the_champions_hyperparameters() -> None:
+    champion = train(CHURN, churn(700, seed=1), TrainingConfig(n_iter=3, time_budget_s=600, n_jobs=1, seed=5))
+    start = champion_params(champion.pipeline)
+    assert start is not None
+    assert start == {k: champion.params[k] for k in DEFAULT_PARAMS}
+    assert candidates(TrainingConfig(n_iter=4), start)[0] == start
+    challenger = train(CHURN, churn(700), TrainingConfig(time_budget_s=0, n_jobs=1), champion=champion.pipeline)
+    assert {k: challenger.params[k] for k in start} == start
+    assert challenger.champion_metrics is not None
+
+
+def test_candidates_are_distinct_seeded_draws_after_the_first() -> None:
+    drawn = candidates(TrainingConfig(n_iter=9, seed=1), None)
+    assert drawn[0] == DEFAULT_PARAMS
+    assert len(drawn) == 9
+    assert all(drawn.count(c) == 1 for c in drawn)
+    assert drawn == candidates(TrainingConfig(n_iter=9, seed=1), None)
+
+
+def test_many_classes_cap_the_iterations_so_the_trees_stay_bounded() -> None:
+    config = TrainingConfig(max_iter=300, max_trees=1500)
+    assert iteration_cap(config, 2) == 300
+    assert iteration_cap(config, 10) == 150
+    assert iteration_cap(config, 1000) == 10
+    schema, frame = many_classes(900)
+    result = train(schema, frame, TrainingConfig(time_budget_s=0, n_jobs=1, max_trees=200))
+    model = result.pipeline.named_steps["model"]
+    assert model.n_iter_ * model.n_trees_per_iteration_ <= 200
+    assert result.metrics["accuracy"] > 0.5
+
+
+def test_the_budget_shrinks_the_halving_to_what_it_affords() -> None:
+    assert halving_rounds(9) == [9, 3, 1]
+    assert affordable(9, fit_s=0.1, remaining_s=100, cv_folds=3, n_jobs=1) == 9
+    # 9 candidates: (9+3+1) rounds × 3 folds × ½ fit + 1 refit = 20.5 fits; 3 candidates: 7 fits.
+    assert affordable(9, fit_s=1.0, remaining_s=20.5, cv_folds=3, n_jobs=1) == 9
+    assert affordable(9, fit_s=1.0, remaining_s=20.0, cv_folds=3, n_jobs=1) == 3
+    assert affordable(9, fit_s=1.0, remaining_s=6.9, cv_folds=3, n_jobs=1) == 1
+    assert affordable(9, fit_s=1.0, remaining_s=10.25, cv_folds=3, n_jobs=2) == 3
