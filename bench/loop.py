@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -251,7 +252,7 @@ def run_stream(name: str, options: Options) -> dict[str, Any]:
     try:
         state = supervisor.start()
         print(f"  stack ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        driver, services = asyncio.run(_drive(stream, state, options))
+        driver, services = asyncio.run(_drive(stream, state, home, options))
     finally:
         supervisor.stop()
         if not options.keep:
@@ -261,9 +262,11 @@ def run_stream(name: str, options: Options) -> dict[str, Any]:
     return result
 
 
-async def _drive(stream: Stream, state: UpState, options: Options) -> tuple[Driver, dict[str, Any]]:
+async def _drive(stream: Stream, state: UpState, home: Path, options: Options) -> tuple[Driver, dict[str, Any]]:
     limits = httpx.Limits(max_connections=16)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as http:
+    token = home / "token"  # the admin token `driftloop up` writes into its home, as the demo uses it
+    headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
         driver = Driver(stream, state.services, http, options)
         return driver, await driver.run()
 
@@ -355,10 +358,12 @@ def _promotions(audit: list[dict[str, Any]], versions: list[dict[str, Any]]) -> 
         if row["action"] != "promote" or row["from_version"] is None:
             continue
         version = by_version.get(row["to_version"], {})
-        run, name = version.get("run", {}), version.get("primary_metric")
-        mine = version.get("metrics", {}).get(name)
-        theirs = (run.get("champion_metrics") or {}).get(name)
-        same_holdout = run.get("champion_version") == row["from_version"] and theirs is not None
+        name = version.get("primary_metric")
+        # The comparison that decided: the re-judgement when the first one had gone stale, else the run's.
+        judged = version.get("rejudged") or {**version.get("run", {}), "metrics": version.get("metrics", {})}
+        mine = judged.get("metrics", {}).get(name)
+        theirs = (judged.get("champion_metrics") or {}).get(name)
+        same_holdout = judged.get("champion_version") == row["from_version"] and theirs is not None
         checked.append({
             "from": row["from_version"], "to": row["to_version"], "at": row["at"], "actor": row["actor"],
             "reason": row["reason"], "metric": mine, "champion_metric": theirs if same_holdout else None,
@@ -444,6 +449,8 @@ def verdicts(results: list[dict[str, Any]]) -> str:
             lines.append(f"{'PASS' if check['pass'] else 'FAIL'}  {r['stream']}: {name} ({shown})")
         if "error" in r:
             lines.append(f"FAIL  {r['stream']}: {r['error']}")
+        elif r["errors"]:
+            lines.append(f"      {r['stream']}: {len(r['errors'])} failed requests or waits, first: {r['errors'][0]}")
     return "\n".join(lines)
 
 
@@ -467,7 +474,13 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
                         help="a service setting, e.g. DRIFTLOOP_MONITOR_WINDOW_SIZE=250 (default: none)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep", action="store_true", help="keep each stream's home (logs, data) after the run")
+    parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        done = json.loads(args.report.read_text())
+        print(f"{done['date']}, commit {done['commit']}, {done['cores']} cores\n\n{table(done['streams'])}\n")
+        print(verdicts(done["streams"]))
+        sys.exit(0)
     names = [s.strip() for s in args.streams.split(",") if s.strip()]
     unknown = [s for s in names if s not in GENERATORS]
     if unknown:
@@ -478,12 +491,24 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
     return options, args.json
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # so that `finally` stops the stack, as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     options, json_path = parse(argv)
-    for name in ("DRIFTLOOP_DATABASE_URL", "DRIFTLOOP_KAFKA_BOOTSTRAP", "DRIFTLOOP_ARTIFACTS_ROOT"):
+    signal.signal(signal.SIGTERM, _interrupt)
+    for name in ("DRIFTLOOP_DATABASE_URL", "DRIFTLOOP_KAFKA_BOOTSTRAP", "DRIFTLOOP_ARTIFACTS_ROOT", "DRIFTLOOP_TOKEN"):
         if os.environ.pop(name, None):  # every stream gets a stack of its own
             print(f"ignoring {name}: the benchmark starts its own stack per stream", file=sys.stderr)
     started = time.monotonic()
+    meta: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": _commit(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "options": asdict(options),
+    }
     results: list[dict[str, Any]] = []
     for name in options.streams:
         try:
@@ -491,22 +516,15 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # one broken stream must not lose the others' figures
             results.append({"stream": name, "error": f"{type(exc).__name__}: {exc}"})
         print(table(results[-1:]).splitlines()[-1], file=sys.stderr)
-    meta = {
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "options": asdict(options),
-        "seconds": round(time.monotonic() - started, 1),
-    }
+        meta["seconds"] = round(time.monotonic() - started, 1)
+        if json_path is not None:  # after every stream: a long run interrupted keeps what it measured
+            json_path.write_text(json.dumps({**meta, "streams": results}, indent=2, default=str))
     quick = " (quick)" if options.quick else ""
     print(f"\nLoop benchmark, {meta['date']}, commit {meta['commit']}, {meta['cores']} cores, "
           f"{options.rate:,.0f} rows/s target, {meta['seconds']:.0f} s{quick}\n")  # fmt: skip
     print(table(results))
     print()
     print(verdicts(results))
-    if json_path is not None:
-        json_path.write_text(json.dumps({**meta, "streams": results}, indent=2, default=str))
     met = all(t["pass"] for r in results for t in r.get("targets", {}).values())
     return 0 if met and all("error" not in r for r in results) else 1
 
