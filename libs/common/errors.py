@@ -25,6 +25,11 @@ class DriftloopError(Exception):
         self.message = message
         self.details = details
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the body (``Retry-After`` on a 503)."""
+        return {}
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON body an HTTP API answers with."""
         body: dict[str, Any] = {"error": self.code, "message": self.message}
@@ -71,6 +76,18 @@ class TransientError(DriftloopError):
     status_code = 503
     code = "unavailable"
     retryable = True
+    #: Seconds a client should wait before retrying (the ``Retry-After`` header).
+    retry_after_s: ClassVar[int] = 5
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+class DatabaseUnavailable(TransientError):
+    """PostgreSQL cannot be reached or is restarting: retry later, nothing was stored."""
+
+    code = "database_unavailable"
 
 
 class MigrationError(DriftloopError):

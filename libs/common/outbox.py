@@ -146,19 +146,30 @@ class OutboxRelay:
             otel_context.detach(token)
 
     async def run(self) -> None:
-        """Relay until cancelled: on NOTIFY, and every ``poll_interval_s`` as a fallback."""
+        """Relay until cancelled: on NOTIFY, and every ``poll_interval_s`` as a fallback.
+
+        A database outage never ends the relay: the listening connection is
+        opened again once the database is back (polling goes on meanwhile)."""
+        while True:
+            try:
+                await self._listen_and_relay()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("outbox relay lost its listening connection, reconnecting", extra={"error": repr(exc)})
+                await asyncio.sleep(self.poll_interval_s)
+
+    async def _listen_and_relay(self) -> None:
         channel = notify_channel(self.schema)
         listener: asyncpg.Connection = await self.pool.acquire()
-        await listener.add_listener(channel, self._on_notify)
-        try:
-            while True:
+        try:  # from here on: a stop while the listener is being added must release it too
+            await listener.add_listener(channel, self._on_notify)
+            while not listener.is_closed():
                 # Clear before relaying, never after: a NOTIFY that arrives while
                 # a batch is in flight must trigger another pass, not be lost.
                 self._wake.clear()
                 try:
                     while await self.relay_once() == self.batch_size:
                         pass
-                except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                     log.warning("outbox relay failed, will retry", extra={"error": str(exc)})
                 except Exception as exc:  # a broker error; the rows stay pending
                     log.warning("outbox publish failed, will retry", extra={"error": repr(exc)})

@@ -5,6 +5,7 @@ each model version). It crosses services, so it lives here.
 
 from __future__ import annotations
 
+from collections import Counter
 from enum import StrEnum
 from typing import Self
 
@@ -31,8 +32,8 @@ class FeatureSpec(BaseModel):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     dtype: DType
     nullable: bool = False
-    min: float | None = Field(default=None, description="Smallest accepted value (numeric).")
-    max: float | None = Field(default=None, description="Largest accepted value (numeric).")
+    min: float | None = Field(default=None, allow_inf_nan=False, description="Smallest accepted value (numeric).")
+    max: float | None = Field(default=None, allow_inf_nan=False, description="Largest accepted value (numeric).")
     categories: list[str] | None = Field(
         default=None, description="Allowed categories; with closed=True others are rejected."
     )
@@ -61,8 +62,9 @@ class DatasetSchema(BaseModel):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
-        names = [f.name for f in self.features] + [self.target.name]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        counts = Counter(f.name for f in self.features)
+        counts[self.target.name] += 1
+        duplicates = sorted(n for n, c in counts.items() if c > 1)  # linear: schemas may have 10⁵ features
         if duplicates:
             raise ValueError(f"column names must be unique, repeated: {duplicates}")
         if self.task is Task.REGRESSION and self.target.dtype is DType.CATEGORICAL:

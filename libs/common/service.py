@@ -28,14 +28,16 @@ from opentelemetry import propagate, trace
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.common import outbox
 from libs.common.artifacts import ArtifactStore
 from libs.common.asyncapi import document
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
-from libs.common.errors import BadRequest, DriftloopError, PayloadTooLarge
+from libs.common.errors import BadRequest, DatabaseUnavailable, DriftloopError, PayloadTooLarge
 from libs.common.events import Event
+from libs.common.http import InputGuardMiddleware, declare_errors
 from libs.common.kafka import BrokerPublisher, create_broker, ensure_topics, start_with_retry
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
 from libs.common.telemetry import Telemetry, configure_logging, setup_telemetry
@@ -142,6 +144,8 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
     _install_errors(app)
     _install_probes(app, runtime, spec)
     spec.routes(app, runtime)
+    declare_errors(app)
+    app.add_middleware(InputGuardMiddleware)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, telemetry=telemetry)
     return app, runtime
@@ -221,7 +225,31 @@ def _install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
 def _install_errors(app: FastAPI) -> None:
     @app.exception_handler(DriftloopError)
     async def driftloop_error(request: Request, exc: DriftloopError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code)
+        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(asyncpg.DataError)
+    async def data_error(request: Request, exc: asyncpg.DataError) -> JSONResponse:
+        # A value the database cannot hold that no declared bound caught: the
+        # caller's input, so a 400, logged so the missing bound gets declared.
+        log.warning("database refused a value on %s %s: %s", request.method, request.url.path, exc)
+        bad = BadRequest(f"a value cannot be stored: {exc}")
+        return JSONResponse(bad.to_dict(), status_code=400)
+
+    @app.exception_handler(OSError)
+    @app.exception_handler(asyncpg.PostgresConnectionError)
+    @app.exception_handler(asyncpg.OperatorInterventionError)
+    @app.exception_handler(asyncpg.InsufficientResourcesError)
+    @app.exception_handler(asyncpg.InterfaceError)
+    async def database_down(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("dependency unavailable on %s %s: %r", request.method, request.url.path, exc)
+        down = DatabaseUnavailable(f"the database is unavailable ({type(exc).__name__}); retry later")
+        return JSONResponse(down.to_dict(), status_code=503, headers=down.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -16,6 +16,7 @@ from typing import Any
 
 from libs.common.schema import DatasetSchema, DType, FeatureSpec
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TRUE = {"true", "1", "yes", "t", "y"}
 _FALSE = {"false", "0", "no", "f", "n"}
 _LARGEST_FLOAT = int(sys.float_info.max)
@@ -72,8 +73,13 @@ def _number(spec: FeatureSpec, value: Any, from_text: bool) -> float | int:
     if spec.dtype is DType.INTEGER:
         if isinstance(value, float) and not value.is_integer():
             raise InvalidValue(f"{value} is not an integer")
+        if not _INT64_MIN <= int(value) <= _INT64_MAX:
+            raise InvalidValue(f"{value} is outside the 64-bit integer range")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError as exc:  # an integer with hundreds of digits
+        raise InvalidValue("the number is too large") from exc
 
 
 def _boolean(value: Any, from_text: bool) -> bool:

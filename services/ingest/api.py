@@ -6,23 +6,61 @@ import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
-from pydantic import BaseModel
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from libs.common.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from libs.common.http import INT4_MAX, INT8_MAX, errors
+from libs.common.jsonbody import off_loop
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
-from services.ingest.domain.parsing import parse_body
-from services.ingest.domain.validation import validate_records
+from services.ingest.domain.parsing import ParsedBody, parse_body
+from services.ingest.domain.validation import ValidationResult, validate_records
 from services.ingest.settings import IngestSettings
 
 DatasetName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Dataset name.")]
+VersionNumber = Annotated[int, Path(ge=0, le=INT4_MAX, description="Dataset version.")]
 
 
 class RejectionOut(BaseModel):
     row: int
     field: str | None
     reason: str
+
+
+class DeclaredOut(BaseModel):
+    dataset: str
+    created: bool
+    dataset_schema: DatasetSchema = Field(alias="schema")
+
+
+_SCHEMA_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/DatasetSchema"}}},
+    }
+}
+
+
+def _parse_schema(body: bytes) -> tuple[DatasetSchema, str]:
+    """The schema in ``body`` and its canonical JSON (what is stored)."""
+    if not body.strip():
+        raise BadRequest("request body is empty or not valid JSON")
+    try:
+        schema = DatasetSchema.model_validate_json(body)
+        return schema, schema.model_dump_json()
+    except ValidationError as exc:
+        if any(e["type"] == "json_invalid" for e in exc.errors()):
+            raise BadRequest(f"body is not valid JSON: {exc.errors()[0]['msg']}") from exc
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+
+
+def _declared(dataset: str, text: str, *, created: bool) -> Response:
+    """The :class:`DeclaredOut` answer, around the schema's JSON already made for storage
+    (serialising a wide schema again would hold the GIL for as long once more)."""
+    head = json.dumps({"dataset": dataset, "created": created})[:-1]
+    return Response(f'{head}, "schema": {text}}}', status_code=201 if created else 200, media_type="application/json")
 
 
 class SubmissionOut(BaseModel):
@@ -39,26 +77,28 @@ class SubmissionOut(BaseModel):
 def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
     router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
-    @router.put("/{dataset}", status_code=201, summary="Declare (or confirm) a dataset's schema")
-    async def declare(dataset: DatasetName, schema: DatasetSchema, response: Response) -> dict[str, Any]:
+    @router.put(
+        "/{dataset}", status_code=201, response_model=DeclaredOut, summary="Declare (or confirm) a dataset's schema",
+        openapi_extra=_SCHEMA_BODY, responses=errors(409),
+    )  # fmt: skip
+    async def declare(dataset: DatasetName, request: Request) -> Response:
+        # The body is read by hand so that a wide schema (10⁵ features, megabytes)
+        # is parsed and validated off the event loop.
+        schema, text = await off_loop(len(await request.body()), _parse_schema, await request.body())
         async with rt.db.acquire() as conn, conn.transaction():
             row = await conn.fetchrow("SELECT schema, last_version FROM datasets WHERE name = $1 FOR UPDATE", dataset)
             if row is None:
-                await conn.execute(
-                    "INSERT INTO datasets (name, schema) VALUES ($1, $2)", dataset, schema.model_dump_json()
-                )
-                return {"dataset": dataset, "created": True, "schema": schema.model_dump(mode="json")}
-            current = DatasetSchema.model_validate_json(row["schema"])
+                await conn.execute("INSERT INTO datasets (name, schema) VALUES ($1, $2)", dataset, text)
+                return _declared(dataset, text, created=True)
+            current = await repository.parse_schema(row["schema"])
             if current != schema:
                 if row["last_version"] > 0:
                     raise Conflict(
                         f"dataset {dataset!r} already has data under a different schema; declare a new dataset",
                         dataset=dataset,
                     )
-                await conn.execute("UPDATE datasets SET schema = $2, updated_at = now() WHERE name = $1", dataset,
-                                   schema.model_dump_json())  # fmt: skip
-        response.status_code = 200
-        return {"dataset": dataset, "created": False, "schema": schema.model_dump(mode="json")}
+                await conn.execute("UPDATE datasets SET schema = $2, updated_at = now() WHERE name = $1", dataset, text)
+        return _declared(dataset, text, created=False)
 
     @router.get("", summary="List datasets")
     async def list_datasets() -> list[dict[str, Any]]:
@@ -85,7 +125,7 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
         }
 
     @router.get("/{dataset}/versions/{version}", summary="The manifest of one dataset version")
-    async def version(dataset: DatasetName, version: int) -> dict[str, Any]:
+    async def version(dataset: DatasetName, version: VersionNumber) -> dict[str, Any]:
         row = await rt.db.fetchrow(
             "SELECT manifest_uri, manifest_sha256, manifest_size, total_rows, rows, created_at FROM versions "
             "WHERE dataset = $1 AND version = $2",
@@ -112,11 +152,11 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             Query(description="partial: store valid rows, keep the rest as rejections; strict: all or nothing"),
         ] = "partial",
     ) -> SubmissionOut:
-        parsed = parse_body(await request.body(), request.headers.get("content-type", "application/json"))
-        if len(parsed.rows) > settings.max_rows_per_request:
-            raise BadRequest(f"{len(parsed.rows)} records in one request; the limit is {settings.max_rows_per_request}")
+        body = await request.body()
+        content_type = request.headers.get("content-type", "application/json")
         schema = await repository.get_schema(rt.db, dataset)
-        result = validate_records(schema, parsed.rows, from_text=parsed.from_text, unreadable=parsed.unreadable)
+        # a large batch is parsed and validated off the event loop
+        parsed, result = await off_loop(len(body), _read, body, content_type, schema, settings.max_rows_per_request)
         if mode == "strict" and result.rejected:
             first = result.rejected[0]
             raise ValidationFailed(
@@ -145,7 +185,9 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
     async def rejections(
         dataset: DatasetName,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before_id: Annotated[int | None, Query(description="Page: rejections older than this id")] = None,
+        before_id: Annotated[
+            int | None, Query(ge=1, le=INT8_MAX, description="Page: rejections older than this id")
+        ] = None,
     ) -> dict[str, Any]:
         await repository.get_schema(rt.db, dataset)
         rows = await rt.db.fetch(
@@ -174,3 +216,10 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
         }
 
     app.include_router(router)
+
+
+def _read(body: bytes, content_type: str, schema: DatasetSchema, max_rows: int) -> tuple[ParsedBody, ValidationResult]:
+    parsed = parse_body(body, content_type)
+    if len(parsed.rows) > max_rows:
+        raise BadRequest(f"{len(parsed.rows)} records in one request; the limit is {max_rows}")
+    return parsed, validate_records(schema, parsed.rows, from_text=parsed.from_text, unreadable=parsed.unreadable)

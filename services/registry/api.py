@@ -8,15 +8,17 @@ from fastapi import APIRouter, FastAPI, Path, Query
 from pydantic import BaseModel, Field
 
 from libs.common.errors import NotFound
+from libs.common.http import INT4_MAX
 from libs.common.service import Runtime
 from services.registry.adapters import repository
 from services.registry.domain.promotion import ALIASES
 
 ModelName = Annotated[str, Path(description="Model name.")]
+VersionNumber = Annotated[int, Path(ge=1, le=INT4_MAX, description="Model version.")]
 
 
 class AliasMoveRequest(BaseModel):
-    version: int = Field(ge=1, description="Version the alias should point to.")
+    version: int = Field(ge=1, le=INT4_MAX, description="Version the alias should point to.")
     reason: str = Field(min_length=3, max_length=500, description="Why; kept in the audit log.")
     actor: str = Field(default="api", min_length=1, max_length=128, description="Who is moving it.")
 
@@ -59,7 +61,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         return [repository.version_out(r, aliases.get(r["version"])) for r in rows]
 
     @router.get("/{model}/versions/{version}", summary="One version: metrics, run, lineage, artifacts")
-    async def show_version(model: ModelName, version: int) -> dict[str, Any]:
+    async def show_version(model: ModelName, version: VersionNumber) -> dict[str, Any]:
         row = await rt.db.fetchrow("SELECT * FROM versions WHERE model = $1 AND version = $2", model, version)
         if row is None:
             raise NotFound(f"model {model!r} has no version {version}", model=model, version=version)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field
 from libs.common.errors import BadRequest, NotFound, ValidationFailed
 from libs.common.events import Label, LabelsArrived
 from libs.common.service import Runtime
+from libs.common.validation import InvalidValue, coerce
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.features import Columns, InvalidInstance
 from services.serving.domain.models import Inference, LoadedModel, ModelTable
@@ -38,8 +39,8 @@ class PredictRequest(BaseModel):
 
 
 class LabelIn(BaseModel):
-    request_id: str = Field(min_length=1, max_length=64)
-    label: Any
+    request_id: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
+    label: str | int | float | bool = Field(description="The true value; checked against the model's target column.")
 
 
 class FeedbackRequest(BaseModel):
@@ -120,7 +121,12 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
 
     @router.post("/v1/feedback", status_code=202, summary="True labels for earlier predictions")
     async def feedback(body: FeedbackRequest) -> dict[str, Any]:
-        serving(body.model)
+        target = serving(body.model).schema.target
+        for index, item in enumerate(body.labels):  # one bad label refuses the request, never the batch downstream
+            try:
+                coerce(target, item.label, from_text=False)
+            except InvalidValue as exc:
+                raise ValidationFailed(f"labels.{index}.label: {exc}", row=index, field="label") from exc
         event = LabelsArrived(
             producer="serving", model=body.model,
             labels=[Label(request_id=item.request_id, label=item.label) for item in body.labels],

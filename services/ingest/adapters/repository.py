@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import BatchEntry, DatasetManifest, batch_to_parquet
 from libs.common.errors import NotFound
 from libs.common.events import ArtifactRef, DataArrived
+from libs.common.jsonbody import off_loop
 from libs.common.schema import DatasetSchema
 from services.ingest.domain.validation import Rejection
 
@@ -32,6 +34,17 @@ async def get_schema(conn: asyncpg.Connection | asyncpg.Pool, dataset: str) -> D
     raw = await conn.fetchval("SELECT schema FROM datasets WHERE name = $1", dataset)
     if raw is None:
         raise NotFound(f"dataset {dataset!r} is not declared; PUT /v1/datasets/{dataset} first", dataset=dataset)
+    return await parse_schema(raw)
+
+
+async def parse_schema(raw: str) -> DatasetSchema:
+    """The stored schema, parsed once per distinct text and off the event loop when large
+    (a schema of 10⁵ features takes seconds to validate)."""
+    return await off_loop(len(raw), _parse_cached, raw)
+
+
+@functools.lru_cache(maxsize=32)
+def _parse_cached(raw: str) -> DatasetSchema:
     return DatasetSchema.model_validate_json(raw)
 
 
@@ -58,7 +71,7 @@ async def store_submission(
     )
     if head is None:
         raise NotFound(f"dataset {dataset!r} is not declared", dataset=dataset)
-    schema = DatasetSchema.model_validate_json(head["schema"])
+    schema = await parse_schema(head["schema"])
     submission_id = uuid.uuid4()
     version: int | None = None
     total = int(head["total_rows"])

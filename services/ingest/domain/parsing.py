@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from libs.common import jsonbody
 from libs.common.errors import BadRequest, DriftloopError
 
 
@@ -45,6 +46,8 @@ def parse_body(body: bytes, content_type: str) -> ParsedBody:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise BadRequest(f"request body is not UTF-8: {exc}") from exc
+    if "\x00" in text:  # PostgreSQL stores no NUL, not even in a quarantined row
+        raise BadRequest("request body holds a NUL character")
     if media in JSON_TYPES:
         return _json(text)
     if media in NDJSON_TYPES:
@@ -57,10 +60,7 @@ def parse_body(body: bytes, content_type: str) -> ParsedBody:
 
 
 def _json(text: str) -> ParsedBody:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from exc
+    doc = jsonbody.loads(text, allow_nan=True)  # NaN is judged per value: the row is rejected, not the body
     if isinstance(doc, dict) and isinstance(doc.get("records"), list):
         doc = doc["records"]
     if not isinstance(doc, list):
@@ -86,10 +86,10 @@ def _ndjson(text: str) -> ParsedBody:
             continue
         index = len(rows)
         try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
+            item = jsonbody.loads(line, allow_nan=True)
+        except jsonbody.InvalidJSON as exc:  # kept as an unreadable row: its reason, not its bytes
             rows.append(None)
-            unreadable[index] = f"line is not valid JSON: {exc.msg}"
+            unreadable[index] = f"line is not valid JSON: {exc.message}"
             continue
         if isinstance(item, dict):
             rows.append(item)
@@ -105,6 +105,9 @@ def _csv(text: str) -> ParsedBody:
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames:
         raise BadRequest("CSV body needs a header line naming the columns")
+    repeated = sorted({n for n, c in Counter(reader.fieldnames).items() if c > 1})
+    if repeated:  # DictReader would keep the last cell of each silently
+        raise BadRequest(f"CSV header repeats column(s) {repeated}", columns=repeated)
     rows: list[dict[str, Any] | None] = []
     unreadable: dict[int, str] = {}
     for i, record in enumerate(reader):
