@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -137,7 +138,17 @@ class Supervisor:
         )
         env.update({f"DRIFTLOOP_{name.upper()}_PORT": str(self.ports[name]) for name in SERVICES})
         env.update({k: v for k, v in self.extra_env.items() if k not in os.environ})
+        # Serving tags request ids with this key; kept in the home so restarted services agree.
+        env.setdefault("DRIFTLOOP_SERVING_REQUEST_ID_SECRET", self._secret("request-id.secret"))
         return env
+
+    def _secret(self, name: str) -> str:
+        """A random secret kept in ``<home>/name`` (owner-only), made on first use."""
+        path = self.home / name
+        if not path.exists():
+            path.touch(mode=0o600)
+            path.write_text(secrets.token_hex(32))
+        return path.read_text().strip()
 
     def _spawn(self, name: str, env: dict[str, str]) -> None:
         root = Path(__file__).resolve().parents[2]

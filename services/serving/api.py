@@ -9,7 +9,6 @@ orjson, and handed to the prediction log, which builds its records later.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.features import Columns, InvalidInstance
 from services.serving.domain.models import Inference, LoadedModel, ModelTable
 from services.serving.domain.predictions import Served, plain_list, probability_dicts
+from services.serving.domain.request_ids import RequestIds, screen
 from services.serving.settings import ServingSettings
 
 
@@ -48,12 +48,6 @@ class FeedbackRequest(BaseModel):
     labels: list[LabelIn] = Field(min_length=1, max_length=10_000)
 
 
-def new_request_ids(count: int) -> list[str]:
-    """``count`` random 128-bit ids as hex, from one read of the OS's random source."""
-    pool = os.urandom(16 * count).hex()
-    return [pool[i : i + 32] for i in range(0, 32 * count, 32)]
-
-
 @dataclass
 class Predictor:
     """Inference, metrics, trace attributes and the prediction log: what every predict route shares."""
@@ -61,12 +55,14 @@ class Predictor:
     latency: Histogram
     predictions: Counter
     plog: PredictionLog
+    ids: RequestIds
+    """Mints the request ids (tagged for the model, so feedback can prove serving issued them)."""
 
     async def predict(self, model: str, loaded: LoadedModel, columns: Columns) -> tuple[list[str], Inference]:
         started = time.perf_counter()
         inference = await loaded.batcher.submit(columns)
         self.latency.labels(model).observe(time.perf_counter() - started)
-        request_ids = new_request_ids(columns.rows)
+        request_ids = self.ids.mint_many(model, columns.rows)
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("driftloop.model", model)
@@ -82,7 +78,9 @@ def json_response(payload: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
 
 
-def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, plog: PredictionLog) -> Predictor:
+def mount(
+    app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, plog: PredictionLog, ids: RequestIds
+) -> Predictor:
     router = APIRouter(tags=["predictions"])
     registry = rt.telemetry.registry
     latency = Histogram(
@@ -90,7 +88,11 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
         ["model"], registry=registry, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     )  # fmt: skip
     predictions = Counter("driftloop_predictions_total", "Predictions served.", ["model", "version"], registry=registry)
-    predictor = Predictor(latency, predictions, plog)
+    refused = Counter(
+        "driftloop_feedback_refused_total", "Feedback labels refused at the API (never scored), by reason.",
+        ["model", "reason"], registry=registry,
+    )  # fmt: skip
+    predictor = Predictor(latency, predictions, plog, ids)
 
     def serving(model: str) -> LoadedModel:
         loaded = table.get(model)
@@ -121,18 +123,33 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
 
     @router.post("/v1/feedback", status_code=202, summary="True labels for earlier predictions")
     async def feedback(body: FeedbackRequest) -> dict[str, Any]:
+        """Labels are accepted only for request ids this service issued for ``model``; the others are
+        refused (listed in the answer, counted in ``driftloop_feedback_refused_total``) and never scored."""
         target = serving(body.model).schema.target
         for index, item in enumerate(body.labels):  # one bad label refuses the request, never the batch downstream
             try:
                 coerce(target, item.label, from_text=False)
             except InvalidValue as exc:
                 raise ValidationFailed(f"labels.{index}.label: {exc}", row=index, field="label") from exc
+        accepted, rejected = screen(ids, body.model, [item.request_id for item in body.labels])
+        for _, reason in rejected:
+            refused.labels(body.model, reason).inc()
+        problems = [
+            {"field": f"labels.{i}.request_id", "request_id": body.labels[i].request_id, "reason": _REFUSALS[why]}
+            for i, why in rejected[:20]
+        ]
+        if not accepted:
+            raise ValidationFailed(
+                f"none of the {len(body.labels)} labels answers a prediction served for {body.model!r}: "
+                f"{problems[0]['field']}: {problems[0]['reason']}",
+                problems=problems,
+            )
         event = LabelsArrived(
             producer="serving", model=body.model,
-            labels=[Label(request_id=item.request_id, label=item.label) for item in body.labels],
+            labels=[Label(request_id=body.labels[i].request_id, label=body.labels[i].label) for i in accepted],
         )  # fmt: skip
         await rt.publisher.publish_event(event)  # acknowledged by the broker before we answer
-        return {"model": body.model, "accepted": len(body.labels)}
+        return {"model": body.model, "accepted": len(accepted), "refused": len(rejected), "problems": problems}
 
     @router.get("/v1/models", summary="Models served by this replica")
     async def list_models() -> list[dict[str, Any]]:
@@ -144,6 +161,12 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
 
     app.include_router(router)
     return predictor
+
+
+_REFUSALS = {
+    "unknown": "not a request id serving issued for this model",
+    "duplicate": "the same request id appears earlier in this request",
+}
 
 
 def parse_instances(body: bytes, limit: int) -> list[Any]:

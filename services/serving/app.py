@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import httpx
 from fastapi import FastAPI
@@ -19,6 +20,7 @@ from services.serving import api, api_v2
 from services.serving.adapters.loader import champions_from_registry, load
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.models import BatchPolicy, LoadedModel, ModelTable
+from services.serving.domain.request_ids import RequestIds
 from services.serving.handlers import model_promoted
 from services.serving.settings import ServingSettings
 
@@ -76,7 +78,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         plog = PredictionLog(rt.publisher, rt.telemetry, batch_size=settings.log_batch_size,
                              flush_s=settings.log_flush_s)  # fmt: skip
         logs.append(plog)
-        predictor = api.mount(app, rt, settings, table, plog)
+        predictor = api.mount(app, rt, settings, table, plog, request_ids(settings))
         api_v2.mount(app, rt, settings, table, predictor)
 
     async def bootstrap(rt: Runtime) -> None:
@@ -121,6 +123,16 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         on_stop=on_stop,
         description="Serves champion models over HTTP, hot-swaps on promotion, logs predictions and feedback.",
     )
+
+
+def request_ids(settings: ServingSettings) -> RequestIds:
+    """The minter/verifier of request ids under the configured secret (a random one when unset)."""
+    secret = settings.request_id_secret
+    if secret is None:
+        log.warning("no request-id secret configured: ids are valid for this process only "
+                    "(set DRIFTLOOP_SERVING_REQUEST_ID_SECRET, the same on every replica)")  # fmt: skip
+    key = secret.get_secret_value().encode() if secret else os.urandom(32)
+    return RequestIds(key, [s.get_secret_value().encode() for s in settings.request_id_previous_secrets])
 
 
 def create_app(settings: ServingSettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:

@@ -26,7 +26,8 @@ class MonitorMetrics:
             "driftloop_holdout_metric", "The served version's holdout metric.", ["model", "metric"], registry=registry
         )
         self.labels = Counter(
-            "driftloop_labels_total", "Labels received: matched to a prediction (true) or waiting for it.",
+            "driftloop_labels_total",
+            "Labels received: matched to a prediction (true), waiting for it, or a duplicate (never scored).",
             ["model", "matched"],
             registry=registry,
         )  # fmt: skip

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
+
+import asyncpg
 
 from libs.common import outbox
 from libs.common.events import Event, LabelsArrived
@@ -30,20 +33,39 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
                 list(labels), event.model,
             )  # fmt: skip
             matched = {r["request_id"] for r in rows}
-            waiting = [(rid, event.model, json.dumps(label)) for rid, label in labels.items() if rid not in matched]
-            if waiting:
-                await conn.executemany(
-                    "INSERT INTO pending_labels (request_id, model, label) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-                    waiting,
-                )
+            unmatched = [rid for rid in labels if rid not in matched]
+            waiting = await _wait_for_predictions(conn, event.model, unmatched, labels) if unmatched else []
             await conn.execute(
                 "DELETE FROM pending_labels WHERE at < now() - make_interval(secs => $1)", PENDING_LABEL_TTL_S
             )
             monitor = await monitors.load(conn, event.model)
         metrics.labels.labels(event.model, "true").inc(len(rows))
         metrics.labels.labels(event.model, "waiting").inc(len(waiting))
+        # A second label for one prediction is never scored: repeats inside the event,
+        # labels for predictions already labelled, and repeats of a label still waiting.
+        metrics.labels.labels(event.model, "duplicate").inc(len(event.labels) - len(rows) - len(waiting))
         if monitor is not None:
             scored = [(r["version"], json.loads(r["prediction"]), labels[r["request_id"]]) for r in rows]
             metrics.record_live(monitor.model, monitor.score(scored))
 
     return handle
+
+
+async def _wait_for_predictions(
+    conn: asyncpg.Connection, model: str, request_ids: list[str], labels: dict[str, Any]
+) -> list[str]:
+    """Park labels whose prediction has not arrived yet; return those parked (not repeats)."""
+    labelled = await conn.fetch(
+        "SELECT request_id FROM predictions WHERE request_id = ANY($1::text[]) AND model = $2 AND labelled",
+        request_ids, model,
+    )  # fmt: skip
+    done = {r["request_id"] for r in labelled}
+    fresh = [rid for rid in request_ids if rid not in done]
+    if not fresh:
+        return []
+    parked = await conn.fetch(
+        "INSERT INTO pending_labels (request_id, model, label) SELECT * FROM unnest($1::text[], $2::text[], "
+        "$3::jsonb[]) ON CONFLICT DO NOTHING RETURNING request_id",
+        fresh, [model] * len(fresh), [json.dumps(labels[rid]) for rid in fresh],
+    )  # fmt: skip
+    return [r["request_id"] for r in parked]

@@ -35,9 +35,10 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
                          for r in event.records],
             )  # fmt: skip
             early = await conn.fetch(
-                "DELETE FROM pending_labels WHERE request_id = ANY($1::text[]) RETURNING request_id, label",
-                [r.request_id for r in event.records],
-            )
+                "DELETE FROM pending_labels WHERE request_id = ANY($1::text[]) AND model = $2 "
+                "RETURNING request_id, label",
+                [r.request_id for r in event.records], event.model,
+            )  # fmt: skip
             if early:
                 await conn.execute(
                     "UPDATE predictions SET labelled = true WHERE request_id = ANY($1::text[])",

@@ -1,0 +1,81 @@
+"""Request ids that prove serving issued them, for one model.
+
+Feedback moves the live metric, and the live metric can trigger a retrain; so a
+label must answer a prediction serving really made. Storing every issued id
+would put a database write on the request path; instead an id carries its own
+proof: a random part and an HMAC tag over ``(model, random part)`` under a
+secret only serving holds. Checking an id is one HMAC, no I/O, and an id issued
+for one model is worthless for another. A forger needs the secret: the tag is
+64 bits, so guessing one valid id takes on the order of 2^63 tries (rate limits
+make that hopeless).
+
+Rotation: mint with the current secret, accept ids tagged with any secret in
+``previous`` until the labels for them stop mattering (hours), then drop it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+from collections.abc import Iterable
+
+RANDOM_BYTES = 8
+TAG_BYTES = 8
+#: Length of an issued id: hex of the random part and the tag (the length of a uuid4 hex).
+ID_LENGTH = 2 * (RANDOM_BYTES + TAG_BYTES)
+_HEX = frozenset("0123456789abcdef")
+
+
+class RequestIds:
+    """Mints and verifies request ids under a secret (and accepts previous secrets' ids)."""
+
+    def __init__(self, secret: bytes, previous: Iterable[bytes] = ()) -> None:
+        if len(secret) < 16:
+            raise ValueError("the request-id secret must be at least 16 bytes")
+        # Keyed once: copying a keyed HMAC is cheaper than keying one per id.
+        self._macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in (secret, *previous))
+
+    def mint(self, model: str) -> str:
+        """A fresh id for a prediction of ``model``."""
+        return self.mint_many(model, 1)[0]
+
+    def mint_many(self, model: str, count: int) -> list[str]:
+        """``count`` fresh ids for predictions of ``model`` (one read of the OS's random source)."""
+        pool = os.urandom(RANDOM_BYTES * count).hex()
+        step = 2 * RANDOM_BYTES
+        mac = self._macs[0]
+        return [(nonce := pool[i : i + step]) + _tag(mac, model, nonce) for i in range(0, step * count, step)]
+
+    def issued(self, request_id: str, model: str) -> bool:
+        """Whether ``request_id`` was minted by a holder of one of the secrets, for ``model``."""
+        if len(request_id) != ID_LENGTH or not _HEX.issuperset(request_id):
+            return False
+        nonce, tag = request_id[: 2 * RANDOM_BYTES], request_id[2 * RANDOM_BYTES :]
+        return any(hmac.compare_digest(tag, _tag(mac, model, nonce)) for mac in self._macs)
+
+
+def _tag(keyed: hmac.HMAC, model: str, nonce: str) -> str:
+    mac = keyed.copy()
+    mac.update(model.encode() + b"\0" + nonce.encode())  # NUL: ("ab", "c…") and ("a", "bc…") differ
+    return mac.digest()[:TAG_BYTES].hex()
+
+
+def screen(ids: RequestIds, model: str, request_ids: Iterable[str]) -> tuple[list[int], list[tuple[int, str]]]:
+    """Split feedback for ``model`` into the positions to accept and the refused ones with why.
+
+    Refused: ids serving never issued for this model (made up, mistyped, or issued
+    for another model) and repeats of an id earlier in the same request.
+    """
+    accepted: list[int] = []
+    refused: list[tuple[int, str]] = []
+    seen: set[str] = set()
+    for index, request_id in enumerate(request_ids):
+        if not ids.issued(request_id, model):
+            refused.append((index, "unknown"))
+        elif request_id in seen:
+            refused.append((index, "duplicate"))
+        else:
+            seen.add(request_id)
+            accepted.append(index)
+    return accepted, refused

@@ -1,0 +1,123 @@
+"""The loop cannot be turned against itself: forged and repeated feedback is never scored."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from libs.cli.synthetic import FEATURES, ChurnStream
+from libs.common import topics
+from libs.common.artifacts import ArtifactStore
+from libs.common.events import Label, LabelsArrived, parse_event
+from services.monitor.app import create_app as create_monitor
+from services.monitor.settings import MonitorSettings
+from services.serving.app import create_app as create_serving
+from services.serving.domain.request_ids import RequestIds
+from services.serving.settings import ServingSettings
+from tests.conftest import Isolation, serve
+from tests.factories import promoted, trained_model
+from tests.helpers import read_topic, wait_until
+from tests.integration.test_monitor import traffic
+from tests.integration.test_trainer import publish
+
+pytestmark = pytest.mark.integration
+SECRET = "s" * 32
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of sample ``name{labels}`` in a Prometheus exposition (0 when absent)."""
+    wanted = {f'{k}="{v}"' for k, v in labels.items()}
+    for line in text.splitlines():
+        head, _, value = line.rpartition(" ")
+        if head.startswith(name + "{") and set(head[len(name) + 1 : -1].split(",")) == wanted:
+            return float(value)
+    return 0.0
+
+
+async def test_feedback_is_accepted_only_for_ids_serving_issued_for_the_model(isolated: Isolation) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    settings = isolated.settings(ServingSettings, registry_url="http://127.0.0.1:9", request_id_secret=SECRET)
+    app, _ = create_serving(settings)
+    async with serve(app) as client:
+        await publish(isolated, promoted("churn", 1, trained_model(store, rows=600)))
+
+        async def predicted() -> Any:
+            answer = await client.post("/v1/models/churn/predict", json={"instances": _instances(2)})
+            return answer.json()["predictions"] if answer.status_code == 200 else None
+
+        first, second = await wait_until(predicted, message="v1 to be served")
+        issued = [first["request_id"], second["request_id"]]
+        elsewhere = RequestIds(SECRET.encode()).mint("fraud")  # a real id, of another model
+        body = {"model": "churn", "labels": [
+            {"request_id": issued[0], "label": "yes"},
+            {"request_id": "0123456789abcdef0123456789abcdef", "label": "no"},
+            {"request_id": elsewhere, "label": "no"},
+            {"request_id": issued[0], "label": "no"},
+            {"request_id": issued[1], "label": "no"},
+        ]}  # fmt: skip
+        answer = await client.post("/v1/feedback", json=body)
+        assert answer.status_code == 202
+        assert answer.json()["accepted"] == 2
+        assert answer.json()["refused"] == 3
+        assert [p["field"] for p in answer.json()["problems"]] == [
+            "labels.1.request_id", "labels.2.request_id", "labels.3.request_id",
+        ]  # fmt: skip
+
+        forged = {"model": "churn", "labels": [{"request_id": f"{i:032x}", "label": "no"} for i in range(50)]}
+        refused = await client.post("/v1/feedback", json=forged)
+        assert refused.status_code == 422
+        assert refused.json()["error"] == "validation_failed"
+        assert "labels.0.request_id" in refused.json()["message"]
+
+        metrics = (await client.get("/metrics")).text
+        assert metric(metrics, "driftloop_feedback_refused_total", model="churn", reason="unknown") == 52
+        assert metric(metrics, "driftloop_feedback_refused_total", model="churn", reason="duplicate") == 1
+
+    records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.LABELS_ARRIVED), expect=1)
+    events = [parse_event(r.value) for r in records]
+    assert len(events) == 1  # the all-forged request published nothing
+    assert isinstance(events[0], LabelsArrived)
+    assert [(label.request_id, label.label) for label in events[0].labels] == [(issued[0], "yes"), (issued[1], "no")]
+
+
+async def test_a_second_label_for_a_prediction_is_counted_and_never_scored(isolated: Isolation) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    model = trained_model(store, rows=2000)
+    settings = isolated.settings(MonitorSettings, window_size=1000, min_labels=10, label_window=300)
+    app, _ = create_monitor(settings)
+    stream = ChurnStream(seed=5)
+    async with serve(app) as client:
+        await publish(isolated, promoted("churn", 1, model))
+
+        async def monitored() -> bool:
+            return (await client.get("/v1/models/churn/drift")).status_code == 200
+
+        await wait_until(monitored, message="the monitor to take the reference")
+        logged, labels = traffic(model, stream, 40, 0)
+        early = LabelsArrived(producer="test", model="churn", labels=[Label(request_id="late-1", label="yes")])
+        await publish(isolated, logged, labels)
+        flipped = [Label(request_id=item.request_id, label=_flip(item.label)) for item in labels.labels]
+        # the same labels again (a new event), flipped; a label waiting for its prediction, twice
+        again = early.model_copy(update={"event_id": uuid.uuid4()})
+        await publish(isolated, LabelsArrived(producer="test", model="churn", labels=flipped), early, again)
+
+        async def counted() -> Any:
+            text = (await client.get("/metrics")).text
+            return text if metric(text, "driftloop_labels_total", model="churn", matched="duplicate") >= 41 else None
+
+        text = await wait_until(counted, message="duplicates to be counted")
+        assert metric(text, "driftloop_labels_total", model="churn", matched="true") == 40
+        assert metric(text, "driftloop_labels_total", model="churn", matched="waiting") == 1
+        assert metric(text, "driftloop_labels_total", model="churn", matched="duplicate") == 41
+        state = (await client.get("/v1/models/churn/drift")).json()
+        assert state["labels_seen"] == 40
+
+
+def _instances(n: int) -> list[dict[str, Any]]:
+    return [{k: r[k] for k in FEATURES} for r in ChurnStream(seed=3).batch(n)]
+
+
+def _flip(label: Any) -> str:
+    return "no" if label == "yes" else "yes"

@@ -1,0 +1,75 @@
+"""Request ids prove serving issued them for one model; feedback for any other id is refused."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from services.serving.domain.request_ids import ID_LENGTH, RequestIds, screen
+
+SECRET = b"k" * 32
+
+
+def test_a_minted_id_is_issued_for_its_model_only() -> None:
+    ids = RequestIds(SECRET)
+    rid = ids.mint("churn")
+    assert len(rid) == ID_LENGTH == len(uuid.uuid4().hex)
+    assert ids.issued(rid, "churn")
+    assert not ids.issued(rid, "fraud")
+    assert not RequestIds(b"x" * 32).issued(rid, "churn")  # another secret
+
+
+@pytest.mark.parametrize(
+    "forged",
+    ["", "x", uuid.uuid4().hex, "0" * ID_LENGTH, "g" * ID_LENGTH, "A" * ID_LENGTH, "0" * (ID_LENGTH + 1)],
+)
+def test_made_up_ids_are_not_issued(forged: str) -> None:
+    assert not RequestIds(SECRET).issued(forged, "churn")
+
+
+def test_a_changed_character_breaks_the_tag() -> None:
+    ids = RequestIds(SECRET)
+    rid = ids.mint("churn")
+    for position in (0, ID_LENGTH // 2, ID_LENGTH - 1):
+        flipped = "1" if rid[position] != "1" else "2"
+        assert not ids.issued(rid[:position] + flipped + rid[position + 1 :], "churn")
+
+
+def test_ids_of_a_rotated_out_secret_stay_valid_until_it_is_dropped() -> None:
+    old = RequestIds(b"o" * 32)
+    rid = old.mint("churn")
+    assert RequestIds(SECRET, previous=[b"o" * 32]).issued(rid, "churn")
+    assert not RequestIds(SECRET).issued(rid, "churn")
+
+
+def test_model_and_nonce_cannot_be_shifted_into_each_other() -> None:
+    ids = RequestIds(SECRET)
+    rid = ids.mint("ab")
+    assert not ids.issued(rid, "a")
+    assert not ids.issued(rid, "ab\0")
+
+
+def test_short_secrets_are_refused() -> None:
+    with pytest.raises(ValueError, match="16 bytes"):
+        RequestIds(b"short")
+
+
+def test_screen_keeps_issued_ids_once_and_says_why_the_others_are_refused() -> None:
+    ids = RequestIds(SECRET)
+    good, other = ids.mint("churn"), ids.mint("churn")
+    accepted, refused = screen(ids, "churn", [good, "made-up", good, other, ids.mint("fraud")])
+    assert accepted == [0, 3]
+    assert refused == [(1, "unknown"), (2, "duplicate"), (4, "unknown")]
+
+
+def test_verification_is_fast() -> None:
+    import time
+
+    ids = RequestIds(SECRET)
+    batch = [ids.mint("churn") for _ in range(10_000)]
+    started = time.perf_counter()
+    accepted, _ = screen(ids, "churn", batch)
+    elapsed = time.perf_counter() - started
+    assert len(accepted) == 10_000
+    assert elapsed < 1.0, f"10,000 ids took {elapsed:.3f}s"
