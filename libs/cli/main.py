@@ -22,8 +22,9 @@ from libs.cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
 from libs.common.embedded import port_open
 from libs.common.errors import DriftloopError
 from libs.common.kafka import consumer_lag
+from libs.common.kafka_security import client_options
 from libs.common.service import ServiceSettings, ServiceSpec, build
-from libs.common.settings import DatabaseSettings
+from libs.common.settings import DatabaseSettings, KafkaSettings
 
 app = typer.Typer(help="driftloop: drift detected, model retrained, judged and hot-swapped, with no human step.",
                   no_args_is_help=True, add_completion=False)  # fmt: skip
@@ -158,7 +159,7 @@ def lag(
     """Consumer lag per group, topic and partition: committed offset, end offset, lag."""
     bootstrap, _, prefix = _kafka_and_db(home)
     while True:
-        rows = asyncio.run(consumer_lag(bootstrap, prefix))
+        rows = asyncio.run(consumer_lag(bootstrap, prefix, client_options(KafkaSettings())))
         if as_json:
             print(json.dumps([r.to_dict() for r in rows]))
         else:

@@ -20,7 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from libs.common import topics
 from libs.common.db import connect_with_retry, load_migrations, migrate
 from libs.common.errors import Conflict, NotFound
-from libs.common.settings import DatabaseSettings
+from libs.common.kafka_security import client_options
+from libs.common.settings import DatabaseSettings, KafkaSettings
 
 OPS_SCHEMA = "ops"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -28,7 +29,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 
 async def topic_table(bootstrap: str, prefix: str = "") -> list[dict[str, Any]]:
     """Every topic under ``prefix`` with its partitions and messages retained (end − beginning)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **_security())
     await consumer.start()
     try:
         names = sorted(t for t in await consumer.topics() if t.startswith(prefix) and not t.startswith("__"))
@@ -78,7 +79,7 @@ class DeadLetter:
 
 async def dead_letters(bootstrap: str, prefix: str = "", topic: str | None = None) -> list[DeadLetter]:
     """Every message in the dead-letter topics (or in ``topic``), oldest first."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **_security())
     await consumer.start()
     try:
         names = [topic] if topic else sorted(
@@ -132,7 +133,7 @@ async def replay(bootstrap: str, database: DatabaseSettings, ref: str, *, actor:
     headers = [(k, v.encode()) for k, v in letter.headers.items() if not k.startswith("x-dlq-")]
     headers.append(("x-replayed-from", ref.encode()))
     pool = await _ops_pool(database)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, **_security())
     await producer.start()
     try:
         async with pool.acquire() as conn, conn.transaction():
@@ -164,3 +165,8 @@ async def _ops_pool(database: DatabaseSettings) -> Any:
     pool = await connect_with_retry(database, OPS_SCHEMA)
     await migrate(pool, OPS_SCHEMA, load_migrations(MIGRATIONS))
     return pool
+
+
+def _security() -> dict[str, Any]:
+    """TLS/SASL of the operator's clients, from the same ``DRIFTLOOP_KAFKA_*`` variables as the services."""
+    return client_options(KafkaSettings())

@@ -43,6 +43,7 @@ from prometheus_client import Counter
 from libs.common import topics
 from libs.common.errors import DriftloopError, InvalidEvent, TransientError
 from libs.common.events import Event, parse_event
+from libs.common.kafka_security import broker_security, client_options
 from libs.common.retry import retry_with_backoff
 from libs.common.settings import KafkaSettings
 from libs.common.telemetry import Telemetry
@@ -64,6 +65,7 @@ def create_broker(settings: KafkaSettings, telemetry: Telemetry, *, graceful_tim
     return KafkaBroker(
         settings.bootstrap,
         client_id=f"{settings.client_id}-{telemetry.service}",
+        security=broker_security(settings),
         acks="all",
         enable_idempotence=False,
         linger_ms=5,
@@ -98,7 +100,9 @@ async def ensure_topics(settings: KafkaSettings, specs: Iterable[topics.TopicSpe
     """
     specs = [topics.TopicSpec(settings.topic(s.name), s.partitions, s.retention_ms) for s in specs]
     deadline = time.monotonic() + settings.connect_timeout_s
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id=f"{settings.client_id}-admin")
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=settings.bootstrap, client_id=f"{settings.client_id}-admin", **client_options(settings)
+    )
     await retry_with_backoff(
         admin.start,
         name="Kafka",
@@ -414,6 +418,7 @@ class MicroBatchConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=300_000,
+            **client_options(self.settings),
         )
         await consumer.start()
         try:
@@ -536,20 +541,22 @@ class LagRow:
         return {**asdict(self), "lag": self.lag}
 
 
-async def consumer_lag(bootstrap: str, prefix: str = "") -> list[LagRow]:
+async def consumer_lag(bootstrap: str, prefix: str = "", options: dict[str, Any] | None = None) -> list[LagRow]:
     """Committed offset, end offset and lag of every group × topic × partition under ``prefix``.
 
     Committed offsets are read through a consumer of each group that never
     joins it (OffsetFetch per partition): the admin client's list-offsets call
-    is not answered by every Kafka-compatible broker, this is.
+    is not answered by every Kafka-compatible broker, this is. ``options``: TLS/SASL
+    (:func:`libs.common.kafka_security.client_options`).
     """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="driftloop-lag")
+    options = options or {}
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, client_id="driftloop-lag", **options)
     await admin.start()
     try:
         groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
     finally:
         await admin.close()
-    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **options)
     await probe.start()
     try:
         names = [t for t in await probe.topics() if t.startswith(prefix) and not t.startswith("__")]
@@ -559,7 +566,7 @@ async def consumer_lag(bootstrap: str, prefix: str = "") -> list[LagRow]:
         await probe.stop()
     rows: list[LagRow] = []
     for group in groups:
-        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+        reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **options)
         await reader.start()
         try:
             for tp in partitions:
@@ -587,7 +594,9 @@ class LagExporter:
     async def run(self) -> None:
         while True:
             try:
-                rows = await consumer_lag(self.settings.bootstrap, self.settings.topic_prefix)
+                rows = await consumer_lag(
+                    self.settings.bootstrap, self.settings.topic_prefix, client_options(self.settings)
+                )
                 self.gauge.clear()
                 for row in rows:
                     self.gauge.labels(row.group, row.topic, str(row.partition)).set(row.lag)

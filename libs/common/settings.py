@@ -8,8 +8,9 @@ time, so tests construct their own.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,6 +36,31 @@ class KafkaSettings(BaseSettings):
     """Upper bound of one retry delay."""
     connect_timeout_s: float = Field(default=60.0, gt=0)
     """How long start-up keeps retrying an unreachable broker before giving up."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How clients talk to the brokers: ``SASL_SSL`` (TLS plus SCRAM) in production; PLAINTEXT only
+    for the embedded broker or a network nobody else can reach."""
+    ssl_cafile: str | None = None
+    """CA bundle the brokers' certificates are checked against (the system's CAs when unset)."""
+    ssl_certfile: str | None = None
+    """Client certificate (PEM) for mutual TLS; needs ``ssl_keyfile``."""
+    ssl_keyfile: str | None = None
+    """Private key (PEM) of the client certificate."""
+    ssl_check_hostname: bool = True
+    """Check that a broker's certificate names the host connected to."""
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    """SASL mechanism with ``SASL_*`` protocols (Strimzi's ``scram-sha-512`` listener authentication)."""
+    sasl_username: str | None = None
+    """The service's Kafka user (one per service, so ACLs limit each to its own topics)."""
+    sasl_password: SecretStr | None = None
+    """Its password: from the environment or a mounted Secret, never from a file in the repository."""
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> Self:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs sasl_username and sasl_password")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together (mutual TLS)")
+        return self
 
     def topic(self, name: str) -> str:
         """The real name of topic ``name`` on the cluster."""
