@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 
@@ -55,6 +55,30 @@ class OnnxExport(BaseModel):
     )
 
 
+class Source(BaseModel):
+    """Who supplied part of the data behind a decision: a principal, its trust level, how much.
+
+    Labels and training rows carry the principal that sent them (the authenticated
+    caller of the HTTP API, or the upstream system's account on ``records.submitted``),
+    so a retrain fed mostly by one untrusted caller can be held for a person.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    principal: str = Field(description="Who sent it.", examples=["upstream-crm"])
+    trusted: bool = Field(description="Whether the principal's token is marked trusted.")
+    count: int = Field(ge=0, description="How many labels or rows.")
+
+
+def tally(items: Iterable[tuple[str, bool, int]]) -> list[Source]:
+    """Sum ``(principal, trusted, count)`` triples into sources, the largest first."""
+    totals: dict[tuple[str, bool], int] = {}
+    for principal, trusted, count in items:
+        totals[(principal, trusted)] = totals.get((principal, trusted), 0) + count
+    ordered = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [Source(principal=p, trusted=t, count=c) for (p, t), c in ordered if c]
+
+
 class Event(BaseModel):
     """The envelope every event carries."""
 
@@ -94,6 +118,9 @@ class RecordsSubmitted(Event):
     dataset: str = Field(description="Dataset the records belong to.")
     entity_id: str | None = Field(default=None, description="Upstream entity; the message key.")
     records: list[dict[str, Any]] = Field(min_length=1, description="Rows as column → value.")
+    principal: str | None = Field(
+        default=None, description="The upstream system's account; only it may write this topic (Kafka ACLs)."
+    )
 
     def key(self) -> bytes:
         return (self.entity_id or self.dataset).encode()
@@ -112,6 +139,8 @@ class DataArrived(Event):
     rows_rejected: int = Field(ge=0)
     total_rows: int = Field(ge=0, description="Rows in the whole version.")
     dataset_schema: DatasetSchema
+    principal: str | None = Field(default=None, description="Who sent the batch's rows.")
+    trusted: bool | None = Field(default=None, description="Whether that principal is trusted.")
 
     def key(self) -> bytes:
         return self.dataset.encode()
@@ -157,6 +186,9 @@ class ModelTrained(Event):
     profile: ArtifactRef = Field(description="Reference profile of the training data.")
     onnx: OnnxExport | None = Field(default=None, description="The ONNX export and its parity check.")
     dataset_schema: DatasetSchema
+    row_sources: list[Source] | None = Field(
+        default=None, description="Who supplied the training rows (None: not recorded)."
+    )
 
     def key(self) -> bytes:
         return self.model.encode()
@@ -228,6 +260,8 @@ class LabelsArrived(Event):
     event_type: Literal["labels.arrived"] = "labels.arrived"
     model: str
     labels: list[Label] = Field(min_length=1)
+    principal: str | None = Field(default=None, description="The authenticated caller who sent the labels.")
+    trusted: bool | None = Field(default=None, description="Whether that caller's token is trusted.")
 
     def key(self) -> bytes:
         return self.model.encode()
@@ -256,6 +290,9 @@ class DriftDetected(Event):
     features: list[FeatureDrift] = Field(default_factory=list)
     metrics: dict[str, float] = Field(default_factory=dict, description="Live metrics of the window.")
     summary: str
+    label_sources: list[Source] | None = Field(
+        default=None, description="Who supplied the labels behind the live metric (None: not recorded)."
+    )
 
     def key(self) -> bytes:
         return self.model.encode()

@@ -7,13 +7,14 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import ModelPromoted, ModelTrained
+from libs.common.events import DriftDetected, ModelPromoted, ModelTrained
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.registry import api
 from services.registry.domain.promotion import PromotionConfig
-from services.registry.handlers import model_trained
+from services.registry.domain.provenance import TrustConfig
+from services.registry.handlers import drift_detected, model_trained
 from services.registry.settings import RegistrySettings
 
 
@@ -23,7 +24,11 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
     )
 
     def register(rt: Runtime) -> None:
-        routes = {topics.MODEL_TRAINED: Route(model_trained.handler(rt, config), (ModelTrained,))}
+        trust = TrustConfig(max_untrusted_share=settings.max_untrusted_share)
+        routes = {
+            topics.MODEL_TRAINED: Route(model_trained.handler(rt, config, trust), (ModelTrained,)),
+            topics.DRIFT_DETECTED: Route(drift_detected.handler(rt), (DriftDetected,)),
+        }
         subscribe(rt.broker, routes, group="registry", settings=settings.kafka, telemetry=rt.telemetry)
 
     return ServiceSpec(

@@ -16,3 +16,6 @@ class RegistrySettings(ServiceSettings):
     """Minimum gain over the champion on the same holdout."""
     require_approval: bool = False
     """Promote winners to the 'candidate' alias only; a person moves 'champion'."""
+    max_untrusted_share: float = Field(default=0.5, ge=0, le=1)
+    """A version whose training rows, or the labels behind the performance alarm that caused it, came
+    from one untrusted principal for more than this share is held at 'candidate' for an approver."""

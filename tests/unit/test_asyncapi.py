@@ -12,7 +12,7 @@ from libs.common.service import build
 CONSUMES = {
     "ingest": set(),  # records.submitted is read by the micro-batch consumer, documented by its publisher side
     "trainer": {topics.DATA_ARRIVED, topics.DRIFT_DETECTED, topics.TRAINING_REQUESTED, topics.MODEL_PROMOTED},
-    "registry": {topics.MODEL_TRAINED},
+    "registry": {topics.MODEL_TRAINED, topics.DRIFT_DETECTED},
     "serving": {topics.MODEL_PROMOTED},
     "monitor": {topics.MODEL_PROMOTED, topics.PREDICTIONS_LOGGED, topics.LABELS_ARRIVED},
 }

@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
+import asyncpg
 from prometheus_client import Counter
 
 from libs.common import outbox
-from libs.common.events import Event, ModelTrained
+from libs.common.events import Event, ModelTrained, Source
 from libs.common.kafka import Delivery, Handler
 from libs.common.service import Runtime
 from services.registry.adapters import repository
-from services.registry.domain.promotion import Candidate, PromotionConfig, decide
+from services.registry.domain.promotion import Candidate, PromotionConfig, PromotionDecision, decide
+from services.registry.domain.provenance import TrustConfig, hold_reason
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry.model-trained"
 
 
-def handler(rt: Runtime, config: PromotionConfig) -> Handler:
+def handler(rt: Runtime, config: PromotionConfig, trust: TrustConfig | None = None) -> Handler:
+    trust = trust or TrustConfig()
     decisions = Counter(
         "driftloop_promotion_decisions_total", "Promotion decisions.", ["model", "outcome"],
         registry=rt.telemetry.registry,
@@ -41,7 +45,13 @@ def handler(rt: Runtime, config: PromotionConfig) -> Handler:
                 evaluated_against=event.champion_version,
             )
             decision = decide(candidate, champion, config)
-            version = await repository.register(conn, event, "promoted" if decision.promote else "rejected")
+            held = None
+            if decision.promote and decision.alias == "champion":
+                held = await _held_for_approval(conn, event, trust)
+                if held:  # the approver moves champion; the audit says whose data it was
+                    decision = PromotionDecision(True, "candidate", f"{decision.reason}; {held}")
+            outcome = "held" if held else "promoted" if decision.promote else "rejected"
+            version = await repository.register(conn, event, outcome)
             await repository.audit(conn, event.model, "register", "policy", f"trained by job {event.job_id} "
                                    f"({event.trigger}) on {event.dataset} v{event.dataset_version}",
                                    to_version=version)  # fmt: skip
@@ -53,7 +63,26 @@ def handler(rt: Runtime, config: PromotionConfig) -> Handler:
             else:
                 await repository.audit(conn, event.model, "reject", "policy", decision.reason, "champion", champion,
                                        version)  # fmt: skip
-        decisions.labels(event.model, "promoted" if decision.promote else "rejected").inc()
+        decisions.labels(event.model, outcome).inc()
         log.info("model %s v%d: %s", event.model, version, decision.reason)
 
     return handle
+
+
+async def _held_for_approval(conn: asyncpg.Connection, event: ModelTrained, trust: TrustConfig) -> str | None:
+    """Why the version must stop at 'candidate' (its data came mostly from one untrusted principal), or None."""
+    alarm = None
+    if event.trigger == "drift" and event.trigger_event_id is not None:
+        alarm = await conn.fetchrow(
+            "SELECT kinds, label_sources FROM alarms WHERE event_id = $1", event.trigger_event_id
+        )
+        if alarm is None:
+            log.warning("alarm %s behind %s's retrain is unknown here: its labels' sources are not checked",
+                        event.trigger_event_id, event.model)  # fmt: skip
+    labels = None
+    if alarm is not None and alarm["label_sources"] is not None:
+        labels = [Source.model_validate(s) for s in json.loads(alarm["label_sources"])]
+    return hold_reason(
+        trigger=event.trigger, alarm_kinds=alarm["kinds"] if alarm else [], label_sources=labels,
+        row_sources=event.row_sources, config=trust,
+    )  # fmt: skip
