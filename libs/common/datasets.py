@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import ArtifactRef
+from libs.common.events import ArtifactRef, Source, tally
 from libs.common.schema import DatasetSchema, DType, FeatureSpec
 
 _ARROW_TYPES = {
@@ -39,6 +39,8 @@ class BatchEntry(BaseModel):
     artifact: ArtifactRef
     rows: int = Field(ge=0)
     created_at: datetime
+    principal: str | None = Field(default=None, description="Who sent the batch (None: not recorded).")
+    trusted: bool | None = Field(default=None, description="Whether that principal is trusted.")
 
 
 class DatasetManifest(BaseModel):
@@ -58,6 +60,12 @@ class DatasetManifest(BaseModel):
     def since(self, moment: datetime) -> list[BatchEntry]:
         """Batches accepted at or after ``moment``."""
         return [b for b in self.batches if b.created_at >= moment]
+
+
+def row_sources(batches: Iterable[BatchEntry]) -> list[Source] | None:
+    """Who supplied the rows of ``batches`` (None when no batch recorded its sender)."""
+    known = [(b.principal, bool(b.trusted), b.rows) for b in batches if b.principal is not None]
+    return tally(known) if known else None
 
 
 def arrow_schema(schema: DatasetSchema) -> pa.Schema:

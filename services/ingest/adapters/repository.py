@@ -58,6 +58,8 @@ async def store_submission(
     source: str,
     producer: str = "ingest",
     correlation_id: str | None = None,
+    principal: str | None = None,
+    trusted: bool | None = None,
 ) -> StoredSubmission:
     """Record one submission inside the caller's transaction.
 
@@ -80,16 +82,19 @@ async def store_submission(
         now = datetime.now(UTC)
         batch = store.put(batch_to_parquet(schema, accepted, now), suffix=".parquet")
         entries = [_entry(r) for r in await conn.fetch(
-            "SELECT version, batch_uri, batch_sha256, batch_size, rows, created_at FROM versions "
+            "SELECT version, batch_uri, batch_sha256, batch_size, rows, created_at, principal, trusted FROM versions "
             "WHERE dataset = $1 ORDER BY version", dataset)]  # fmt: skip
-        entries.append(BatchEntry(seq=version, artifact=batch, rows=len(accepted), created_at=now))
+        entries.append(BatchEntry(seq=version, artifact=batch, rows=len(accepted), created_at=now,
+                                  principal=principal, trusted=trusted))  # fmt: skip
         manifest_doc = DatasetManifest(dataset=dataset, version=version, dataset_schema=schema, batches=entries)
         manifest = store.put(manifest_doc.model_dump_json().encode(), suffix=".manifest.json")
         total += len(accepted)
         await conn.execute(
-            "INSERT INTO versions VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO versions (dataset, version, batch_uri, batch_sha256, batch_size, rows, manifest_uri, "
+            "manifest_sha256, manifest_size, total_rows, created_at, principal, trusted) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             dataset, version, batch.uri, batch.sha256, batch.size, len(accepted),
-            manifest.uri, manifest.sha256, manifest.size, total, now,
+            manifest.uri, manifest.sha256, manifest.size, total, now, principal, trusted,
         )  # fmt: skip
         await conn.execute(
             "UPDATE datasets SET last_version = $2, total_rows = $3, updated_at = now() WHERE name = $1",
@@ -108,6 +113,8 @@ async def store_submission(
                 rows_rejected=len(rejected),
                 total_rows=total,
                 dataset_schema=schema,
+                principal=principal,
+                trusted=trusted,
             ),
         )
     await conn.execute(
@@ -130,6 +137,8 @@ def _entry(row: asyncpg.Record) -> BatchEntry:
         artifact=ArtifactRef(uri=row["batch_uri"], sha256=row["batch_sha256"], size=row["batch_size"]),
         rows=row["rows"],
         created_at=row["created_at"],
+        principal=row["principal"],
+        trusted=row["trusted"],
     )
 
 

@@ -14,6 +14,8 @@ from services.ingest.domain.validation import Rejection, validate_records
 from services.ingest.settings import IngestSettings
 
 CONSUMER = "ingest.records-submitted"
+#: The principal of records.submitted events that do not name their sender.
+UPSTREAM = "kafka:records.submitted"
 
 
 def consumer(rt: Runtime, settings: IngestSettings) -> MicroBatchConsumer:
@@ -41,9 +43,11 @@ def consumer(rt: Runtime, settings: IngestSettings) -> MicroBatchConsumer:
                 records = [r for e in fresh for r in e.records]
                 result = validate_records(schema, list(records))
                 rejected = [Rejection(r.row, r.field, r.reason, r.record) for r in result.rejected]
+                # Only the upstream system's own Kafka user may write this topic (ACLs): its rows are trusted.
+                principals = sorted({e.principal or UPSTREAM for e in fresh})
                 await repository.store_submission(
                     conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=rejected, source="kafka",
-                    correlation_id=fresh[0].correlation_id,
+                    correlation_id=fresh[0].correlation_id, principal=",".join(principals), trusted=True,
                 )  # fmt: skip
         return refused
 

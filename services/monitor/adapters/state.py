@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import ArtifactRef
+from libs.common.events import ArtifactRef, Source, tally
 from libs.common.profile import ReferenceProfile
 from libs.common.schema import DatasetSchema, Task
 from services.monitor.domain.decision import (
@@ -45,6 +45,8 @@ class ModelMonitor:
     window: Window = field(init=False)
     ring: deque[Window] = field(init=False)
     labels: deque[float] = field(init=False)
+    label_sources: deque[tuple[str, bool] | None] = field(init=False)
+    """Who sent each label in ``labels`` (principal, trusted), in the same order; None when not recorded."""
     alarms: AlarmState = field(default_factory=AlarmState)
     last_report: WindowReport | None = None
     causes: deque[Any] = field(default_factory=lambda: deque(maxlen=64))
@@ -55,6 +57,7 @@ class ModelMonitor:
     def __post_init__(self) -> None:
         self.window = self._new_window()
         self.labels = deque(maxlen=self.label_window)
+        self.label_sources = deque(maxlen=self.label_window)
         steps = max(1, self.window_size // self.window_step) if self.window_step else 1
         self.ring = deque(maxlen=steps)
 
@@ -88,19 +91,28 @@ class ModelMonitor:
                         self.ring.clear()
         return ready
 
-    def score(self, matched: list[tuple[int, Any, Any]]) -> Performance | None:
-        """Feed (version, prediction, label) matches to the live metric; labels of other versions are ignored."""
+    def score(self, matched: list[tuple[int, Any, Any]], source: tuple[str, bool] | None = None) -> Performance | None:
+        """Feed (version, prediction, label) matches sent by ``source`` to the live metric;
+        labels of other versions are ignored."""
         self.observe_labels([
             outcome
             for version, prediction, label in matched
             if version == self.version and (outcome := self.outcome(prediction, label)) is not None
-        ])  # fmt: skip
+        ], source)  # fmt: skip
         return self.performance()
 
-    def observe_labels(self, outcomes: list[float]) -> None:
+    def observe_labels(self, outcomes: list[float], source: tuple[str, bool] | None = None) -> None:
         """1/0 correctness (classification) or squared errors (regression)."""
         self.labels.extend(outcomes)
+        self.label_sources.extend([source] * len(outcomes))
         self.labels_seen += len(outcomes)
+
+    def label_provenance(self) -> list[Source] | None:
+        """Who sent the labels the live metric is computed over (None when no label's sender was recorded)."""
+        known = [s for s in self.label_sources if s is not None]
+        if not known:
+            return None
+        return tally((principal, trusted, 1) for principal, trusted in known)
 
     def performance(self) -> Performance | None:
         n = len(self.labels)

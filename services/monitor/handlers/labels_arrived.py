@@ -34,7 +34,7 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
             )  # fmt: skip
             matched = {r["request_id"] for r in rows}
             unmatched = [rid for rid in labels if rid not in matched]
-            waiting = await _wait_for_predictions(conn, event.model, unmatched, labels) if unmatched else []
+            waiting = await _wait_for_predictions(conn, event, unmatched, labels) if unmatched else []
             await conn.execute(
                 "DELETE FROM pending_labels WHERE at < now() - make_interval(secs => $1)", PENDING_LABEL_TTL_S
             )
@@ -46,26 +46,27 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
         metrics.labels.labels(event.model, "duplicate").inc(len(event.labels) - len(rows) - len(waiting))
         if monitor is not None:
             scored = [(r["version"], json.loads(r["prediction"]), labels[r["request_id"]]) for r in rows]
-            metrics.record_live(monitor.model, monitor.score(scored))
+            source = (event.principal, bool(event.trusted)) if event.principal is not None else None
+            metrics.record_live(monitor.model, monitor.score(scored, source))
 
     return handle
 
 
 async def _wait_for_predictions(
-    conn: asyncpg.Connection, model: str, request_ids: list[str], labels: dict[str, Any]
+    conn: asyncpg.Connection, event: LabelsArrived, request_ids: list[str], labels: dict[str, Any]
 ) -> list[str]:
     """Park labels whose prediction has not arrived yet; return those parked (not repeats)."""
     labelled = await conn.fetch(
         "SELECT request_id FROM predictions WHERE request_id = ANY($1::text[]) AND model = $2 AND labelled",
-        request_ids, model,
+        request_ids, event.model,
     )  # fmt: skip
     done = {r["request_id"] for r in labelled}
     fresh = [rid for rid in request_ids if rid not in done]
     if not fresh:
         return []
     parked = await conn.fetch(
-        "INSERT INTO pending_labels (request_id, model, label) SELECT * FROM unnest($1::text[], $2::text[], "
-        "$3::jsonb[]) ON CONFLICT DO NOTHING RETURNING request_id",
-        fresh, [model] * len(fresh), [json.dumps(labels[rid]) for rid in fresh],
+        "INSERT INTO pending_labels (request_id, model, label, principal, trusted) SELECT r, $2, l, $4, $5 "
+        "FROM unnest($1::text[], $3::jsonb[]) AS u (r, l) ON CONFLICT DO NOTHING RETURNING request_id",
+        fresh, event.model, [json.dumps(labels[rid]) for rid in fresh], event.principal, event.trusted,
     )  # fmt: skip
     return [r["request_id"] for r in parked]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime
+from typing import Any
 
 from opentelemetry import trace
 
@@ -36,7 +37,7 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
             )  # fmt: skip
             early = await conn.fetch(
                 "DELETE FROM pending_labels WHERE request_id = ANY($1::text[]) AND model = $2 "
-                "RETURNING request_id, label",
+                "RETURNING request_id, label, principal, trusted",
                 [r.request_id for r in event.records], event.model,
             )  # fmt: skip
             if early:
@@ -47,10 +48,16 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler
             monitor = await monitors.load(conn, event.model, version=event.version)
         if early:
             predicted = {r.request_id: r.prediction for r in event.records}
-            matched = [(event.version, predicted[r["request_id"]], json.loads(r["label"])) for r in early]
-            metrics.labels.labels(event.model, "true").inc(len(matched))
+            by_source: dict[tuple[str, bool] | None, list[tuple[int, Any, Any]]] = {}
+            for r in early:
+                source = (r["principal"], bool(r["trusted"])) if r["principal"] is not None else None
+                by_source.setdefault(source, []).append(
+                    (event.version, predicted[r["request_id"]], json.loads(r["label"]))
+                )
+            metrics.labels.labels(event.model, "true").inc(len(early))
             if monitor is not None:
-                metrics.record_live(monitor.model, monitor.score(matched))
+                for source, matched in by_source.items():
+                    metrics.record_live(monitor.model, monitor.score(matched, source))
         if monitor is None or monitor.version != event.version:
             return  # traffic of a version no longer (or not yet) monitored
         monitor.causes.append(trace.get_current_span().get_span_context())
@@ -108,4 +115,5 @@ def _drift_event(monitor: ModelMonitor, report: WindowReport, since: datetime | 
         ],
         metrics=live,
         summary=report.reason,
+        label_sources=monitor.label_provenance(),
     )

@@ -223,6 +223,7 @@ class JobRunner:
             profile=ArtifactRef.model_validate(result["profile"]),
             onnx=OnnxExport.model_validate(result["onnx"]) if result.get("onnx") else None,
             dataset_schema=DatasetSchema.model_validate(result["dataset_schema"]),
+            row_sources=result.get("row_sources"),
         )
         async with self.rt.db.acquire() as conn, conn.transaction():
             # The baseline for "new rows since the last model": the version the job trained on.

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from libs.common import models
 from libs.common.artifacts import ArtifactStore
-from libs.common.datasets import DatasetManifest, read_batches
+from libs.common.datasets import DatasetManifest, read_batches, row_sources
 from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType, Task
@@ -92,6 +92,7 @@ def _run(spec: dict[str, Any], tracer: Any) -> dict[str, Any]:
         "profile": profile_ref.model_dump(),
         "onnx": onnx.model_dump(mode="json"),
         "search": result.search,
+        "row_sources": [s.model_dump() for s in sources] if (sources := row_sources(batches)) is not None else None,
     }
 
 
