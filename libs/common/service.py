@@ -157,7 +157,8 @@ async def _start(spec: ServiceSpec, rt: Runtime) -> None:
     if spec.migrations is not None:
         rt.pool = await connect_with_retry(rt.settings.database, schema)
         await migrate(rt.pool, schema, load_migrations(COMMON_MIGRATIONS, spec.migrations))
-    await ensure_topics(rt.settings.kafka)
+    if rt.settings.kafka.create_topics:
+        await ensure_topics(rt.settings.kafka)
     await start_with_retry(rt.broker, rt.settings.kafka)
     if rt.pool is not None:
         backlog = Gauge("driftloop_outbox_pending", "Outbox rows not yet published.", registry=rt.telemetry.registry)

@@ -26,6 +26,9 @@ class KafkaSettings(BaseSettings):
     topic_prefix: str = ""
     """Prepended to every topic and consumer group name: several driftloop
     installations (or test runs) can share one cluster without seeing each other."""
+    create_topics: bool = True
+    """Create missing topics at start-up. False where an operator owns them (Strimzi KafkaTopics) and a
+    service's Kafka user may neither create topics nor see those of other services."""
     replication_factor: int = Field(default=1, ge=1)
     """Replicas of the topics driftloop creates (3 on a production cluster); existing topics are left alone."""
     max_attempts: int = Field(default=4, ge=1)

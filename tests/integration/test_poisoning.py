@@ -10,9 +10,11 @@ import pytest
 from libs.cli.synthetic import FEATURES, ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import Label, LabelsArrived, parse_event
+from libs.common.events import DriftDetected, Label, LabelsArrived, Source, parse_event
 from services.monitor.app import create_app as create_monitor
 from services.monitor.settings import MonitorSettings
+from services.registry.app import create_app as create_registry
+from services.registry.settings import RegistrySettings
 from services.serving.app import create_app as create_serving
 from services.serving.domain.request_ids import RequestIds
 from services.serving.settings import ServingSettings
@@ -20,6 +22,7 @@ from tests.conftest import Isolation, serve
 from tests.factories import promoted, trained_model
 from tests.helpers import read_topic, wait_until
 from tests.integration.test_monitor import traffic
+from tests.integration.test_registry import trained
 from tests.integration.test_trainer import publish
 
 pytestmark = pytest.mark.integration
@@ -121,3 +124,51 @@ def _instances(n: int) -> list[dict[str, Any]]:
 
 def _flip(label: Any) -> str:
     return "no" if label == "yes" else "yes"
+
+
+async def test_a_retrain_fed_mostly_by_one_untrusted_principal_stops_at_candidate(isolated: Isolation) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    app, runtime = create_registry(isolated.settings(RegistrySettings, min_metric=0.6, min_gain=0.01))
+    mallory, upstream = Source(principal="mallory", trusted=False, count=280), Source(principal="crm", trusted=True,
+                                                                                        count=20)  # fmt: skip
+    alarm = DriftDetected(producer="test", model="churn", version=1, kinds=["performance"], window_size=300,
+                          summary="live accuracy 0.000", label_sources=[mallory, upstream])  # fmt: skip
+    async with serve(app) as client:
+        await publish(isolated, trained(store, 0.7), alarm)
+        await wait_until(lambda: _alarms(runtime), message="the registry to record the alarm")
+        after_alarm = trained(store, 0.9, 0.7, 1).model_copy(update={"trigger_event_id": alarm.event_id})
+        await publish(isolated, after_alarm)
+        await wait_until(lambda: _versions(client, 2), message="v2")
+        poisoned_rows = trained(store, 0.95, 0.7, 1).model_copy(
+            update={"trigger": "new_data", "row_sources": [Source(principal="mallory", trusted=False, count=2000),
+                                                           Source(principal="crm", trusted=True, count=500)]}
+        )  # fmt: skip
+        await publish(isolated, poisoned_rows)
+        await wait_until(lambda: _versions(client, 3), message="v3")
+        clean = trained(store, 0.8, 0.7, 1).model_copy(
+            update={"trigger": "new_data", "row_sources": [Source(principal="crm", trusted=True, count=2500)]}
+        )
+        await publish(isolated, clean)
+        listed = await wait_until(lambda: _versions(client, 4), message="v4")
+        assert [(v["version"], v["decision"], v["aliases"]) for v in listed] == [
+            (4, "promoted", ["champion"]), (3, "held", []), (2, "held", ["candidate"]), (1, "promoted", []),
+        ]  # fmt: skip
+        audit = (await client.get("/v1/models/churn/audit")).json()
+        held = [a for a in audit if a["alias"] == "candidate"]
+        assert [a["to_version"] for a in held] == [3, 2]
+        assert all(a["actor"] == "policy" for a in held)
+        assert (
+            "93% of the 300 labels behind the performance alarm came from untrusted principal 'mallory'"
+            in (held[1]["reason"])
+        )
+        assert "80% of the 2500 training rows came from untrusted principal 'mallory'" in held[0]["reason"]
+        assert "held for approval" in held[0]["reason"]
+
+
+async def _alarms(runtime: Any) -> int:
+    return int(await runtime.db.fetchval("SELECT count(*) FROM alarms"))
+
+
+async def _versions(client: Any, n: int) -> list[dict[str, Any]] | None:
+    listed = (await client.get("/v1/models/churn/versions")).json()
+    return listed if isinstance(listed, list) and len(listed) >= n else None

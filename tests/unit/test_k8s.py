@@ -17,7 +17,7 @@ from libs.common import topics
 
 ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "prod")
-CRD_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "ServiceMonitor"}
+CRD_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ServiceMonitor"}
 K8S_VERSION = "1.31.0"
 
 

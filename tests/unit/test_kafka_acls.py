@@ -1,0 +1,130 @@
+"""k8s/: each service's Strimzi KafkaUser grants exactly what its code uses: Read on the topics it
+consumes and its consumer group, Write on the topics it publishes and on the dead-letter twins of
+what it consumes, Describe with both; nothing else (the monitor's lag exporter also describes every
+topic and group). Derived from the services' own subscriptions and ``ServiceSpec.publishes``, so a
+new subscription without its ACL (or a stale ACL) fails here, not in production."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from libs.cli.main import service_specs
+from libs.common import topics
+from libs.common.service import build
+from tests.unit.test_k8s import OVERLAYS, render
+
+Acl = tuple[str, str, str, str]  # resource type, name, pattern type, operation
+#: Services that read every group's committed offsets (consumer lag): Describe on all topics and groups.
+LAG_READERS = {"monitor"}
+
+
+def consumed(service: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """Topics ``service`` consumes and its consumer groups as (name, pattern type), from its code."""
+    spec, settings = service_specs()[service]
+    _, runtime = build(spec, settings)
+    reads: set[str] = set()
+    groups: set[tuple[str, str]] = set()
+    for subscriber in runtime.broker._subscribers:
+        reads |= {t.name if hasattr(t, "name") else str(t) for t in subscriber.topics}
+        group = subscriber.group_id
+        instance = getattr(settings, "instance_id", None)
+        if instance and group.endswith(instance):  # one group per replica: a prefix ACL
+            groups.add((group.removesuffix(instance), "prefix"))
+        else:
+            groups.add((group, "literal"))
+    if service == "ingest":  # records.submitted is read by a micro-batch consumer started on start-up
+        from services.ingest.handlers.records_submitted import consumer
+
+        batch = consumer(runtime, settings)  # type: ignore[arg-type]
+        reads.add(batch.topic)
+        groups.add((batch.group, "literal"))
+    return reads, groups
+
+
+def expected_acls(service: str) -> set[Acl]:
+    spec, _ = service_specs()[service]
+    reads, groups = consumed(service)
+    writes = {cls.topic for cls in spec.publishes} | {topics.dlq(t) for t in reads}
+    acls = {("topic", t, "literal", op) for t in reads for op in ("Read", "Describe")}
+    acls |= {("topic", t, "literal", op) for t in writes for op in ("Write", "Describe")}
+    acls |= {("group", name, pattern, "Read") for name, pattern in groups}
+    if service in LAG_READERS:
+        acls |= {("topic", "*", "literal", "Describe"), ("group", "*", "literal", "Describe")}
+    return acls
+
+
+def declared_acls(user: dict[str, Any]) -> set[Acl]:
+    acls = set()
+    for rule in user["spec"]["authorization"]["acls"]:
+        resource = rule["resource"]
+        for operation in rule["operations"]:
+            acls.add((resource["type"], resource["name"], resource.get("patternType", "literal"), operation))
+    return acls
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_service_has_a_kafka_user_with_exactly_the_acls_its_code_needs(overlay: str) -> None:
+    docs = render(overlay)
+    users = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+    assert set(users) == {f"driftloop-{s}" for s in service_specs()}
+    for service in service_specs():
+        user = users[f"driftloop-{service}"]
+        assert user["metadata"]["labels"]["strimzi.io/cluster"] == "driftloop"
+        assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+        assert user["spec"]["authorization"]["type"] == "simple"
+        assert declared_acls(user) == expected_acls(service), service
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_services_log_in_to_kafka_over_tls_with_their_own_user(overlay: str) -> None:
+    docs = render(overlay)
+    kafka = next(d for d in docs if d["kind"] == "Kafka")["spec"]["kafka"]
+    assert kafka["authorization"]["type"] == "simple"
+    for listener in kafka["listeners"]:  # no listener without TLS and SCRAM
+        assert listener["tls"] is True
+        assert listener["authentication"]["type"] == "scram-sha-512"
+    config = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "driftloop-config")["data"]
+    assert config["DRIFTLOOP_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["DRIFTLOOP_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert config["DRIFTLOOP_KAFKA_CREATE_TOPICS"] == "false"  # the users may not create topics
+    port = next(str(listener["port"]) for listener in kafka["listeners"])
+    assert config["DRIFTLOOP_KAFKA_BOOTSTRAP"].endswith(f":{port}")
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e for e in container["env"]}
+        assert env["DRIFTLOOP_KAFKA_SASL_USERNAME"]["value"] == f"driftloop-{name}"
+        password = env["DRIFTLOOP_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert password == {"name": f"driftloop-{name}", "key": "password"}  # the Secret Strimzi makes
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        ca_dir = config["DRIFTLOOP_KAFKA_SSL_CAFILE"].rsplit("/", 1)[0]
+        assert volumes[mounts[ca_dir]]["secret"]["secretName"] == "driftloop-cluster-ca-cert"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        writable = {mounts[p] for p in mounts} - {mounts[ca_dir]}
+        assert all("emptyDir" in volumes[v] or "persistentVolumeClaim" in volumes[v] for v in writable)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_service_has_a_network_policy(overlay: str) -> None:
+    docs = render(overlay)
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    policies = {
+        d["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"]: d
+        for d in docs
+        if d["kind"] == "NetworkPolicy"
+    }
+    assert set(policies) == set(deployments)
+    for name, policy in policies.items():
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+        port = deployments[name]["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+        assert [p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]] == [port] * len(
+            policy["spec"]["ingress"]
+        )
+        egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
+        assert 9093 in egress_ports  # Kafka over TLS
+        assert 9092 not in egress_ports  # never the plaintext port
