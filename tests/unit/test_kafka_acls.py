@@ -27,8 +27,9 @@ def consumed(service: str) -> tuple[set[str], set[tuple[str, str]]]:
     reads: set[str] = set()
     groups: set[tuple[str, str]] = set()
     for subscriber in runtime.broker._subscribers:
-        reads |= {t.name if hasattr(t, "name") else str(t) for t in subscriber.topics}
-        group = subscriber.group_id
+        found: Any = subscriber  # faststream's Kafka subscriber: .topics and .group_id
+        reads |= {t.name for t in found.topics}
+        group = found.group_id
         instance = getattr(settings, "instance_id", None)
         if instance and group.endswith(instance):  # one group per replica: a prefix ACL
             groups.add((group.removesuffix(instance), "prefix"))
