@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,6 +56,11 @@ class KafkaSettings(BaseSettings):
     """The service's Kafka user (one per service, so ACLs limit each to its own topics)."""
     sasl_password: SecretStr | None = None
     """Its password: from the environment or a mounted Secret, never from a file in the repository."""
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile", "sasl_username", "sasl_password", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # compose passes unset variables as empty strings
 
     @model_validator(mode="after")
     def _credentials_complete(self) -> Self:

@@ -128,7 +128,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
 def request_ids(settings: ServingSettings) -> RequestIds:
     """The minter/verifier of request ids under the configured secret (a random one when unset)."""
     secret = settings.request_id_secret
-    if secret is None:
+    if secret is None or not secret.get_secret_value():
         log.warning("no request-id secret configured: ids are valid for this process only "
                     "(set DRIFTLOOP_SERVING_REQUEST_ID_SECRET, the same on every replica)")  # fmt: skip
     key = secret.get_secret_value().encode() if secret else os.urandom(32)

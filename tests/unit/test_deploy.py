@@ -107,3 +107,14 @@ def test_prometheus_config_is_valid() -> None:
     finally:
         target.unlink()
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_services_run_read_only_and_take_secrets_from_the_environment(compose: dict[str, Any]) -> None:
+    for name in SERVICES:
+        service = compose["services"][name]
+        assert service["read_only"] is True
+        assert "/tmp" in service["tmpfs"]
+        env = service["environment"]
+        assert env["DRIFTLOOP_KAFKA_SASL_USERNAME"] == f"driftloop-{name}"  # one Kafka user per service
+        assert env["DRIFTLOOP_KAFKA_SASL_PASSWORD"].startswith("${")  # from the environment, never literal
+    assert compose["services"]["serving"]["environment"]["DRIFTLOOP_SERVING_REQUEST_ID_SECRET"].startswith("${")
