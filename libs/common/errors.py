@@ -8,6 +8,7 @@ whether to back off and try again or to dead-letter the message at once.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 
@@ -61,6 +62,21 @@ class PayloadTooLarge(DriftloopError):
 class ValidationFailed(DriftloopError):
     status_code = 422
     code = "validation_failed"
+
+
+class TooManyRequests(DriftloopError):
+    """The caller's rate limit is used up; ``Retry-After`` says when to come back."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, **details: Any) -> None:
+        super().__init__(message, retry_after_s=round(retry_after_s, 3), **details)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
 
 
 class InvalidEvent(DriftloopError):

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from libs.common.errors import TooManyRequests
+
 
 @dataclass
 class _Bucket:
@@ -51,3 +53,22 @@ class TokenBuckets:
             return (needed - bucket.tokens) / self.rate
         bucket.tokens -= cost
         return 0.0
+
+
+class RateLimit:
+    """A limit on one kind of intake (feedback, records): raises 429 for a principal over its rate."""
+
+    def __init__(self, what: str, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.what = what
+        self.buckets = TokenBuckets(rate, burst, clock)
+
+    def charge(self, principal: str, items: int) -> None:
+        """Charge ``items`` to ``principal``, or raise :class:`TooManyRequests` with the wait."""
+        wait = self.buckets.take(principal, items)
+        if wait > 0:
+            raise TooManyRequests(
+                f"{principal} is over its {self.what} rate ({self.buckets.rate:g}/s, burst {self.buckets.burst:g}); "
+                f"retry in {wait:.1f}s",
+                retry_after_s=wait,
+                principal=principal,
+            )
