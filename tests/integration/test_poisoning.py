@@ -159,7 +159,7 @@ async def test_a_retrain_fed_mostly_by_one_untrusted_principal_stops_at_candidat
         await publish(isolated, clean)
         listed = await wait_until(lambda: _versions(client, 4), message="v4")
         assert [(v["version"], v["decision"], v["aliases"]) for v in listed] == [
-            (4, "promoted", ["champion"]), (3, "held", []), (2, "held", ["candidate"]), (1, "promoted", []),
+            (4, "promoted", ["champion"]), (3, "held", ["candidate"]), (2, "held", []), (1, "promoted", []),
         ]  # fmt: skip
         audit = (await client.get("/v1/models/churn/audit")).json()
         held = [a for a in audit if a["alias"] == "candidate"]
