@@ -10,7 +10,7 @@ import pytest
 from libs.cli.synthetic import FEATURES, ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import DriftDetected, Label, LabelsArrived, Source, parse_event
+from libs.common.events import DriftDetected, Label, LabelsArrived, ModelTrained, Source, parse_event
 from services.monitor.app import create_app as create_monitor
 from services.monitor.settings import MonitorSettings
 from services.registry.app import create_app as create_registry
@@ -141,21 +141,26 @@ async def test_a_retrain_fed_mostly_by_one_untrusted_principal_stops_at_candidat
                                                                                         count=20)  # fmt: skip
     alarm = DriftDetected(producer="test", model="churn", version=1, kinds=["performance"], window_size=300,
                           summary="live accuracy 0.000", label_sources=[mallory, upstream])  # fmt: skip
+    first = trained(store, 0.7)  # one fitted model; the later versions reuse its artifact
+
+    def challenger(accuracy: float, **update: Any) -> ModelTrained:
+        return first.model_copy(update={
+            "event_id": uuid.uuid4(), "job_id": str(uuid.uuid4()), "metrics": {"accuracy": accuracy},
+            "champion_metrics": {"accuracy": 0.7}, "champion_version": 1, **update,
+        })  # fmt: skip
+
     async with serve(app) as client:
-        await publish(isolated, trained(store, 0.7), alarm)
+        await publish(isolated, first, alarm)
         await wait_until(lambda: _alarms(runtime), message="the registry to record the alarm")
-        after_alarm = trained(store, 0.9, 0.7, 1).model_copy(update={"trigger_event_id": alarm.event_id})
+        after_alarm = challenger(0.9, trigger_event_id=alarm.event_id)
         await publish(isolated, after_alarm)
         await wait_until(lambda: _versions(client, 2), message="v2")
-        poisoned_rows = trained(store, 0.95, 0.7, 1).model_copy(
-            update={"trigger": "new_data", "row_sources": [Source(principal="mallory", trusted=False, count=2000),
-                                                           Source(principal="crm", trusted=True, count=500)]}
-        )  # fmt: skip
+        poisoned_rows = challenger(0.95, trigger="new_data", row_sources=[
+            Source(principal="mallory", trusted=False, count=2000), Source(principal="crm", trusted=True, count=500),
+        ])  # fmt: skip
         await publish(isolated, poisoned_rows)
         await wait_until(lambda: _versions(client, 3), message="v3")
-        clean = trained(store, 0.8, 0.7, 1).model_copy(
-            update={"trigger": "new_data", "row_sources": [Source(principal="crm", trusted=True, count=2500)]}
-        )
+        clean = challenger(0.8, trigger="new_data", row_sources=[Source(principal="crm", trusted=True, count=2500)])
         await publish(isolated, clean)
         listed = await wait_until(lambda: _versions(client, 4), message="v4")
         assert [(v["version"], v["decision"], v["aliases"]) for v in listed] == [
