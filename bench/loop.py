@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -78,10 +79,12 @@ class Driver:
         self.alarms: dict[str, dict[str, Any]] = {}
         self.counts = {"sent": 0, "accepted": 0, "rejected": 0}
         self.rejection_reasons: dict[str, int] = {}
-        self.errors: list[str] = []
+        self.errors: dict[str, int] = {}
         self.first_model: dict[str, Any] = {}
         self.streamed_s = 0.0
         self.latency: dict[str, list[float]] = {"predict": [], "feedback": [], "ingest": []}
+        self.rate_limited = 0
+        """429 answers (waited out and retried)."""
 
     async def run(self) -> dict[str, Any]:
         answer = await self.http.put(f"{self.url['ingest']}/v1/datasets/{self.model}", json=self.stream.schema)
@@ -111,10 +114,10 @@ class Driver:
                 self.first_model = {"version": answer.json()["version"], "seconds": waited}
                 return
             if time.monotonic() - started > 30 and not await self._jobs():
-                self.errors.append("no training job queued 30 s after the initial rows: streaming without a model")
+                self._error("no training job queued 30 s after the initial rows: streaming without a model")
                 return
             await asyncio.sleep(0.5)
-        self.errors.append(f"no model served {self.options.first_model_timeout_s:.0f} s after the initial rows")
+        self._error(f"no model served {self.options.first_model_timeout_s:.0f} s after the initial rows")
 
     async def _stream(self) -> None:
         o, n = self.options, self.stream.layout.length
@@ -182,6 +185,12 @@ class Driver:
         sent = time.perf_counter()
         try:
             answer = await self.http.post(url, json=payload)
+            for _ in range(5):  # a rate limit: wait as told, like a well-behaved client, and count it
+                if answer.status_code != 429:
+                    break
+                self.rate_limited += 1
+                await asyncio.sleep(min(float(answer.headers.get("retry-after", 1)), 10.0))
+                answer = await self.http.post(url, json=payload)
         except httpx.HTTPError as exc:
             self._error(f"POST {url} failed: {exc!r}")
             return None
@@ -193,15 +202,17 @@ class Driver:
         return result
 
     def _error(self, message: str) -> None:
-        if len(self.errors) < 50:
-            self.errors.append(message)
+        """Counted by message, so that a thousand identical 404s read as one line."""
+        if message in self.errors or len(self.errors) < 20:
+            self.errors[message] = self.errors.get(message, 0) + 1
 
     def _progress(self, rows: int, seconds: float) -> None:
         recent = np.arange(max(rows - 1_000, 0), rows)
         live = self.record.metric(recent)
-        served = self.record.version[rows - 1]
+        version = int(self.record.version[rows - 1])
+        served = "no model" if version == pq.UNSERVED else f"v{version}"
         print(f"  {self.model}: row {rows:,}/{self.stream.layout.length:,}, "
-              f"{(rows - self.options.initial) / seconds:,.0f} rows/s, v{served} serving, "
+              f"{(rows - self.options.initial) / seconds:,.0f} rows/s, {served} serving, "
               f"last 1,000 rows {'-' if live is None else f'{live:.3f}'}, {len(self.alarms)} alarms",
               file=sys.stderr, flush=True)  # fmt: skip
 
@@ -307,6 +318,7 @@ def summarise(stream: Stream, driver: Driver, services: dict[str, Any], options:
             if v
         },
         "first_model": driver.first_model,
+        "rate_limited": driver.rate_limited,
         "unserved_rows": int(np.sum(record.version[options.initial :] == pq.UNSERVED)),
         "records": {**driver.counts, "ingest": services["ingest"], "rejection_reasons": driver.rejection_reasons},
         "recoveries": [asdict(r) for r in recoveries],
@@ -445,12 +457,17 @@ def verdicts(results: list[dict[str, Any]]) -> str:
     for r in results:
         for name, check in r.get("targets", {}).items():
             value = check["value"]
-            shown = f"{value:.3f}" if isinstance(value, float) else ("never" if value is None else f"{value:,}")
+            shown = f"{value:.3f}" if isinstance(value, float) else ("none" if value is None else f"{value:,}")
             lines.append(f"{'PASS' if check['pass'] else 'FAIL'}  {r['stream']}: {name} ({shown})")
         if "error" in r:
             lines.append(f"FAIL  {r['stream']}: {r['error']}")
-        elif r["errors"]:
-            lines.append(f"      {r['stream']}: {len(r['errors'])} failed requests or waits, first: {r['errors'][0]}")
+            continue
+        if r["unserved_rows"] or r.get("rate_limited"):
+            lines.append(f"      {r['stream']}: {r['unserved_rows']:,} rows without a prediction, "
+                         f"{r.get('rate_limited', 0)} requests rate-limited (429, waited out)")  # fmt: skip
+        errors = r["errors"] if isinstance(r["errors"], dict) else Counter(r["errors"])  # older runs: a list
+        for message, count in errors.items():
+            lines.append(f"      {r['stream']}: {count} × {message}")
     return "\n".join(lines)
 
 
