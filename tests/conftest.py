@@ -19,7 +19,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from libs.common import topics
+from libs.common import auth, topics
+from libs.common.auth import Role
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
 from libs.common.embedded import EmbeddedStack, StackEndpoints
 from libs.common.kafka import ensure_topics
@@ -108,10 +109,25 @@ def isolated(kafka_settings: KafkaSettings, db_settings: DatabaseSettings, tmp_p
 
 
 @contextlib.asynccontextmanager
-async def serve(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """Run ``app``'s lifespan (database, broker, consumers) and talk to it over ASGI."""
+async def serve(
+    app: FastAPI, *roles: Role, principal: str = "test-admin", token: bool = True
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Run ``app``'s lifespan (database, broker, consumers) and talk to it over ASGI.
+
+    The client carries a fresh bearer token of ``principal`` with ``roles``
+    (``admin`` when none are given), or none with ``token=False``.
+    """
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://service", timeout=30) as client,
     ):
+        if token:
+            client.headers.update(await bearer(app, *(roles or (Role.ADMIN,)), principal=principal))
         yield client
+
+
+async def bearer(app: FastAPI, *roles: Role, principal: str = "test") -> dict[str, str]:
+    """``Authorization`` headers with a fresh token for ``roles``, on a started app:
+    ``await client.post(url, json=..., headers=await bearer(app, Role.PRODUCER))``."""
+    issued = await auth.issue(app.state.auth.db, principal, roles, created_by="tests")
+    return {"Authorization": f"Bearer {issued.token}"}

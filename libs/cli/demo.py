@@ -94,9 +94,12 @@ class Demo:
         config: DemoConfig,
         *,
         topic_prefix: str = "",
+        token: str | None = None,
         on_update: Callable[[DemoState], None] | None = None,
     ) -> None:
         self.services = services
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        """Every service needs a token; the one ``driftloop up`` wrote into its home."""
         self.bootstrap = bootstrap
         self.config = config
         self.prefix = topic_prefix
@@ -110,7 +113,7 @@ class Demo:
 
     async def run(self) -> dict[str, Any]:
         limits = httpx.Limits(max_connections=20)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as self.http:
+        async with httpx.AsyncClient(timeout=30, limits=limits, headers=self.headers) as self.http:
             await self._declare()
             watcher = asyncio.create_task(self._watch_events())
             await asyncio.sleep(0.5)  # let the watcher take its positions before anything happens

@@ -1,4 +1,4 @@
-"""The ``driftloop`` command: up, status, demo."""
+"""The ``driftloop`` command: up, status, demo, tokens and operator tools."""
 
 from __future__ import annotations
 
@@ -16,9 +16,11 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from libs.cli import ops
+from libs.cli import ops, tokens
 from libs.cli.demo import Demo, DemoConfig, DemoState
 from libs.cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
+from libs.common import auth
+from libs.common.auth import AuthSettings
 from libs.common.embedded import port_open
 from libs.common.errors import DriftloopError
 from libs.common.kafka import consumer_lag
@@ -246,6 +248,86 @@ def dlq_replay(
         raise typer.Exit(1) from exc
 
 
+token_app = typer.Typer(help="Bearer tokens: create, list, revoke.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+def _database(home: Path) -> DatabaseSettings:
+    state = UpState.read(home)
+    url = os.environ.get("DRIFTLOOP_DATABASE_URL") or (state.database_url if state else None)
+    if not url:
+        console.print("[red]no database to look at:[/] set DRIFTLOOP_DATABASE_URL or start `driftloop up`")
+        raise typer.Exit(2)
+    return DatabaseSettings(url=url, connect_timeout_s=10)
+
+
+async def _with_tokens(home: Path, work: Any) -> Any:
+    pool = await auth.connect(_database(home), AuthSettings())
+    try:
+        return await work(pool)
+    finally:
+        await pool.close()
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="The principal: who or what uses the token.")],
+    role: Annotated[
+        list[str], typer.Option("--role", help="reader, producer, predictor, operator, approver or admin (repeat).")
+    ],
+    expires: Annotated[str | None, typer.Option(help="30d, 12h, 90m, 2w or an ISO date; never when unset.")] = None,
+    home: HomeOption = DEFAULT_HOME,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a token; it is printed once and only its hash is stored."""
+    try:
+        roles = auth.parse_roles(r for value in role for r in value.split(","))
+        until = tokens.expiry(expires)
+        issued = asyncio.run(_with_tokens(home, lambda pool: auth.issue(
+            pool, name, roles, created_by=os.environ.get("USER", "cli"), expires_at=until)))  # fmt: skip
+    except DriftloopError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(2) from exc
+    doc = {"id": issued.id, "principal": issued.principal, "roles": sorted(r.value for r in issued.roles),
+           "expires_at": until.isoformat() if until else None, "token": issued.token}  # fmt: skip
+    if as_json:
+        print(json.dumps(doc))
+        return
+    console.print(f"token {issued.id} for {name} ({', '.join(doc['roles'])}); shown once:")
+    print(issued.token)
+
+
+@token_app.command("list")
+def token_list(
+    home: HomeOption = DEFAULT_HOME,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every token: id, principal, roles, expiry, revocation (never the secret)."""
+    rows = asyncio.run(_with_tokens(home, auth.list_tokens))
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("id", "principal", "roles", "created", "expires", "revoked", title=f"{len(rows)} tokens")
+    for r in rows:
+        expires, revoked = (r["expires_at"] or "never")[:19], (r["revoked_at"] or "")[:19]
+        table.add_row(r["id"], r["principal"], ",".join(r["roles"]), r["created_at"][:19], expires, revoked)
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="The token's id (tok_…), from `driftloop token list`.")],
+    home: HomeOption = DEFAULT_HOME,
+) -> None:
+    """Revoke a token; every service refuses it within seconds."""
+    try:
+        asyncio.run(_with_tokens(home, lambda pool: auth.revoke(pool, token_id)))
+    except DriftloopError as exc:
+        console.print(f"[red]{exc.message}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"revoked {token_id}")
+
+
 @app.command()
 def docs(out: Annotated[Path, typer.Option(help="Directory for the documents.")] = Path("docs/asyncapi")) -> None:
     """Write the AsyncAPI document of every service (the topics it consumes and publishes)."""
@@ -282,10 +364,11 @@ def service_specs() -> dict[str, tuple[ServiceSpec, ServiceSettings]]:
 
 def _run_demo(state: UpState, config: DemoConfig, *, live: bool) -> dict[str, Any]:
     prefix = os.environ.get("DRIFTLOOP_KAFKA_TOPIC_PREFIX", "")
+    token = tokens.read_token(Path(state.home)) if state.home else None
     if not live:
-        return asyncio.run(Demo(state.services, state.kafka_bootstrap, config, topic_prefix=prefix).run())
+        return asyncio.run(Demo(state.services, state.kafka_bootstrap, config, topic_prefix=prefix, token=token).run())
     with Live(console=console, refresh_per_second=4) as view:
-        runner = Demo(state.services, state.kafka_bootstrap, config, topic_prefix=prefix,
+        runner = Demo(state.services, state.kafka_bootstrap, config, topic_prefix=prefix, token=token,
                       on_update=lambda s: view.update(_progress(s)))  # fmt: skip
         return asyncio.run(runner.run())
 

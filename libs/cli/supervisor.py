@@ -24,9 +24,10 @@ from typing import IO
 
 import httpx
 
+from libs.cli.tokens import ensure_admin_token
 from libs.common.embedded import EmbeddedStack, die_with_parent, free_port, port_open
 from libs.common.kafka import ensure_topics
-from libs.common.settings import KafkaSettings
+from libs.common.settings import DatabaseSettings, KafkaSettings
 
 #: Start order: the registry first (serving asks it for champions at start).
 SERVICES: tuple[str, ...] = ("registry", "ingest", "trainer", "serving", "monitor")
@@ -47,6 +48,8 @@ class UpState:
     """Service → base URL."""
     service_pids: dict[str, int] = field(default_factory=dict)
     stack_pids: dict[str, int | None] = field(default_factory=dict)
+    home: str = ""
+    """The state directory; its ``token`` file holds the admin token (mode 0600)."""
 
     @classmethod
     def read(cls, home: Path) -> UpState | None:
@@ -105,6 +108,8 @@ class Supervisor:
             kafka = KafkaSettings(bootstrap=endpoints.kafka_bootstrap,
                                   topic_prefix=env.get("DRIFTLOOP_KAFKA_TOPIC_PREFIX", ""))  # fmt: skip
             asyncio.run(ensure_topics(kafka))  # once, before five services race to do it
+            # Nothing is open: an admin token for the CLI and the demo, readable by this user only.
+            asyncio.run(ensure_admin_token(DatabaseSettings(url=endpoints.database_url), self.home))
             for name in SERVICES:
                 self._spawn(name, env)
             self.state = UpState(
@@ -116,6 +121,7 @@ class Supervisor:
                 services={n: f"http://127.0.0.1:{self.ports[n]}" for n in SERVICES},
                 service_pids={n: p.pid for n, p in self.processes.items()},
                 stack_pids=self.stack.processes(),
+                home=str(self.home),
             )
             self._wait_ready(timeout)
             (self.home / "up.json").write_text(json.dumps(asdict(self.state), indent=2))

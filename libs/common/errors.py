@@ -44,6 +44,24 @@ class BadRequest(DriftloopError):
     code = "bad_request"
 
 
+class Unauthorized(DriftloopError):
+    """No valid bearer token: unknown, expired, revoked or missing."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="driftloop"'}
+
+
+class Forbidden(DriftloopError):
+    """A valid token whose principal lacks the role the route needs."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(DriftloopError):
     status_code = 404
     code = "not_found"

@@ -1,6 +1,7 @@
 """The runtime every service shares: settings, telemetry, PostgreSQL with
-migrations, topic set-up, the broker, the outbox relay, and an HTTP app with
-``/healthz``, ``/readyz``, ``/metrics``, JSON errors and a body-size limit.
+migrations, topic set-up, the broker, the outbox relay, bearer-token
+authentication, and an HTTP app with ``/healthz``, ``/readyz``, ``/metrics``,
+JSON errors and a body-size limit.
 
 A service supplies its name, its migrations, a function that registers its
 subscribers and one that mounts its routes; everything else is the same in
@@ -34,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from libs.common import outbox
 from libs.common.artifacts import ArtifactStore
 from libs.common.asyncapi import document
+from libs.common.auth import Authenticator, AuthSettings, Role, unguarded_routes
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
 from libs.common.errors import BadRequest, DatabaseUnavailable, DriftloopError, PayloadTooLarge
 from libs.common.events import Event
@@ -62,6 +64,7 @@ class ServiceSettings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 @dataclass
@@ -73,6 +76,7 @@ class Runtime:
     telemetry: Telemetry
     broker: KafkaBroker
     store: ArtifactStore
+    auth: Authenticator
     pool: asyncpg.Pool | None = None
     relay: outbox.OutboxRelay | None = None
     ready: bool = False
@@ -128,6 +132,7 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
         telemetry=telemetry,
         broker=create_broker(settings.kafka, telemetry),
         store=ArtifactStore(settings.artifacts.root),
+        auth=Authenticator(settings.auth),
     )
     spec.register(runtime)
 
@@ -141,11 +146,18 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
 
     app = FastAPI(title=f"driftloop {spec.name}", description=spec.description, lifespan=lifespan)
     app.state.runtime = runtime
+    app.state.auth = runtime.auth
     _install_errors(app)
     _install_probes(app, runtime, spec)
     spec.routes(app, runtime)
     declare_errors(app)
     app.add_middleware(InputGuardMiddleware)
+    unguarded = unguarded_routes(app)
+    if unguarded:
+        raise RuntimeError(
+            f"{spec.name}: routes without a role: {', '.join(unguarded)}; "
+            "add dependencies=[require(Role.X)] (libs/common/auth.py)"
+        )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, telemetry=telemetry)
     return app, runtime
@@ -154,6 +166,7 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
 async def _start(spec: ServiceSpec, rt: Runtime) -> None:
     started = time.monotonic()
     schema = rt.settings.database_schema or spec.name
+    await rt.auth.start(rt.settings.database)
     if spec.migrations is not None:
         rt.pool = await connect_with_retry(rt.settings.database, schema)
         await migrate(rt.pool, schema, load_migrations(COMMON_MIGRATIONS, spec.migrations))
@@ -194,6 +207,7 @@ async def _stop(spec: ServiceSpec, rt: Runtime) -> None:
     await rt.broker.stop()
     if rt.pool is not None:
         await rt.pool.close()
+    await rt.auth.stop()
     rt.telemetry.shutdown()
 
 
@@ -219,7 +233,9 @@ def _install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
         return document(spec.name, rt.broker, spec.publishes, spec.description)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if rt.settings.auth.metrics_token:
+            await rt.auth.authorise(request.headers.get("authorization"), Role.READER)
         return Response(generate_latest(rt.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
 
 

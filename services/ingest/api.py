@@ -9,6 +9,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
+from libs.common.auth import Role, require
 from libs.common.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from libs.common.http import INT4_MAX, INT8_MAX, errors
 from libs.common.jsonbody import off_loop
@@ -80,6 +81,7 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
     @router.put(
         "/{dataset}", status_code=201, response_model=DeclaredOut, summary="Declare (or confirm) a dataset's schema",
         openapi_extra=_SCHEMA_BODY, responses=errors(409),
+        dependencies=[require(Role.ADMIN)],
     )  # fmt: skip
     async def declare(dataset: DatasetName, request: Request) -> Response:
         # The body is read by hand so that a wide schema (10⁵ features, megabytes)
@@ -100,12 +102,13 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
                 await conn.execute("UPDATE datasets SET schema = $2, updated_at = now() WHERE name = $1", dataset, text)
         return _declared(dataset, text, created=False)
 
-    @router.get("", summary="List datasets")
+    @router.get("", summary="List datasets", dependencies=[require(Role.READER)])
     async def list_datasets() -> list[dict[str, Any]]:
         rows = await rt.db.fetch("SELECT name, last_version, total_rows, created_at FROM datasets ORDER BY name")
         return [{"dataset": r["name"], "version": r["last_version"], "total_rows": r["total_rows"]} for r in rows]
 
-    @router.get("/{dataset}", summary="A dataset: schema, latest version and submission counts")
+    @router.get("/{dataset}", summary="A dataset: schema, latest version and submission counts",
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def show(dataset: DatasetName) -> dict[str, Any]:
         schema = await repository.get_schema(rt.db, dataset)
         head = await rt.db.fetchrow("SELECT last_version, total_rows FROM datasets WHERE name = $1", dataset)
@@ -124,7 +127,8 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             "records": {"received": counts["received"], "accepted": counts["accepted"], "rejected": counts["rejected"]},
         }
 
-    @router.get("/{dataset}/versions/{version}", summary="The manifest of one dataset version")
+    @router.get("/{dataset}/versions/{version}", summary="The manifest of one dataset version",
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def version(dataset: DatasetName, version: VersionNumber) -> dict[str, Any]:
         row = await rt.db.fetchrow(
             "SELECT manifest_uri, manifest_sha256, manifest_size, total_rows, rows, created_at FROM versions "
@@ -143,7 +147,8 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             "created_at": row["created_at"].isoformat(),
         }
 
-    @router.post("/{dataset}/records", summary="Submit records: JSON array, NDJSON or CSV")
+    @router.post("/{dataset}/records", summary="Submit records: JSON array, NDJSON or CSV",
+                 dependencies=[require(Role.PRODUCER)])  # fmt: skip
     async def submit(
         dataset: DatasetName,
         request: Request,
@@ -181,7 +186,8 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in result.rejected[:100]],
         )
 
-    @router.get("/{dataset}/rejections", summary="Rejected rows with their reasons, newest first")
+    @router.get("/{dataset}/rejections", summary="Rejected rows with their reasons, newest first",
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def rejections(
         dataset: DatasetName,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,

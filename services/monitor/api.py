@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
+from libs.common.auth import Role, require
 from libs.common.errors import NotFound
 from libs.common.service import Runtime
 from services.monitor.adapters.state import ModelMonitor, Monitors
@@ -14,11 +15,12 @@ from services.monitor.adapters.state import ModelMonitor, Monitors
 def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
     router = APIRouter(prefix="/v1/models", tags=["drift"])
 
-    @router.get("", summary="Models being monitored")
+    @router.get("", summary="Models being monitored", dependencies=[require(Role.READER)])
     async def list_models() -> list[dict[str, Any]]:
         return [_summary(m) for m in sorted(monitors.all(), key=lambda m: m.model)]
 
-    @router.get("/{model}/drift", summary="The latest drift report of a model, with its recent alarms")
+    @router.get("/{model}/drift", summary="The latest drift report of a model, with its recent alarms",
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def drift(model: str) -> dict[str, Any]:
         monitor = await monitors.load(rt.db, model, fresh=True)
         if monitor is None:

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, FastAPI, Path, Query
 from pydantic import BaseModel, Field
 
-from libs.common.errors import NotFound
+from libs.common.auth import Principal, Role, require
+from libs.common.errors import Forbidden, NotFound
 from libs.common.http import INT4_MAX
 from libs.common.service import Runtime
 from services.registry.adapters import repository
@@ -20,7 +21,6 @@ VersionNumber = Annotated[int, Path(ge=1, le=INT4_MAX, description="Model versio
 class AliasMoveRequest(BaseModel):
     version: int = Field(ge=1, le=INT4_MAX, description="Version the alias should point to.")
     reason: str = Field(min_length=3, max_length=500, description="Why; kept in the audit log.")
-    actor: str = Field(default="api", min_length=1, max_length=128, description="Who is moving it.")
 
 
 def mount(app: FastAPI, rt: Runtime) -> None:
@@ -36,7 +36,7 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             by_version.setdefault(r["version"], []).append(r["alias"])
         return by_version
 
-    @router.get("", summary="Models with their aliases")
+    @router.get("", summary="Models with their aliases", dependencies=[require(Role.READER)])
     async def list_models() -> list[dict[str, Any]]:
         rows = await rt.db.fetch(
             "SELECT m.name, m.dataset, count(v.version) AS versions FROM models m "
@@ -53,21 +53,24 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             for r in rows
         ]
 
-    @router.get("/{model}/versions", summary="Versions of a model, newest first")
+    @router.get("/{model}/versions", summary="Versions of a model, newest first", dependencies=[require(Role.READER)])
     async def list_versions(model: ModelName) -> list[dict[str, Any]]:
         await _require(model)
         aliases = await _aliases(model)
         rows = await rt.db.fetch("SELECT * FROM versions WHERE model = $1 ORDER BY version DESC", model)
         return [repository.version_out(r, aliases.get(r["version"])) for r in rows]
 
-    @router.get("/{model}/versions/{version}", summary="One version: metrics, run, lineage, artifacts")
+    @router.get("/{model}/versions/{version}", summary="One version: metrics, run, lineage, artifacts",
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def show_version(model: ModelName, version: VersionNumber) -> dict[str, Any]:
         row = await rt.db.fetchrow("SELECT * FROM versions WHERE model = $1 AND version = $2", model, version)
         if row is None:
             raise NotFound(f"model {model!r} has no version {version}", model=model, version=version)
         return repository.version_out(row, (await _aliases(model)).get(version))
 
-    @router.get("/{model}/aliases/{alias}", summary="The version an alias points to")
+    @router.get(
+        "/{model}/aliases/{alias}", summary="The version an alias points to", dependencies=[require(Role.READER)]
+    )
     async def show_alias(model: ModelName, alias: str) -> dict[str, Any]:
         await _require(model)
         version = await repository.alias_version(rt.db, model, alias)
@@ -75,17 +78,39 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             raise NotFound(f"model {model!r} has no {alias!r} alias", model=model, alias=alias)
         return await show_version(model, version)
 
-    @router.put("/{model}/aliases/{alias}", summary="Move an alias by hand (promote or roll back)")
-    async def move(model: ModelName, alias: str, body: AliasMoveRequest) -> dict[str, Any]:
+    @router.put(
+        "/{model}/aliases/{alias}",
+        summary="Move an alias by hand (promote or roll back)",
+        description="canary and shadow, and rolling champion back to an older version, need `operator`; "
+        "moving champion forward (the human approval step) needs `approver`. The audit records the caller.",
+    )
+    async def move(
+        model: ModelName,
+        alias: str,
+        body: AliasMoveRequest,
+        principal: Annotated[Principal, require(Role.OPERATOR, Role.APPROVER)],
+    ) -> dict[str, Any]:
         if alias not in ALIASES:
             raise NotFound(f"unknown alias {alias!r}; aliases are {', '.join(ALIASES)}", alias=alias)
         await _require(model)
         async with rt.db.acquire() as conn, conn.transaction():
             await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", model)
-            event = await repository.move_alias(conn, model, alias, body.version, actor=body.actor, reason=body.reason)
+            current = await repository.alias_version(conn, model, alias)
+            approval = alias == "champion" and (current is None or body.version > current)
+            needed = Role.APPROVER if approval else Role.OPERATOR
+            if not principal.can(needed):
+                raise Forbidden(
+                    f"{'moving champion forward' if approval else f'moving {alias} or rolling back'} needs the "
+                    f"role {needed.value!r}, which principal {principal.name!r} lacks",
+                    principal=principal.name, required_role=needed.value,
+                )  # fmt: skip
+            event = await repository.move_alias(
+                conn, model, alias, body.version, actor=principal.name, reason=body.reason
+            )
         return {"model": model, "alias": alias, "from_version": event.move.from_version, "to_version": body.version}
 
-    @router.get("/{model}/audit", summary="Every registration, promotion, rejection and rollback")
+    @router.get("/{model}/audit", summary="Every registration, promotion, rejection and rollback",
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def audit(model: ModelName, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
         await _require(model)
         rows = await rt.db.fetch("SELECT * FROM audit WHERE model = $1 ORDER BY id DESC LIMIT $2", model, limit)

@@ -20,6 +20,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
+from libs.common.auth import Role, require
 from libs.common.errors import BadRequest, NotFound, ValidationFailed
 from libs.common.events import Label, LabelsArrived
 from libs.common.service import Runtime
@@ -104,6 +105,7 @@ def mount(
         "/v1/models/{model}/predict", summary="Predict for a batch of instances", response_class=Response,
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
             "schema": PredictRequest.model_json_schema()}}}},
+        dependencies=[require(Role.PREDICTOR)],
     )  # fmt: skip
     async def predict(model: str, request: Request) -> Response:
         loaded = serving(model)  # taken once: a swap during this request does not affect it
@@ -121,7 +123,8 @@ def mount(
         ]
         return json_response({"model": model, "version": loaded.version, "predictions": results})
 
-    @router.post("/v1/feedback", status_code=202, summary="True labels for earlier predictions")
+    @router.post("/v1/feedback", status_code=202, summary="True labels for earlier predictions",
+                 dependencies=[require(Role.PRODUCER)])  # fmt: skip
     async def feedback(body: FeedbackRequest) -> dict[str, Any]:
         """Labels are accepted only for request ids this service issued for ``model``; the others are
         refused (listed in the answer, counted in ``driftloop_feedback_refused_total``) and never scored."""
@@ -151,11 +154,11 @@ def mount(
         await rt.publisher.publish_event(event)  # acknowledged by the broker before we answer
         return {"model": body.model, "accepted": len(accepted), "refused": len(rejected), "problems": problems}
 
-    @router.get("/v1/models", summary="Models served by this replica")
+    @router.get("/v1/models", summary="Models served by this replica", dependencies=[require(Role.READER)])
     async def list_models() -> list[dict[str, Any]]:
         return [_describe(m) for m in sorted(table.all(), key=lambda m: m.model)]
 
-    @router.get("/v1/models/{model}", summary="The version served for a model")
+    @router.get("/v1/models/{model}", summary="The version served for a model", dependencies=[require(Role.READER)])
     async def show_model(model: str) -> dict[str, Any]:
         return _describe(serving(model))
 

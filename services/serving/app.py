@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from datetime import UTC, datetime, timedelta
 
 import httpx
 from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
 
-from libs.common import topics
+from libs.common import auth, topics
+from libs.common.auth import Role
 from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, OnnxExport, PredictionsLogged
 from libs.common.kafka import Route, subscribe
 from libs.common.schema import DatasetSchema
@@ -81,16 +83,29 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         predictor = api.mount(app, rt, settings, table, plog, request_ids(settings))
         api_v2.mount(app, rt, settings, table, predictor)
 
+    async def registry_token(rt: Runtime) -> tuple[str, str | None]:
+        """The configured token, or one issued for the bootstrap only (and its id, to revoke it after)."""
+        if settings.registry_token is not None:
+            return settings.registry_token.get_secret_value(), None
+        issued = await auth.issue(
+            rt.auth.db, f"service:serving:{settings.instance_id}", [Role.READER], created_by="serving",
+            expires_at=datetime.now(UTC) + timedelta(days=1),
+        )  # fmt: skip
+        return issued.token, issued.id
+
     async def bootstrap(rt: Runtime) -> None:
         delay = 0.5
+        token, issued_id = await registry_token(rt)
         while True:
             try:
-                records = await champions_from_registry(settings.registry_url)
+                records = await champions_from_registry(settings.registry_url, token)
                 break
             except (httpx.HTTPError, OSError) as exc:
                 log.warning("registry not reachable at %s (%s), retrying in %.1fs", settings.registry_url, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10)
+        if issued_id is not None:
+            await auth.revoke(rt.auth.db, issued_id)  # needed once, at start
         for record in records:
             if table.get(record["model"]) is not None:
                 continue  # a promotion event got here first and is newer

@@ -14,6 +14,9 @@ class ServingSettings(ServiceSettings):
     port: int = 8004
     registry_url: str = "http://127.0.0.1:8003"
     """Where the registry answers: champions are loaded from it at start."""
+    registry_token: SecretStr | None = None
+    """A ``reader`` token for the registry; when unset, serving issues itself a short-lived
+    one in the shared token table at start (it can write there as every service can)."""
     instance_id: str = Field(default_factory=socket.gethostname)
     """This replica's name; each replica has its own consumer group for model.promoted."""
     max_instances: int = Field(default=1000, ge=1)

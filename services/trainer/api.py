@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, FastAPI, Query
 from pydantic import BaseModel, Field
 
+from libs.common.auth import Principal, Role, require
 from libs.common.errors import Conflict, NotFound
 from libs.common.service import Runtime
 from services.trainer.adapters import repository
@@ -20,21 +21,20 @@ class JobRequest(BaseModel):
     model: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     dataset: str | None = Field(default=None, description="Defaults to the model's configured dataset.")
     reason: str = Field(default="requested over HTTP", max_length=500)
-    requested_by: str = Field(default="api", max_length=128)
 
 
 def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None]) -> None:
     router = APIRouter(tags=["training"])
 
     @router.post("/v1/training-jobs", status_code=202, summary="Queue a training job now")
-    async def request_job(body: JobRequest) -> dict[str, Any]:
+    async def request_job(body: JobRequest, principal: Annotated[Principal, require(Role.OPERATOR)]) -> dict[str, Any]:
         dataset = body.dataset or dataset_for(settings, body.model)
         async with rt.db.acquire() as conn, conn.transaction():
             if await repository.dataset(conn, dataset) is None:
                 raise NotFound(f"dataset {dataset!r} has no data yet (no data.arrived seen)", dataset=dataset)
             decision, job_id = await plan(
                 conn, rt.store, settings, model=body.model, dataset=dataset, requested=True,
-                reason=f"{body.reason} (by {body.requested_by})",
+                reason=f"{body.reason} (by {principal.name})",
             )  # fmt: skip
             if job_id is None:
                 raise Conflict(f"no job queued for {body.model!r}: {decision.reason}", model=body.model)
@@ -43,7 +43,7 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Calla
         assert row is not None
         return repository.job_out(row)
 
-    @router.get("/v1/training-jobs", summary="Jobs, newest first")
+    @router.get("/v1/training-jobs", summary="Jobs, newest first", dependencies=[require(Role.READER)])
     async def list_jobs(
         model: str | None = None,
         status: Literal["queued", "running", "succeeded", "failed"] | None = None,
@@ -56,14 +56,15 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Calla
         )  # fmt: skip
         return [repository.job_out(r) for r in rows]
 
-    @router.get("/v1/training-jobs/{job_id}", summary="One job")
+    @router.get("/v1/training-jobs/{job_id}", summary="One job", dependencies=[require(Role.READER)])
     async def get_job(job_id: uuid.UUID) -> dict[str, Any]:
         row = await rt.db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
         if row is None:
             raise NotFound(f"no training job {job_id}")
         return repository.job_out(row)
 
-    @router.get("/v1/models/{model}", summary="The retrain policy's view of a model")
+    @router.get("/v1/models/{model}", summary="The retrain policy's view of a model",
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def model_state(model: str) -> dict[str, Any]:
         async with rt.db.acquire() as conn, conn.transaction():
             row = await conn.fetchrow("SELECT * FROM models WHERE name = $1", model)

@@ -15,6 +15,7 @@ import pytest
 from libs.cli.demo import Demo, DemoConfig
 from libs.cli.main import DEMO_ENV
 from libs.cli.supervisor import Supervisor, UpState
+from libs.cli.tokens import read_token
 from tests.otlp import Receiver, Span, start_receiver
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +39,16 @@ def loop(
     state = supervisor.start()
     try:
         config = DemoConfig(seed=11, stationary_predictions=2500, recovery_predictions=1000, timeout_s=240)
-        result = asyncio.run(Demo(state.services, state.kafka_bootstrap, config).run())
+        result = asyncio.run(Demo(state.services, state.kafka_bootstrap, config, token=read_token(home)).run())
         yield state, result
     finally:
         supervisor.stop()
         _print_logs_on_failure(home)
+
+
+def _auth(state: UpState) -> dict[str, str]:
+    """The admin token `driftloop up` wrote into its home: nothing answers without one."""
+    return {"Authorization": f"Bearer {read_token(Path(state.home))}"}
 
 
 def _print_logs_on_failure(home: Path) -> None:
@@ -71,7 +77,9 @@ def test_every_record_is_accepted_or_rejected_with_a_reason(loop: tuple[UpState,
     records = result["records"]
     assert records["accounted"], records
     assert records["rejected"] > 0  # the demo corrupts 1% on purpose
-    rejections = httpx.get(f"{state.services['ingest']}/v1/datasets/churn/rejections?limit=1000").json()
+    rejections = httpx.get(
+        f"{state.services['ingest']}/v1/datasets/churn/rejections?limit=1000", headers=_auth(state)
+    ).json()
     assert rejections["total"] == records["rejected"]
     assert all(r["reason"] for r in rejections["rejections"])
 
@@ -79,27 +87,27 @@ def test_every_record_is_accepted_or_rejected_with_a_reason(loop: tuple[UpState,
 def test_registry_and_serving_agree_on_the_retrained_champion(loop: tuple[UpState, dict[str, Any]]) -> None:
     state, result = loop
     registry, serving = state.services["registry"], state.services["serving"]
-    v2 = httpx.get(f"{registry}/v1/models/churn/aliases/champion").json()
+    v2 = httpx.get(f"{registry}/v1/models/churn/aliases/champion", headers=_auth(state)).json()
     assert v2["version"] == result["retrained_version"]
     assert v2["lineage"]["trigger"] == "drift"
     assert v2["run"]["champion_version"] == 1
     assert v2["metrics"]["accuracy"] > v2["run"]["champion_metrics"]["accuracy"]
-    audit = httpx.get(f"{registry}/v1/models/churn/audit").json()
+    audit = httpx.get(f"{registry}/v1/models/churn/audit", headers=_auth(state)).json()
     promotions = [(a["from_version"], a["to_version"]) for a in audit if a["action"] == "promote"]
     assert promotions == [(1, 2), (None, 1)]
-    served = httpx.get(f"{serving}/v1/models/churn").json()
+    served = httpx.get(f"{serving}/v1/models/churn", headers=_auth(state)).json()
     assert served["version"] == v2["version"]
     assert served["artifact"]["sha256"] == v2["artifact"]["sha256"]
 
 
 def test_drift_was_explained_and_the_retrain_used_post_drift_data(loop: tuple[UpState, dict[str, Any]]) -> None:
     state, _ = loop
-    drift = httpx.get(f"{state.services['monitor']}/v1/models/churn/drift").json()
+    drift = httpx.get(f"{state.services['monitor']}/v1/models/churn/drift", headers=_auth(state)).json()
     assert drift["version"] == 2  # the monitor moved on to the new champion
     alarm = drift["alarms"][-1]
     assert alarm["version"] == 1
     assert "data_drift" in alarm["kinds"]
-    jobs = httpx.get(f"{state.services['trainer']}/v1/training-jobs?model=churn").json()
+    jobs = httpx.get(f"{state.services['trainer']}/v1/training-jobs?model=churn", headers=_auth(state)).json()
     drift_job = next(j for j in jobs if j["trigger"] == "drift")
     assert drift_job["status"] == "succeeded"
     assert drift_job["since"] is not None  # trained only on data from after the drift began
@@ -157,3 +165,15 @@ def test_predictions_and_drift_link_back_to_their_causes(
     )
     linked = [spans[span_id] for _, span_id in jobs[0].links if span_id in spans]
     assert any(drift in receiver.ancestors(span) for span in linked)
+
+
+def test_nothing_is_open_without_the_token_up_wrote(loop: tuple[UpState, dict[str, Any]]) -> None:
+    state, _ = loop
+    token_file = Path(state.home) / "token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    reads = {"ingest": "/v1/datasets", "trainer": "/v1/training-jobs", "registry": "/v1/models",
+             "serving": "/v1/models", "monitor": "/v1/models"}  # fmt: skip
+    for name, url in state.services.items():
+        assert httpx.get(f"{url}/healthz").status_code == 200, name
+        assert httpx.get(f"{url}{reads[name]}").status_code == 401, name
+        assert httpx.get(f"{url}{reads[name]}", headers=_auth(state)).status_code == 200, name

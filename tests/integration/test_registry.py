@@ -15,12 +15,13 @@ from sklearn.preprocessing import FunctionTransformer
 from libs.cli.synthetic import ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
+from libs.common.auth import Role
 from libs.common.events import ModelPromoted, ModelTrained, OnnxExport, parse_event
 from libs.common.frames import features_frame
 from services.registry.app import create_app
 from services.registry.settings import RegistrySettings
 from services.trainer.domain.export import export
-from tests.conftest import Isolation, serve
+from tests.conftest import Isolation, bearer, serve
 from tests.factories import CHURN, trained_model
 from tests.helpers import read_topic, wait_until
 from tests.integration.test_trainer import publish
@@ -64,14 +65,23 @@ async def test_policy_promotes_and_rejects_with_an_audit_trail(isolated: Isolati
         assert v3["run"]["champion_metrics"] == {"accuracy": 0.7}
         assert (await client.get("/v1/models/churn/aliases/champion")).json()["version"] == 3
 
-        rollback = await client.put(
-            "/v1/models/churn/aliases/champion", json={"version": 1, "reason": "v3 misbehaves", "actor": "alice"}
-        )
+        # The audit's actor is the token's principal; an actor in the body is ignored.
+        alice = await bearer(app, Role.OPERATOR, principal="alice")
+        forged = {"version": 1, "reason": "v3 misbehaves", "actor": "security-team@bank.example"}
+        rollback = await client.put("/v1/models/churn/aliases/champion", json=forged, headers=alice)
         assert rollback.status_code == 200
         assert rollback.json() == {"model": "churn", "alias": "champion", "from_version": 3, "to_version": 1}
         audit = (await client.get("/v1/models/churn/audit")).json()
         assert [(a["action"], a["actor"]) for a in audit[:2]] == [("rollback", "alice"), ("promote", "policy")]
         assert audit[0]["reason"] == "v3 misbehaves"
+        # Moving champion forward is an approval: an operator may not, an approver may.
+        forward = {"version": 3, "reason": "v3 fixed", "actor": "policy"}
+        refused = await client.put("/v1/models/churn/aliases/champion", json=forward, headers=alice)
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["details"]["required_role"] == "approver"
+        bob = await bearer(app, Role.APPROVER, principal="bob")
+        assert (await client.put("/v1/models/churn/aliases/champion", json=forward, headers=bob)).status_code == 200
+        assert (await client.get("/v1/models/churn/audit")).json()[0]["actor"] == "bob"
         assert any(a["action"] == "reject" and "gain +0.0050" in a["reason"] for a in audit)
 
         assert (await client.get("/v1/models/nope/versions")).status_code == 404
@@ -86,9 +96,9 @@ async def test_policy_promotes_and_rejects_with_an_audit_trail(isolated: Isolati
         assert missing_reason.status_code == 422
         assert "reason" in missing_reason.json()["message"]
 
-    promotions = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=3)
+    promotions = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=4)
     moves = {(e.move.from_version, e.move.to_version, e.actor) for e in map(_promoted, promotions)}
-    assert moves == {(None, 1, "policy"), (1, 3, "policy"), (3, 1, "alice")}
+    assert moves == {(None, 1, "policy"), (1, 3, "policy"), (3, 1, "alice"), (1, 3, "bob")}
 
 
 def _promoted(record: Any) -> ModelPromoted:

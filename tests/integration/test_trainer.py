@@ -94,8 +94,9 @@ async def test_requests_compare_with_the_champion_and_conflict_while_busy(isolat
         assert answer.status_code == 404  # no data yet
         await publish(isolated, promoted("churn", 1, champion), arrived[0])
         await wait_until(lambda: _known_rows(client, 300, champion=1), message="the trainer to see data and champion")
-        first = await client.post("/v1/training-jobs", json={"model": "churn", "reason": "test", "requested_by": "me"})
+        first = await client.post("/v1/training-jobs", json={"model": "churn", "reason": "test"})
         assert first.status_code == 202, first.text
+        assert first.json()["reason"] == "test (by test-admin)"  # the caller is the token's principal
         second = await client.post("/v1/training-jobs", json={"model": "churn"})
         assert second.status_code == 409
         assert "already queued or running" in second.json()["message"]

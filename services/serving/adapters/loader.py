@@ -81,9 +81,10 @@ def resident_bytes() -> int | None:
         return None
 
 
-async def champions_from_registry(registry_url: str) -> list[dict[str, Any]]:
-    """Every model's champion version record, as the registry has it now."""
-    async with httpx.AsyncClient(base_url=registry_url, timeout=10) as client:
+async def champions_from_registry(registry_url: str, token: str) -> list[dict[str, Any]]:
+    """Every model's champion version record, as the registry has it now (read with a ``reader`` token)."""
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=registry_url, timeout=10, headers=headers) as client:
         listing = (await client.get("/v1/models")).raise_for_status().json()
         records = []
         for entry in listing:

@@ -1,0 +1,220 @@
+"""Authentication and roles on every service.
+
+The route test is generated from each service's OpenAPI document: a route
+added tomorrow is checked by it without anyone remembering to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from typer.testing import CliRunner
+
+from libs.cli import tokens
+from libs.cli.main import app as cli
+from libs.common import auth
+from libs.common.auth import OPEN_PATHS, Authenticator, AuthSettings, Role, route_roles
+from libs.common.errors import Forbidden, Unauthorized
+from libs.common.service import ServiceSettings
+from libs.common.settings import DatabaseSettings
+from services.ingest.app import create_app as ingest_app
+from services.ingest.settings import IngestSettings
+from services.monitor.app import create_app as monitor_app
+from services.monitor.settings import MonitorSettings
+from services.registry.app import create_app as registry_app
+from services.registry.settings import RegistrySettings
+from services.serving.app import create_app as serving_app
+from services.serving.settings import ServingSettings
+from services.trainer.app import create_app as trainer_app
+from services.trainer.settings import TrainerSettings
+from tests.conftest import Isolation, bearer, serve
+
+pytestmark = pytest.mark.integration
+
+MUTATING = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _apps(isolated: Isolation, **overrides: Any) -> dict[str, FastAPI]:
+    def settings(cls: type[ServiceSettings], **extra: Any) -> Any:
+        return isolated.settings(cls, **overrides, **extra)
+
+    return {
+        "ingest": ingest_app(settings(IngestSettings))[0],
+        "trainer": trainer_app(settings(TrainerSettings, workers=0))[0],
+        "registry": registry_app(settings(RegistrySettings))[0],
+        "serving": serving_app(settings(ServingSettings, registry_url="http://127.0.0.1:9"))[0],
+        "monitor": monitor_app(settings(MonitorSettings))[0],
+    }
+
+
+def _url(path: str, operation: dict[str, Any]) -> str:
+    """``path`` with plausible values for its parameters (so validation is not what answers)."""
+    for param in operation.get("parameters", []):
+        if param["in"] != "path":
+            continue
+        schema = param.get("schema", {})
+        value = {"integer": "1", "number": "1"}.get(schema.get("type", ""), "churn")
+        if schema.get("format") == "uuid":
+            value = str(uuid.uuid4())
+        path = path.replace("{" + param["name"] + "}", value)
+    return path
+
+
+async def _check_service(name: str, app: FastAPI, client: httpx.AsyncClient) -> int:
+    doc = (await client.get("/openapi.json")).json()
+    assert doc["components"]["securitySchemes"]["bearer"] == {
+        "type": "http", "scheme": "bearer", "description": auth.bearer.model.description,
+    }  # fmt: skip
+    roles = route_roles(app)
+    checked = 0
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            url, verb, where = _url(path, operation), method.upper(), f"{name}: {method.upper()} {path}"
+            if OPEN_PATHS.match(path):
+                assert "security" not in operation, where
+                assert (await client.request(verb, url, headers={"Authorization": ""})).status_code != 401, where
+                continue
+            assert operation.get("security") == [{"bearer": []}], f"{where} does not declare the bearer scheme"
+            allowed = roles[(verb, path)]
+            body: dict[str, Any] | None = {} if verb in MUTATING else None
+            anonymous = await client.request(verb, url, json=body, headers={"Authorization": ""})
+            assert anonymous.status_code == 401, f"{where} without a token: {anonymous.status_code}"
+            assert anonymous.headers["www-authenticate"].startswith("Bearer")
+            assert anonymous.json()["error"] == "unauthorized"
+            forged = await client.request(verb, url, json=body, headers={"Authorization": "Bearer dl_made-up"})
+            assert forged.status_code == 401, f"{where} with a made-up token: {forged.status_code}"
+            if verb in MUTATING:
+                assert Role.READER not in allowed, f"{where} changes state but any token may call it"
+                wrong = [r for r in Role if r not in allowed and r is not Role.ADMIN]
+                headers = await bearer(app, *wrong, principal="wrong-role")
+                refused = await client.request(verb, url, json=body, headers=headers)
+                assert refused.status_code == 403, f"{where} with roles {wrong}: {refused.status_code}"
+                assert refused.json()["error"] == "forbidden"
+            else:
+                reader = await client.request(verb, url, headers=await bearer(app, Role.READER))
+                assert reader.status_code not in (401, 403), f"{where} refuses a reader"
+            right = await client.request(verb, url, json=body, headers=await bearer(app, *allowed))
+            assert right.status_code not in (401, 403), f"{where} refuses {sorted(allowed)}: {right.text}"
+            checked += 1
+    return checked
+
+
+async def test_every_route_of_every_service_needs_a_token_and_its_role(isolated: Isolation) -> None:
+    checked = {}
+    for name, app in _apps(isolated).items():
+        async with serve(app, token=False) as client:
+            checked[name] = await _check_service(name, app, client)
+    # every service has guarded routes, and the mutating ones are among them
+    assert all(n >= 2 for n in checked.values()), checked
+
+
+async def test_metrics_can_be_put_behind_a_token(isolated: Isolation) -> None:
+    settings = isolated.settings(RegistrySettings, auth=AuthSettings(metrics_token=True))
+    app, _ = registry_app(settings)
+    async with serve(app, token=False) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers=await bearer(app, Role.READER))).status_code == 200
+        assert (await client.get("/healthz")).status_code == 200
+
+
+@pytest.fixture
+async def authenticator(db_settings: DatabaseSettings) -> Any:
+    settings = AuthSettings(database_schema=f"auth_{uuid.uuid4().hex[:10]}", refresh_s=0.2, max_age_s=5)
+    authenticator = Authenticator(settings)
+    await authenticator.start(db_settings)
+    yield authenticator
+    await authenticator.db.execute(f"DROP SCHEMA {settings.database_schema} CASCADE")
+    await authenticator.stop()
+
+
+async def test_tokens_are_stored_hashed_and_verified_from_memory(authenticator: Authenticator) -> None:
+    issued = await auth.issue(authenticator.db, "ci-bot", [Role.PRODUCER], created_by="test")
+    stored = await authenticator.db.fetchrow("SELECT * FROM tokens WHERE id = $1", issued.id)
+    assert stored["token_sha256"] == auth.hash_token(issued.token) != issued.token
+    assert issued.token not in str(dict(stored))
+    principal = await authenticator.authorise(f"Bearer {issued.token}", Role.PRODUCER)
+    assert (principal.name, principal.roles) == ("ci-bot", frozenset({Role.PRODUCER}))
+    with pytest.raises(Forbidden, match="lacks the role 'operator'"):
+        await authenticator.authorise(f"Bearer {issued.token}", Role.OPERATOR)
+    with pytest.raises(Unauthorized):
+        await authenticator.authorise("Basic abc", Role.READER)
+    started = time.perf_counter()
+    for _ in range(10_000):
+        await authenticator.verify(issued.token)
+    per_call = (time.perf_counter() - started) / 10_000
+    assert per_call < 100e-6, f"a cached verification took {per_call * 1e6:.1f} µs"
+
+
+async def test_revoked_and_expired_tokens_stop_working_within_seconds(authenticator: Authenticator) -> None:
+    kept = await auth.issue(authenticator.db, "kept", [Role.READER], created_by="test")
+    revoked = await auth.issue(authenticator.db, "leaked", [Role.ADMIN], created_by="test")
+    soon = datetime.now(UTC) + timedelta(seconds=1)
+    expiring = await auth.issue(authenticator.db, "temp", [Role.READER], created_by="test", expires_at=soon)
+    for issued in (kept, revoked, expiring):
+        await authenticator.verify(issued.token)  # cached now
+    await auth.revoke(authenticator.db, revoked.id)
+    started = time.monotonic()
+    while True:
+        try:
+            await authenticator.verify(revoked.token)
+        except Unauthorized:
+            break
+        assert time.monotonic() - started < 3, "a revoked token still works after 3 s"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(max(0.0, (soon - datetime.now(UTC)).total_seconds()) + 0.05)
+    with pytest.raises(Unauthorized, match=r"expired|not valid"):
+        await authenticator.verify(expiring.token)
+    assert (await authenticator.verify(kept.token)).name == "kept"
+    listed = {t["id"]: t for t in await auth.list_tokens(authenticator.db)}
+    assert listed[revoked.id]["revoked_at"] is not None
+    assert listed[kept.id]["revoked_at"] is None
+
+
+def test_the_cli_creates_lists_and_revokes_tokens(
+    db_settings: DatabaseSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DRIFTLOOP_DATABASE_URL", db_settings.url)
+    run = CliRunner().invoke
+    created = run(cli, ["token", "create", "--role", "producer,predictor", "--name", "shop", "--expires", "30d",
+                        "--home", str(tmp_path), "--json"])  # fmt: skip
+    assert created.exit_code == 0, created.output
+    issued = json.loads(created.stdout)
+    assert issued["token"].startswith("dl_")
+    assert issued["roles"] == ["predictor", "producer"]
+    listed = json.loads(run(cli, ["token", "list", "--home", str(tmp_path), "--json"]).stdout)
+    mine = next(t for t in listed if t["id"] == issued["id"])
+    assert mine["principal"] == "shop"
+    assert mine["expires_at"] is not None
+    assert issued["token"] not in json.dumps(listed)
+    assert run(cli, ["token", "revoke", issued["id"], "--home", str(tmp_path)]).exit_code == 0
+    listed = json.loads(run(cli, ["token", "list", "--home", str(tmp_path), "--json"]).stdout)
+    assert next(t for t in listed if t["id"] == issued["id"])["revoked_at"] is not None
+    bad = run(cli, ["token", "create", "--role", "root", "--name", "x", "--home", str(tmp_path)])
+    assert bad.exit_code == 2
+    assert "unknown role 'root'" in bad.output
+
+
+async def test_up_writes_an_admin_token_readable_by_its_owner_only(
+    db_settings: DatabaseSettings, tmp_path: Path
+) -> None:
+    token = await tokens.ensure_admin_token(db_settings, tmp_path)
+    assert (tmp_path / "token").stat().st_mode & 0o777 == 0o600
+    assert await tokens.ensure_admin_token(db_settings, tmp_path) == token  # kept while valid
+    authenticator = Authenticator(AuthSettings())
+    await authenticator.start(db_settings)
+    try:
+        principal = await authenticator.verify(token)
+        assert principal.can(Role.ADMIN)
+        await auth.revoke(authenticator.db, principal.token_id)
+        assert await tokens.ensure_admin_token(db_settings, tmp_path) != token  # replaced once revoked
+    finally:
+        await authenticator.stop()
