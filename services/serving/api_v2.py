@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from libs.common.auth import Role, require
 from libs.common.service import Runtime
 from services.serving.api import Predictor, json_response
 from services.serving.domain import v2
@@ -50,7 +51,7 @@ def error(message: str, status: int) -> Response:
 def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, predictor: Predictor) -> None:
     router = APIRouter(tags=["open inference protocol (v2)"])
 
-    @router.get("/v2", summary="Server metadata")
+    @router.get("/v2", summary="Server metadata", dependencies=[require(Role.READER)])
     async def server_metadata() -> dict[str, Any]:
         return {"name": "driftloop-serving", "version": _version(), "extensions": []}
 
@@ -62,27 +63,28 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
     async def ready() -> Response:
         return json_response({"ready": rt.ready}, 200 if rt.ready else 503)
 
-    @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs")
+    @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs", dependencies=[require(Role.READER)])
     async def model_metadata(model: str) -> Response:
         loaded = table.get(model)
         if loaded is None:
             return _not_found(model)
         return json_response(v2.metadata(model, loaded.version, loaded.schema, loaded.runtime.name, loaded.classes))
 
-    @router.get("/v2/models/{model}/ready", summary="Whether the model is loaded")
+    @router.get("/v2/models/{model}/ready", summary="Whether the model is loaded", dependencies=[require(Role.READER)])
     async def model_ready(model: str) -> Response:
         loaded = table.get(model)
         if loaded is None:
             return _not_found(model)
         return json_response({"name": model, "ready": True})
 
-    @router.post("/v2/models/{model}/infer", summary="Inference", response_class=Response, openapi_extra=_INFER_BODY)
+    @router.post("/v2/models/{model}/infer", summary="Inference", response_class=Response, openapi_extra=_INFER_BODY,
+                 dependencies=[require(Role.PREDICTOR)])  # fmt: skip
     async def infer(model: str, request: Request) -> Response:
         return await _infer(model, None, request)
 
     @router.post(
         "/v2/models/{model}/versions/{version}/infer", summary="Inference on a given version",
-        response_class=Response, openapi_extra=_INFER_BODY,
+        response_class=Response, openapi_extra=_INFER_BODY, dependencies=[require(Role.PREDICTOR)],
     )  # fmt: skip
     async def infer_version(model: str, version: str, request: Request) -> Response:
         return await _infer(model, version, request)

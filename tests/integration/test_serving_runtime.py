@@ -224,20 +224,23 @@ async def test_open_inference_protocol_with_a_real_v2_client(
     labels, probabilities = expected(model, rows)
     async with serve(app) as client, listening(app) as url:
         v2 = triton.InferenceServerClient(url)
+        auth = {"Authorization": client.headers["Authorization"]}  # the V2 routes need a token too
         try:
             assert await v2.is_server_live()
             assert await v2.is_server_ready()
-            assert not await v2.is_model_ready("churn")
+            assert not await v2.is_model_ready("churn", headers=auth)
             await publish(isolated, promoted("churn", 1, model))
-            await wait_until(lambda: v2.is_model_ready("churn"), message="churn ready over V2")
-            meta = await v2.get_model_metadata("churn")
+            await wait_until(lambda: v2.is_model_ready("churn", headers=auth), message="churn ready over V2")
+            meta = await v2.get_model_metadata("churn", headers=auth)
             assert [i["name"] for i in meta["inputs"]] == FEATURES
             assert {o["name"] for o in meta["outputs"]} == {"predict", "predict_proba"}
             assert meta["versions"] == ["1"]
 
             outputs = [InferRequestedOutput("predict", binary_data=False),
                        InferRequestedOutput("predict_proba", binary_data=False)]  # fmt: skip
-            result = await v2.infer("churn", pandas_inputs(rows), outputs=outputs, parameters={"content_type": "pd"})
+            result = await v2.infer(
+                "churn", pandas_inputs(rows), outputs=outputs, parameters={"content_type": "pd"}, headers=auth
+            )
             assert list(result.as_numpy("predict").reshape(-1)) == list(labels)
             proba = result.as_numpy("predict_proba")
             assert proba.shape == (len(rows), 2)
@@ -249,13 +252,15 @@ async def test_open_inference_protocol_with_a_real_v2_client(
             assert len(set(request_ids)) == len(rows)
 
             # Without outputs: predict only (MLServer's default); a pinned version works too.
-            plain = await v2.infer("churn", pandas_inputs(rows[:2]), model_version="1")
+            plain = await v2.infer("churn", pandas_inputs(rows[:2]), model_version="1", headers=auth)
             assert list(plain.as_numpy("predict").reshape(-1)) == list(labels[:2])
             assert plain.as_numpy("predict_proba") is None
 
             # The client sees the protocol's error message.
             with pytest.raises(InferenceServerException, match="unknown output 'transform'"):
-                await v2.infer("churn", pandas_inputs(rows[:1]), outputs=[InferRequestedOutput("transform", False)])
+                await v2.infer(
+                    "churn", pandas_inputs(rows[:1]), outputs=[InferRequestedOutput("transform", False)], headers=auth
+                )
         finally:
             await v2.close()
 
