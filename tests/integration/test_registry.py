@@ -23,7 +23,7 @@ from services.registry.settings import RegistrySettings
 from services.trainer.domain.export import export
 from tests.conftest import Isolation, bearer, serve
 from tests.factories import CHURN, trained_model
-from tests.helpers import read_topic, wait_until
+from tests.helpers import outbox_drained, read_topic, wait_until
 from tests.integration.test_trainer import publish
 
 pytestmark = pytest.mark.integration
@@ -127,7 +127,7 @@ async def test_versions_record_their_onnx_export_and_the_runtime_that_serves_the
     second = trained(store, 0.8, 0.7, 1).model_copy(
         update={"onnx": OnnxExport(artifact=None, parity=failed.parity, detail=failed.detail)}
     )
-    app, _ = create_app(isolated.settings(RegistrySettings, min_metric=0.6, min_gain=0.01))
+    app, runtime = create_app(isolated.settings(RegistrySettings, min_metric=0.6, min_gain=0.01))
     async with serve(app) as client:
         await publish(isolated, first)
         await wait_until(lambda: _has(client, 1), message="v1")
@@ -147,9 +147,10 @@ async def test_versions_record_their_onnx_export_and_the_runtime_that_serves_the
 
         back = await client.put("/v1/models/churn/aliases/champion", json={"version": 1, "reason": "back to onnx"})
         assert back.status_code == 200
+        await outbox_drained(runtime.db)  # published before the app stops
     promotions = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=3)
     onnx_by_move = {(e.move.to_version, e.actor): e.onnx for e in map(_promoted, promotions)}
     assert onnx_by_move[(1, "policy")] == exported.onnx
     assert onnx_by_move[(2, "policy")] is not None
     assert onnx_by_move[(2, "policy")].parity is False
-    assert onnx_by_move[(1, "api")] == exported.onnx
+    assert onnx_by_move[(1, "test-admin")] == exported.onnx  # the caller: the token principal of serve()
