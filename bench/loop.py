@@ -295,7 +295,7 @@ def summarise(stream: Stream, driver: Driver, services: dict[str, Any], options:
     for row in sorted(services["audit"], key=lambda r: r["id"]):
         if row["action"] == "promote" and row["alias"] == "champion":
             promotions.setdefault(row["to_version"], _epoch(row["at"]))
-    ends = [*changes[1:], layout.length]
+    ends = [*changes[1:], layout.length] if changes else []
     recoveries = [pq.recovery(record, c, e, alarm_times, promotions) for c, e in zip(changes, ends, strict=True)]
     first_change_at = record.time_of(changes[0]) if changes else None
     settled = layout.settled if layout.settled is not None else 0

@@ -134,7 +134,7 @@ def phases(record: Record, start: int, recoveries: list[Recovery], changes: list
     during = np.zeros(n, dtype=bool)
     after = np.zeros(n, dtype=bool)
     before[start : changes[0] if changes else n] = True
-    for r, end in zip(recoveries, [*changes[1:], n], strict=True):
+    for r, end in zip(recoveries, [*changes[1:], n] if changes else [], strict=True):
         recovered = end if r.better_rows is None else r.change + r.better_rows
         during[r.change : recovered] = True
         after[recovered:end] = True

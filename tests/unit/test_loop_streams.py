@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
+from typing import Any
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
 from bench import prequential as pq
+from bench.loop import Driver, Options, summarise
 from bench.streams import GENERATORS, Stream, layouts, make
 from libs.common.schema import DatasetSchema
 from libs.common.validation import validate_row
@@ -148,6 +152,11 @@ def test_recovery_counts_rows_until_a_better_version_promoted_after_the_change_s
     assert pq.phases(record, 0, [recovered], [300]) == pytest.approx({"before": 1.0, "during": 0.5, "after": 0.9})
 
 
+def test_a_stream_without_change_is_all_before() -> None:
+    record = record_of([1, 1, 1, 1], [1.0, 0.5, 1.0, 0.5])
+    assert pq.phases(record, 100, [], []) == {"before": pytest.approx(2 / 3), "during": None, "after": None}
+
+
 def test_a_worse_or_earlier_version_is_not_a_recovery() -> None:
     record = record_of([1, 1, 1, 2, 2, 3, 3], [1.0, 1.0, 0.5, 0.4, 0.4, 0.45, 0.45])
     not_better = pq.recovery(record, change=200, end=700, alarms=[], promotions={2: 3.0, 3: 5.0})
@@ -161,3 +170,63 @@ def test_the_tail_ratio_reads_the_same_way_for_accuracy_and_rmse() -> None:
     assert pq.tail_ratio(0.9, 1.0, regression=False) == pytest.approx(0.9)
     assert pq.tail_ratio(2.0, 1.0, regression=True) == pytest.approx(0.5)
     assert pq.tail_ratio(None, 1.0, regression=True) is None
+
+
+@pytest.fixture
+def perfect_oracle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The oracle is tested above; here it only costs seconds, so it scores 1.0 (or RMSE 0.5)."""
+    monkeypatch.setattr(pq, "oracle", lambda features, target, start, regression, seed: 0.5 if regression else 1.0)
+
+
+def replay(stream: Stream, served: list[tuple[int, int, bool]], audit: list[dict[str, Any]]) -> dict[str, Any]:
+    """The benchmark's summary of a run in which row ranges (from row, version, right?) were served as given."""
+    options = Options(streams=[stream.name], quick=True)
+    driver = Driver(stream, {}, httpx.AsyncClient(), options)
+    bounds = [*(start for start, _, _ in served[1:]), stream.layout.length]
+    for (start, version, right), stop in zip(served, bounds, strict=True):
+        for chunk in range(start, stop, 250):
+            end = min(chunk + 250, stop)
+            truth = stream.target[chunk:end]
+            predictions = list(truth) if right else ["yes" if y == "no" else "no" for y in truth]
+            driver.record.sent(chunk, 1_000.0 + chunk / 1_000)  # 1,000 rows/s from t=1,005
+            driver.record.scored(chunk, version, predictions, truth)
+    driver.streamed_s = (stream.layout.length - options.initial) / 1_000
+    versions = [{"version": a["to_version"], "primary_metric": "accuracy", "metrics": {"accuracy": 0.99},
+                 "run": {"champion_version": a["from_version"], "champion_metrics": {"accuracy": 0.5}}}
+                for a in audit]  # fmt: skip
+    return summarise(stream, driver, {"audit": audit, "jobs": [], "versions": versions, "ingest": None}, options)
+
+
+def promoted(row: int, to: int, previous: int | None) -> dict[str, Any]:
+    at = datetime.fromtimestamp(1_000.0 + row / 1_000, UTC).isoformat()
+    return {"id": to, "action": "promote", "alias": "champion", "from_version": previous, "to_version": to, "at": at,
+            "actor": "policy", "reason": "test"}  # fmt: skip
+
+
+@pytest.mark.usefixtures("perfect_oracle")
+def test_the_summary_of_a_loop_that_recovers_meets_the_abrupt_targets(streams: dict[str, Stream]) -> None:
+    stream = streams["abrupt"]  # change at row 8,000; v2 promoted 1,500 rows later serves from row 10,000
+    audit = [promoted(0, 1, None), promoted(9_500, 2, 1)]
+    result = replay(stream, [(5_000, 1, True), (8_000, 1, False), (10_000, 2, True)], audit)
+    assert result["recoveries"][0]["better_rows"] == 2_000
+    assert (result["before"], result["during"], result["after"]) == (1.0, 0.0, 1.0)
+    assert result["tail"] == 1.0
+    assert all(check["pass"] for check in result["targets"].values()), result["targets"]
+
+
+@pytest.mark.usefixtures("perfect_oracle")
+def test_the_summary_of_a_loop_that_never_recovers_fails_them(streams: dict[str, Stream]) -> None:
+    stream = streams["abrupt"]
+    result = replay(stream, [(5_000, 1, True), (8_000, 1, False)], [promoted(0, 1, None)])
+    assert result["recoveries"][0]["better_rows"] is None
+    assert not result["targets"]["better model ≤ 5,000 rows after the change"]["pass"]
+    assert not result["targets"]["tail ≥ 98 % of the oracle"]["pass"]
+
+
+@pytest.mark.usefixtures("perfect_oracle")
+def test_the_summary_of_the_stationary_stream_checks_for_false_alarms(streams: dict[str, Stream]) -> None:
+    result = replay(streams["stationary"], [(5_000, 1, True)], [promoted(0, 1, None)])
+    assert result["before"] == 1.0
+    assert result["during"] is None
+    assert set(result["targets"]) == {"0 alarms", "0 drift retrains", "0 promotions of a worse model"}
+    assert all(check["pass"] for check in result["targets"].values())
