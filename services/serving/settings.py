@@ -35,7 +35,7 @@ class ServingSettings(ServiceSettings):
     """onnxruntime threads per inference call. One suits a 2-core replica, where the other core parses
     HTTP and JSON; raise it on bigger machines that serve large batches."""
     request_id_secret: SecretStr | None = None
-    """HMAC key that tags the request ids serving issues (at least 16 bytes, e.g. ``openssl rand -hex 32``);
+    """MAC key that tags the request ids serving issues (at least 16 bytes, e.g. ``openssl rand -hex 32``);
     feedback is accepted only for ids it tagged. Every replica needs the same key. Unset: a random key per
     process, so ids die with the process and replicas reject each other's (``driftloop up`` sets one)."""
     request_id_previous_secrets: list[SecretStr] = Field(default_factory=list)
