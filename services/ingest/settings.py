@@ -16,3 +16,7 @@ class IngestSettings(ServiceSettings):
     """… or this long after the first one arrived."""
     max_rows_per_request: int = Field(default=100_000, ge=1)
     """Largest number of records one HTTP request may carry."""
+    records_rate_per_s: float = Field(default=5000.0, gt=0)
+    """Rows per second one principal may post (token bucket; a row costs one token) …"""
+    records_burst: float = Field(default=100_000.0, gt=0)
+    """… with bursts up to this many rows. Over it: 429 with Retry-After."""

@@ -40,3 +40,7 @@ class ServingSettings(ServiceSettings):
     process, so ids die with the process and replicas reject each other's (``driftloop up`` sets one)."""
     request_id_previous_secrets: list[SecretStr] = Field(default_factory=list)
     """Keys rotated out: ids they tagged are still accepted as feedback until the key is dropped."""
+    feedback_rate_per_s: float = Field(default=1000.0, gt=0)
+    """Labels per second one principal may send as feedback (token bucket; a label costs one token) …"""
+    feedback_burst: float = Field(default=20_000.0, gt=0)
+    """… with bursts up to this many labels. Over it: 429 with Retry-After."""
