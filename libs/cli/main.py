@@ -276,6 +276,9 @@ def token_create(
         list[str], typer.Option("--role", help="reader, producer, predictor, operator, approver or admin (repeat).")
     ],
     expires: Annotated[str | None, typer.Option(help="30d, 12h, 90m, 2w or an ISO date; never when unset.")] = None,
+    trusted: Annotated[
+        bool, typer.Option(help="Its labels and rows may retrain and promote without an approver (upstream systems).")
+    ] = False,
     home: HomeOption = DEFAULT_HOME,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -284,12 +287,13 @@ def token_create(
         roles = auth.parse_roles(r for value in role for r in value.split(","))
         until = tokens.expiry(expires)
         issued = asyncio.run(_with_tokens(home, lambda pool: auth.issue(
-            pool, name, roles, created_by=os.environ.get("USER", "cli"), expires_at=until)))  # fmt: skip
+            pool, name, roles, created_by=os.environ.get("USER", "cli"), expires_at=until, trusted=trusted,
+        )))  # fmt: skip
     except DriftloopError as exc:
         console.print(f"[red]{exc.message}[/]")
         raise typer.Exit(2) from exc
     doc = {"id": issued.id, "principal": issued.principal, "roles": sorted(r.value for r in issued.roles),
-           "expires_at": until.isoformat() if until else None, "token": issued.token}  # fmt: skip
+           "trusted": trusted, "expires_at": until.isoformat() if until else None, "token": issued.token}  # fmt: skip
     if as_json:
         print(json.dumps(doc))
         return
@@ -307,10 +311,11 @@ def token_list(
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("id", "principal", "roles", "created", "expires", "revoked", title=f"{len(rows)} tokens")
+    table = Table("id", "principal", "roles", "trusted", "created", "expires", "revoked", title=f"{len(rows)} tokens")
     for r in rows:
         expires, revoked = (r["expires_at"] or "never")[:19], (r["revoked_at"] or "")[:19]
-        table.add_row(r["id"], r["principal"], ",".join(r["roles"]), r["created_at"][:19], expires, revoked)
+        table.add_row(r["id"], r["principal"], ",".join(r["roles"]), "yes" if r["trusted"] else "no",
+                      r["created_at"][:19], expires, revoked)  # fmt: skip
     console.print(table)
 
 

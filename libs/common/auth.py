@@ -88,6 +88,9 @@ class Principal:
     name: str
     roles: frozenset[Role]
     token_id: str
+    trusted: bool = False
+    """Whether labels and rows this principal sends may retrain and promote without an approver
+    (the token's trust level; an admin is always trusted)."""
 
     def can(self, role: Role) -> bool:
         return role is Role.READER or role in self.roles or Role.ADMIN in self.roles
@@ -156,15 +159,16 @@ async def issue(
     *,
     created_by: str,
     expires_at: datetime | None = None,
+    trusted: bool = False,
 ) -> IssuedToken:
-    """Create a token for ``principal``; only its hash is stored."""
+    """Create a token for ``principal``; only its hash is stored. ``trusted``: see :attr:`Principal.trusted`."""
     if not principal or len(principal) > 128:
         raise BadRequest("a principal name has 1 to 128 characters")
     token, token_id, roles = new_token(), "tok_" + secrets.token_hex(6), frozenset(roles)
     await db.execute(
-        "INSERT INTO tokens (id, principal, roles, token_sha256, created_by, expires_at) "
-        "VALUES ($1, $2, $3, $4, $5, $6)",
-        token_id, principal, sorted(r.value for r in roles), hash_token(token), created_by, expires_at,
+        "INSERT INTO tokens (id, principal, roles, token_sha256, created_by, expires_at, trusted) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        token_id, principal, sorted(r.value for r in roles), hash_token(token), created_by, expires_at, trusted,
     )  # fmt: skip
     return IssuedToken(token_id, token, principal, roles, expires_at)
 
@@ -176,6 +180,7 @@ async def list_tokens(db: asyncpg.Pool | asyncpg.Connection) -> list[dict[str, A
             "id": r["id"],
             "principal": r["principal"],
             "roles": list(r["roles"]),
+            "trusted": r["trusted"],
             "created_by": r["created_by"],
             "created_at": r["created_at"].isoformat(),
             "expires_at": r["expires_at"].isoformat() if r["expires_at"] else None,
@@ -197,14 +202,18 @@ async def revoke(db: asyncpg.Pool | asyncpg.Connection, token_id: str) -> None:
 async def lookup(db: asyncpg.Pool | asyncpg.Connection, token: str) -> Principal | None:
     """The principal of a valid (known, unexpired, unrevoked) token."""
     row = await db.fetchrow(
-        "SELECT id, principal, roles FROM tokens WHERE token_sha256 = $1 AND revoked_at IS NULL "
+        "SELECT id, principal, roles, trusted FROM tokens WHERE token_sha256 = $1 AND revoked_at IS NULL "
         "AND (expires_at IS NULL OR expires_at > now())",
         hash_token(token),
     )
     if row is None:
         return None
-    return Principal(row["principal"], frozenset(Role(r) for r in row["roles"] if r in Role._value2member_map_),
-                     row["id"])  # fmt: skip
+    return _principal(row)
+
+
+def _principal(row: asyncpg.Record) -> Principal:
+    roles = frozenset(Role(r) for r in row["roles"] if r in Role._value2member_map_)
+    return Principal(row["principal"], roles, row["id"], trusted=row["trusted"] or Role.ADMIN in roles)
 
 
 # --- verification with a cache --------------------------------------------------------------------------------
@@ -268,7 +277,7 @@ class Authenticator:
             raise TransientError("the service is starting: tokens cannot be verified yet")
         try:
             row = await self.pool.fetchrow(
-                "SELECT id, principal, roles, expires_at FROM tokens WHERE token_sha256 = $1 "
+                "SELECT id, principal, roles, trusted, expires_at FROM tokens WHERE token_sha256 = $1 "
                 "AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
                 digest,
             )
@@ -279,8 +288,7 @@ class Authenticator:
                 self._unknown.clear()
             self._unknown[digest] = now + self.settings.refresh_s
             raise Unauthorized("the bearer token is not valid (unknown, expired or revoked)")
-        roles = frozenset(Role(r) for r in row["roles"] if r in Role._value2member_map_)
-        principal = Principal(row["principal"], roles, row["id"])
+        principal = _principal(row)
         expires = row["expires_at"].timestamp() if row["expires_at"] else None
         self._verified[digest] = _Verified(principal, expires, now)
         return principal

@@ -9,10 +9,11 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from libs.common.auth import Role, require
+from libs.common.auth import Principal, Role, require
 from libs.common.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from libs.common.http import INT4_MAX, INT8_MAX, errors
 from libs.common.jsonbody import off_loop
+from libs.common.ratelimit import RateLimit
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
@@ -76,6 +77,7 @@ class SubmissionOut(BaseModel):
 
 
 def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
+    limit = RateLimit("records", settings.records_rate_per_s, settings.records_burst)
     router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
     @router.put(
@@ -147,11 +149,11 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             "created_at": row["created_at"].isoformat(),
         }
 
-    @router.post("/{dataset}/records", summary="Submit records: JSON array, NDJSON or CSV",
-                 dependencies=[require(Role.PRODUCER)])  # fmt: skip
+    @router.post("/{dataset}/records", summary="Submit records: JSON array, NDJSON or CSV")
     async def submit(
         dataset: DatasetName,
         request: Request,
+        principal: Annotated[Principal, require(Role.PRODUCER)],
         mode: Annotated[
             Literal["partial", "strict"],
             Query(description="partial: store valid rows, keep the rest as rejections; strict: all or nothing"),
@@ -162,6 +164,7 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
         schema = await repository.get_schema(rt.db, dataset)
         # a large batch is parsed and validated off the event loop
         parsed, result = await off_loop(len(body), _read, body, content_type, schema, settings.max_rows_per_request)
+        limit.charge(principal.name, len(parsed.rows))  # every row costs, accepted or not
         if mode == "strict" and result.rejected:
             first = result.rejected[0]
             raise ValidationFailed(
@@ -173,8 +176,9 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             )
         async with rt.db.acquire() as conn, conn.transaction():
             stored = await repository.store_submission(
-                conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=result.rejected, source="http"
-            )
+                conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=result.rejected, source="http",
+                principal=principal.name, trusted=principal.trusted,
+            )  # fmt: skip
         return SubmissionOut(
             dataset=dataset,
             submission_id=str(stored.submission_id),

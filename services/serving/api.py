@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
@@ -20,9 +20,10 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
-from libs.common.auth import Role, require
+from libs.common.auth import Principal, Role, require
 from libs.common.errors import BadRequest, NotFound, ValidationFailed
 from libs.common.events import Label, LabelsArrived
+from libs.common.ratelimit import RateLimit
 from libs.common.service import Runtime
 from libs.common.validation import InvalidValue, coerce
 from services.serving.adapters.prediction_log import PredictionLog
@@ -94,6 +95,7 @@ def mount(
         ["model", "reason"], registry=registry,
     )  # fmt: skip
     predictor = Predictor(latency, predictions, plog, ids)
+    limit = RateLimit("feedback", settings.feedback_rate_per_s, settings.feedback_burst)
 
     def serving(model: str) -> LoadedModel:
         loaded = table.get(model)
@@ -123,11 +125,13 @@ def mount(
         ]
         return json_response({"model": model, "version": loaded.version, "predictions": results})
 
-    @router.post("/v1/feedback", status_code=202, summary="True labels for earlier predictions",
-                 dependencies=[require(Role.PRODUCER)])  # fmt: skip
-    async def feedback(body: FeedbackRequest) -> dict[str, Any]:
+    @router.post("/v1/feedback", status_code=202, summary="True labels for earlier predictions")
+    async def feedback(
+        body: FeedbackRequest, principal: Annotated[Principal, require(Role.PRODUCER)]
+    ) -> dict[str, Any]:
         """Labels are accepted only for request ids this service issued for ``model``; the others are
         refused (listed in the answer, counted in ``driftloop_feedback_refused_total``) and never scored."""
+        limit.charge(principal.name, len(body.labels))
         target = serving(body.model).schema.target
         for index, item in enumerate(body.labels):  # one bad label refuses the request, never the batch downstream
             try:
@@ -148,7 +152,7 @@ def mount(
                 problems=problems,
             )
         event = LabelsArrived(
-            producer="serving", model=body.model,
+            producer="serving", model=body.model, principal=principal.name, trusted=principal.trusted,
             labels=[Label(request_id=body.labels[i].request_id, label=body.labels[i].label) for i in accepted],
         )  # fmt: skip
         await rt.publisher.publish_event(event)  # acknowledged by the broker before we answer
