@@ -72,13 +72,19 @@ def handler(rt: Runtime, config: PromotionConfig, trust: TrustConfig | None = No
 async def _held_for_approval(conn: asyncpg.Connection, event: ModelTrained, trust: TrustConfig) -> str | None:
     """Why the version must stop at 'candidate' (its data came mostly from one untrusted principal), or None."""
     alarm = None
-    if event.trigger == "drift" and event.trigger_event_id is not None:
+    if event.trigger == "drift":
+        # The alarm behind the retrain: the one named by the trigger when it is an alarm, else the
+        # latest one raised since the current champion was promoted (a drift job is often queued
+        # later, by the rows that arrive after the alarm, and then names their event).
         alarm = await conn.fetchrow(
-            "SELECT kinds, label_sources FROM alarms WHERE event_id = $1", event.trigger_event_id
-        )
+            "SELECT kinds, label_sources FROM alarms WHERE event_id = $1 OR (model = $2 AND at >= coalesce("
+            "(SELECT updated_at FROM aliases WHERE model = $2 AND alias = 'champion'), '-infinity')) "
+            "ORDER BY event_id = $1 DESC, at DESC LIMIT 1",
+            event.trigger_event_id, event.model,
+        )  # fmt: skip
         if alarm is None:
-            log.warning("alarm %s behind %s's retrain is unknown here: its labels' sources are not checked",
-                        event.trigger_event_id, event.model)  # fmt: skip
+            log.warning("no alarm behind %s's drift retrain is known here: its labels' sources are not checked",
+                        event.model)  # fmt: skip
     labels = None
     if alarm is not None and alarm["label_sources"] is not None:
         labels = [Source.model_validate(s) for s in json.loads(alarm["label_sources"])]
