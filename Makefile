@@ -61,7 +61,7 @@ lock: $(UV) ## refresh uv.lock after changing dependencies
 
 .PHONY: clean
 clean: ## remove the virtual environments and local state
-	rm -rf .venv .bench-venv $(TOOLS) .driftloop .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .venv .bench-venv .bench-serving-venv $(TOOLS) .driftloop .mypy_cache .ruff_cache .pytest_cache
 
 .bench-venv/.ready: $(UV)
 	$(UV) venv --quiet .bench-venv
@@ -75,3 +75,17 @@ bench-loop: .venv/.synced ## the loop on drift streams through the real services
 .PHONY: bench
 bench: .bench-venv/.ready ## drift engine vs Evidently on the same data (installs Evidently in .bench-venv only)
 	PYTHONPATH=. .bench-venv/bin/python bench/drift.py $(BENCH_ARGS)
+
+# MLServer for the serving benchmark: its own venv, with the scikit-learn version the models are trained with.
+.bench-serving-venv/.ready: $(UV) .venv/.synced
+	$(UV) venv --quiet .bench-serving-venv
+	$(UV) pip install --quiet --python .bench-serving-venv "mlserver==1.7.1" "mlserver-sklearn==1.7.1" \
+		"scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')"
+	@touch $@
+
+.PHONY: bench-serving
+bench-serving: .venv/.synced .bench-serving-venv/.ready ## serving vs MLServer, same model: req/s, p50/p99, 1,000 rows, memory, hot swap
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk) \
+		>/dev/null 2>&1; } || { echo "wrk is needed: install it (Debian: apt-get install wrk)"; exit 1; }
+	$(PY) -m bench.serving $(BENCH_ARGS)
