@@ -138,7 +138,9 @@ def train_version(store: ArtifactStore, version: int, seed: int, rows: int) -> V
     started = time.perf_counter()
     result = train(SCHEMA, dataset(rows, seed), TrainingConfig(seed=seed))
     onnx = export_onnx(store, SCHEMA, result)
-    kinds: dict[str, Any] = {f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in SCHEMA.features}
+    kinds: dict[str, Any] = {
+        f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in SCHEMA.features
+    }
     profile = build_profile({k: result.train_frame[k].to_numpy() for k in kinds}, kinds, result.train_predictions,
                             prediction_kind="categorical", metrics=result.metrics)  # fmt: skip
     return Version(
@@ -163,7 +165,8 @@ class Driftloop:
         self.port = free_port()
         self.prefix = f"bench{uuid.uuid4().hex[:8]}."
         self.store = store
-        self.log = open(workdir / "serving.log", "w")  # noqa: SIM115 - closed in stop()
+        self.log_path = workdir / "serving.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -181,7 +184,12 @@ class Driftloop:
         }
         self.process = subprocess.Popen([sys.executable, "-m", "services.serving"], cwd=ROOT, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
-        wait_for(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, "driftloop serving to be ready")
+        wait_for(
+            lambda: httpx.get(f"{self.url}/readyz").status_code == 200,
+            "driftloop serving to be ready",
+            60,
+            self.log_path,
+        )
 
     def promote(self, v: Version, previous: int | None = None) -> None:
         event = ModelPromoted(
@@ -201,7 +209,7 @@ class Driftloop:
 
     def served(self) -> dict[str, Any] | None:
         answer = httpx.get(f"{self.url}/v1/models/{MODEL}")
-        return answer.json() if answer.status_code == 200 else None  # type: ignore[no-any-return]
+        return answer.json() if answer.status_code == 200 else None
 
     def stop(self) -> None:
         if self.process is not None:
@@ -228,13 +236,16 @@ class MLServer:
             "http_port": self.port, "grpc_port": free_port(), "metrics_port": free_port(), "debug": False,
         }))  # fmt: skip
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(workdir / "mlserver.log", "w")  # noqa: SIM115 - closed in stop()
+        self.log_path = workdir / "mlserver.log"
+        self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen([str(MLSERVER_VENV / "bin" / "mlserver"), "start", str(self.dir)],
                                         cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
-        wait_for(lambda: httpx.get(f"{self.url}/v2/models/{MODEL}/ready").status_code == 200, "MLServer", 120)
+        wait_for(
+            lambda: httpx.get(f"{self.url}/v2/models/{MODEL}/ready").status_code == 200, "MLServer", 180, self.log_path
+        )
 
     def stop(self) -> None:
         if self.process is not None:
@@ -246,7 +257,7 @@ class MLServer:
         self.log.close()
 
 
-def wait_for(probe: Any, what: str, timeout: float = 60) -> None:
+def wait_for(probe: Any, what: str, timeout: float = 60, log: Path | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -255,7 +266,8 @@ def wait_for(probe: Any, what: str, timeout: float = 60) -> None:
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"timed out waiting for {what}")
+    tail = "\n".join(log.read_text().splitlines()[-30:]) if log is not None and log.exists() else ""
+    raise SystemExit(f"timed out waiting for {what}\n{tail}")
 
 
 def rss_bytes(pid: int, *, tree: bool = False) -> int:
@@ -283,7 +295,9 @@ def v2_body(rows: list[dict[str, Any]]) -> str:
     inputs = []
     for f in SCHEMA.features:
         datatype = {DType.CATEGORICAL: "BYTES", DType.INTEGER: "INT64"}.get(f.dtype, "FP64")
-        inputs.append({"name": f.name, "shape": [len(rows), 1], "datatype": datatype, "data": [r[f.name] for r in rows]})
+        inputs.append(
+            {"name": f.name, "shape": [len(rows), 1], "datatype": datatype, "data": [r[f.name] for r in rows]}
+        )
     return json.dumps({"parameters": {"content_type": "pd"}, "inputs": inputs, "outputs": [{"name": "predict"}]})
 
 
@@ -345,8 +359,10 @@ def wrk(url: str, path: str, bodies: list[str], connections: int, duration: floa
         script.write(lua)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "--timeout", "10s", "-s", script.name, url],
-        capture_output=True, text=True, check=True,
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     os.unlink(script.name)
@@ -493,7 +509,8 @@ def report(r: dict[str, Any]) -> str:
     swap = r["swap"]
     lines += [
         f"wrk used at most {wrk_cpu:.0%} of one core (one thread): it was not the bottleneck",
-        f"memory per served version (driftloop, RSS growth on load): {r['driftloop']['memory_per_version_bytes'] / 2**20:.1f} MiB"
+        "memory per served version (driftloop, RSS growth on load): "
+        f"{r['driftloop']['memory_per_version_bytes'] / 2**20:.1f} MiB"
         f"; MLServer in all (its processes): {r['mlserver']['memory_total_bytes'] / 2**20:.0f} MiB",
         f"hot swap v1 → v2 under c=64: {swap['requests']:,} requests, {swap['failed']} failed, "
         f"{swap['answered_by_v1']:,} answered by v1 then {swap['answered_by_v2']:,} by v2, "

@@ -61,6 +61,7 @@ class PredictionLog:
         """Queue what one request served; cheap (no per-row work), called on the request path."""
         key = (model, version)
         self._served[key].append(served)
+        self._buffers.setdefault(key, deque())  # made on the loop: the flush thread only fills existing ones
         if cause is not None and cause.is_valid:
             self._causes[key].append(cause)
         self._pending += served.rows
@@ -82,13 +83,17 @@ class PredictionLog:
         self.dropped.inc(dropped)
 
     def _materialise(self) -> None:
-        for key, queue in self._served.items():
+        for key, queue in list(self._served.items()):
             buffer = self._buffers[key]
             while queue:
                 buffer.extend(queue.popleft().records())
 
     async def flush(self) -> None:
-        self._materialise()
+        # Building records is the log's heaviest work (a dict and a model per row): it runs in a
+        # thread, so requests keep being answered on the event loop meanwhile. The deques it moves
+        # items between are safe to append to and pop from across threads.
+        if any(self._served.values()):
+            await asyncio.to_thread(self._materialise)
         for (model, version), buffer in list(self._buffers.items()):
             while buffer:
                 batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
