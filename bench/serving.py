@@ -359,7 +359,18 @@ def wrk(url: str, path: str, bodies: list[str], connections: int, duration: floa
         script.write(lua)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
-        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "10s", "-s", script.name, url],
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(duration))}s",
+            "--latency",
+            "--timeout",
+            "10s",
+            "-s",
+            script.name,
+            url,
+        ],  # fmt: skip
         capture_output=True,
         text=True,
         check=True,

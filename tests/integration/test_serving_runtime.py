@@ -45,7 +45,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[ArtifactStore, TrainedModel]:
     store = ArtifactStore((tmp_path_factory.mktemp("serving-artifacts") / "store").as_uri())
-    return store, trained_model(store, seed=3, rows=600)
+    return store, trained_model(store, seed=3, rows=600, onnx=True)
 
 
 def settings_for(isolated: Isolation, store: ArtifactStore, **overrides: Any) -> ServingSettings:
@@ -82,7 +82,7 @@ async def test_runtime_is_sklearn_unless_onnx_parity_held_and_says_why(
     store, model = model_store
     app, _ = create_app(settings_for(isolated, store))
     rows = instances(5, seed=11)
-    labels, _ = expected(model, rows)
+    labels, probabilities = expected(model, rows)
     tampered = tampered_artifact(store)
     cases = [
         (None, "no ONNX export"),
@@ -105,6 +105,26 @@ async def test_runtime_is_sklearn_unless_onnx_parity_held_and_says_why(
             assert [p["prediction"] for p in answer.json()["predictions"]] == list(labels)
         listing = (await client.get("/v1/models")).json()
         assert [(m["model"], m["runtime"]) for m in listing] == [("churn", "sklearn")]
+
+        # The trainer's own export, parity held: onnxruntime serves, with the same answers.
+        assert model.onnx is not None
+        assert model.onnx.parity, model.onnx.detail
+        await publish(isolated, with_onnx(promoted("churn", 9, model, previous=4), model.onnx))
+        shown = await wait_until(functools.partial(version_served, client, 9), message="v9 on onnxruntime")
+        assert shown["runtime"] == "onnxruntime"
+        assert shown["runtime_reason"] == f"onnxruntime: parity held ({model.onnx.detail})"
+        assert shown["memory_bytes"] is None or shown["memory_bytes"] >= 0
+        answer = await client.post("/v1/models/churn/predict", json={"instances": rows})
+        served = answer.json()["predictions"]
+        assert [p["prediction"] for p in served] == list(labels)
+        assert np.allclose([[p["probabilities"][c] for c in model.pipeline.classes_] for p in served],
+                           probabilities, atol=1e-4)  # fmt: skip
+        # V2 requests run on the same runtime.
+        v2 = await client.post("/v2/models/churn/infer", json={"inputs": [
+            {"name": k, "shape": [1], "datatype": "BYTES" if isinstance(rows[0][k], str) else "FP64",
+             "data": [rows[0][k]]} for k in FEATURES]})  # fmt: skip
+        assert v2.status_code == 200, v2.text
+        assert v2.json()["parameters"]["runtime"] == "onnxruntime"
 
 
 async def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(

@@ -15,13 +15,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from libs.common.frames import features_frame
+from libs.common.frames import MISSING_CATEGORY, features_frame
 from libs.common.schema import DatasetSchema, DType, Task
 from services.serving.domain.features import Columns
 from services.serving.domain.models import Inference
-
-#: What a missing categorical value is fed to the ONNX graph as (the export's contract).
-ONNX_MISSING_CATEGORY = "__missing__"
 
 _ONNX_FLOATS = {"tensor(float)": np.float32, "tensor(double)": np.float64}
 
@@ -87,6 +84,7 @@ class OnnxRuntime:
         if absent:
             raise ValueError(f"ONNX outputs {outputs} lack {absent}")
         meta = self.session.get_modelmeta().custom_metadata_map
+        self.missing_category = meta.get("missing_category", MISSING_CATEGORY)
         self.classes = [str(c) for c in json.loads(meta["classes"])] if "classes" in meta else None
         if classification and self.classes is None:
             raise ValueError("the ONNX export does not record its class order (metadata 'classes')")
@@ -99,7 +97,7 @@ class OnnxRuntime:
                 missing = np.array([v is None for v in column], dtype=bool)
                 if missing.any():
                     column = column.copy()
-                    column[missing] = ONNX_MISSING_CATEGORY
+                    column[missing] = self.missing_category
                 feeds[name] = column.reshape(-1, 1)
             else:
                 feeds[name] = column.astype(dtype, copy=False).reshape(-1, 1)
