@@ -370,7 +370,7 @@ def wrk(url: str, path: str, bodies: list[str], connections: int, duration: floa
             "-s",
             script.name,
             url,
-        ],  # fmt: skip
+        ],
         capture_output=True,
         text=True,
         check=True,
