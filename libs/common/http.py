@@ -92,6 +92,18 @@ def declare_errors(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+JSON_BODY = "driftloop.json_body"
+"""Key in the request's state under which the guard leaves the JSON document it checked."""
+
+
+def json_body(scope: Scope) -> Any:
+    """The JSON document the guard checked for this request, or :data:`NO_BODY` if it checked none."""
+    return scope.get("state", {}).get(JSON_BODY, NO_BODY)
+
+
+NO_BODY: Any = object()
+
+
 class InputGuardMiddleware:
     """Refuses, before any route runs, input no layer below could store: a NUL
     character in the path or query, and a JSON body that :func:`jsonbody.loads`
@@ -110,7 +122,7 @@ class InputGuardMiddleware:
         try:
             _check_target(scope)
         except jsonbody.InvalidJSON as exc:
-            await _refuse(exc, send)
+            await _refuse(exc, send, scope)
             return
         if not _is_json(dict(scope["headers"]).get(b"content-type")):
             await self.app(scope, receive, send)
@@ -127,10 +139,12 @@ class InputGuardMiddleware:
         body = b"".join(chunks)
         if body.strip():
             try:
-                await jsonbody.loads_off_loop(body, allow_nan=True)
+                document = await jsonbody.loads_off_loop(body, allow_nan=True)
             except jsonbody.InvalidJSON as exc:
-                await _refuse(exc, send)
+                await _refuse(exc, send, scope)
                 return
+            # Routes that read the body themselves take the checked document instead of parsing it again.
+            scope.setdefault("state", {})[JSON_BODY] = document
         await self.app(scope, _replay([body], None, receive), send)
 
 
@@ -155,8 +169,10 @@ def _replay(bodies: list[bytes], first: Message | None, receive: Receive) -> Rec
     return replayed
 
 
-async def _refuse(error: DriftloopError, send: Send) -> None:
-    response = JSONResponse(error.to_dict(), status_code=error.status_code)
+async def _refuse(error: DriftloopError, send: Send, scope: Scope | None = None) -> None:
+    # The Open Inference Protocol (/v2/…) has its own error body: {"error": "<message>"}.
+    v2 = scope is not None and str(scope.get("path", "")).startswith("/v2/")
+    response = JSONResponse({"error": error.message} if v2 else error.to_dict(), status_code=error.status_code)
     await response({"type": "http"}, _no_body, send)
 
 

@@ -20,9 +20,11 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
+from libs.common import jsonbody
 from libs.common.auth import Principal, Role, require
-from libs.common.errors import BadRequest, NotFound, ValidationFailed
+from libs.common.errors import NotFound, ValidationFailed
 from libs.common.events import Label, LabelsArrived
+from libs.common.http import NO_BODY, json_body
 from libs.common.ratelimit import RateLimit
 from libs.common.service import Runtime
 from libs.common.validation import InvalidValue, coerce
@@ -111,7 +113,7 @@ def mount(
     )  # fmt: skip
     async def predict(model: str, request: Request) -> Response:
         loaded = serving(model)  # taken once: a swap during this request does not affect it
-        instances = parse_instances(await request.body(), settings.max_instances)
+        instances = parse_instances(await request_json(request), settings.max_instances)
         try:
             columns = loaded.compiled.from_instances(instances)
         except InvalidInstance as exc:
@@ -176,12 +178,16 @@ _REFUSALS = {
 }
 
 
-def parse_instances(body: bytes, limit: int) -> list[Any]:
+async def request_json(request: Request) -> Any:
+    """The JSON body: the document the input guard already checked, else parsed (strictly) here."""
+    document = json_body(request.scope)
+    if document is NO_BODY:
+        document = await jsonbody.loads_off_loop(await request.body(), allow_nan=True)
+    return document
+
+
+def parse_instances(payload: Any, limit: int) -> list[Any]:
     """The ``instances`` of a predict body, with the errors pydantic would have given."""
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise BadRequest("request body is empty or not valid JSON") from None
     if not isinstance(payload, dict) or "instances" not in payload:
         raise ValidationFailed("instances: Field required", field="instances")
     instances = payload["instances"]

@@ -14,12 +14,12 @@ from __future__ import annotations
 from importlib import metadata as package_metadata
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 
+from libs.common import jsonbody
 from libs.common.auth import Role, require
 from libs.common.service import Runtime
-from services.serving.api import Predictor, json_response
+from services.serving.api import Predictor, json_response, request_json
 from services.serving.domain import v2
 from services.serving.domain.features import InvalidInstance
 from services.serving.domain.models import LoadedModel, ModelTable
@@ -98,10 +98,12 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
         if "inference-header-content-length" in request.headers:
             return error("the binary tensor extension is not supported: send JSON tensors (binary_data=False)", 400)
         try:
-            decoded = v2.decode(_json(await request.body()), loaded.schema, max_rows=settings.max_instances)
+            decoded = v2.decode(await request_json(request), loaded.schema, max_rows=settings.max_instances)
             columns = loaded.compiled.from_columns(decoded.raw, decoded.rows)
         except v2.ProtocolError as exc:
             return error(exc.message, exc.status)
+        except jsonbody.InvalidJSON as exc:
+            return error(exc.message, 400)
         except InvalidInstance as exc:
             return error(str(exc), 400)
         request_ids, inference = await predictor.predict(model, loaded, columns)
@@ -121,13 +123,6 @@ def _answer(
         "parameters": {"request_ids": request_ids, "runtime": loaded.runtime.name},
         "outputs": outputs,
     }
-
-
-def _json(body: bytes) -> Any:
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise v2.ProtocolError("the request body is empty or not valid JSON") from None
 
 
 def _not_found(model: str) -> Response:
