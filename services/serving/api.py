@@ -182,7 +182,10 @@ async def request_json(request: Request) -> Any:
     """The JSON body: the document the input guard already checked, else parsed (strictly) here."""
     document = json_body(request.scope)
     if document is NO_BODY:
-        document = await jsonbody.loads_off_loop(await request.body(), allow_nan=True)
+        body = await request.body()
+        if not body.strip():
+            raise jsonbody.InvalidJSON("request body is empty or not valid JSON")
+        document = await jsonbody.loads_off_loop(body, allow_nan=True)
     return document
 
 
