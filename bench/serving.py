@@ -5,7 +5,8 @@
    an integer) and three categorical ones.
 2. Serve it from driftloop serving: a real ``python -m services.serving`` process
    on a free port, loading from a real artifact store, given its champion by a
-   ``model.promoted`` event on an embedded broker (no registry needed).
+   ``model.promoted`` event on an embedded broker (no registry needed), with its
+   token table in an embedded PostgreSQL; requests carry a predictor token.
 3. Serve the same fitted pipeline, saved with joblib, from MLServer with
    ``mlserver-sklearn`` (installed in ``.bench-serving-venv`` only).
 4. Drive both with wrk and the same rows, one instance per request, at c=1 and
@@ -45,14 +46,14 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from libs.common import models
+from libs.common import auth, models
 from libs.common.artifacts import ArtifactStore
-from libs.common.embedded import EmbeddedKafka, free_port
+from libs.common.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, OnnxExport
 from libs.common.kafka import BrokerPublisher, create_broker
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType
-from libs.common.settings import KafkaSettings, TelemetrySettings
+from libs.common.settings import DatabaseSettings, KafkaSettings, TelemetrySettings
 from libs.common.telemetry import setup_telemetry
 from services.trainer.adapters.worker import export_onnx
 from services.trainer.domain.training import TrainingConfig, train
@@ -162,6 +163,8 @@ class Driftloop:
 
     def __init__(self, workdir: Path, store: ArtifactStore) -> None:
         self.kafka = EmbeddedKafka(workdir / "kafka")
+        self.postgres = EmbeddedPostgres(workdir / "postgres" / "data", durable=False)
+        self.headers: dict[str, str] = {}
         self.port = free_port()
         self.prefix = f"bench{uuid.uuid4().hex[:8]}."
         self.store = store
@@ -172,8 +175,12 @@ class Driftloop:
 
     def start(self) -> None:
         bootstrap = self.kafka.start()
+        database = self.postgres.start()
+        token = asyncio.run(_predictor_token(database))
+        self.headers = {"Authorization": f"Bearer {token}"}
         env = {
             **os.environ,
+            "DRIFTLOOP_DATABASE_URL": database,
             "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
             "DRIFTLOOP_KAFKA_TOPIC_PREFIX": self.prefix,
             "DRIFTLOOP_ARTIFACTS_ROOT": self.store.root,
@@ -208,7 +215,7 @@ class Driftloop:
             await BrokerPublisher(broker, self.prefix).publish_event(event)
 
     def served(self) -> dict[str, Any] | None:
-        answer = httpx.get(f"{self.url}/v1/models/{MODEL}")
+        answer = httpx.get(f"{self.url}/v1/models/{MODEL}", headers=self.headers)
         return answer.json() if answer.status_code == 200 else None
 
     def stop(self) -> None:
@@ -216,7 +223,18 @@ class Driftloop:
             self.process.terminate()
             self.process.wait(20)
         self.kafka.stop()
+        self.postgres.stop()
         self.log.close()
+
+
+async def _predictor_token(database: str) -> str:
+    """A bearer token with the predictor and reader roles, as ``driftloop token create`` makes one."""
+    pool = await auth.connect(DatabaseSettings(url=database), auth.AuthSettings())
+    try:
+        issued = await auth.issue(pool, "bench", [auth.Role.PREDICTOR, auth.Role.READER], created_by="bench")
+    finally:
+        await pool.close()
+    return issued.token
 
 
 class MLServer:
@@ -315,6 +333,7 @@ local i = 0
 local threads = {}
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+%(headers)s
 function setup(thread) table.insert(threads, thread) end
 function init(args) v1 = 0; v2 = 0; bad = 0 end
 request = function()
@@ -349,8 +368,17 @@ class Load:
     extra: str = ""
 
 
-def wrk(url: str, path: str, bodies: list[str], connections: int, duration: float, swap: bool = False) -> Load:
+def wrk(
+    url: str,
+    path: str,
+    bodies: list[str],
+    connections: int,
+    duration: float,
+    swap: bool = False,
+    headers: dict[str, str] | None = None,
+) -> Load:
     lua = WRK_SCRIPT % {
+        "headers": "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items()),
         "bodies": ",".join(f"[==[{b}]==]" for b in bodies),
         "path": path,
         "response": SWAP_RESPONSE if swap else "",
@@ -398,9 +426,9 @@ def _latency(out: str, percentile: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def batch_latency_ms(url: str, body: str, repeats: int = 15) -> float:
+def batch_latency_ms(url: str, body: str, repeats: int = 15, headers: dict[str, str] | None = None) -> float:
     """Median latency of one large request, sequentially, after warm-up."""
-    with httpx.Client(timeout=60) as client:
+    with httpx.Client(timeout=60, headers=headers) as client:
         times = []
         for i in range(repeats + 3):
             started = time.perf_counter()
@@ -444,21 +472,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         singles = rows[:200]
         v1_bodies = [v1_body([r]) for r in singles]
         v2_bodies = [v2_body([r]) for r in singles]
-        runs = [
-            ("driftloop /v1", dl.url, f"/v1/models/{MODEL}/predict", v1_bodies),
-            ("driftloop /v2", dl.url, f"/v2/models/{MODEL}/infer", v2_bodies),
-            ("MLServer /v2", ml.url, f"/v2/models/{MODEL}/infer", v2_bodies),
+        runs = [  # driftloop requests carry a bearer token (MLServer has no authentication)
+            ("driftloop /v1", dl.url, f"/v1/models/{MODEL}/predict", v1_bodies, dl.headers),
+            ("driftloop /v2", dl.url, f"/v2/models/{MODEL}/infer", v2_bodies, dl.headers),
+            ("MLServer /v2", ml.url, f"/v2/models/{MODEL}/infer", v2_bodies, {}),
         ]
         loads: dict[str, dict[str, Load]] = {}
-        for name, url, path, bodies in runs:
-            wrk(url, path, bodies, 8, 1.0)  # warm-up
-            loads[name] = {f"c{c}": wrk(url, path, bodies, c, args.duration) for c in (1, 64)}
+        for name, url, path, bodies, headers in runs:
+            wrk(url, path, bodies, 8, 1.0, headers=headers)  # warm-up
+            loads[name] = {f"c{c}": wrk(url, path, bodies, c, args.duration, headers=headers) for c in (1, 64)}
             print(f"  {name}: " + ", ".join(f"c={c[1:]} {r.rps:,.0f} req/s p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms"
                                           for c, r in loads[name].items()), flush=True)  # fmt: skip
         results["load"] = {k: {c: asdict(r) for c, r in v.items()} for k, v in loads.items()}
         results["batch_1000_ms"] = {
-            "driftloop /v1": batch_latency_ms(f"{dl.url}/v1/models/{MODEL}/predict", v1_body(rows)),
-            "driftloop /v2": batch_latency_ms(f"{dl.url}/v2/models/{MODEL}/infer", v2_body(rows)),
+            "driftloop /v1": batch_latency_ms(f"{dl.url}/v1/models/{MODEL}/predict", v1_body(rows), headers=dl.headers),
+            "driftloop /v2": batch_latency_ms(f"{dl.url}/v2/models/{MODEL}/infer", v2_body(rows), headers=dl.headers),
             "MLServer /v2": batch_latency_ms(f"{ml.url}/v2/models/{MODEL}/infer", v2_body(rows), repeats=5),
         }
         ml.stop()
@@ -474,7 +502,7 @@ def hot_swap(dl: Driftloop, v2: Version, bodies: list[str], duration: float) -> 
     """Promote v2 while wrk drives c=64 at v1; every request must succeed."""
     timer = threading.Timer(duration / 3, dl.promote, args=(v2,), kwargs={"previous": 1})
     timer.start()
-    load = wrk(dl.url, f"/v1/models/{MODEL}/predict", bodies, 64, duration, swap=True)
+    load = wrk(dl.url, f"/v1/models/{MODEL}/predict", bodies, 64, duration, swap=True, headers=dl.headers)
     timer.join()
     served = dl.served() or {}
     counts = dict(kv.split("=") for kv in load.extra.split())
