@@ -9,7 +9,7 @@ request is valid, and for those this is the whole cost.
 When a column fails the fast check, the batch is checked again row by row
 with the same rules ingest applies (:func:`libs.common.validation.validate_row`),
 so the error names the first bad instance and field exactly as before, and
-nothing the row-by-row rules reject can slip through the fast path.
+the row-by-row rules decide: the fast path only ever accepts what they accept.
 """
 
 from __future__ import annotations
@@ -91,11 +91,9 @@ class CompiledSchema:
         marks one absent value (reported as a missing column, unlike a null).
         """
         try:
-            arrays = self._fast(raw, rows)
+            return Columns(rows, self._fast(raw, rows))
         except _Slow:
-            self._raise_first_problem(raw, rows)
-            raise AssertionError("the fast check refused a batch the row-by-row check accepts") from None
-        return Columns(rows, arrays)
+            return self._row_by_row(raw, rows)
 
     def _fast(self, raw: dict[str, list[Any]], rows: int) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {}
@@ -146,13 +144,26 @@ class CompiledSchema:
             arrays.update(zip(self._numeric, matrix, strict=True))
         return {name: arrays[name] for name in self.names}
 
-    def _raise_first_problem(self, raw: dict[str, list[Any]], rows: int) -> None:
+    def _row_by_row(self, raw: dict[str, list[Any]], rows: int) -> Columns:
+        """The ingest rules, one row at a time: the first problem raised, else the coerced columns
+        (the fast check is stricter in rare cases, a NaN sent for a nullable value for one)."""
+        coerced = []
         for index in range(rows):
             record = {name: values[index] for name, values in raw.items() if values[index] is not ABSENT}
-            _, problems = validate_row(self.schema, record, from_text=False, require_target=False)
+            row, problems = validate_row(self.schema, record, from_text=False, require_target=False)
             if problems:
                 field, problem = problems[0]
                 raise InvalidInstance(index, field, problem)
+            coerced.append(row)
+        arrays: dict[str, np.ndarray] = {}
+        for spec in self.features:
+            values = [row[spec.name] for row in coerced]
+            if spec.dtype is DType.CATEGORICAL:
+                arrays[spec.name] = np.empty(rows, dtype=object)
+                arrays[spec.name][:] = values
+            else:
+                arrays[spec.name] = np.array(values, dtype=np.float64)
+        return Columns(rows, arrays)
 
 
 class _Absent:
