@@ -8,6 +8,7 @@ against external servers.
 from __future__ import annotations
 
 import contextlib
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -29,8 +30,13 @@ from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettin
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackEndpoints]:
-    with EmbeddedStack(tmp_path_factory.mktemp("stack"), durable=False) as running:
+def stack() -> Iterator[StackEndpoints]:
+    # Not under pytest's basetemp: every pytest session chmods /tmp/pytest-of-<user> back to 0700, which
+    # cuts the non-root PostgreSQL of another session running at the same time off its data directory.
+    with (
+        tempfile.TemporaryDirectory(prefix="driftloop-stack-") as home,
+        EmbeddedStack(Path(home), durable=False) as running,
+    ):
         yield running.endpoints
 
 
