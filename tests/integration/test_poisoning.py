@@ -7,10 +7,13 @@ from typing import Any
 
 import pytest
 
-from libs.cli.synthetic import FEATURES, ChurnStream
+from libs.cli.synthetic import FEATURES, SCHEMA, ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
+from libs.common.auth import Role
 from libs.common.events import DriftDetected, Label, LabelsArrived, ModelTrained, Source, parse_event
+from services.ingest.app import create_app as create_ingest
+from services.ingest.settings import IngestSettings
 from services.monitor.app import create_app as create_monitor
 from services.monitor.settings import MonitorSettings
 from services.registry.app import create_app as create_registry
@@ -18,7 +21,7 @@ from services.registry.settings import RegistrySettings
 from services.serving.app import create_app as create_serving
 from services.serving.domain.request_ids import RequestIds
 from services.serving.settings import ServingSettings
-from tests.conftest import Isolation, serve
+from tests.conftest import Isolation, bearer, serve
 from tests.factories import promoted, trained_model
 from tests.helpers import read_topic, wait_until
 from tests.integration.test_monitor import traffic
@@ -185,3 +188,43 @@ async def _alarms(runtime: Any) -> int:
 async def _versions(client: Any, n: int) -> list[dict[str, Any]] | None:
     listed = (await client.get("/v1/models/churn/versions")).json()
     return listed if isinstance(listed, list) and len(listed) >= n else None
+
+
+async def test_records_and_feedback_are_rate_limited_per_principal(isolated: Isolation) -> None:
+    settings = isolated.settings(IngestSettings, records_rate_per_s=10, records_burst=100)
+    app, _ = create_ingest(settings)
+    async with serve(app) as client:
+        assert (await client.put("/v1/datasets/churn", json=SCHEMA)).status_code in (200, 201)
+        mallory = await bearer(app, Role.PRODUCER, principal="mallory")
+        other = await bearer(app, Role.PRODUCER, principal="upstream")
+        rows = ChurnStream(seed=4).batch(60)
+        first = await client.post("/v1/datasets/churn/records", json=rows, headers=mallory)
+        assert first.status_code == 200
+        over = await client.post("/v1/datasets/churn/records", json=rows, headers=mallory)
+        assert over.status_code == 429
+        assert over.headers["Retry-After"] == "2"  # 20 rows short at 10 rows/s
+        body = over.json()
+        assert body["error"] == "rate_limited"
+        assert body["details"]["principal"] == "mallory"
+        assert 0 < body["details"]["retry_after_s"] <= 2.0  # the bucket refilled a little meanwhile
+        stored = await client.post("/v1/datasets/churn/records", json=rows, headers=other)
+        assert stored.status_code == 200  # another principal has its own bucket
+        assert stored.json()["version"] == 2  # the refused request stored nothing
+
+    serving_settings = isolated.settings(
+        ServingSettings, registry_url="http://127.0.0.1:9", feedback_rate_per_s=1, feedback_burst=5
+    )
+    app, _ = create_serving(serving_settings)
+    async with serve(app) as client:
+        await publish(isolated, promoted("churn", 1, trained_model(ArtifactStore(isolated.artifacts_root), rows=600)))
+        producer = await bearer(app, Role.PRODUCER, principal="mallory")
+        labels = {"model": "churn", "labels": [{"request_id": f"{i:032x}", "label": "no"} for i in range(5)]}
+        await wait_until(lambda: _served(client), message="v1 to be served")
+        assert (await client.post("/v1/feedback", json=labels, headers=producer)).status_code == 422  # forged
+        limited = await client.post("/v1/feedback", json=labels, headers=producer)
+        assert limited.status_code == 429  # refused labels still cost: forging is not free
+        assert limited.headers["Retry-After"] in ("4", "5")
+
+
+async def _served(client: Any) -> bool:
+    return bool((await client.get("/v1/models/churn")).status_code == 200)
