@@ -161,6 +161,18 @@ class TrainingRequested(Event):
         return self.model.encode()
 
 
+class Rejudgement(BaseModel):
+    """A challenger re-scored against a newer champion on the challenger's own holdout."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stale_champion_version: int | None = Field(description="The champion the first comparison was made with.")
+    stale_champion_metrics: dict[str, float] | None = Field(default=None, description="Its figures then.")
+    champion_version: int = Field(description="The champion at re-judgement time.")
+    champion_metrics: dict[str, float] = Field(description="The current champion on the same holdout.")
+    metrics: dict[str, float] = Field(description="The challenger on the same holdout.")
+
+
 class ModelTrained(Event):
     """A candidate version is trained, evaluated and stored."""
 
@@ -189,6 +201,45 @@ class ModelTrained(Event):
     row_sources: list[Source] | None = Field(
         default=None, description="Who supplied the training rows (None: not recorded)."
     )
+    holdout: ArtifactRef | None = Field(
+        default=None,
+        description="The holdout rows (Parquet) both models were scored on: a stale comparison is re-run on them.",
+    )
+    rejudged: Rejudgement | None = Field(
+        default=None,
+        description="Set when the champion changed while the job trained: champion_* then hold the re-judgement.",
+    )
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class RejudgementRequested(Event):
+    """The registry asks for a version to be re-scored against the current champion on its holdout."""
+
+    topic: ClassVar[str] = topics.REJUDGEMENT_REQUESTED
+    event_type: Literal["rejudgement.requested"] = "rejudgement.requested"
+    model: str
+    version: int = Field(ge=1, description="The registered version awaiting its verdict.")
+    dataset: str
+    artifact: ArtifactRef = Field(description="The challenger's pipeline.")
+    holdout: ArtifactRef = Field(description="The challenger's holdout rows.")
+    dataset_schema: DatasetSchema
+    stale_champion_version: int | None = Field(default=None, description="The champion it was compared with.")
+    stale_champion_metrics: dict[str, float] | None = Field(default=None, description="That champion's figures.")
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class ModelRejudged(Event):
+    """A registered version re-scored, on its own holdout, against the champion the trainer knows now."""
+
+    topic: ClassVar[str] = topics.MODEL_REJUDGED
+    event_type: Literal["model.rejudged"] = "model.rejudged"
+    model: str
+    version: int = Field(ge=1)
+    rejudgement: Rejudgement
 
     def key(self) -> bytes:
         return self.model.encode()
@@ -304,7 +355,9 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         RecordsSubmitted,
         DataArrived,
         TrainingRequested,
+        RejudgementRequested,
         ModelTrained,
+        ModelRejudged,
         ModelPromoted,
         PredictionsLogged,
         LabelsArrived,

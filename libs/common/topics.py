@@ -17,6 +17,8 @@ MODEL_PROMOTED = "model.promoted"
 PREDICTIONS_LOGGED = "predictions.logged"
 LABELS_ARRIVED = "labels.arrived"
 DRIFT_DETECTED = "drift.detected"
+REJUDGEMENT_REQUESTED = "rejudgement.requested"
+MODEL_REJUDGED = "model.rejudged"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -42,6 +44,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(PREDICTIONS_LOGGED, partitions=6),
     TopicSpec(LABELS_ARRIVED, partitions=3),
     TopicSpec(DRIFT_DETECTED, partitions=3),
+    TopicSpec(REJUDGEMENT_REQUESTED, partitions=3),
+    TopicSpec(MODEL_REJUDGED, partitions=3),
 )
 
 

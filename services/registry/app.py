@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import DriftDetected, ModelPromoted, ModelTrained
+from libs.common.events import DriftDetected, ModelPromoted, ModelRejudged, ModelTrained, RejudgementRequested
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
@@ -25,15 +25,17 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
 
     def register(rt: Runtime) -> None:
         trust = TrustConfig(max_untrusted_share=settings.max_untrusted_share)
+        handle = model_trained.handler(rt, config, trust)
         routes = {
-            topics.MODEL_TRAINED: Route(model_trained.handler(rt, config, trust), (ModelTrained,)),
+            topics.MODEL_TRAINED: Route(handle, (ModelTrained,)),
+            topics.MODEL_REJUDGED: Route(handle, (ModelRejudged,)),
             topics.DRIFT_DETECTED: Route(drift_detected.handler(rt), (DriftDetected,)),
         }
         subscribe(rt.broker, routes, group="registry", settings=settings.kafka, telemetry=rt.telemetry)
 
     return ServiceSpec(
         name="registry",
-        publishes=(ModelPromoted,),
+        publishes=(ModelPromoted, RejudgementRequested),
         migrations=Path(__file__).parent / "migrations",
         register=register,
         routes=api.mount,

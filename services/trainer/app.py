@@ -7,13 +7,28 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import DataArrived, DriftDetected, ModelPromoted, ModelTrained, TrainingRequested
+from libs.common.events import (
+    DataArrived,
+    DriftDetected,
+    ModelPromoted,
+    ModelRejudged,
+    ModelTrained,
+    RejudgementRequested,
+    TrainingRequested,
+)
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.trainer import api
 from services.trainer.adapters.runner import JobRunner
-from services.trainer.handlers import data_arrived, drift_detected, model_promoted, training_requested
+from services.trainer.handlers import (
+    data_arrived,
+    drift_detected,
+    model_promoted,
+    planning,
+    rejudgement_requested,
+    training_requested,
+)
 from services.trainer.settings import TrainerSettings
 
 GROUP = "trainer"
@@ -27,18 +42,25 @@ def spec(settings: TrainerSettings) -> ServiceSpec:
             runner.wake()
 
     def register(rt: Runtime) -> None:
+        async def replan(model: str) -> None:
+            await planning.replan(rt, settings, model, wake)
+
+        runner = JobRunner(rt, settings, replan=replan)
+        runners.append(runner)
         routes = {
             topics.DATA_ARRIVED: Route(data_arrived.handler(rt, settings, wake), (DataArrived,)),
             topics.DRIFT_DETECTED: Route(drift_detected.handler(rt, settings, wake), (DriftDetected,)),
             topics.TRAINING_REQUESTED: Route(training_requested.handler(rt, settings, wake), (TrainingRequested,)),
+            topics.REJUDGEMENT_REQUESTED: Route(
+                rejudgement_requested.handler(rt, runner.rejudge), (RejudgementRequested,)
+            ),
             topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, settings), (ModelPromoted,)),
         }
         subscribe(rt.broker, routes, group=GROUP, settings=settings.kafka, telemetry=rt.telemetry)
 
     async def on_start(rt: Runtime) -> None:
-        runner = JobRunner(rt, settings)
-        runner.start()
-        runners.append(runner)
+        for runner in runners:
+            runner.start()
 
     async def on_stop(rt: Runtime) -> None:
         for runner in runners:
@@ -47,7 +69,7 @@ def spec(settings: TrainerSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="trainer",
-        publishes=(ModelTrained,),
+        publishes=(ModelTrained, ModelRejudged),
         migrations=Path(__file__).parent / "migrations",
         register=register,
         routes=lambda app, rt: api.mount(app, rt, settings, wake),

@@ -11,13 +11,20 @@ from libs.common.service import build
 
 CONSUMES = {
     "ingest": set(),  # records.submitted is read by the micro-batch consumer, documented by its publisher side
-    "trainer": {topics.DATA_ARRIVED, topics.DRIFT_DETECTED, topics.TRAINING_REQUESTED, topics.MODEL_PROMOTED},
-    "registry": {topics.MODEL_TRAINED, topics.DRIFT_DETECTED},
+    "trainer": {
+        topics.DATA_ARRIVED,
+        topics.DRIFT_DETECTED,
+        topics.TRAINING_REQUESTED,
+        topics.MODEL_PROMOTED,
+        topics.REJUDGEMENT_REQUESTED,
+    },
+    "registry": {topics.MODEL_TRAINED, topics.DRIFT_DETECTED, topics.MODEL_REJUDGED},
     "serving": {topics.MODEL_PROMOTED},
     "monitor": {topics.MODEL_PROMOTED, topics.PREDICTIONS_LOGGED, topics.LABELS_ARRIVED},
 }
 PUBLISHES = {
-    "ingest": {topics.DATA_ARRIVED}, "trainer": {topics.MODEL_TRAINED}, "registry": {topics.MODEL_PROMOTED},
+    "ingest": {topics.DATA_ARRIVED}, "trainer": {topics.MODEL_TRAINED, topics.MODEL_REJUDGED},
+    "registry": {topics.MODEL_PROMOTED, topics.REJUDGEMENT_REQUESTED},
     "serving": {topics.PREDICTIONS_LOGGED, topics.LABELS_ARRIVED}, "monitor": {topics.DRIFT_DETECTED},
 }  # fmt: skip
 

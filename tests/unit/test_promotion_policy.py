@@ -31,9 +31,26 @@ def test_later_models_must_beat_the_champion_by_the_minimum_gain() -> None:
     assert not decide(candidate(0.70, 0.78, against=2), 2, CONFIG).promote
 
 
-def test_stale_or_missing_comparisons_never_promote() -> None:
-    assert "champion is now v3" in decide(candidate(0.9, 0.5, against=2), 3, CONFIG).reason
-    assert "not compared" in decide(candidate(0.9), 2, CONFIG).reason
+def test_stale_or_missing_comparisons_are_re_judged_never_promoted_or_rejected_as_such() -> None:
+    stale = decide(candidate(0.99, 0.88, against=1), 2, CONFIG)
+    assert "champion is now v2" in stale.reason
+    assert not stale.promote
+    assert stale.rejudge
+    assert stale.outcome == "rejudging"
+    missing = decide(candidate(0.9), 2, CONFIG)
+    assert "not compared" in missing.reason
+    assert missing.rejudge
+
+
+def test_a_re_judged_challenger_is_decided_on_the_re_judged_figures() -> None:
+    # Better than the old champion (0.88) but not than the current one on the same holdout: never promoted.
+    worse = decide(candidate(0.93, 0.95, against=2), 2, CONFIG)
+    assert not worse.promote
+    assert not worse.rejudge
+    assert worse.outcome == "rejected"
+    better = decide(candidate(0.99, 0.95, against=2), 2, CONFIG)
+    assert better.promote
+    assert better.outcome == "promoted"
 
 
 def test_even_a_better_challenger_must_reach_the_minimum() -> None:

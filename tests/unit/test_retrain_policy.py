@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from services.trainer.domain.policy import (
+    DriftVerdict,
     ModelView,
     PolicyConfig,
     Trigger,
@@ -60,16 +62,94 @@ def test_drift_trains_only_on_data_after_it_once_there_is_enough() -> None:
     assert ready.since == since
 
 
-def test_drift_reports_are_ignored_in_cool_down_or_when_pending_or_untrained() -> None:
-    trained = view(total_rows=9000, last_trained_rows=8000)
-    assert accept_drift(trained, NOW, CONFIG)[0]
-    assert not accept_drift(view(), NOW, CONFIG)[0]
-    assert not accept_drift(view(last_trained_rows=1, drift_since=NOW), NOW, CONFIG)[0]
-    recent = view(last_trained_rows=1, last_drift_job_at=NOW - timedelta(seconds=30))
-    accepted, why = accept_drift(recent, NOW, CONFIG)
-    assert not accepted
-    assert "cool-down" in why
-    assert accept_drift(view(last_trained_rows=1, last_drift_job_at=NOW - timedelta(minutes=3)), NOW, CONFIG)[0]
+def test_drift_reports_are_kept_unless_moot() -> None:
+    trained = view(total_rows=9000, last_trained_rows=8000, champion_version=2)
+    assert accept_drift(trained, 2)[0] is DriftVerdict.KEEP
+    assert accept_drift(view(), 1)[0] is DriftVerdict.IGNORE  # nothing trained yet
+    assert accept_drift(view(last_trained_rows=1, drift_since=NOW), 1)[0] is DriftVerdict.IGNORE  # already kept
+    verdict, why = accept_drift(trained, 1)
+    assert verdict is DriftVerdict.IGNORE
+    assert "champion is already v2" in why
+    # A cool-down or a busy trainer no longer drops the report: it is kept.
+    busy = view(last_trained_rows=1, champion_version=2, active_job=True, last_drift_job_at=NOW)
+    assert accept_drift(busy, 2)[0] is DriftVerdict.KEEP
+
+
+def test_drift_cancels_a_routine_job_and_starts_at_once() -> None:
+    since = NOW - timedelta(minutes=1)
+    routine = view(total_rows=30_000, last_trained_rows=8000, active_job=True, active_trigger="new_data",
+                   drift_since=since, rows_since_drift=800, drift_version=1, champion_version=1)  # fmt: skip
+    decision = decide_on_data(routine, CONFIG, NOW)
+    assert decision.cancel_routine
+    assert decision.train
+    assert decision.trigger is Trigger.DRIFT
+    assert decision.since == since
+    # Too few post-drift rows yet: the routine job still goes (it trains on obsolete data), the drift job waits.
+    early = decide_on_data(replace(routine, rows_since_drift=100), CONFIG, NOW)
+    assert early.cancel_routine
+    assert not early.train
+    # A request or another drift job is not routine: the alarm waits for it, kept.
+    for trigger in ("request", "drift"):
+        kept = decide_on_data(replace(routine, active_trigger=trigger), CONFIG, NOW)
+        assert not kept.cancel_routine
+        assert not kept.train
+
+
+def test_an_alarm_kept_through_a_job_acts_when_the_job_ends() -> None:
+    since = NOW - timedelta(minutes=1)
+    during = view(total_rows=9000, last_trained_rows=8000, active_job=True, active_trigger="request",
+                  drift_since=since, rows_since_drift=600, drift_version=1, champion_version=1)  # fmt: skip
+    assert not decide_on_data(during, CONFIG, NOW).train
+    after = replace(during, active_job=False, active_trigger=None)
+    decision = decide_on_data(after, CONFIG, NOW)
+    assert decision.train
+    assert decision.trigger is Trigger.DRIFT
+    # …unless the job's model became champion meanwhile: the alarm about v1 is answered.
+    answered = decide_on_data(replace(after, champion_version=2), CONFIG, NOW)
+    assert not answered.train or answered.trigger is not Trigger.DRIFT
+    assert answered.clear_drift
+
+
+def test_an_alarm_kept_through_a_cool_down_acts_when_it_ends() -> None:
+    since = NOW - timedelta(seconds=20)
+    kept = view(total_rows=9000, last_trained_rows=8000, drift_since=since, rows_since_drift=600,
+                drift_version=1, last_drift_version=1, champion_version=1,
+                last_drift_job_at=NOW - timedelta(seconds=30))  # fmt: skip
+    waiting = decide_on_data(kept, CONFIG, NOW)
+    assert not waiting.train
+    assert "cool-down" in waiting.reason
+    assert not waiting.clear_drift  # kept, not dropped
+    later = decide_on_data(kept, CONFIG, NOW + timedelta(seconds=91))
+    assert later.train
+    assert later.trigger is Trigger.DRIFT
+
+
+def test_a_new_champion_below_its_holdout_retrains_cool_down_or_not() -> None:
+    bad_new = view(total_rows=9000, last_trained_rows=8000, drift_since=NOW, rows_since_drift=600,
+                   drift_version=2, last_drift_version=1, champion_version=2,
+                   last_drift_job_at=NOW - timedelta(seconds=5))  # fmt: skip
+    decision = decide_on_data(bad_new, CONFIG, NOW)
+    assert decision.train
+    assert decision.trigger is Trigger.DRIFT
+
+
+def test_after_a_drift_jobs_train_from_its_start_and_refresh_as_post_drift_data_doubles() -> None:
+    horizon = NOW - timedelta(minutes=3)
+    # The drift job trained on 600 post-drift rows; 500 more arrived: not yet doubled.
+    fresh = view(total_rows=9100, last_trained_rows=8600, horizon=horizon, rows_since_horizon=1100)
+    assert not decide_on_data(fresh, CONFIG, NOW).train
+    doubled = decide_on_data(replace(fresh, total_rows=9200, rows_since_horizon=1200), CONFIG, NOW)
+    assert doubled.train
+    assert doubled.trigger is Trigger.NEW_DATA
+    assert doubled.since == horizon
+    assert "post-drift refresh" in doubled.reason
+    # Once the post-drift data is large, the routine cadence is back (and still from the horizon).
+    large = view(total_rows=40_000, last_trained_rows=35_001, horizon=horizon, rows_since_horizon=12_000)
+    assert not decide_on_data(large, CONFIG, NOW).train  # 4,999 new rows: below the routine 5,000
+    routine = decide_on_data(replace(large, last_trained_rows=35_000), CONFIG, NOW)
+    assert routine.train
+    assert routine.since == horizon
+    assert decide_on_request(large).since == horizon
 
 
 def test_requests_train_whenever_possible() -> None:

@@ -9,7 +9,7 @@ import asyncpg
 
 from libs.common import outbox
 from libs.common.errors import NotFound
-from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, ModelTrained, OnnxExport
+from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, ModelTrained, OnnxExport, Rejudgement, Source
 from libs.common.schema import DatasetSchema
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -125,6 +125,7 @@ def version_out(row: asyncpg.Record, aliases: list[str] | None = None) -> dict[s
             "training_rows": row["training_rows"],
             "champion_version": row["champion_version"],
             "champion_metrics": json.loads(row["champion_metrics"]) if row["champion_metrics"] else None,
+            "rejudged": json.loads(row["rejudged"]) if row.get("rejudged") else None,
         },
         "lineage": {
             "dataset": row["dataset"],
@@ -139,3 +140,39 @@ def version_out(row: asyncpg.Record, aliases: list[str] | None = None) -> dict[s
         "onnx": onnx.model_dump(mode="json") if (onnx := onnx_export(row)) is not None else None,
         "runtime": runtime(onnx),
     }
+
+
+async def keep_holdout(
+    conn: Conn, model: str, version: int, holdout: ArtifactRef | None, row_sources: list[Source] | None
+) -> None:
+    """What a re-judgement needs: the holdout the version was scored on, and who supplied its rows."""
+    await conn.execute(
+        "UPDATE versions SET holdout = $3, row_sources = $4 WHERE model = $1 AND version = $2",
+        model, version, holdout.model_dump_json() if holdout else None,
+        json.dumps([s.model_dump(mode="json") for s in row_sources]) if row_sources is not None else None,
+    )  # fmt: skip
+
+
+async def version_row(conn: Conn, model: str, version: int) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM versions WHERE model = $1 AND version = $2 FOR UPDATE", model, version)
+
+
+async def record_rejudgement(
+    conn: Conn, model: str, version: int, rejudgement: Rejudgement, decision: str | None = None
+) -> None:
+    """Keep the re-judged figures with the version (and its new decision, if one was made)."""
+    await conn.execute(
+        "UPDATE versions SET rejudged = $3, champion_version = $4, champion_metrics = $5, "
+        "decision = coalesce($6, decision) WHERE model = $1 AND version = $2",
+        model, version, rejudgement.model_dump_json(), rejudgement.champion_version,
+        json.dumps(rejudgement.champion_metrics), decision,
+    )  # fmt: skip
+
+
+async def rejudgements(conn: Conn, model: str, version: int) -> int:
+    """How many times the version's re-judgement was asked for already."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM audit WHERE model = $1 AND to_version = $2 AND action = 'rejudge-requested'",
+        model, version,
+    )  # fmt: skip
+    return count

@@ -4,10 +4,16 @@ A first version is promoted when it reaches a minimum on the primary metric:
 a model worse than that should not serve at all. A later version must beat
 the champion on the same holdout (the trainer scores both on the same fresh
 rows) by a minimum gain: a challenger that is merely as good is not worth a
-swap, and noise should not flip the champion back and forth. A comparison
-made against a version that is no longer the champion is stale and never
-promotes. With ``require_approval`` the winner only becomes ``candidate``
-and a person moves ``champion``.
+swap, and noise should not flip the champion back and forth. With
+``require_approval`` the winner only becomes ``candidate`` and a person
+moves ``champion``.
+
+A comparison made against a version that is no longer the champion is stale.
+It neither promotes nor rejects: the challenger is re-judged against the
+current champion on the challenger's own holdout (the trainer re-scores
+both), because the champion changing says nothing about whether the
+challenger is better, and throwing a better model away costs a whole
+retrain. Only the re-judged figures decide, under the same rules.
 """
 
 from __future__ import annotations
@@ -41,6 +47,12 @@ class PromotionDecision:
     promote: bool
     alias: str | None
     reason: str
+    rejudge: bool = False
+    """The comparison is stale (or missing while a champion serves): re-score before deciding."""
+
+    @property
+    def outcome(self) -> str:
+        return "promoted" if self.promote else "rejudging" if self.rejudge else "rejected"
 
 
 def decide(candidate: Candidate, champion: int | None, config: PromotionConfig) -> PromotionDecision:
@@ -55,11 +67,15 @@ def decide(candidate: Candidate, champion: int | None, config: PromotionConfig) 
     if champion is None:
         return PromotionDecision(True, target, f"first model: {name} {score:.4f} ≥ minimum {config.min_metric:.4f}")
     if candidate.champion_metrics is None or candidate.evaluated_against is None:
-        return PromotionDecision(False, None, f"not compared with champion v{champion} on the same holdout")
+        return PromotionDecision(
+            False, None, f"not compared with champion v{champion} on the same holdout: re-judgement needed", True
+        )
     if candidate.evaluated_against != champion:
         return PromotionDecision(
-            False, None, f"compared with v{candidate.evaluated_against}, but the champion is now v{champion}"
-        )
+            False, None,
+            f"compared with v{candidate.evaluated_against}, but the champion is now v{champion}: re-judgement needed",
+            True,
+        )  # fmt: skip
     baseline = candidate.champion_metrics.get(name)
     if baseline is None:
         return PromotionDecision(False, None, f"champion's {name} missing from the comparison")

@@ -1,16 +1,23 @@
-"""model.trained: register the version, apply the promotion policy, move the alias."""
+"""model.trained: register the version, apply the promotion policy, move the alias.
+
+model.rejudged (same topic) answers a re-judgement the registry asked for
+when a version's comparison had gone stale: the policy then decides on the
+re-scored figures.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 
 import asyncpg
 from prometheus_client import Counter
 
 from libs.common import outbox
-from libs.common.events import Event, ModelTrained, Source
+from libs.common.events import Event, ModelRejudged, ModelTrained, Rejudgement, RejudgementRequested, Source
 from libs.common.kafka import Delivery, Handler
+from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.registry.adapters import repository
 from services.registry.domain.promotion import Candidate, PromotionConfig, PromotionDecision, decide
@@ -18,6 +25,8 @@ from services.registry.domain.provenance import TrustConfig, hold_reason
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry.model-trained"
+#: A champion that keeps moving while a version is re-judged: give up after this many requests.
+MAX_REJUDGEMENTS = 3
 
 
 def handler(rt: Runtime, config: PromotionConfig, trust: TrustConfig | None = None) -> Handler:
@@ -28,51 +37,28 @@ def handler(rt: Runtime, config: PromotionConfig, trust: TrustConfig | None = No
     )  # fmt: skip
 
     async def handle(event: Event, delivery: Delivery) -> None:
-        """Register a trained version and promote it if the policy says so."""
-        assert isinstance(event, ModelTrained)
+        """Register a trained version (or take a re-judgement) and promote it if the policy says so."""
         async with rt.db.acquire() as conn, conn.transaction():
             if not await outbox.first_delivery(conn, CONSUMER, event.event_id):
                 return
-            await conn.execute(
-                "INSERT INTO models (name, dataset) VALUES ($1, $2) ON CONFLICT DO NOTHING", event.model, event.dataset
-            )
-            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", event.model)
-            champion = await repository.alias_version(conn, event.model, "champion")
-            candidate = Candidate(
-                primary_metric=event.primary_metric,
-                metrics=event.metrics,
-                champion_metrics=event.champion_metrics,
-                evaluated_against=event.champion_version,
-            )
-            decision = decide(candidate, champion, config)
-            held = None
-            if decision.promote and decision.alias == "champion":
-                held = await _held_for_approval(conn, event, trust)
-                if held:  # the approver moves champion; the audit says whose data it was
-                    decision = PromotionDecision(True, "candidate", f"{decision.reason}; {held}")
-            outcome = "held" if held else "promoted" if decision.promote else "rejected"
-            version = await repository.register(conn, event, outcome)
-            await repository.audit(conn, event.model, "register", "policy", f"trained by job {event.job_id} "
-                                   f"({event.trigger}) on {event.dataset} v{event.dataset_version}",
-                                   to_version=version)  # fmt: skip
-            if decision.promote and decision.alias:
-                await repository.move_alias(
-                    conn, event.model, decision.alias, version, actor="policy", reason=decision.reason,
-                    correlation_id=event.correlation_id,
-                )  # fmt: skip
+            if isinstance(event, ModelRejudged):
+                outcome = await _rejudged(conn, event, config, trust)
             else:
-                await repository.audit(conn, event.model, "reject", "policy", decision.reason, "champion", champion,
-                                       version)  # fmt: skip
-        decisions.labels(event.model, outcome).inc()
-        log.info("model %s v%d: %s", event.model, version, decision.reason)
+                assert isinstance(event, ModelTrained)
+                outcome = await _trained(conn, event, config, trust)
+        if outcome is not None:
+            decisions.labels(event.model, outcome).inc()
 
     return handle
 
 
-async def _held_for_approval(conn: asyncpg.Connection, event: ModelTrained, trust: TrustConfig) -> str | None:
+async def _held_for_approval(
+    conn: asyncpg.Connection, model: str, trigger: str, trigger_event_id: uuid.UUID | None,
+    row_sources: list[Source] | None, trust: TrustConfig,
+) -> str | None:  # fmt: skip
     """Why the version must stop at 'candidate' (its data came mostly from one untrusted principal), or None."""
     alarm = None
-    if event.trigger == "drift":
+    if trigger == "drift":
         # The alarm behind the retrain: the one named by the trigger when it is an alarm, else the
         # latest one raised since the current champion was promoted (a drift job is often queued
         # later, by the rows that arrive after the alarm, and then names their event).
@@ -80,15 +66,130 @@ async def _held_for_approval(conn: asyncpg.Connection, event: ModelTrained, trus
             "SELECT kinds, label_sources FROM alarms WHERE event_id = $1 OR (model = $2 AND at >= coalesce("
             "(SELECT updated_at FROM aliases WHERE model = $2 AND alias = 'champion'), '-infinity')) "
             "ORDER BY event_id = $1 DESC, at DESC LIMIT 1",
-            event.trigger_event_id, event.model,
+            trigger_event_id, model,
         )  # fmt: skip
         if alarm is None:
             log.warning("no alarm behind %s's drift retrain is known here: its labels' sources are not checked",
-                        event.model)  # fmt: skip
+                        model)  # fmt: skip
     labels = None
     if alarm is not None and alarm["label_sources"] is not None:
         labels = [Source.model_validate(s) for s in json.loads(alarm["label_sources"])]
     return hold_reason(
-        trigger=event.trigger, alarm_kinds=alarm["kinds"] if alarm else [], label_sources=labels,
-        row_sources=event.row_sources, config=trust,
+        trigger=trigger, alarm_kinds=alarm["kinds"] if alarm else [], label_sources=labels,
+        row_sources=row_sources, config=trust,
     )  # fmt: skip
+
+
+async def _trust(
+    conn: asyncpg.Connection, decision: PromotionDecision, model: str, trigger: str,
+    trigger_event_id: uuid.UUID | None, row_sources: list[Source] | None, trust: TrustConfig,
+) -> tuple[PromotionDecision, str]:  # fmt: skip
+    """The decision after the trust rule (a champion may be held at candidate), and its outcome label."""
+    if not (decision.promote and decision.alias == "champion"):
+        return decision, decision.outcome
+    held = await _held_for_approval(conn, model, trigger, trigger_event_id, row_sources, trust)
+    if not held:
+        return decision, decision.outcome
+    # the approver moves champion; the audit says whose data it was
+    return PromotionDecision(True, "candidate", f"{decision.reason}; {held}"), "held"
+
+
+async def _trained(conn: asyncpg.Connection, event: ModelTrained, config: PromotionConfig, trust: TrustConfig) -> str:
+    await conn.execute(
+        "INSERT INTO models (name, dataset) VALUES ($1, $2) ON CONFLICT DO NOTHING", event.model, event.dataset
+    )
+    await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", event.model)
+    champion = await repository.alias_version(conn, event.model, "champion")
+    candidate = Candidate(
+        primary_metric=event.primary_metric,
+        metrics=event.metrics,
+        champion_metrics=event.champion_metrics,
+        evaluated_against=event.champion_version,
+    )
+    decision = decide(candidate, champion, config)
+    if decision.rejudge and event.holdout is None:
+        decision = PromotionDecision(False, None, decision.reason + " (no holdout kept to re-judge on: rejected)")
+    decision, outcome = await _trust(conn, decision, event.model, event.trigger, event.trigger_event_id,
+                                     event.row_sources, trust)  # fmt: skip
+    version = await repository.register(conn, event, outcome)
+    await repository.keep_holdout(conn, event.model, version, event.holdout, event.row_sources)
+    await repository.audit(conn, event.model, "register", "policy", f"trained by job {event.job_id} "
+                           f"({event.trigger}) on {event.dataset} v{event.dataset_version}",
+                           to_version=version)  # fmt: skip
+    if event.rejudged is not None:
+        await repository.record_rejudgement(conn, event.model, version, event.rejudged)
+        await repository.audit(conn, event.model, "rejudge", "trainer", _figures(event.primary_metric, event.rejudged),
+                               "champion", event.rejudged.champion_version, version)  # fmt: skip
+    await _apply(conn, event.model, version, champion, decision, event.correlation_id)
+    if decision.rejudge:
+        await _request_rejudgement(conn, event.model, version, champion, event.correlation_id)
+    log.info("model %s v%d: %s", event.model, version, decision.reason)
+    return outcome
+
+
+async def _rejudged(
+    conn: asyncpg.Connection, event: ModelRejudged, config: PromotionConfig, trust: TrustConfig
+) -> str | None:
+    await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", event.model)
+    row = await repository.version_row(conn, event.model, event.version)
+    if row is None or row["decision"] != "rejudging":
+        log.info("re-judgement of %s v%d ignored: nothing awaits it", event.model, event.version)
+        return None
+    champion = await repository.alias_version(conn, event.model, "champion")
+    rejudgement = event.rejudgement
+    candidate = Candidate(
+        primary_metric=row["primary_metric"],
+        metrics=rejudgement.metrics,
+        champion_metrics=rejudgement.champion_metrics,
+        evaluated_against=rejudgement.champion_version,
+    )
+    decision = decide(candidate, champion, config)
+    if decision.rejudge and await repository.rejudgements(conn, event.model, event.version) >= MAX_REJUDGEMENTS:
+        decision = PromotionDecision(False, None, decision.reason + f" (after {MAX_REJUDGEMENTS} re-judgements)")
+    sources = [Source.model_validate(s) for s in json.loads(row["row_sources"])] if row["row_sources"] else None
+    decision, outcome = await _trust(conn, decision, event.model, row["trigger"], row["trigger_event_id"], sources,
+                                     trust)  # fmt: skip
+    await repository.record_rejudgement(conn, event.model, event.version, rejudgement, outcome)
+    await repository.audit(conn, event.model, "rejudge", "trainer", _figures(row["primary_metric"], rejudgement),
+                           "champion", rejudgement.champion_version, event.version)  # fmt: skip
+    await _apply(conn, event.model, event.version, champion, decision, event.correlation_id)
+    if decision.rejudge:
+        await _request_rejudgement(conn, event.model, event.version, champion, event.correlation_id)
+    log.info("model %s v%d re-judged: %s", event.model, event.version, decision.reason)
+    return outcome
+
+
+async def _apply(
+    conn: asyncpg.Connection, model: str, version: int, champion: int | None, decision: PromotionDecision,
+    correlation_id: str | None,
+) -> None:  # fmt: skip
+    if decision.promote and decision.alias:
+        await repository.move_alias(conn, model, decision.alias, version, actor="policy", reason=decision.reason,
+                                    correlation_id=correlation_id)  # fmt: skip
+    else:
+        action = "rejudge-requested" if decision.rejudge else "reject"
+        await repository.audit(conn, model, action, "policy", decision.reason, "champion", champion, version)
+
+
+async def _request_rejudgement(
+    conn: asyncpg.Connection, model: str, version: int, champion: int | None, correlation_id: str | None
+) -> None:
+    row = await repository.version_row(conn, model, version)
+    assert row is not None
+    await outbox.add(conn, RejudgementRequested(
+        producer="registry", correlation_id=correlation_id, model=model, version=version, dataset=row["dataset"],
+        artifact=json.loads(row["artifact"]), holdout=json.loads(row["holdout"]),
+        dataset_schema=DatasetSchema.model_validate_json(row["schema"]),
+        stale_champion_version=row["champion_version"],
+        stale_champion_metrics=json.loads(row["champion_metrics"]) if row["champion_metrics"] else None,
+    ))  # fmt: skip
+
+
+def _figures(metric: str, r: Rejudgement) -> str:
+    """The audit line of a re-judgement: both comparisons, with their figures."""
+    stale = (r.stale_champion_metrics or {}).get(metric)
+    before = f"v{r.stale_champion_version} {stale:.4f}" if stale is not None else f"v{r.stale_champion_version}"
+    return (
+        f"re-judged on the same holdout: {metric} {r.metrics.get(metric, float('nan')):.4f} vs champion "
+        f"v{r.champion_version} {r.champion_metrics.get(metric, float('nan')):.4f} (first compared with {before})"
+    )

@@ -37,6 +37,10 @@ async def ensure_model(conn: Conn, model: str, dataset_name: str) -> None:
     )
 
 
+async def model_row(conn: Conn, model: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM models WHERE name = $1", model)
+
+
 async def models_of(conn: Conn, dataset_name: str) -> list[str]:
     return [r["name"] for r in await conn.fetch("SELECT name FROM models WHERE dataset = $1", dataset_name)]
 
@@ -47,16 +51,22 @@ async def view(conn: Conn, model: str, manifest: DatasetManifest | None) -> Mode
     if row is None:
         raise KeyError(model)
     active = await conn.fetchval(
-        "SELECT exists(SELECT 1 FROM jobs WHERE model = $1 AND status IN ('queued', 'running'))", model
+        "SELECT trigger FROM jobs WHERE model = $1 AND status IN ('queued', 'running') LIMIT 1", model
     )
-    since = row["drift_since"]
+    since, horizon = row["drift_since"], row["horizon"]
     return ModelView(
         total_rows=manifest.total_rows if manifest else 0,
         last_trained_rows=row["last_trained_rows"],
-        active_job=bool(active),
+        active_job=active is not None,
         drift_since=since,
         rows_since_drift=sum(b.rows for b in manifest.since(since)) if manifest and since else 0,
         last_drift_job_at=row["last_drift_job_at"],
+        active_trigger=active,
+        champion_version=row["champion_version"],
+        drift_version=row["drift_version"],
+        last_drift_version=row["last_drift_version"],
+        horizon=horizon,
+        rows_since_horizon=sum(b.rows for b in manifest.since(horizon)) if manifest and horizon else 0,
     )
 
 
@@ -86,10 +96,11 @@ async def enqueue(
         return None
     if decision.trigger.value == "drift":
         drift_trace = await conn.fetchval(
-            "UPDATE models SET drift_since = NULL, drift_event_id = NULL, last_drift_job_at = now(), "
-            "updated_at = now() WHERE name = $1 RETURNING (SELECT drift_trace FROM models WHERE name = $1)",
-            model,
-        )
+            "UPDATE models SET drift_since = NULL, drift_event_id = NULL, last_drift_job_at = now(), horizon = $2, "
+            "last_drift_version = drift_version, drift_version = NULL, updated_at = now() WHERE name = $1 "
+            "RETURNING (SELECT drift_trace FROM models WHERE name = $1)",
+            model, decision.since,
+        )  # fmt: skip
         if drift_trace:
             await conn.execute("UPDATE jobs SET link_headers = jsonb_build_array($2::jsonb) WHERE id = $1",
                                job_id, drift_trace)  # fmt: skip
@@ -106,8 +117,50 @@ async def claim(conn: Conn) -> asyncpg.Record | None:
     )
 
 
-async def heartbeat(conn: Conn, job_id: uuid.UUID) -> None:
-    await conn.execute("UPDATE jobs SET heartbeat_at = now() WHERE id = $1 AND status = 'running'", job_id)
+async def heartbeat(conn: Conn, job_id: uuid.UUID) -> bool:
+    """Renew a running job's lease; False when the job is no longer running (cancelled or re-queued)."""
+    renewed = await conn.fetchval(
+        "UPDATE jobs SET heartbeat_at = now() WHERE id = $1 AND status = 'running' RETURNING true", job_id
+    )
+    return bool(renewed)
+
+
+async def set_worker(conn: Conn, job_id: uuid.UUID, pid: int | None) -> None:
+    await conn.execute("UPDATE jobs SET worker_pid = $2 WHERE id = $1", job_id, pid)
+
+
+async def job_status(conn: Conn, job_id: uuid.UUID) -> str | None:
+    status: str | None = await conn.fetchval("SELECT status FROM jobs WHERE id = $1", job_id)
+    return status
+
+
+async def cancel_routine(conn: asyncpg.Connection, model: str, reason: str, routine: frozenset[str]) -> list[uuid.UUID]:
+    """Cancel the model's queued or running routine job; its runner stops the worker (NOTIFY ``cancel:<id>``)."""
+    rows = await conn.fetch(
+        "UPDATE jobs SET status = 'cancelled', cancel_reason = $2, finished_at = now() "
+        "WHERE model = $1 AND status IN ('queued', 'running') AND trigger = ANY($3::text[]) RETURNING id",
+        model, reason[:4000], sorted(routine),
+    )  # fmt: skip
+    for row in rows:
+        await conn.execute("SELECT pg_notify('driftloop_jobs_' || current_schema(), $1)", f"cancel:{row['id']}")
+    return [row["id"] for row in rows]
+
+
+async def clear_drift(conn: Conn, model: str) -> None:
+    await conn.execute(
+        "UPDATE models SET drift_since = NULL, drift_event_id = NULL, drift_version = NULL, updated_at = now() "
+        "WHERE name = $1",
+        model,
+    )
+
+
+async def models_with_kept_drift(conn: Conn) -> list[asyncpg.Record]:
+    """Models holding an alarm that no queued or running job answers yet (the watcher re-plans them)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT name, dataset FROM models m WHERE drift_since IS NOT NULL AND NOT EXISTS "
+        "(SELECT 1 FROM jobs j WHERE j.model = m.name AND j.status IN ('queued', 'running'))"
+    )
+    return rows
 
 
 async def requeue_orphans(conn: Conn, lease_s: float, max_attempts: int) -> int:
@@ -115,7 +168,7 @@ async def requeue_orphans(conn: Conn, lease_s: float, max_attempts: int) -> int:
     rows = await conn.fetch(
         "UPDATE jobs SET status = CASE WHEN attempts >= $2 THEN 'failed' ELSE 'queued' END, "
         "error = CASE WHEN attempts >= $2 THEN 'worker lost too many times' ELSE error END, "
-        "finished_at = CASE WHEN attempts >= $2 THEN now() END "
+        "finished_at = CASE WHEN attempts >= $2 THEN now() END, worker_pid = NULL "
         "WHERE status = 'running' AND heartbeat_at < now() - make_interval(secs => $1) RETURNING id",
         lease_s, max_attempts,
     )  # fmt: skip
@@ -124,20 +177,27 @@ async def requeue_orphans(conn: Conn, lease_s: float, max_attempts: int) -> int:
 
 async def finish(
     conn: asyncpg.Connection, job_id: uuid.UUID, result: dict[str, Any], trained_rows: int, model: str
-) -> None:
-    await conn.execute(
-        "UPDATE jobs SET status = 'succeeded', result = $2, finished_at = now() WHERE id = $1",
+) -> bool:
+    """Record a job's success; False (and nothing recorded) when it is no longer running: a cancelled
+    job's result is never registered, even when its worker finished in the race window."""
+    done = await conn.fetchval(
+        "UPDATE jobs SET status = 'succeeded', result = $2, finished_at = now() WHERE id = $1 AND status = 'running' "
+        "RETURNING true",
         job_id, json.dumps(result),
     )  # fmt: skip
+    if not done:
+        return False
     await conn.execute(
         "UPDATE models SET last_trained_rows = greatest(last_trained_rows, $2), updated_at = now() WHERE name = $1",
         model, trained_rows,
     )  # fmt: skip
+    return True
 
 
 async def fail(conn: Conn, job_id: uuid.UUID, error: str, retry: bool) -> None:
     await conn.execute(
-        "UPDATE jobs SET status = $2, error = $3, finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1",
+        "UPDATE jobs SET status = $2, error = $3, worker_pid = NULL, "
+        "finished_at = CASE WHEN $2 = 'failed' THEN now() END WHERE id = $1 AND status = 'running'",
         job_id, "queued" if retry else "failed", error[:4000],
     )  # fmt: skip
 
@@ -150,10 +210,13 @@ async def set_champion(conn: Conn, model: str, version: int, artifact: ArtifactR
     )  # fmt: skip
 
 
-async def mark_drift(conn: Conn, model: str, since: datetime, event_id: uuid.UUID, trace: dict[str, str]) -> None:
+async def mark_drift(
+    conn: Conn, model: str, since: datetime, event_id: uuid.UUID, trace: dict[str, str], version: int | None = None
+) -> None:
     await conn.execute(
-        "UPDATE models SET drift_since = $2, drift_event_id = $3, drift_trace = $4, updated_at = now() WHERE name = $1",
-        model, since, event_id, json.dumps(trace),
+        "UPDATE models SET drift_since = $2, drift_event_id = $3, drift_trace = $4, drift_version = $5, "
+        "updated_at = now() WHERE name = $1",
+        model, since, event_id, json.dumps(trace), version,
     )  # fmt: skip
 
 
@@ -170,6 +233,8 @@ def job_out(row: asyncpg.Record) -> dict[str, Any]:
         "status": row["status"],
         "attempts": row["attempts"],
         "error": row["error"],
+        "cancel_reason": row["cancel_reason"],
+        "worker_pid": row["worker_pid"],
         "metrics": result["metrics"] if result else None,
         "champion_metrics": result["champion_metrics"] if result else None,
         "search": result.get("search") if result else None,

@@ -1,10 +1,19 @@
-"""The job runner: claims queued jobs and runs them in worker processes.
+"""The job runner: claims queued jobs and runs each in a worker process of its own.
 
 Jobs are rows, so a crash loses nothing: a job whose worker stops
-heart-beating is re-queued after its lease, and a graceful stop hands a
-running job back to the queue at once. Workers are separate processes
-(spawned, not forked: the service's threads and sockets must not be copied)
-so a long search never starves the Kafka consumer's heartbeats.
+heart-beating is re-queued after its lease by a watcher task that never
+waits for a job, and a graceful stop hands a running job back to the queue
+at once. A job cancelled in the database (drift outranks routine work) has
+its worker killed at once (NOTIFY ``cancel:<id>``, and the heartbeat finds
+out too), and its result is never registered: success is recorded only for
+a job still ``running``. Workers are separate processes (see
+``processes``) so a long search never starves the Kafka consumer's
+heartbeats.
+
+Before a result is published, its comparison is checked: if the champion
+changed while the job trained, the challenger is re-scored against the
+current champion on the job's own holdout, so no better model is thrown away
+for a stale comparison.
 """
 
 from __future__ import annotations
@@ -13,11 +22,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import multiprocessing
 import subprocess
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -27,11 +35,13 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common import outbox
-from libs.common.events import ArtifactRef, ModelTrained, OnnxExport
+from libs.common.events import ArtifactRef, ModelTrained, OnnxExport, Rejudgement
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from libs.common.telemetry import inject_context
 from services.trainer.adapters import repository
+from services.trainer.adapters.processes import JobFailed, WorkerLost, Workers
+from services.trainer.adapters.rejudge import rejudge
 from services.trainer.adapters.worker import run_job
 from services.trainer.settings import TrainerSettings
 
@@ -56,11 +66,15 @@ def code_version(settings: TrainerSettings) -> str:
 
 
 class JobRunner:
-    def __init__(self, rt: Runtime, settings: TrainerSettings) -> None:
+    def __init__(
+        self, rt: Runtime, settings: TrainerSettings, replan: Callable[[str], Awaitable[None]] | None = None
+    ) -> None:
         self.rt = rt
         self.settings = settings
         self.code_version = code_version(settings)
-        self.executor = ProcessPoolExecutor(max(1, settings.workers), mp_context=multiprocessing.get_context("spawn"))
+        self.workers = Workers(preload="services.trainer.adapters.worker")
+        self.replan = replan
+        """Called with a model when its job ended: a kept alarm may act now."""
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._running: set[uuid.UUID] = set()
@@ -76,8 +90,11 @@ class JobRunner:
         self.running = Gauge("driftloop_training_jobs_running", "Jobs running now.", registry=registry)
 
     def start(self) -> None:
+        # The watcher runs on every replica: a queue-only one also re-queues abandoned jobs.
+        self._tasks.append(asyncio.create_task(self._watch(), name="trainer-lease-watcher"))
         if self.settings.workers == 0:
             return  # a queue-only replica
+        self.workers.warm_up()
         for i in range(self.settings.workers):
             self._tasks.append(asyncio.create_task(self._loop(), name=f"trainer-runner-{i}"))
         self._tasks.append(asyncio.create_task(self._listen(), name="trainer-jobs-listen"))
@@ -85,18 +102,30 @@ class JobRunner:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        self.workers.close()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._running:  # hand interrupted jobs back at once rather than after a lease
-            await self.rt.db.execute(
-                "UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0) "
-                "WHERE id = ANY($1::uuid[]) AND status = 'running'",
-                list(self._running),
-            )
-        for process in list(getattr(self.executor, "_processes", {}).values()):
-            process.terminate()
-        self.executor.shutdown(wait=False, cancel_futures=True)
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                await self.rt.db.execute(
+                    "UPDATE jobs SET status = 'queued', attempts = greatest(attempts - 1, 0), worker_pid = NULL "
+                    "WHERE id = ANY($1::uuid[]) AND status = 'running'",
+                    list(self._running),
+                )
 
     def wake(self) -> None:
+        self._wake.set()
+
+    def cancel(self, job_id: uuid.UUID) -> bool:
+        """Kill the worker of ``job_id`` if this replica runs it (the database already says ``cancelled``)."""
+        killed = self.workers.kill(job_id)
+        if killed:
+            log.warning("training job cancelled: worker stopped", extra={"job_id": str(job_id)})
+        return killed
+
+    def _notified(self, payload: str) -> None:
+        if payload.startswith("cancel:"):
+            with contextlib.suppress(ValueError):
+                self.cancel(uuid.UUID(payload.removeprefix("cancel:")))
         self._wake.set()
 
     async def _listen(self) -> None:
@@ -104,26 +133,39 @@ class JobRunner:
         channel = f"driftloop_jobs_{schema}"
         conn: asyncpg.Connection = await self.rt.db.acquire()
         try:
-            await conn.add_listener(channel, lambda *_: self._wake.set())
+            await conn.add_listener(channel, lambda _c, _p, _ch, payload: self._notified(str(payload)))
             await asyncio.Event().wait()
         finally:
             with contextlib.suppress(Exception):
                 await conn.reset()
             await self.rt.db.release(conn)
 
+    def watch_interval(self) -> float:
+        """How often abandoned jobs are looked for: a lost job is re-queued within lease + 10 s."""
+        return max(0.5, min(self.settings.job_lease_s / 3, 5.0))
+
+    async def _watch(self) -> None:
+        """Re-queue abandoned jobs and re-plan kept alarms, independently of any busy job loop."""
+        while True:
+            try:
+                requeued = await repository.requeue_orphans(
+                    self.rt.db, self.settings.job_lease_s, self.settings.max_job_attempts
+                )
+                if requeued:
+                    log.warning("re-queued %d abandoned training jobs", requeued)
+                    self._wake.set()
+                self.queue_depth.set(await self.rt.db.fetchval("SELECT count(*) FROM jobs WHERE status = 'queued'"))
+                if self.replan is not None:
+                    for row in await repository.models_with_kept_drift(self.rt.db):
+                        await self.replan(row["name"])
+            except (OSError, asyncpg.PostgresError) as exc:
+                log.warning("job queue unavailable: %s", exc)
+            await asyncio.sleep(self.watch_interval())
+
     async def _loop(self) -> None:
-        last_sweep = 0.0
         while True:
             self._wake.clear()
             try:
-                if time.monotonic() - last_sweep > self.settings.job_lease_s / 3:
-                    last_sweep = time.monotonic()
-                    requeued = await repository.requeue_orphans(
-                        self.rt.db, self.settings.job_lease_s, self.settings.max_job_attempts
-                    )
-                    if requeued:
-                        log.warning("re-queued %d orphaned training jobs", requeued)
-                    self.queue_depth.set(await self.rt.db.fetchval("SELECT count(*) FROM jobs WHERE status = 'queued'"))
                 job = await repository.claim(self.rt.db)
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("job queue unavailable: %s", exc)
@@ -133,6 +175,9 @@ class JobRunner:
                     await asyncio.wait_for(self._wake.wait(), 2.0)
                 continue
             await self._execute(job)
+            if self.replan is not None:
+                with contextlib.suppress(OSError, asyncpg.PostgresError):
+                    await self.replan(job["model"])
 
     async def _execute(self, job: asyncpg.Record) -> None:
         job_id: uuid.UUID = job["id"]
@@ -159,24 +204,49 @@ class JobRunner:
                     "SELECT champion_version, champion_artifact FROM models WHERE name = $1", job["model"]
                 )
                 spec = self._spec(job, champion)
-                log.info("training job started", extra={"job_id": str(job_id), "model": job["model"]})
-                result = await asyncio.get_running_loop().run_in_executor(self.executor, run_job, spec)
+                result = await self._in_worker(job_id, run_job, spec)
+                log.info("training job trained", extra={"job_id": str(job_id), "model": job["model"]})
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                retry = job["attempts"] < self.settings.max_job_attempts
-                log.error("training job failed", extra={"job_id": str(job_id), "error": repr(exc), "retry": retry})
-                await repository.fail(self.rt.db, job_id, f"{type(exc).__name__}: {exc}", retry)
-                if not retry:
-                    self.jobs_total.labels("failed", job["trigger"]).inc()
+            except (JobFailed, WorkerLost) as exc:
+                await self._failed(job, exc)
                 return
             finally:
                 heart.cancel()
                 self._running.discard(job_id)
                 self.running.dec()
-            await self._complete(job, champion, result)
+            status = await self._complete(job, champion, result)
         self.duration.labels(job["trigger"]).observe(time.monotonic() - started)
-        self.jobs_total.labels("succeeded", job["trigger"]).inc()
+        self.jobs_total.labels(status, job["trigger"]).inc()
+
+    async def rejudge(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Re-score a challenger and the current champion on the challenger's holdout, in a worker process."""
+        return await self._in_worker(uuid.uuid4(), rejudge, {"artifacts_root": self.settings.artifacts.root, **spec})
+
+    async def _in_worker(self, job_id: uuid.UUID, target: Any, spec: dict[str, Any]) -> dict[str, Any]:
+        worker = self.workers.take(job_id)
+        try:
+            if job_id in self._running:
+                with contextlib.suppress(OSError, asyncpg.PostgresError):
+                    await repository.set_worker(self.rt.db, job_id, worker.pid)
+            log.info("worker %d started on %s", worker.pid, job_id, extra={"job_id": str(job_id)})
+            return await worker.run(target, spec)
+        finally:
+            self.workers.release(job_id)
+
+    async def _failed(self, job: asyncpg.Record, exc: Exception) -> None:
+        job_id = job["id"]
+        status = await repository.job_status(self.rt.db, job_id)
+        if status != "running":  # cancelled (or re-queued after a lost lease): not a failure of the job
+            log.info("training job %s: worker stopped, job is %s", job_id, status)
+            if status == "cancelled":
+                self.jobs_total.labels("cancelled", job["trigger"]).inc()
+            return
+        retry = job["attempts"] < self.settings.max_job_attempts
+        log.error("training job failed", extra={"job_id": str(job_id), "error": str(exc), "retry": retry})
+        await repository.fail(self.rt.db, job_id, str(exc), retry)
+        if not retry:
+            self.jobs_total.labels("failed", job["trigger"]).inc()
 
     def _spec(self, job: asyncpg.Record, champion: asyncpg.Record | None) -> dict[str, Any]:
         s = self.settings
@@ -201,7 +271,49 @@ class JobRunner:
             },
         }
 
-    async def _complete(self, job: asyncpg.Record, champion: asyncpg.Record | None, result: dict[str, Any]) -> None:
+    async def _rejudge(
+        self, job: asyncpg.Record, result: dict[str, Any], compared: int | None
+    ) -> tuple[int | None, dict[str, Any] | None]:
+        """Re-score against the current champion when it changed while the job trained.
+
+        Returns the champion version the comparison now holds for and the
+        re-judgement's record (None when nothing changed or it cannot be done).
+        """
+        last: dict[str, Any] | None = None
+        for _ in range(3):  # the champion may move again while re-scoring
+            current = await self.rt.db.fetchrow(
+                "SELECT champion_version, champion_artifact FROM models WHERE name = $1", job["model"]
+            )
+            if current is None or current["champion_version"] in (None, compared) or not result.get("holdout"):
+                return compared, last
+            spec = {
+                "artifacts_root": self.settings.artifacts.root,
+                "holdout": result["holdout"],
+                "challenger": result["artifact"],
+                "champion": json.loads(current["champion_artifact"]),
+                "dataset_schema": result["dataset_schema"],
+            }
+            try:
+                scores = await self._in_worker(job["id"], rejudge, spec)
+            except (JobFailed, WorkerLost) as exc:
+                log.warning("re-judgement of job %s failed: %s", job["id"], exc)
+                return compared, last
+            record = {
+                "stale_champion_version": compared,
+                "stale_champion_metrics": result["champion_metrics"],
+                "champion_version": current["champion_version"],
+                "champion_metrics": scores["champion_metrics"],
+                "metrics": scores["metrics"],
+            }
+            result["champion_metrics"] = scores["champion_metrics"]
+            compared = current["champion_version"]
+            log.info("re-judged job %s against champion v%s", job["id"], compared, extra=record)
+            last = record
+        return compared, last
+
+    async def _complete(self, job: asyncpg.Record, champion: asyncpg.Record | None, result: dict[str, Any]) -> str:
+        compared = champion["champion_version"] if champion and result["champion_metrics"] else None
+        compared, rejudged = await self._rejudge(job, result, compared)
         event = ModelTrained(
             producer="trainer",
             correlation_id=job["correlation_id"],
@@ -214,7 +326,7 @@ class JobRunner:
             params=result["params"],
             metrics=result["metrics"],
             champion_metrics=result["champion_metrics"],
-            champion_version=champion["champion_version"] if champion and result["champion_metrics"] else None,
+            champion_version=compared,
             primary_metric=result["primary_metric"],
             seed=self.settings.seed,
             code_version=self.code_version,
@@ -224,18 +336,26 @@ class JobRunner:
             onnx=OnnxExport.model_validate(result["onnx"]) if result.get("onnx") else None,
             dataset_schema=DatasetSchema.model_validate(result["dataset_schema"]),
             row_sources=result.get("row_sources"),
+            holdout=ArtifactRef.model_validate(result["holdout"]) if result.get("holdout") else None,
+            rejudged=Rejudgement.model_validate(rejudged) if rejudged else None,
         )
         async with self.rt.db.acquire() as conn, conn.transaction():
             # The baseline for "new rows since the last model": the version the job trained on.
-            await repository.finish(conn, job["id"], result, result["dataset_rows"], job["model"])
+            if not await repository.finish(conn, job["id"], result, result["dataset_rows"], job["model"]):
+                log.warning("training job %s was cancelled meanwhile: its result is not registered", job["id"])
+                return "cancelled"
             await outbox.add(conn, event)
         log.info(
             "training job succeeded",
             extra={"job_id": str(job["id"]), "model": job["model"], "metrics": result["metrics"]},
         )
+        return "succeeded"
 
     async def _heartbeat(self, job_id: uuid.UUID) -> None:
+        """Renew the lease; a job no longer ``running`` in the database (cancelled, re-queued) loses its worker."""
         while True:
-            await asyncio.sleep(max(1.0, self.settings.job_lease_s / 4))
+            await asyncio.sleep(max(0.5, min(self.settings.job_lease_s / 4, 5.0)))
             with contextlib.suppress(OSError, asyncpg.PostgresError):
-                await repository.heartbeat(self.rt.db, job_id)
+                if not await repository.heartbeat(self.rt.db, job_id):
+                    self.cancel(job_id)
+                    return

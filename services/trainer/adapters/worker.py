@@ -16,6 +16,7 @@ from libs.common.datasets import DatasetManifest, read_batches, row_sources
 from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType, Task
+from services.trainer.adapters.rejudge import holdout_parquet
 from services.trainer.domain.export import export
 from services.trainer.domain.training import TrainingConfig, TrainingResult, train
 
@@ -78,6 +79,9 @@ def _run(spec: dict[str, Any], tracer: Any) -> dict[str, Any]:
     profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
     with tracer.start_as_current_span("onnx export and parity"):
         onnx = export_onnx(store, schema, result)
+    # The holdout is the newest rows: kept so a stale comparison can be re-judged on the same rows.
+    holdout = frame.dropna(subset=[schema.target.name]).tail(result.holdout_rows)
+    holdout_ref = store.put(holdout_parquet(holdout), suffix=".holdout.parquet")
     return {
         "params": result.params,
         "metrics": result.metrics,
@@ -93,6 +97,7 @@ def _run(spec: dict[str, Any], tracer: Any) -> dict[str, Any]:
         "onnx": onnx.model_dump(mode="json"),
         "search": result.search,
         "row_sources": [s.model_dump() for s in sources] if (sources := row_sources(batches)) is not None else None,
+        "holdout": holdout_ref.model_dump(),
     }
 
 

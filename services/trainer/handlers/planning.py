@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
 from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import DatasetManifest
 from libs.common.events import ArtifactRef
+from libs.common.service import Runtime
 from libs.common.telemetry import inject_context
 from services.trainer.adapters import repository
-from services.trainer.domain.policy import Decision, ModelView, PolicyConfig, decide_on_data, decide_on_request
+from services.trainer.domain.policy import (
+    ROUTINE_TRIGGERS,
+    Decision,
+    ModelView,
+    PolicyConfig,
+    decide_on_data,
+    decide_on_request,
+)
 from services.trainer.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
 
 
 def policy_config(settings: TrainerSettings) -> PolicyConfig:
@@ -64,11 +76,21 @@ async def plan(
     requested: bool = False,
     reason: str | None = None,
 ) -> tuple[Decision, uuid.UUID | None]:
-    """Apply the retrain policy to ``model`` and queue a job if it says so."""
+    """Apply the retrain policy to ``model``: cancel what drift outranks, queue a job if it says so."""
     view, current = await model_view(conn, store, model, dataset)
-    decision = decide_on_request(view) if requested else decide_on_data(view, policy_config(settings))
+    if requested:
+        decision = decide_on_request(view)
+    else:
+        decision = decide_on_data(view, policy_config(settings), datetime.now(UTC))
     if requested and decision.train and reason:
-        decision = Decision(True, reason, decision.trigger)
+        decision = Decision(True, reason, decision.trigger, decision.since)
+    if decision.clear_drift:
+        await repository.clear_drift(conn, model)
+    if decision.cancel_routine:
+        cancelled = await repository.cancel_routine(
+            conn, model, f"cancelled: drift outranks routine work ({decision.reason})", ROUTINE_TRIGGERS
+        )
+        log.warning("cancelled routine job(s) of %s for drift: %s", model, [str(c) for c in cancelled])
     if not decision.train or current is None:
         return decision, None
     manifest, ref = current
@@ -84,3 +106,15 @@ async def plan(
         trace_headers=inject_context(),
     )
     return decision, job_id
+
+
+async def replan(rt: Runtime, settings: TrainerSettings, model: str, on_queued: Callable[[], None]) -> None:
+    """Re-apply the policy to ``model`` (a job ended, or a kept alarm's cool-down may be over)."""
+    async with rt.db.acquire() as conn, conn.transaction():
+        row = await repository.model_row(conn, model)
+        if row is None:
+            return
+        decision, job_id = await plan(conn, rt.store, settings, model=model, dataset=row["dataset"])
+    if job_id is not None:
+        log.info("retrain policy after a job or cool-down: %s", decision.reason, extra={"model": model})
+        on_queued()
