@@ -11,9 +11,11 @@ import pytest
 from libs.common.profile import ReferenceProfile, build_profile
 from services.monitor.domain.decision import (
     AlarmState,
+    Performance,
     DriftConfig,
     classification_performance,
     evaluate_window,
+    regression_performance,
     should_alarm,
 )
 from services.monitor.domain.windows import NumericWindow, Reservoir, Window
@@ -115,6 +117,50 @@ def test_persistence_and_cool_down(reference: ReferenceProfile) -> None:
     for _ in range(3):  # cool-down: flagged windows, no alarm
         assert not should_alarm(state, drifted, now + timedelta(seconds=30), CONFIG)[0]
     assert should_alarm(state, drifted, now + timedelta(minutes=3), CONFIG)[0]
+
+
+def test_the_identical_alarm_is_not_repeated_every_cool_down(reference: ReferenceProfile) -> None:
+    """The trainer keeps alarms: repeating one while nothing changes is noise, so each repeat waits twice as long."""
+    state = AlarmState()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    drifted = evaluate_window(window(reference, 1, shift=2.0, shares=(0.7, 0.2, 0.1)), None, CONFIG)
+    raised = []
+    for minute in range(0, 60):  # an hour of flagged windows, two a minute
+        for second in (0, 30):
+            if should_alarm(state, drifted, start + timedelta(minutes=minute, seconds=second), CONFIG)[0]:
+                raised.append(minute)
+    # Cool-down 2 min: a naive monitor raises ~30 alarms an hour; doubling gives 0, 2, 6, 14, 30 (then 62).
+    assert raised == [0, 2, 6, 14, 30]
+
+
+def test_a_new_kind_of_problem_is_raised_after_the_plain_cool_down(reference: ReferenceProfile) -> None:
+    state = AlarmState()
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    drifted = evaluate_window(window(reference, 1, shift=2.0, shares=(0.7, 0.2, 0.1)), None, CONFIG)
+    worse = Performance("accuracy", 0.5, 0.55, 0.85, 300, degraded=True)
+    degraded = evaluate_window(window(reference, 2, shift=2.0, shares=(0.7, 0.2, 0.1)), worse, CONFIG)
+    assert "performance" in degraded.kinds
+    def twice(report: Any, at: timedelta) -> bool:
+        should_alarm(state, report, now + at, CONFIG)
+        return should_alarm(state, report, now + at, CONFIG)[0]
+
+    assert twice(drifted, timedelta(0))
+    assert twice(drifted, timedelta(minutes=2))  # the first repeat: the next identical one waits 4 minutes
+    assert not twice(drifted, timedelta(minutes=4, seconds=30))
+    assert should_alarm(state, degraded, now + timedelta(minutes=4, seconds=31), CONFIG)[0]  # a new kind: 2 min
+
+
+def test_live_rmse_is_judged_on_its_confidence_interval() -> None:
+    rng = np.random.default_rng(3)
+    holdout_rmse = 1.0
+    same = regression_performance(list(rng.normal(0, 1.0, 100) ** 2), holdout_rmse, CONFIG)
+    assert same is not None
+    assert not same.degraded
+    worse = regression_performance(list(rng.normal(0, 2.0, 300) ** 2), holdout_rmse, CONFIG)
+    assert worse is not None
+    assert worse.degraded
+    assert worse.bound < worse.live
+    assert regression_performance([1.0] * 10, holdout_rmse, CONFIG) is None  # too few labels
 
 
 def test_reservoir_is_bounded_and_uniform() -> None:

@@ -124,7 +124,7 @@ class ModelMonitor:
         holdout_rmse = self.profile.metrics.get("rmse")
         if holdout_rmse is None:
             return None
-        return regression_performance(float(sum(self.labels)), n, holdout_rmse, self.config)
+        return regression_performance(list(self.labels), holdout_rmse, self.config)
 
     def outcome(self, prediction: Any, label: Any) -> float | None:
         if self.schema.task is Task.CLASSIFICATION:

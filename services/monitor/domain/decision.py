@@ -7,15 +7,22 @@ Effect sizes alone would flag noise on small windows; p-values alone would
 flag trivial shifts on large ones. The dataset drifts when a configurable
 share of features drifts, or any feature marked key. Performance degrades
 when even the optimistic end of the live accuracy's confidence interval lies
-below the holdout accuracy by more than a margin. One flagged window is not
-enough to retrain: the alarm needs k flagged windows out of the last n
-(persistence), and after an alarm the model is left alone for a cool-down.
+below the holdout accuracy by more than a margin. For regression the same
+holds for the live RMSE: even the optimistic end of its confidence interval
+must exceed the holdout RMSE by more than a (relative) margin. One flagged
+window is not enough to retrain: the alarm needs k flagged windows out of
+the last n (persistence), and after an alarm the model is left alone for a
+cool-down. The identical alarm (no new kind of problem) about the same
+version is raised again only after a cool-down that doubles each time: the
+trainer keeps every alarm it receives, so repeating one every cool-down
+while nothing can change is noise, yet a lost one is still re-sent.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -218,13 +225,27 @@ def classification_performance(correct: int, labels: int, holdout: float, config
 
 
 def regression_performance(
-    squared_errors: float, labels: int, holdout_rmse: float, config: DriftConfig
+    squared_errors: Sequence[float], holdout_rmse: float, config: DriftConfig, z: float = 1.96
 ) -> Performance | None:
-    """Live RMSE against the holdout RMSE (relative margin)."""
+    """Live RMSE against the holdout RMSE (relative margin), judged on the lower end of its confidence interval.
+
+    The mean squared error of n labels has a standard error of sd/sqrt(n);
+    a few large errors on a small window must not look like a worse model.
+    """
+    labels = len(squared_errors)
     if labels < config.min_labels:
         return None
-    rmse = float(np.sqrt(squared_errors / labels))
-    return Performance("rmse", rmse, rmse, holdout_rmse, labels, rmse > holdout_rmse * (1 + config.performance_margin))
+    errors = np.asarray(squared_errors, dtype=float)
+    mse = float(errors.mean())
+    lower = max(0.0, mse - z * float(errors.std(ddof=1)) / np.sqrt(labels))
+    rmse, optimistic = float(np.sqrt(mse)), float(np.sqrt(lower))
+    return Performance(
+        "rmse", rmse, optimistic, holdout_rmse, labels, optimistic > holdout_rmse * (1 + config.performance_margin)
+    )
+
+
+#: The longest wait before an identical alarm about the same version is raised again.
+MAX_REPEAT_COOLDOWN = timedelta(days=1)
 
 
 @dataclass
@@ -233,6 +254,22 @@ class AlarmState:
 
     history: deque[tuple[bool, datetime]] = field(default_factory=deque)
     last_alarm_at: datetime | None = None
+    raised_kinds: frozenset[str] = frozenset()
+    """Kinds of problem already reported for this version."""
+    repeats: int = 0
+    """Identical alarms raised in a row (each one doubles the next cool-down)."""
+
+    def copy(self) -> AlarmState:
+        """A copy to decide on: the live state changes only once the alarm is durable."""
+        return replace(self, history=deque(self.history))
+
+
+def repeat_cooldown(state: AlarmState, kinds: Sequence[str], config: DriftConfig) -> timedelta:
+    """The cool-down before an alarm of ``kinds``: plain for a new kind of problem, doubling for a repeat."""
+    if state.last_alarm_at is None or not set(kinds) <= state.raised_kinds:
+        return config.cooldown
+    wait: timedelta = config.cooldown * 2**state.repeats
+    return min(wait, MAX_REPEAT_COOLDOWN)
 
 
 def should_alarm(
@@ -251,8 +288,11 @@ def should_alarm(
     flagged = [started for hit, started in state.history if hit]
     if len(flagged) < config.persistence_k:
         return False, None
-    if state.last_alarm_at is not None and now - state.last_alarm_at < config.cooldown:
+    if state.last_alarm_at is not None and now - state.last_alarm_at < repeat_cooldown(state, report.kinds, config):
         return False, None
+    repeat = state.last_alarm_at is not None and set(report.kinds) <= state.raised_kinds
+    state.repeats = state.repeats + 1 if repeat else 0
+    state.raised_kinds = state.raised_kinds | set(report.kinds)
     state.last_alarm_at = now
     state.history.clear()
     return True, min(flagged)

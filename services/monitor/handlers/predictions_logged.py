@@ -7,6 +7,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from opentelemetry import trace
 
 from libs.common import outbox
@@ -72,27 +73,35 @@ async def _judge(rt: Runtime, monitor: ModelMonitor, window: Window, metrics: Mo
     report = evaluate_window(window, monitor.performance(), monitor.config)
     monitor.last_report = report
     metrics.record(monitor, report)
-    alarm, since = should_alarm(monitor.alarms, report, now(), monitor.config)
+    # Decide on a copy: the live alarm state moves only once the report (and alarm) are committed,
+    # so a failed write neither loses the alarm nor starts a cool-down for an alarm nobody received.
+    alarms = monitor.alarms.copy()
+    alarm, since = should_alarm(alarms, report, now(), monitor.config)
     async with rt.db.acquire() as conn, conn.transaction():
         await conn.execute(
             "INSERT INTO reports (model, version, flagged, report) VALUES ($1, $2, $3, $4)",
             monitor.model, monitor.version, report.flagged, report_json(report),
         )  # fmt: skip
-        if not alarm:
-            return
-        event = _drift_event(monitor, report, since)
-        with rt.telemetry.tracer.start_as_current_span(
-            "drift detected",
-            attributes={"driftloop.model": monitor.model, "driftloop.version": monitor.version},
-            links=[trace.Link(c) for c in monitor.causes if c.is_valid],  # many causes: links, not one parent
-        ):
-            await outbox.add(conn, event)
-        await conn.execute(
-            "INSERT INTO alarms (model, version, event_id, kinds, summary) VALUES ($1, $2, $3, $4, $5)",
-            monitor.model, monitor.version, event.event_id, event.kinds, event.summary,
-        )  # fmt: skip
-    metrics.alarms.labels(monitor.model).inc()
-    log.warning("drift detected for %s v%d: %s", monitor.model, monitor.version, report.reason)
+        if alarm:
+            await _raise(rt, conn, monitor, _drift_event(monitor, report, since))
+    monitor.alarms = alarms  # committed: now the cool-down may start
+    if alarm:
+        metrics.alarms.labels(monitor.model).inc()
+        log.warning("drift detected for %s v%d: %s", monitor.model, monitor.version, report.reason)
+
+
+async def _raise(rt: Runtime, conn: asyncpg.Connection, monitor: ModelMonitor, event: DriftDetected) -> None:
+    """drift.detected through the outbox, and the alarm row, in the caller's transaction."""
+    with rt.telemetry.tracer.start_as_current_span(
+        "drift detected",
+        attributes={"driftloop.model": monitor.model, "driftloop.version": monitor.version},
+        links=[trace.Link(c) for c in monitor.causes if c.is_valid],  # many causes: links, not one parent
+    ):
+        await outbox.add(conn, event)
+    await conn.execute(
+        "INSERT INTO alarms (model, version, event_id, kinds, summary) VALUES ($1, $2, $3, $4, $5)",
+        monitor.model, monitor.version, event.event_id, event.kinds, event.summary,
+    )  # fmt: skip
 
 
 def _drift_event(monitor: ModelMonitor, report: WindowReport, since: datetime | None) -> DriftDetected:

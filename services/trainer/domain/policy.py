@@ -106,7 +106,7 @@ def accept_drift(view: ModelView, alarm_version: int | None) -> tuple[DriftVerdi
     to correct), and one about a version older than the champion (a newer
     model already answered it). Busy trainers and cool-downs keep the report.
     """
-    if view.last_trained_rows == 0:
+    if view.last_trained_rows == 0 and view.champion_version is None:
         return DriftVerdict.IGNORE, "no model has been trained yet"
     if _older(alarm_version, view.champion_version):
         return DriftVerdict.IGNORE, f"about v{alarm_version}, but the champion is already v{view.champion_version}"
