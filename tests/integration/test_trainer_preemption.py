@@ -19,7 +19,7 @@ from tests.conftest import Isolation, serve
 from tests.factories import data_arrived, promoted, trained_model
 from tests.helpers import read_topic, wait_until
 from tests.integration.test_trainer import jobs, publish, settings
-from tests.workload import process_gone
+from tests.workload import process_gone, spawned_workers
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +124,5 @@ async def test_a_crashed_worker_costs_one_attempt_and_abandoned_jobs_are_requeue
 
         await wait_until(requeued, timeout=lease + 10, message="the abandoned job to be re-queued within lease + 10 s")
         assert (await _running(client) or {}).get("id") == first["id"]  # the busy loop never paused for it
+    # A stopped trainer leaves no worker behind (the running one, nor a warm spare).
+    await wait_until(lambda: not spawned_workers(), timeout=10, message="every worker process to be gone")

@@ -147,14 +147,17 @@ class Workers:
         self.preload = preload
         self._warm: WorkerProcess | None = None
         self.running: dict[Any, WorkerProcess] = {}
+        self.closed = False
 
     def warm_up(self) -> None:
         """Have a started worker waiting (called when idle, so warming never competes with a job)."""
-        if self._warm is None or not self._warm.alive():
+        if not self.closed and (self._warm is None or not self._warm.alive()):
             self._warm = WorkerProcess(self.preload)
 
     def take(self, key: Any) -> WorkerProcess:
         """A worker for job ``key``: the warm one if it is healthy, else a new one."""
+        if self.closed:
+            raise WorkerLost("the trainer is stopping")
         worker = self._warm if self._warm is not None and self._warm.alive() else WorkerProcess(self.preload)
         self._warm = None
         self.running[key] = worker
@@ -174,6 +177,7 @@ class Workers:
 
     def close(self) -> None:
         """Kill every worker (the warm one too) and wait for them: nothing outlives the trainer."""
+        self.closed = True
         workers = [*self.running.values(), *([self._warm] if self._warm else [])]
         for worker in workers:
             worker.kill()
