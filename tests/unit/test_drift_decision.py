@@ -11,8 +11,8 @@ import pytest
 from libs.common.profile import ReferenceProfile, build_profile
 from services.monitor.domain.decision import (
     AlarmState,
-    Performance,
     DriftConfig,
+    Performance,
     classification_performance,
     evaluate_window,
     regression_performance,
@@ -124,11 +124,12 @@ def test_the_identical_alarm_is_not_repeated_every_cool_down(reference: Referenc
     state = AlarmState()
     start = datetime(2026, 1, 1, tzinfo=UTC)
     drifted = evaluate_window(window(reference, 1, shift=2.0, shares=(0.7, 0.2, 0.1)), None, CONFIG)
-    raised = []
-    for minute in range(0, 60):  # an hour of flagged windows, two a minute
-        for second in (0, 30):
-            if should_alarm(state, drifted, start + timedelta(minutes=minute, seconds=second), CONFIG)[0]:
-                raised.append(minute)
+    raised = [
+        minute
+        for minute in range(0, 60)  # an hour of flagged windows, two a minute
+        for second in (0, 30)
+        if should_alarm(state, drifted, start + timedelta(minutes=minute, seconds=second), CONFIG)[0]
+    ]
     # Cool-down 2 min: a naive monitor raises ~30 alarms an hour; doubling gives 0, 2, 6, 14, 30 (then 62).
     assert raised == [0, 2, 6, 14, 30]
 
