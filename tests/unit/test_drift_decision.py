@@ -141,6 +141,7 @@ def test_a_new_kind_of_problem_is_raised_after_the_plain_cool_down(reference: Re
     worse = Performance("accuracy", 0.5, 0.55, 0.85, 300, degraded=True)
     degraded = evaluate_window(window(reference, 2, shift=2.0, shares=(0.7, 0.2, 0.1)), worse, CONFIG)
     assert "performance" in degraded.kinds
+
     def twice(report: Any, at: timedelta) -> bool:
         should_alarm(state, report, now + at, CONFIG)
         return should_alarm(state, report, now + at, CONFIG)[0]
