@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from libs.cli.synthetic import FEATURES, SCHEMA, TARGET, ChurnStream, corrupt
 from libs.common import topics
 from libs.common.events import parse_event
+from libs.common.idempotency import HEADER
 
 
 @dataclass
@@ -187,7 +189,7 @@ class Demo:
             records = [corrupt(r, self.rng) if self.rng.random() < self.config.corrupt_share else r for r in records]
             self.state.records_sent += len(records)
             try:
-                answer = await self.http.post(url, json=records)
+                answer = await self._post_retried(url, records)
                 body = answer.json()
                 if answer.status_code == 200:
                     self.state.records_accepted += body["accepted"]
@@ -199,6 +201,20 @@ class Demo:
                 self.state.errors.append(f"ingest unreachable: {exc!r}")
             self.on_update(self.state)
             await asyncio.sleep(self.config.stream_interval_s)
+
+    async def _post_retried(self, url: str, body: Any, attempts: int = 4) -> httpx.Response:
+        """POST with an Idempotency-Key, retried on a lost answer or a 5xx: stored once either way."""
+        headers = {HEADER: uuid.uuid4().hex}
+        for attempt in range(1, attempts + 1):
+            try:
+                answer = await self.http.post(url, json=body, headers=headers)
+                if answer.status_code < 500 or attempt == attempts:
+                    return answer
+            except httpx.HTTPError:
+                if attempt == attempts:
+                    raise
+            await asyncio.sleep(0.2 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _traffic(self, *, until: Callable[[], bool], phase: str) -> None:
         url = f"{self.services['serving']}/v1/models/{self.config.dataset}/predict"
@@ -238,8 +254,8 @@ class Demo:
         for start in range(0, len(due), 1000):
             chunk = due[start : start + 1000]
             try:
-                await self.http.post(f"{self.services['serving']}/v1/feedback",
-                                     json={"model": self.config.dataset, "labels": chunk})  # fmt: skip
+                await self._post_retried(f"{self.services['serving']}/v1/feedback",
+                                         {"model": self.config.dataset, "labels": chunk})  # fmt: skip
             except httpx.HTTPError as exc:
                 self.state.errors.append(f"feedback failed: {exc!r}")
 

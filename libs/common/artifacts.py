@@ -11,6 +11,7 @@ writes a local directory (``file:///…``, the default) or S3-compatible storage
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -68,6 +69,12 @@ class ArtifactStore:
                 actual=actual,
             )
         return data
+
+    def delete(self, ref: ArtifactRef) -> None:
+        """Remove ``ref`` (nothing happens if it is already gone): for bytes whose
+        database row was rolled back, so no file outlives a failed request."""
+        with contextlib.suppress(FileNotFoundError):
+            self._fs.delete_file(self._path(ref.uri))
 
     def exists(self, ref: ArtifactRef) -> bool:
         return bool(self._fs.get_file_info(self._path(ref.uri)).type == fs.FileType.File)

@@ -9,9 +9,11 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
+from libs.common import idempotency
 from libs.common.auth import Principal, Role, require
 from libs.common.errors import BadRequest, Conflict, NotFound, ValidationFailed
 from libs.common.http import INT4_MAX, INT8_MAX, errors
+from libs.common.idempotency import IdempotencyKey, fingerprint
 from libs.common.jsonbody import off_loop
 from libs.common.ratelimit import RateLimit
 from libs.common.schema import DatasetSchema
@@ -21,6 +23,7 @@ from services.ingest.domain.parsing import ParsedBody, parse_body
 from services.ingest.domain.validation import ValidationResult, validate_records
 from services.ingest.settings import IngestSettings
 
+RECORDS_SCOPE = "ingest.records"
 DatasetName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Dataset name.")]
 VersionNumber = Annotated[int, Path(ge=0, le=INT4_MAX, description="Dataset version.")]
 
@@ -149,7 +152,10 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             "created_at": row["created_at"].isoformat(),
         }
 
-    @router.post("/{dataset}/records", summary="Submit records: JSON array, NDJSON or CSV")
+    @router.post(
+        "/{dataset}/records", response_model=SubmissionOut, responses=errors(409, 415),
+        summary="Submit records: JSON array, NDJSON or CSV",
+    )  # fmt: skip
     async def submit(
         dataset: DatasetName,
         request: Request,
@@ -158,7 +164,8 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             Literal["partial", "strict"],
             Query(description="partial: store valid rows, keep the rest as rejections; strict: all or nothing"),
         ] = "partial",
-    ) -> SubmissionOut:
+        key: IdempotencyKey = None,
+    ) -> Response:
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")
         schema = await repository.get_schema(rt.db, dataset)
@@ -174,21 +181,27 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
                 field=first.field,
                 rejections=[{"row": r.row, "field": r.field, "reason": r.reason} for r in result.rejected[:100]],
             )
-        async with rt.db.acquire() as conn, conn.transaction():
+        request_print = fingerprint(principal.name, dataset, mode, content_type, body)
+        async with rt.db.acquire() as conn, conn.transaction(), repository.discard_on_error(rt.store) as written:
+            if key is not None and (replay := await idempotency.claim(conn, RECORDS_SCOPE, key, request_print)):
+                return replay.response()
             stored = await repository.store_submission(
                 conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=result.rejected, source="http",
-                principal=principal.name, trusted=principal.trusted,
+                principal=principal.name, trusted=principal.trusted, written=written,
             )  # fmt: skip
-        return SubmissionOut(
-            dataset=dataset,
-            submission_id=str(stored.submission_id),
-            received=len(parsed.rows),
-            accepted=stored.accepted,
-            rejected=stored.rejected,
-            version=stored.version,
-            total_rows=stored.total_rows,
-            rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in result.rejected[:100]],
-        )
+            answer = SubmissionOut(
+                dataset=dataset,
+                submission_id=str(stored.submission_id),
+                received=len(parsed.rows),
+                accepted=stored.accepted,
+                rejected=stored.rejected,
+                version=stored.version,
+                total_rows=stored.total_rows,
+                rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in result.rejected[:100]],
+            ).model_dump_json()
+            if key is not None:
+                await idempotency.remember(conn, RECORDS_SCOPE, key, 200, answer.encode())
+        return Response(answer, media_type="application/json")
 
     @router.get("/{dataset}/rejections", summary="Rejected rows with their reasons, newest first",
                 dependencies=[require(Role.READER)])  # fmt: skip

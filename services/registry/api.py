@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Path, Query
+from fastapi import APIRouter, FastAPI, Path, Query, Response
 from pydantic import BaseModel, Field
 
+from libs.common import idempotency
 from libs.common.auth import Principal, Role, require
 from libs.common.errors import Forbidden, NotFound
-from libs.common.http import INT4_MAX
+from libs.common.http import INT4_MAX, errors
+from libs.common.idempotency import IdempotencyKey, fingerprint
 from libs.common.service import Runtime
 from services.registry.adapters import repository
 from services.registry.domain.promotion import ALIASES
 
+ALIAS_SCOPE = "registry.alias-move"
 ModelName = Annotated[str, Path(description="Model name.")]
 VersionNumber = Annotated[int, Path(ge=1, le=INT4_MAX, description="Model version.")]
 
@@ -79,21 +83,25 @@ def mount(app: FastAPI, rt: Runtime) -> None:
         return await show_version(model, version)
 
     @router.put(
-        "/{model}/aliases/{alias}",
+        "/{model}/aliases/{alias}", response_model=None, responses=errors(409),
         summary="Move an alias by hand (promote or roll back)",
         description="canary and shadow, and rolling champion back to an older version, need `operator`; "
         "moving champion forward (the human approval step) needs `approver`. The audit records the caller.",
-    )
+    )  # fmt: skip
     async def move(
         model: ModelName,
         alias: str,
         body: AliasMoveRequest,
         principal: Annotated[Principal, require(Role.OPERATOR, Role.APPROVER)],
-    ) -> dict[str, Any]:
+        key: IdempotencyKey = None,
+    ) -> dict[str, Any] | Response:
         if alias not in ALIASES:
             raise NotFound(f"unknown alias {alias!r}; aliases are {', '.join(ALIASES)}", alias=alias)
         await _require(model)
         async with rt.db.acquire() as conn, conn.transaction():
+            request = fingerprint(principal.name, model, alias, body.model_dump_json())
+            if key is not None and (replay := await idempotency.claim(conn, ALIAS_SCOPE, key, request)):
+                return replay.response()
             await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", model)
             current = await repository.alias_version(conn, model, alias)
             approval = alias == "champion" and (current is None or body.version > current)
@@ -107,7 +115,11 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             event = await repository.move_alias(
                 conn, model, alias, body.version, actor=principal.name, reason=body.reason
             )
-        return {"model": model, "alias": alias, "from_version": event.move.from_version, "to_version": body.version}
+            answer = {"model": model, "alias": alias, "from_version": event.move.from_version,
+                      "to_version": body.version}  # fmt: skip
+            if key is not None:
+                await idempotency.remember(conn, ALIAS_SCOPE, key, 200, json.dumps(answer).encode())
+        return answer
 
     @router.get("/{model}/audit", summary="Every registration, promotion, rejection and rollback",
                 dependencies=[require(Role.READER)])  # fmt: skip

@@ -20,11 +20,12 @@ from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
 
-from libs.common import jsonbody
+from libs.common import idempotency, jsonbody
 from libs.common.auth import Principal, Role, require
 from libs.common.errors import NotFound, ValidationFailed
 from libs.common.events import Label, LabelsArrived
-from libs.common.http import NO_BODY, json_body
+from libs.common.http import NO_BODY, errors, json_body
+from libs.common.idempotency import IdempotencyKey, RecentKeys, fingerprint
 from libs.common.ratelimit import RateLimit
 from libs.common.service import Runtime
 from libs.common.validation import InvalidValue, coerce
@@ -127,9 +128,11 @@ def mount(
         ]
         return json_response({"model": model, "version": loaded.version, "predictions": results})
 
-    @router.post("/v1/feedback", status_code=202, summary="True labels for earlier predictions")
+    feedback_keys = RecentKeys()
+
+    @router.post("/v1/feedback", status_code=202, responses=errors(409), summary="True labels for earlier predictions")
     async def feedback(
-        body: FeedbackRequest, principal: Annotated[Principal, require(Role.PRODUCER)]
+        body: FeedbackRequest, principal: Annotated[Principal, require(Role.PRODUCER)], key: IdempotencyKey = None
     ) -> dict[str, Any]:
         """Labels are accepted only for request ids this service issued for ``model``; the others are
         refused (listed in the answer, counted in ``driftloop_feedback_refused_total``) and never scored."""
@@ -140,6 +143,9 @@ def mount(
                 coerce(target, item.label, from_text=False)
             except InvalidValue as exc:
                 raise ValidationFailed(f"labels.{index}.label: {exc}", row=index, field="label") from exc
+        request = fingerprint(principal.name, body.model_dump_json())
+        if key is not None and (answered := feedback_keys.check(key, request)) is not None:
+            return answered  # published already
         accepted, rejected = screen(ids, body.model, [item.request_id for item in body.labels])
         for _, reason in rejected:
             refused.labels(body.model, reason).inc()
@@ -157,8 +163,13 @@ def mount(
             producer="serving", model=body.model, principal=principal.name, trusted=principal.trusted,
             labels=[Label(request_id=body.labels[i].request_id, label=body.labels[i].label) for i in accepted],
         )  # fmt: skip
+        if key is not None:  # a retried key publishes the same event id: the monitor counts it once
+            event = event.model_copy(update={"event_id": idempotency.event_id("serving.feedback", key)})
         await rt.publisher.publish_event(event)  # acknowledged by the broker before we answer
-        return {"model": body.model, "accepted": len(accepted), "refused": len(rejected), "problems": problems}
+        answer = {"model": body.model, "accepted": len(accepted), "refused": len(rejected), "problems": problems}
+        if key is not None:
+            feedback_keys.add(key, request, answer)
+        return answer
 
     @router.get("/v1/models", summary="Models served by this replica", dependencies=[require(Role.READER)])
     async def list_models() -> list[dict[str, Any]]:

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, FastAPI, Query
+from fastapi import APIRouter, FastAPI, Query, Response
+from fastapi.encoders import jsonable_encoder
 from pydantic import BaseModel, Field
 
+from libs.common import idempotency
 from libs.common.auth import Principal, Role, require
 from libs.common.errors import Conflict, NotFound
+from libs.common.http import errors
+from libs.common.idempotency import IdempotencyKey, fingerprint
 from libs.common.service import Runtime
 from services.trainer.adapters import repository
 from services.trainer.handlers.planning import dataset_for, model_view, plan
 from services.trainer.settings import TrainerSettings
+
+JOBS_SCOPE = "trainer.training-jobs"
 
 
 class JobRequest(BaseModel):
@@ -26,10 +33,18 @@ class JobRequest(BaseModel):
 def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None]) -> None:
     router = APIRouter(tags=["training"])
 
-    @router.post("/v1/training-jobs", status_code=202, summary="Queue a training job now")
-    async def request_job(body: JobRequest, principal: Annotated[Principal, require(Role.OPERATOR)]) -> dict[str, Any]:
+    @router.post(
+        "/v1/training-jobs", status_code=202, response_model=None, responses=errors(404, 409),
+        summary="Queue a training job now",
+    )  # fmt: skip
+    async def request_job(
+        body: JobRequest, principal: Annotated[Principal, require(Role.OPERATOR)], key: IdempotencyKey = None
+    ) -> dict[str, Any] | Response:
         dataset = body.dataset or dataset_for(settings, body.model)
         async with rt.db.acquire() as conn, conn.transaction():
+            request = fingerprint(principal.name, body.model_dump_json())
+            if key is not None and (replay := await idempotency.claim(conn, JOBS_SCOPE, key, request)):
+                return replay.response()
             if await repository.dataset(conn, dataset) is None:
                 raise NotFound(f"dataset {dataset!r} has no data yet (no data.arrived seen)", dataset=dataset)
             decision, job_id = await plan(
@@ -39,9 +54,12 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Calla
             if job_id is None:
                 raise Conflict(f"no job queued for {body.model!r}: {decision.reason}", model=body.model)
             row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+            assert row is not None
+            answer: dict[str, Any] = jsonable_encoder(repository.job_out(row))
+            if key is not None:
+                await idempotency.remember(conn, JOBS_SCOPE, key, 202, json.dumps(answer).encode())
         on_queued()
-        assert row is not None
-        return repository.job_out(row)
+        return answer
 
     @router.get("/v1/training-jobs", summary="Jobs, newest first", dependencies=[require(Role.READER)])
     async def list_jobs(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -60,14 +62,17 @@ async def store_submission(
     correlation_id: str | None = None,
     principal: str | None = None,
     trusted: bool | None = None,
+    written: list[ArtifactRef] | None = None,
 ) -> StoredSubmission:
     """Record one submission inside the caller's transaction.
 
     Accepted rows become the next dataset version (batch Parquet + manifest,
     both content-addressed) and a ``data.arrived`` event in the outbox;
     rejected rows are kept with their reasons. The dataset row is locked so
-    concurrent submissions get consecutive versions.
+    concurrent submissions get consecutive versions. The artifacts written are
+    appended to ``written`` (see :func:`discard_on_error`).
     """
+    written = [] if written is None else written
     head = await conn.fetchrow(
         "SELECT schema, last_version, total_rows FROM datasets WHERE name = $1 FOR UPDATE", dataset
     )
@@ -81,6 +86,7 @@ async def store_submission(
         version = head["last_version"] + 1
         now = datetime.now(UTC)
         batch = store.put(batch_to_parquet(schema, accepted, now), suffix=".parquet")
+        written.append(batch)
         entries = [_entry(r) for r in await conn.fetch(
             "SELECT version, batch_uri, batch_sha256, batch_size, rows, created_at, principal, trusted FROM versions "
             "WHERE dataset = $1 ORDER BY version", dataset)]  # fmt: skip
@@ -88,6 +94,7 @@ async def store_submission(
                                   principal=principal, trusted=trusted))  # fmt: skip
         manifest_doc = DatasetManifest(dataset=dataset, version=version, dataset_schema=schema, batches=entries)
         manifest = store.put(manifest_doc.model_dump_json().encode(), suffix=".manifest.json")
+        written.append(manifest)
         total += len(accepted)
         await conn.execute(
             "INSERT INTO versions (dataset, version, batch_uri, batch_sha256, batch_size, rows, manifest_uri, "
@@ -129,6 +136,24 @@ async def store_submission(
             records=[(dataset, submission_id, r.row, r.field, r.reason, _as_json(r.record)) for r in rejected],
         )
     return StoredSubmission(submission_id, len(accepted), len(rejected), version, total)
+
+
+@contextlib.asynccontextmanager
+async def discard_on_error(store: ArtifactStore) -> AsyncIterator[list[ArtifactRef]]:
+    """Collects the artifacts a submission writes and deletes them if the block fails.
+
+    Used inside the transaction (``async with conn.transaction(), discard_on_error(store)``):
+    an error in the block means the rows that would reference the files are
+    rolled back, so the files go too. A failure of the COMMIT itself leaves
+    them: the rows may have been committed with the answer lost.
+    """
+    written: list[ArtifactRef] = []
+    try:
+        yield written
+    except BaseException:
+        for ref in written:
+            store.delete(ref)
+        raise
 
 
 def _entry(row: asyncpg.Record) -> BatchEntry:

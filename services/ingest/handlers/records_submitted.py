@@ -45,10 +45,12 @@ def consumer(rt: Runtime, settings: IngestSettings) -> MicroBatchConsumer:
                 rejected = [Rejection(r.row, r.field, r.reason, r.record) for r in result.rejected]
                 # Only the upstream system's own Kafka user may write this topic (ACLs): its rows are trusted.
                 principals = sorted({e.principal or UPSTREAM for e in fresh})
-                await repository.store_submission(
-                    conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=rejected, source="kafka",
-                    correlation_id=fresh[0].correlation_id, principal=",".join(principals), trusted=True,
-                )  # fmt: skip
+                async with repository.discard_on_error(rt.store) as written:
+                    await repository.store_submission(
+                        conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=rejected, source="kafka",
+                        correlation_id=fresh[0].correlation_id, principal=",".join(principals), trusted=True,
+                        written=written,
+                    )  # fmt: skip
         return refused
 
     return MicroBatchConsumer(
