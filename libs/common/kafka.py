@@ -50,6 +50,11 @@ from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
+METADATA_MAX_AGE_MS = 5_000
+"""How often every driftloop Kafka client refreshes its metadata, so a topic that
+was created again after a broker restart is seen within seconds (see
+:mod:`libs.common.brokerwatch`); the client default, 5 minutes, stalled consumers."""
+
 
 def create_broker(settings: KafkaSettings, telemetry: Telemetry, *, graceful_timeout: float = 10.0) -> KafkaBroker:
     """A faststream broker with tracing and Prometheus middlewares.
@@ -69,6 +74,7 @@ def create_broker(settings: KafkaSettings, telemetry: Telemetry, *, graceful_tim
         acks="all",
         enable_idempotence=False,
         linger_ms=5,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,  # see libs.common.brokerwatch: how soon topics created again are seen
         middlewares=(
             KafkaTelemetryMiddleware(tracer_provider=telemetry.tracer_provider),
             KafkaPrometheusMiddleware(registry=telemetry.registry, app_name=f"driftloop-{telemetry.service}"),
@@ -418,6 +424,7 @@ class MicroBatchConsumer:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_interval_ms=300_000,
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
             **client_options(self.settings),
         )
         await consumer.start()

@@ -36,6 +36,7 @@ from libs.common import outbox
 from libs.common.artifacts import ArtifactStore
 from libs.common.asyncapi import document
 from libs.common.auth import Authenticator, AuthSettings, Role, unguarded_routes
+from libs.common.brokerwatch import BrokerWatch
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
 from libs.common.errors import BadRequest, DatabaseUnavailable, DriftloopError, PayloadTooLarge
 from libs.common.events import Event
@@ -79,6 +80,7 @@ class Runtime:
     auth: Authenticator
     pool: asyncpg.Pool | None = None
     relay: outbox.OutboxRelay | None = None
+    watch: BrokerWatch | None = None
     ready: bool = False
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
@@ -173,6 +175,8 @@ async def _start(spec: ServiceSpec, rt: Runtime) -> None:
     if rt.settings.kafka.create_topics:
         await ensure_topics(rt.settings.kafka)
     await start_with_retry(rt.broker, rt.settings.kafka)
+    rt.watch = BrokerWatch(rt.settings.kafka, rt.telemetry)
+    rt.spawn(rt.watch.run(), "broker-watch")
     if rt.pool is not None:
         backlog = Gauge("driftloop_outbox_pending", "Outbox rows not yet published.", registry=rt.telemetry.registry)
         published = Counter(
@@ -225,6 +229,8 @@ def _install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
                 checks["database"] = "ok"
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 checks["database"] = f"error: {exc}"
+        if rt.watch is not None:
+            checks["broker"] = "ok" if rt.watch.reachable else f"error: {rt.watch.problem}"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
 

@@ -25,6 +25,7 @@ from tests.helpers import read_topic, wait_until
 from tests.integration.test_hardening import assert_error
 from tests.integration.test_ingest import SCHEMA, _row
 from tests.integration.test_registry import _has, trained
+from tests.integration.test_serving import instances
 from tests.integration.test_trainer import publish
 
 pytestmark = pytest.mark.integration
@@ -101,14 +102,16 @@ async def test_retried_feedback_publishes_one_event_id(isolated: Isolation) -> N
             return (await client.get("/v1/models/churn")).status_code == 200
 
         await wait_until(served, message="v1 to be served")
-        body = {"model": "churn", "labels": [{"request_id": "r1", "label": "yes"}, {"request_id": "r2", "label": "no"}]}
+        served_ids = await client.post("/v1/models/churn/predict", json={"instances": instances(2)})
+        r1, r2 = (p["request_id"] for p in served_ids.json()["predictions"])
+        body = {"model": "churn", "labels": [{"request_id": r1, "label": "yes"}, {"request_id": r2, "label": "no"}]}
         for _ in range(2):
             assert (
                 await client.post("/v1/feedback", json=body, headers={"Idempotency-Key": "fb-1"})
             ).status_code == 202
         other = {**body, "labels": body["labels"][:1]}
         assert_error(await client.post("/v1/feedback", json=other, headers={"Idempotency-Key": "fb-1"}), 409)
-        bad = {"model": "churn", "labels": [{"request_id": "r3", "label": "maybe"}]}
+        bad = {"model": "churn", "labels": [{"request_id": r1, "label": "maybe"}]}
         assert_error(await client.post("/v1/feedback", json=bad), 422, "labels.0.label")
     published = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.LABELS_ARRIVED), expect=1)
     assert len({parse_event(r.value).event_id for r in published}) == 1
