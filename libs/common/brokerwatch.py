@@ -35,6 +35,7 @@ from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
+
 class BrokerWatch:
     """Probes the broker every ``interval_s``; re-creates missing topics (see the module docstring)."""
 

@@ -376,6 +376,16 @@ class _Item:
     raw: bytes
 
 
+def rewind_offsets(records: Iterable[Any]) -> dict[TopicPartition, int]:
+    """Where to seek each partition so that every record of a batch is delivered again:
+    its earliest offset (seeking once per record would leave each partition at its last)."""
+    earliest: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        earliest[tp] = min(earliest.get(tp, record.offset), record.offset)
+    return earliest
+
+
 class MicroBatchConsumer:
     """Consumes ``topic`` in micro-batches: up to ``max_records`` or ``max_wait_s``
     after the first record, whichever comes first, then one handler call.
@@ -449,8 +459,8 @@ class MicroBatchConsumer:
                 try:
                     await self._process(buffer)
                 except DeadLetterFailed:
-                    for record in buffer:  # rewind: nothing of this batch is lost
-                        consumer.seek(TopicPartition(record.topic, record.partition), record.offset)
+                    for tp, offset in rewind_offsets(buffer).items():  # nothing of this batch is lost
+                        consumer.seek(tp, offset)
                     await asyncio.sleep(self.settings.retry_backoff_max_s)
                     continue
                 offsets: dict[TopicPartition, int] = {}

@@ -120,6 +120,8 @@ class ServiceSpec:
     on_start: Callable[[Runtime], Awaitable[None]] | None = None
     """Runs after the database and broker are up (load state, start workers)."""
     on_stop: Callable[[Runtime], Awaitable[None]] | None = None
+    readiness: Callable[[], dict[str, str]] | None = None
+    """Checks of the service's own, merged into ``/readyz`` ("ok" or why not), e.g. serving's loaded champions."""
     description: str = ""
     publishes: tuple[type[Event], ...] = ()
     """Events the service emits (for its AsyncAPI document)."""
@@ -231,6 +233,8 @@ def _install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
                 checks["database"] = f"error: {exc}"
         if rt.watch is not None:
             checks["broker"] = "ok" if rt.watch.reachable else f"error: {rt.watch.problem}"
+        if spec.readiness is not None:
+            checks.update(spec.readiness())
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
 

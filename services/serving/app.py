@@ -119,6 +119,14 @@ def spec(settings: ServingSettings) -> ServiceSpec:
             )  # fmt: skip
             table.offer(loaded)
             log.info("model %s v%d loaded from the registry (%s)", loaded.model, loaded.version, loaded.runtime.name)
+        champions_loaded.set()
+
+    # Ready only once every champion the registry names is loaded: before that a
+    # request for it would get a 404 "no champion loaded" (issue 11).
+    champions_loaded = asyncio.Event()
+
+    def readiness() -> dict[str, str]:
+        return {"champions": "ok" if champions_loaded.is_set() else "loading the registry's champions"}
 
     async def on_start(rt: Runtime) -> None:
         # Everything imported so far lives as long as the process: freezing it keeps the
@@ -141,6 +149,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         routes=routes,
         on_start=on_start,
         on_stop=on_stop,
+        readiness=readiness,
         description="Serves champion models over HTTP, hot-swaps on promotion, logs predictions and feedback.",
     )
 

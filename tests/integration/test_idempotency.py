@@ -86,7 +86,7 @@ async def test_an_alias_move_retried_is_audited_once(isolated: Isolation) -> Non
         answers = [await client.put(url, json=move, headers={"Idempotency-Key": "rb-1"}) for _ in range(3)]
         assert [a.json()["from_version"] for a in answers] == [2, 2, 2]
         assert_error(await client.put(url, json={**move, "version": 2}, headers={"Idempotency-Key": "rb-1"}), 409)
-        rollbacks = await runtime.db.fetchval("SELECT count(*) FROM audit WHERE actor = 'alice'")
+        rollbacks = await runtime.db.fetchval("SELECT count(*) FROM audit WHERE reason = 'roll back v2'")
         assert rollbacks == 1
         outbox = await runtime.db.fetchval("SELECT count(*) FROM outbox WHERE topic = $1", topics.MODEL_PROMOTED)
         assert outbox == 3  # v1 and v2 promoted by policy, one manual move

@@ -45,6 +45,7 @@ class PredictionLog:
         self._buffers: dict[tuple[str, int], deque[PredictionRecord]] = defaultdict(deque)
         self._pending = 0
         self._causes: dict[tuple[str, int], list[trace.SpanContext]] = defaultdict(list)
+        self._unsent: deque[tuple[PredictionsLogged, list[trace.SpanContext]]] = deque()
         self.tracer = telemetry.tracer
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -72,7 +73,9 @@ class PredictionLog:
 
     def _drop_oldest(self, excess: int) -> None:
         dropped = 0
-        for records in self._buffers.values():  # the oldest first: built records, then served ones
+        while self._unsent and dropped < excess:  # the oldest first: unsent events, built records, served ones
+            dropped += len(self._unsent.popleft()[0].records)
+        for records in self._buffers.values():
             while records and dropped < excess:
                 records.popleft()
                 dropped += 1
@@ -89,6 +92,15 @@ class PredictionLog:
                 buffer.extend(queue.popleft().records())
 
     async def flush(self) -> None:
+        # A batch whose publish failed is sent again as the same event (same id):
+        # the broker may have stored it before the failure, and the monitor
+        # dedupes on event ids, never on request ids.
+        while self._unsent:
+            event, causes = self._unsent[0]
+            if not await self._publish(event, causes):
+                return
+            self._unsent.popleft()
+            self._pending -= len(event.records)
         # Building records is the log's heaviest work (a dict and a model per row): it runs in a
         # thread, so requests keep being answered on the event loop meanwhile. The deques it moves
         # items between are safe to append to and pop from across threads.
@@ -97,24 +109,27 @@ class PredictionLog:
         for (model, version), buffer in list(self._buffers.items()):
             while buffer:
                 batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
-                self._pending -= len(batch)
                 # One event, many causes: the publish links to every request it carries.
                 causes, self._causes[(model, version)] = self._causes[(model, version)][:128], []
-                try:
-                    with self.tracer.start_as_current_span(
-                        "predictions.logged flush", links=[trace.Link(c) for c in causes],
-                        attributes={"driftloop.model": model, "driftloop.model.version": version,
-                                    "driftloop.batch_size": len(batch)},
-                    ):  # fmt: skip
-                        await self.publisher.publish_event(
-                            PredictionsLogged(producer="serving", model=model, version=version, records=batch)
-                        )
-                    self.batch_sizes.observe(len(batch))
-                except Exception as exc:  # broker down: keep the batch for the next flush
-                    buffer.extendleft(reversed(batch))
-                    self._pending += len(batch)
-                    log.warning("prediction log publish failed: %r", exc)
+                event = PredictionsLogged(producer="serving", model=model, version=version, records=batch)
+                if not await self._publish(event, causes):  # broker down: kept, as this event, for the next flush
+                    self._unsent.append((event, causes))
                     return
+                self._pending -= len(batch)
+
+    async def _publish(self, event: PredictionsLogged, causes: list[trace.SpanContext]) -> bool:
+        try:
+            with self.tracer.start_as_current_span(
+                "predictions.logged flush", links=[trace.Link(c) for c in causes],
+                attributes={"driftloop.model": event.model, "driftloop.model.version": event.version,
+                            "driftloop.batch_size": len(event.records)},
+            ):  # fmt: skip
+                await self.publisher.publish_event(event)
+        except Exception as exc:
+            log.warning("prediction log publish failed: %r", exc)
+            return False
+        self.batch_sizes.observe(len(event.records))
+        return True
 
     async def run(self) -> None:
         while True:
