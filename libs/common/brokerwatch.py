@@ -45,8 +45,8 @@ class BrokerWatch:
         telemetry: Telemetry,
         specs: Iterable[topics.TopicSpec] = topics.all_topics(),
         *,
-        interval_s: float = 2.0,
-        timeout_s: float = 5.0,
+        interval_s: float = 3.0,
+        timeout_s: float = 10.0,
     ) -> None:
         self.settings = settings
         self.specs = list(specs)
