@@ -78,8 +78,8 @@ bench: .bench-venv/.ready ## drift engine vs Evidently on the same data (install
 
 # MLServer for the serving benchmark: its own venv, with the scikit-learn version the models are trained with
 # (uvloop < 0.22: MLServer 1.7.1's inference workers call asyncio.get_event_loop(), which newer uvloop refuses).
-.bench-serving-venv/.ready: $(UV) .venv/.synced
-	$(UV) venv --quiet .bench-serving-venv
+.bench-serving-venv/.ready: $(UV) | .venv/.synced
+	$(UV) venv --quiet --allow-existing .bench-serving-venv
 	$(UV) pip install --quiet --python .bench-serving-venv "mlserver==1.7.1" "mlserver-sklearn==1.7.1" "uvloop<0.22" \
 		"scikit-learn==$$($(PY) -c 'import sklearn; print(sklearn.__version__)')"
 	@touch $@
