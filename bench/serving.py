@@ -288,12 +288,26 @@ def wait_for(probe: Any, what: str, timeout: float = 60, log: Path | None = None
     raise SystemExit(f"timed out waiting for {what}\n{tail}")
 
 
-def rss_bytes(pid: int, *, tree: bool = False) -> int:
-    """Resident memory of ``pid`` (and its descendants with ``tree``), from /proc."""
+def _pids(pid: int, tree: bool) -> list[int]:
     pids = [pid]
     if tree:
         out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
         pids += [int(p) for p in out.split()]
+    return pids
+
+
+def cpu_seconds(pid: int, *, tree: bool = False) -> float:
+    """CPU time (user + system) ``pid`` (and its children with ``tree``) has used, from /proc."""
+    total = 0
+    for p in _pids(pid, tree):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int, *, tree: bool = False) -> int:
+    """Resident memory of ``pid`` (and its descendants with ``tree``), from /proc."""
+    pids = _pids(pid, tree)
     total = 0
     for p in pids:
         status = Path(f"/proc/{p}/status").read_text()
@@ -364,6 +378,8 @@ class Load:
     requests: int
     failed: int
     wrk_cpu: float
+    server_cpu_ms: float = 0.0
+    """CPU the server spent per request: on a shared machine, a fairer measure than wall-clock figures."""
     """Share of one core wrk itself used: well below 1 means the load generator was not the bottleneck."""
     extra: str = ""
 
@@ -376,6 +392,7 @@ def wrk(
     duration: float,
     swap: bool = False,
     headers: dict[str, str] | None = None,
+    server: tuple[int, bool] | None = None,
 ) -> Load:
     lua = WRK_SCRIPT % {
         "headers": "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or {}).items()),
@@ -386,6 +403,7 @@ def wrk(
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(lua)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_before = cpu_seconds(server[0], tree=server[1]) if server else 0.0
     out = subprocess.run(
         [
             "wrk",
@@ -404,19 +422,22 @@ def wrk(
         check=True,
     ).stdout
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_s = cpu_seconds(server[0], tree=server[1]) - server_before if server else 0.0
     os.unlink(script.name)
     cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / duration
     failed = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     failed += int(non2xx.group(1)) if non2xx else 0
     swapped = re.search(r"SWAP (.*)", out)
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     return Load(
         rps=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
         p50_ms=_latency(out, "50%"),
         p99_ms=_latency(out, "99%"),
-        requests=int(re.search(r"(\d+) requests in", out).group(1)),  # type: ignore[union-attr]
+        requests=requests,
         failed=failed,
         wrk_cpu=cpu,
+        server_cpu_ms=1000 * server_s / max(1, requests),
         extra=swapped.group(1) if swapped else "",
     )
 
@@ -469,19 +490,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"driftloop serving: {served.get('runtime')} ({served.get('runtime_reason')})", flush=True)
         ml.start()
         results["mlserver"] = {"memory_total_bytes": rss_bytes(ml.process.pid, tree=True)}  # type: ignore[union-attr]
+        dl_pid, ml_pid = dl.process.pid, ml.process.pid  # type: ignore[union-attr]
         singles = rows[:200]
         v1_bodies = [v1_body([r]) for r in singles]
         v2_bodies = [v2_body([r]) for r in singles]
         runs = [  # driftloop requests carry a bearer token (MLServer has no authentication)
-            ("driftloop /v1", dl.url, f"/v1/models/{MODEL}/predict", v1_bodies, dl.headers),
-            ("driftloop /v2", dl.url, f"/v2/models/{MODEL}/infer", v2_bodies, dl.headers),
-            ("MLServer /v2", ml.url, f"/v2/models/{MODEL}/infer", v2_bodies, {}),
+            ("driftloop /v1", dl.url, f"/v1/models/{MODEL}/predict", v1_bodies, dl.headers, (dl_pid, False)),
+            ("driftloop /v2", dl.url, f"/v2/models/{MODEL}/infer", v2_bodies, dl.headers, (dl_pid, False)),
+            ("MLServer /v2", ml.url, f"/v2/models/{MODEL}/infer", v2_bodies, {}, (ml_pid, True)),
         ]
         loads: dict[str, dict[str, Load]] = {}
-        for name, url, path, bodies, headers in runs:
+        for name, url, path, bodies, headers, server in runs:
             wrk(url, path, bodies, 8, 1.0, headers=headers)  # warm-up
-            loads[name] = {f"c{c}": wrk(url, path, bodies, c, args.duration, headers=headers) for c in (1, 64)}
+            loads[name] = {
+                f"c{c}": wrk(url, path, bodies, c, args.duration, headers=headers, server=server) for c in (1, 64)
+            }
             print(f"  {name}: " + ", ".join(f"c={c[1:]} {r.rps:,.0f} req/s p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms"
+                                          f" ({r.server_cpu_ms:.2f} CPU-ms/request)"
                                           for c, r in loads[name].items()), flush=True)  # fmt: skip
         results["load"] = {k: {c: asdict(r) for c, r in v.items()} for k, v in loads.items()}
         results["batch_1000_ms"] = {
@@ -530,20 +555,26 @@ def report(r: dict[str, Any]) -> str:
         f"ONNX parity {r['model']['onnx']['parity']} ({r['model']['onnx']['detail']})",
         f"driftloop runtime: {r['driftloop']['runtime']}",
         "",
-        "| | c=1 req/s | c=1 p50 | c=1 p99 | c=64 req/s | c=64 p50 | c=64 p99 | 1,000 rows | failed |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| | c=1 req/s | c=1 p50 | c=1 p99 | c=64 req/s | c=64 p50 | c=64 p99 | CPU/req c=64 | 1,000 rows | failed |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in load.items():
         c1, c64 = runs["c1"], runs["c64"]
         lines.append(
             f"| {name} | {c1['rps']:,.0f} | {c1['p50_ms']:.2f} ms | {c1['p99_ms']:.2f} ms | {c64['rps']:,.0f} | "
-            f"{c64['p50_ms']:.2f} ms | {c64['p99_ms']:.2f} ms | {r['batch_1000_ms'][name]:.1f} ms | "
+            f"{c64['p50_ms']:.2f} ms | {c64['p99_ms']:.2f} ms | {c64['server_cpu_ms']:.2f} ms | "
+            f"{r['batch_1000_ms'][name]:.1f} ms | "
             f"{c1['failed'] + c64['failed']} |"
         )
     for name in ("driftloop /v1", "driftloop /v2"):
         c1, c64 = load[name]["c1"], load[name]["c64"]
         lines.append(f"ratio {name} / MLServer: c=1 {c1['rps'] / ml['c1']['rps']:.1f}×, "
-                     f"c=64 {c64['rps'] / ml['c64']['rps']:.1f}×")  # fmt: skip
+                     f"c=64 {c64['rps'] / ml['c64']['rps']:.1f}×; CPU per request "
+                     f"{ml['c64']['server_cpu_ms'] / max(c64['server_cpu_ms'], 1e-9):.1f}× less")  # fmt: skip
+    for name, runs in load.items():
+        cpu = runs["c64"]["server_cpu_ms"]
+        lines.append(f"{name}: {cpu:.2f} CPU-ms per request at c=64, i.e. about {1000 / max(cpu, 1e-9):,.0f} req/s "
+                     "per fully available core (the load-independent figure on a shared machine)")  # fmt: skip
     wrk_cpu = max(run["wrk_cpu"] for runs in load.values() for run in runs.values())
     swap = r["swap"]
     lines += [
