@@ -90,3 +90,7 @@ bench-serving: .venv/.synced .bench-serving-venv/.ready ## serving vs MLServer, 
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk) \
 		>/dev/null 2>&1; } || { echo "wrk is needed: install it (Debian: apt-get install wrk)"; exit 1; }
 	$(PY) -m bench.serving $(BENCH_ARGS)
+
+.PHONY: bench-training
+bench-training: .venv/.synced ## retrain time and holdout metric: the old search vs today's, 4 synthetic streams
+	$(PY) -m bench.training $(BENCH_ARGS)

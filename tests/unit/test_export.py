@@ -19,7 +19,7 @@ from libs.common.schema import DatasetSchema
 from services.trainer.domain.export import check_parity, convert, export, feeds
 from services.trainer.domain.training import TrainingConfig, train
 
-FAST = TrainingConfig(time_budget_s=0, n_jobs=1, max_iter=60)
+FAST = TrainingConfig(n_iter=1, time_budget_s=600, n_jobs=1, max_iter=60)
 
 
 def mixed(
@@ -125,7 +125,7 @@ def test_an_unconvertible_pipeline_gives_no_parity_and_the_reason() -> None:
 def test_parity_fails_when_the_onnx_model_answers_differently() -> None:
     schema, frame = mixed(1000)
     ours = train(schema, frame, FAST)
-    other = train(schema, mixed(1000, seed=9)[1], TrainingConfig(time_budget_s=0, n_jobs=1, max_iter=5))
+    other = train(schema, mixed(1000, seed=9)[1], TrainingConfig(n_iter=1, n_jobs=1, max_iter=5))
     held, detail = check_parity(schema, ours.pipeline, convert(schema, other.pipeline), ours.holdout_frame)
     assert not held
     assert "labels differ on" in detail or "max |Δp|" in detail

@@ -9,6 +9,7 @@ from libs.cli.synthetic import ChurnStream
 from libs.common.schema import DatasetSchema
 from services.trainer.domain.training import (
     DEFAULT_PARAMS,
+    ITERATION_CHUNK,
     TrainingConfig,
     affordable,
     candidates,
@@ -38,12 +39,14 @@ def many_classes(rows: int, classes: int = 10, seed: int = 0) -> tuple[DatasetSc
     return schema, frame
 
 
-def test_a_zero_budget_fits_only_the_first_candidate_and_still_gives_a_valid_model() -> None:
+def test_a_spent_budget_cuts_the_first_fit_short_and_still_gives_a_valid_model() -> None:
     result = train(CHURN, churn(800), TrainingConfig(n_iter=9, time_budget_s=0, n_jobs=1))
     assert result.search.startswith("1 candidates")
     assert {k: v for k, v in result.params.items() if k in DEFAULT_PARAMS} == DEFAULT_PARAMS
+    assert result.params["iterations"] == ITERATION_CHUNK  # one look at the clock, then it stopped
     assert result.metrics["accuracy"] > 0.7
     assert set(result.pipeline.predict(result.holdout_frame)) <= {"no", "yes"}
+    assert result.pipeline.named_steps["model"].get_params()["warm_start"] is False
 
 
 def test_a_generous_budget_searches_by_successive_halving() -> None:
@@ -65,7 +68,7 @@ def test_the_search_starts_from_the_champions_hyperparameters() -> None:
     assert start is not None
     assert start == {k: champion.params[k] for k in DEFAULT_PARAMS}
     assert candidates(TrainingConfig(n_iter=4), start)[0] == start
-    challenger = train(CHURN, churn(700), TrainingConfig(time_budget_s=0, n_jobs=1), champion=champion.pipeline)
+    challenger = train(CHURN, churn(700), TrainingConfig(n_iter=1, n_jobs=1), champion=champion.pipeline)
     assert {k: challenger.params[k] for k in start} == start
     assert challenger.champion_metrics is not None
 
@@ -84,7 +87,7 @@ def test_many_classes_cap_the_iterations_so_the_trees_stay_bounded() -> None:
     assert iteration_cap(config, 10) == 150
     assert iteration_cap(config, 1000) == 10
     schema, frame = many_classes(900)
-    result = train(schema, frame, TrainingConfig(time_budget_s=0, n_jobs=1, max_trees=200))
+    result = train(schema, frame, TrainingConfig(n_iter=1, time_budget_s=600, n_jobs=1, max_trees=200))
     model = result.pipeline.named_steps["model"]
     assert model.n_iter_ * model.n_trees_per_iteration_ <= 200
     assert result.metrics["accuracy"] > 0.5

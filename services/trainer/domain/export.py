@@ -103,11 +103,17 @@ def feeds(schema: DatasetSchema, frame: pd.DataFrame) -> dict[str, np.ndarray]:
 def check_parity(schema: DatasetSchema, pipeline: Any, onnx_bytes: bytes, holdout: pd.DataFrame) -> tuple[bool, str]:
     """Run both on ``holdout``: (parity held, what was measured)."""
     import onnxruntime as ort
+    from threadpoolctl import threadpool_limits
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     results = session.run(None, feeds(schema, holdout))
+    with threadpool_limits(1, user_api="openmp"):  # OpenMP threads waiting on busy cores (see training.py)
+        return _compare(schema, pipeline, holdout, results)
+
+
+def _compare(schema: DatasetSchema, pipeline: Any, holdout: pd.DataFrame, results: list[Any]) -> tuple[bool, str]:
     n = len(holdout)
     if schema.task is Task.REGRESSION:
         expected = np.asarray(pipeline.predict(holdout), dtype=float)
