@@ -55,7 +55,8 @@ def trained_model(
 ) -> TrainedModel:
     """A model trained as the trainer does (and exported to ONNX as it does, with ``onnx``)."""
     frame = pd.DataFrame(ChurnStream(seed=seed, drifted=drifted).batch(rows))
-    result = train(CHURN, frame, TrainingConfig(seed=seed, n_iter=1, time_budget_s=600, n_jobs=1))  # one fit, same every run
+    config = TrainingConfig(seed=seed, n_iter=1, time_budget_s=600, n_jobs=1)  # one fit, the same every run
+    result = train(CHURN, frame, config)
     kinds: dict[str, Any] = {
         f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in CHURN.features
     }
