@@ -40,19 +40,29 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             by_version.setdefault(r["version"], []).append(r["alias"])
         return by_version
 
-    @router.get("", summary="Models with their aliases", dependencies=[require(Role.READER)])
+    @router.get(
+        "",
+        summary="Models with their aliases and the runtime serving the champion",
+        dependencies=[require(Role.READER)],
+    )
     async def list_models() -> list[dict[str, Any]]:
         rows = await rt.db.fetch(
             "SELECT m.name, m.dataset, count(v.version) AS versions FROM models m "
             "LEFT JOIN versions v ON v.model = m.name GROUP BY m.name, m.dataset ORDER BY m.name"
         )
         aliases = await rt.db.fetch("SELECT model, alias, version FROM aliases")
+        champions = await rt.db.fetch(
+            "SELECT v.model, v.onnx FROM aliases a JOIN versions v ON v.model = a.model AND v.version = a.version "
+            "WHERE a.alias = 'champion'"
+        )
+        runtimes = {c["model"]: repository.runtime(repository.onnx_export(c)) for c in champions}
         return [
             {
                 "model": r["name"],
                 "dataset": r["dataset"],
                 "versions": r["versions"],
                 "aliases": {a["alias"]: a["version"] for a in aliases if a["model"] == r["name"]},
+                "runtime": runtimes.get(r["name"]),
             }
             for r in rows
         ]

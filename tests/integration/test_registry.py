@@ -144,6 +144,8 @@ async def test_versions_record_their_onnx_export_and_the_runtime_that_serves_the
         assert v2["onnx"]["parity"] is False
         assert v2["onnx"]["artifact"] is None
         assert v2["onnx"]["detail"].startswith("not convertible: ")
+        listed = (await client.get("/v1/models")).json()
+        assert [(m["model"], m["aliases"], m["runtime"]) for m in listed] == [("churn", {"champion": 2}, "sklearn")]
 
         back = await client.put("/v1/models/churn/aliases/champion", json={"version": 1, "reason": "back to onnx"})
         assert back.status_code == 200

@@ -14,9 +14,9 @@ classes there are:
   are capped so that iterations × trees per iteration (one per class beyond
   two) stay under ``max_trees``;
 * the first candidate is the champion's own hyperparameters (or the
-  defaults), fitted on all training rows first, a few iterations at a time
-  until early stopping or the budget's end: it is the answer whenever the
-  budget allows nothing more, and the budget cuts it short rather than wait;
+  defaults), fitted on all training rows first until early stopping or the
+  budget's end: it is the answer whenever the budget allows nothing more, and
+  the budget cuts it short rather than wait for it;
 * the other candidates compete by successive halving (``HalvingGridSearchCV``:
   all on a few rows, the best third on three times as many, ...), as many as
   the wall-time budget affords, estimated from the first fit's time;
@@ -84,7 +84,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
 #: A first fit quicker than this means small data: the search runs in this process, since starting
 #: worker processes for it would cost more than it saves.
 PARALLEL_MIN_FIT_S = 0.5
-#: Boosting iterations the always-made first fit adds between two looks at the clock.
+#: Boosting iterations the always-made first fit makes before it first looks at the clock.
 ITERATION_CHUNK = 20
 #: Each halving round keeps the best 1/HALVING_FACTOR of its candidates on HALVING_FACTOR× the rows.
 HALVING_FACTOR = 3
@@ -303,26 +303,31 @@ def _fit(
 
 
 def fit_within(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series, deadline: float) -> Pipeline:
-    """Fit ``pipeline`` ``ITERATION_CHUNK`` boosting iterations at a time until early stopping, the
-    iteration cap or ``deadline`` (``time.monotonic()``), whichever comes first.
+    """Fit ``pipeline`` until early stopping, the iteration cap or ``deadline`` (``time.monotonic()``).
 
     This is the fit that always happens, so it is what bounds a job's time when
     even one full fit would not fit the budget (many classes, a slow machine):
-    it is cut short, not skipped. Until the deadline binds it is deterministic and
-    all but equal to one uninterrupted fit (warm start keeps the validation split
-    and the trees; early stopping may end an iteration or two apart).
+    it is cut short, not skipped. It fits ``ITERATION_CHUNK`` boosting
+    iterations, then (warm start, which keeps the validation split and the
+    trees) as many more as the time left affords at the rate measured so far,
+    and so on: usually two calls, since each call costs a re-binning. Until the
+    deadline binds the result is deterministic and all but equal to one
+    uninterrupted fit (early stopping may end an iteration or two apart).
     """
     preprocess = pipeline.named_steps["preprocess"].fit(x, y)
     features = preprocess.transform(x)
     model = pipeline.named_steps["model"]
     cap = model.max_iter
+    started = time.monotonic()
     model.set_params(warm_start=True, max_iter=min(cap, ITERATION_CHUNK))
     while True:
         model.fit(features, y)
-        stopped = model.n_iter_ < model.max_iter
-        if stopped or model.max_iter >= cap or time.monotonic() >= deadline:
+        now = time.monotonic()
+        if model.n_iter_ < model.max_iter or model.max_iter >= cap or now >= deadline:
             break
-        model.set_params(max_iter=min(cap, model.max_iter + ITERATION_CHUNK))
+        rate = (now - started) / model.n_iter_
+        more = max(ITERATION_CHUNK, int((deadline - now) / rate)) if rate > 0 else cap
+        model.set_params(max_iter=min(cap, model.n_iter_ + more))
     model.set_params(warm_start=False, max_iter=cap)
     return pipeline
 
