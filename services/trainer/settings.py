@@ -28,7 +28,7 @@ class TrainerSettings(ServiceSettings):
     """Wall seconds the hyperparameter search may take. The first candidate is always fitted; successive
     halving tries as many others as the budget affords, estimated from that first fit. 0 = no search."""
     search_jobs: int = Field(default=2, ge=1)
-    """Fits run in parallel during the search, one process and one thread each (size it to the cores)."""
+    """Fits run in parallel during the search, one thread each (size it to the cores)."""
     max_trees: int = Field(default=1500, ge=10)
     """Trees per model at most: boosting iterations × one tree per class (multi-class) stay under it,
     so training cost stays bounded however many classes there are."""

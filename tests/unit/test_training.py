@@ -94,10 +94,12 @@ def test_many_classes_cap_the_iterations_so_the_trees_stay_bounded() -> None:
 
 
 def test_the_budget_shrinks_the_halving_to_what_it_affords() -> None:
-    assert halving_rounds(9) == [9, 3, 1]
+    assert halving_rounds(9) == [9, 3]
+    assert halving_rounds(3) == [3]
+    assert halving_rounds(10) == [10, 4, 2]
     assert affordable(9, fit_s=0.1, remaining_s=100, cv_folds=3, n_jobs=1) == 9
-    # 9 candidates: (9+3+1) rounds × 3 folds × ½ fit + 1 refit = 20.5 fits; 3 candidates: 7 fits.
-    assert affordable(9, fit_s=1.0, remaining_s=20.5, cv_folds=3, n_jobs=1) == 9
-    assert affordable(9, fit_s=1.0, remaining_s=20.0, cv_folds=3, n_jobs=1) == 3
-    assert affordable(9, fit_s=1.0, remaining_s=6.9, cv_folds=3, n_jobs=1) == 1
-    assert affordable(9, fit_s=1.0, remaining_s=10.25, cv_folds=3, n_jobs=2) == 3
+    # 9 candidates: (9+3) fits × 3 folds + 1 refit = 37 fits; 3 candidates: 3 × 3 + 1 = 10 fits.
+    assert affordable(9, fit_s=1.0, remaining_s=37, cv_folds=3, n_jobs=1) == 9
+    assert affordable(9, fit_s=1.0, remaining_s=36.9, cv_folds=3, n_jobs=1) == 3
+    assert affordable(9, fit_s=1.0, remaining_s=9.9, cv_folds=3, n_jobs=1) == 1
+    assert affordable(9, fit_s=1.0, remaining_s=5.5, cv_folds=3, n_jobs=2) == 3

@@ -20,7 +20,7 @@ classes there are:
 * the other candidates compete by successive halving (``HalvingGridSearchCV``:
   all on a few rows, the best third on three times as many, ...), as many as
   the wall-time budget affords, estimated from the first fit's time;
-* each fit uses one OpenMP thread and the folds run in parallel processes
+* each fit uses one OpenMP thread and the fits run in parallel threads
   instead: on a shared 2-core machine OpenMP threads that wait for a busy core
   made one fit ten times slower, and a 10-class model minutes long.
 
@@ -81,9 +81,6 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "min_samples_leaf": 20,
     "l2_regularization": 0.0,
 }
-#: A first fit quicker than this means small data: the search runs in this process, since starting
-#: worker processes for it would cost more than it saves.
-PARALLEL_MIN_FIT_S = 0.5
 #: Boosting iterations the always-made first fit makes before it first looks at the clock.
 ITERATION_CHUNK = 20
 #: Each halving round keeps the best 1/HALVING_FACTOR of its candidates on HALVING_FACTOR× the rows.
@@ -101,7 +98,7 @@ class TrainingConfig:
     time_budget_s: float = 6.0
     """Wall time the search may take; the first candidate is always fitted."""
     n_jobs: int = 2
-    """Parallel fits during the search (each fit is single-threaded)."""
+    """Parallel fits (threads) during the search, each fit single-threaded."""
     max_iter: int = 300
     """Boosting iterations at most (early stopping usually ends sooner)."""
     max_trees: int = 1500
@@ -198,9 +195,10 @@ def candidates(config: TrainingConfig, start: dict[str, Any] | None) -> list[dic
 
 
 def halving_rounds(n_candidates: int) -> list[int]:
-    """Candidates left in each round of successive halving, down to one."""
+    """Candidates in each round of successive halving, until at most ``HALVING_FACTOR`` are left
+    for the last round, on all rows (a further round of one candidate would decide nothing)."""
     rounds = [n_candidates]
-    while rounds[-1] > 1:
+    while rounds[-1] > HALVING_FACTOR:
         rounds.append(math.ceil(rounds[-1] / HALVING_FACTOR))
     return rounds
 
@@ -209,12 +207,13 @@ def affordable(n_candidates: int, fit_s: float, remaining_s: float, cv_folds: in
     """How many candidates successive halving can try in ``remaining_s``, given one full fit took ``fit_s``.
 
     Early rounds fit on a fraction of the rows, but a boosting iteration has a
-    fixed cost (a tree per class) whatever the rows, so a fit is counted as half
-    a full one; the winner is refitted on all rows at the end. Fewer than two
-    candidates means no search at all.
+    fixed cost (a tree per class) whatever the rows, and measured fits on a
+    third of the rows cost nearly a full one: so every fit counts as a full one.
+    The winner is refitted on all rows at the end. Fewer than two candidates
+    means no search at all.
     """
     while n_candidates >= 2:
-        cost = sum(halving_rounds(n_candidates)) * cv_folds * fit_s * 0.5 / max(1, n_jobs) + fit_s
+        cost = sum(halving_rounds(n_candidates)) * cv_folds * fit_s / max(1, n_jobs) + fit_s
         if cost <= remaining_s:
             return n_candidates
         n_candidates = math.ceil(n_candidates / HALVING_FACTOR) if n_candidates > HALVING_FACTOR else 1
@@ -247,7 +246,6 @@ def _search(
     tried: list[dict[str, Any]],
     x: pd.DataFrame,
     y: pd.Series,
-    n_jobs: int,
 ) -> dict[str, Any]:
     """The best of ``tried`` by successive halving under cross-validation."""
     primary = PRIMARY_METRIC[schema.task]
@@ -272,10 +270,12 @@ def _search(
         cv=folds,
         refit=False,
         random_state=config.seed,
-        n_jobs=n_jobs,
+        n_jobs=config.n_jobs,
         error_score="raise",
     )
-    with parallel_config(backend="loky", inner_max_num_threads=1):
+    # Threads, not processes: HistGradientBoosting releases the GIL while it builds trees, and
+    # starting worker processes (each importing scikit-learn) took longer than the search itself.
+    with parallel_config(backend="threading"):
         search.fit(x, y)
     best: dict[str, Any] = {k.removeprefix("model__"): v for k, v in search.best_params_.items()}
     return best
@@ -291,11 +291,10 @@ def _fit(
     tried = candidates(config, start)
     pipeline = fit_within(_with_params(clone(base), tried[0]), x, y, started + config.time_budget_s)
     fit_s = time.monotonic() - started
-    n_jobs = config.n_jobs if fit_s >= PARALLEL_MIN_FIT_S else 1
-    tried = tried[: affordable(len(tried), fit_s, config.time_budget_s - fit_s, config.cv_folds, n_jobs)]
+    tried = tried[: affordable(len(tried), fit_s, config.time_budget_s - fit_s, config.cv_folds, config.n_jobs)]
     best = tried[0]
     if len(tried) > 1:
-        best = _search(schema, config, clone(base), tried, x, y, n_jobs)
+        best = _search(schema, config, clone(base), tried, x, y)
         if best != tried[0]:
             pipeline = _with_params(clone(base), best).fit(x, y)
     note = f"{len(tried)} candidates in {time.monotonic() - started:.1f}s (first fit {fit_s:.1f}s)"
