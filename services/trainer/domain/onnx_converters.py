@@ -5,7 +5,7 @@
    (``skl2onnx/common/tree_ensemble.py``) sets ``missing = False`` — a Python
    bool — for every leaf and appends it to ``nodes_missing_value_tracks_true``
    (split nodes append scikit-learn's ``np.uint8``). That attribute is a list
-   of ints, and the protobuf runtime under onnx 1.23 (protobuf 6+) refuses a
+   of ints, and the protobuf runtime installed with onnx 1.23 (7.36) refuses a
    bool there: ``TypeError: Field onnx.AttributeProto.ints: Expected an int,
    got a boolean``, so every HistGradientBoosting model failed to convert (the
    issue saw it with scikit-learn 1.9; the bool is skl2onnx's own literal).
