@@ -194,7 +194,7 @@ class Driftloop:
         wait_for(
             lambda: httpx.get(f"{self.url}/readyz").status_code == 200,
             "driftloop serving to be ready",
-            180,
+            300,
             self.log_path,
         )
 
