@@ -17,7 +17,8 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import httpx
 import numpy as np
@@ -32,7 +33,12 @@ from libs.common.idempotency import HEADER
 @dataclass
 class DemoConfig:
     seed: int = 7
-    dataset: str = "churn"
+    dataset: str | None = None
+    """Dataset and model name; None gives each run its own (``churn-<run>``), so a demo can run again
+    in the same home or against the same ``up`` and close the loop every time."""
+    drift: Literal["covariate+concept", "concept"] = "covariate+concept"
+    """What the injected drift changes: the customer base and what drives churn, or only the latter
+    (then no feature moves, and only the performance alarm can see it)."""
     stream_batch: int = 200
     """Labelled records per ingest request."""
     stream_interval_s: float = 0.5
@@ -68,6 +74,7 @@ class DemoState:
     retrained_version: int | None = None
     serving_version: int | None = None
     injected_at: float | None = None
+    injected_at_utc: datetime | None = None
     recovered_at: float | None = None
     drift_events: list[dict[str, Any]] = field(default_factory=list)
     false_drift_events: int = 0
@@ -107,8 +114,10 @@ class Demo:
         self.prefix = topic_prefix
         self.on_update = on_update or (lambda state: None)
         self.state = DemoState()
-        self.training = ChurnStream(seed=config.seed)
-        self.traffic = ChurnStream(seed=config.seed + 1)
+        self.dataset = config.dataset or f"churn-{uuid.uuid4().hex[:8]}"
+        concept_only = config.drift == "concept"
+        self.training = ChurnStream(seed=config.seed, concept_only=concept_only)
+        self.traffic = ChurnStream(seed=config.seed + 1, concept_only=concept_only)
         self.rng = np.random.default_rng(config.seed + 2)
         self.pending_labels: deque[tuple[float, str, str]] = deque()
         self._done = asyncio.Event()
@@ -150,6 +159,7 @@ class Demo:
         await self._traffic(until=lambda: self._count("stationary") >= c.stationary_predictions, phase="stationary")
         s.phase = "drift injected: waiting for detection, retraining and promotion"
         s.injected_at = time.monotonic()
+        s.injected_at_utc = datetime.now(UTC)
         self.training.drifted = self.traffic.drifted = True
         await self._traffic(
             until=lambda: s.serving_version is not None and s.serving_version != s.initial_version, phase="drift"
@@ -164,7 +174,7 @@ class Demo:
         return sum(1 for p in self.state.predictions if p.phase == phase)
 
     async def _wait_for_version(self, accept: Callable[[int | None], bool]) -> int:
-        url = f"{self.services['serving']}/v1/models/{self.config.dataset}"
+        url = f"{self.services['serving']}/v1/models/{self.dataset}"
         while True:
             answer = await self.http.get(url)
             version = answer.json().get("version") if answer.status_code == 200 else None
@@ -178,12 +188,12 @@ class Demo:
     # -- data, traffic, feedback -------------------------------------------------------------
 
     async def _declare(self) -> None:
-        answer = await self.http.put(f"{self.services['ingest']}/v1/datasets/{self.config.dataset}", json=SCHEMA)
+        answer = await self.http.put(f"{self.services['ingest']}/v1/datasets/{self.dataset}", json=SCHEMA)
         if answer.status_code not in (200, 201):
             raise RuntimeError(f"declaring the dataset failed: {answer.status_code} {answer.text}")
 
     async def _stream(self) -> None:
-        url = f"{self.services['ingest']}/v1/datasets/{self.config.dataset}/records"
+        url = f"{self.services['ingest']}/v1/datasets/{self.dataset}/records"
         while not self._done.is_set():
             records = self.training.batch(self.config.stream_batch)
             records = [corrupt(r, self.rng) if self.rng.random() < self.config.corrupt_share else r for r in records]
@@ -217,7 +227,7 @@ class Demo:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _traffic(self, *, until: Callable[[], bool], phase: str) -> None:
-        url = f"{self.services['serving']}/v1/models/{self.config.dataset}/predict"
+        url = f"{self.services['serving']}/v1/models/{self.dataset}/predict"
         while not until():
             rows = self.traffic.batch(self.config.predict_batch)
             instances = [{k: r[k] for k in FEATURES} for r in rows]
@@ -255,12 +265,12 @@ class Demo:
             chunk = due[start : start + 1000]
             try:
                 await self._post_retried(f"{self.services['serving']}/v1/feedback",
-                                         {"model": self.config.dataset, "labels": chunk})  # fmt: skip
+                                         {"model": self.dataset, "labels": chunk})  # fmt: skip
             except httpx.HTTPError as exc:
                 self.state.errors.append(f"feedback failed: {exc!r}")
 
     async def _poll_drift(self) -> None:
-        url = f"{self.services['monitor']}/v1/models/{self.config.dataset}/drift"
+        url = f"{self.services['monitor']}/v1/models/{self.dataset}/drift"
         while not self._done.is_set():
             try:
                 answer = await self.http.get(url)
@@ -296,6 +306,8 @@ class Demo:
     def _on_drift(self, raw: bytes) -> None:
         s = self.state
         event = parse_event(raw)
+        if getattr(event, "model", None) != self.dataset:
+            return  # another model's alarm (the same `up` may serve several)
         if s.injected_at is None:
             s.false_drift_events += 1
         elif s.drift_detected_after_rows is None:
@@ -304,7 +316,7 @@ class Demo:
 
     async def _reconcile_counts(self) -> None:
         try:
-            answer = await self.http.get(f"{self.services['ingest']}/v1/datasets/{self.config.dataset}")
+            answer = await self.http.get(f"{self.services['ingest']}/v1/datasets/{self.dataset}")
             self.state.ingest_counts = answer.json()["records"]
         except (httpx.HTTPError, KeyError, ValueError):
             self.state.ingest_counts = None
@@ -326,6 +338,10 @@ class Demo:
         counts = s.ingest_counts
         dlq = sum(n for name, n in s.events_per_topic.items() if name.endswith(topics.DLQ_SUFFIX))
         return {
+            "dataset": self.dataset,
+            "drift": self.config.drift,
+            "drift_injected_at": s.injected_at_utc.isoformat() if s.injected_at_utc else None,
+            "alarm_kinds": [e["kinds"] for e in s.drift_events],
             "loop_closed": closed,
             "initial_version": s.initial_version,
             "retrained_version": s.retrained_version,

@@ -108,9 +108,23 @@ def demo(
     ] = False,
     stationary: Annotated[int, typer.Option(help="Predictions before the drift is injected.")] = 3000,
     recovery: Annotated[int, typer.Option(help="Predictions measured on the retrained model.")] = 1500,
+    drift: Annotated[
+        str, typer.Option(help="What the drift changes: 'covariate+concept', or 'concept' (no feature moves).")
+    ] = "covariate+concept",
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset and model name (default: churn-<run id>, new on every run).")
+    ] = None,
 ) -> None:
-    """Run the whole loop on synthetic data; exit 0 only if it closed (drift → retrain → promote → recover)."""
-    config = DemoConfig(seed=seed, timeout_s=timeout, stationary_predictions=stationary, recovery_predictions=recovery)
+    """Run the whole loop on synthetic data; exit 0 only if it closed (drift → retrain → promote → recover).
+
+    Each run declares its own dataset and model, so the demo closes the loop again in the same home
+    or against the same `driftloop up`.
+    """
+    if drift not in ("covariate+concept", "concept"):
+        console.print(f"[red]--drift must be 'covariate+concept' or 'concept', not {drift!r}[/]")
+        raise typer.Exit(2)
+    config = DemoConfig(seed=seed, timeout_s=timeout, stationary_predictions=stationary, recovery_predictions=recovery,
+                        drift=drift, dataset=dataset)  # type: ignore[arg-type]  # fmt: skip
     state = UpState.read(home)
     supervisor = None
     if state is None or not pid_alive(state.pid) or not _health(state)["healthy"]:

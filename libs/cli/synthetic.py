@@ -37,6 +37,9 @@ TARGET = "churned"
 class ChurnStream:
     seed: int = 7
     drifted: bool = False
+    concept_only: bool = False
+    """A drift that changes only what drives churn: every feature keeps its distribution, so only
+    the live accuracy (from labels) can tell."""
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -45,11 +48,12 @@ class ChurnStream:
         """``n`` labelled records from the current regime."""
         r = self.rng
         d = self.drifted
+        shifted = d and not self.concept_only  # the customer base moves (covariate shift)
         tenure = np.clip(r.gamma(2.0, 18.0, n), 0, 240)
-        charges = np.clip(r.normal(95 if d else 70, 25, n), 5, 495)
-        calls = np.clip(r.poisson(3.5 if d else 2.0, n), 0, 50)
+        charges = np.clip(r.normal(95 if shifted else 70, 25, n), 5, 495)
+        calls = np.clip(r.poisson(3.5 if shifted else 2.0, n), 0, 50)
         age = np.clip(r.normal(45, 14, n), 18, 100)
-        plan = r.choice(["basic", "standard", "premium"], n, p=[0.2, 0.3, 0.5] if d else [0.5, 0.3, 0.2])
+        plan = r.choice(["basic", "standard", "premium"], n, p=[0.2, 0.3, 0.5] if shifted else [0.5, 0.3, 0.2])
         region = r.choice(["north", "south", "east", "west"], n)
         contract = r.choice(["monthly", "yearly"], n, p=[0.6, 0.4])
         monthly = (contract == "monthly").astype(float)

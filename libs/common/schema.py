@@ -59,6 +59,14 @@ class DatasetSchema(BaseModel):
     features: list[FeatureSpec] = Field(min_length=1)
     target: FeatureSpec
     task: Task
+    key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Column naming each record (not a feature): ingest refuses a record whose key it has already "
+        "stored. Without a key every row is data, identical ones included (repeated observations are normal).",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
@@ -67,6 +75,8 @@ class DatasetSchema(BaseModel):
         duplicates = sorted(n for n, c in counts.items() if c > 1)  # linear: schemas may have 10⁵ features
         if duplicates:
             raise ValueError(f"column names must be unique, repeated: {duplicates}")
+        if self.key is not None and self.key in counts:
+            raise ValueError(f"the key {self.key!r} must be a column of its own, not a feature or the target")
         if self.task is Task.REGRESSION and self.target.dtype is DType.CATEGORICAL:
             raise ValueError("a regression target must be numeric")
         return self

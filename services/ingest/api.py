@@ -187,7 +187,7 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
                 return replay.response()
             stored = await repository.store_submission(
                 conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=result.rejected, source="http",
-                principal=principal.name, trusted=principal.trusted, written=written,
+                principal=principal.name, trusted=principal.trusted, written=written, keys=result.keys,
             )  # fmt: skip
             answer = SubmissionOut(
                 dataset=dataset,
@@ -197,7 +197,7 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
                 rejected=stored.rejected,
                 version=stored.version,
                 total_rows=stored.total_rows,
-                rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in result.rejected[:100]],
+                rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in stored.rejections[:100]],
             ).model_dump_json()
             if key is not None:
                 await idempotency.remember(conn, RECORDS_SCOPE, key, 200, answer.encode())

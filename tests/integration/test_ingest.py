@@ -46,19 +46,19 @@ async def test_declare_submit_and_version(isolated: Isolation) -> None:
             _row(age=12),  # below the minimum
             _row(plan="gold"),  # closed category
             {"age": 40, "plan": "pro", "churned": "yes"},  # nullable column may be absent
-            {"age": 40, "plan": "pro", "churned": "yes"},  # duplicate of the previous row
+            {"age": 40, "plan": "pro", "churned": "yes"},  # identical to the previous row: data all the same
             _row(age="41"),  # a string is not a number in JSON
             {"plan": "pro", "churned": "no"},  # missing feature
         ]
         answer = await client.post("/v1/datasets/customers/records", json=rows)
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert (body["received"], body["accepted"], body["rejected"], body["version"]) == (11, 6, 5, 1)
+        assert (body["received"], body["accepted"], body["rejected"], body["version"]) == (11, 7, 4, 1)
         reasons = {r["row"]: (r["field"], r["reason"]) for r in body["rejections"]}
         assert reasons[5] == ("age", "age: 12.0 is below the minimum 18.0")
         assert reasons[6][0] == "plan"
         assert "unknown category 'gold'" in reasons[6][1]
-        assert reasons[8] == (None, "duplicate of row 7")
+        assert 8 not in reasons  # no key declared: identical rows are repeated observations
         assert reasons[9] == ("age", "age: expected a number, got a string")
         assert reasons[10] == ("age", "age: missing column")
 
@@ -67,13 +67,13 @@ async def test_declare_submit_and_version(isolated: Isolation) -> None:
             "/v1/datasets/customers/records", content=csv_body, headers={"content-type": "text/csv"}
         )
         assert answer.json()["version"] == 2
-        assert answer.json()["total_rows"] == 8
+        assert answer.json()["total_rows"] == 9
 
         shown = (await client.get("/v1/datasets/customers")).json()
-        assert shown["records"] == {"received": 13, "accepted": 8, "rejected": 5}
+        assert shown["records"] == {"received": 13, "accepted": 9, "rejected": 4}
         stored = (await client.get("/v1/datasets/customers/rejections")).json()
-        assert stored["total"] == 5
-        assert {r["row"] for r in stored["rejections"]} == {5, 6, 8, 9, 10}
+        assert stored["total"] == 4
+        assert {r["row"] for r in stored["rejections"]} == {5, 6, 9, 10}
         await outbox_drained(runtime.db)
 
     # data.arrived went out through the outbox, one per version, with a verifiable manifest.
@@ -85,8 +85,29 @@ async def test_declare_submit_and_version(isolated: Isolation) -> None:
     store = ArtifactStore(isolated.artifacts_root)
     manifest = DatasetManifest.model_validate_json(store.get(last.manifest))
     table = read_batches(store, manifest.batches)
-    assert table.num_rows == 8
+    assert table.num_rows == 9
     assert sorted(table.column("age").to_pylist())[:2] == [20.0, 21.0]
+
+
+async def test_duplicates_are_decided_by_the_declared_key_only(isolated: Isolation) -> None:
+    app, _ = create_app(isolated.settings(IngestSettings))
+    keyed = {**SCHEMA, "key": "id"}
+    async with serve(app) as client:
+        bad = await client.put("/v1/datasets/k", json={**SCHEMA, "key": "age"})
+        assert bad.status_code == 422  # a feature cannot be the key
+        assert (await client.put("/v1/datasets/k", json=keyed)).status_code == 201
+        same = _row()
+        first = [{**same, "id": "a"}, {**same, "id": "b"}, {**same, "id": "a"}, same]
+        body = (await client.post("/v1/datasets/k/records", json=first)).json()
+        assert (body["accepted"], body["rejected"]) == (2, 2)  # identical rows with distinct keys are both kept
+        reasons = {r["row"]: r["reason"] for r in body["rejections"]}
+        assert reasons == {2: "duplicate key 'a' of row 0", 3: "id: missing record key"}
+        # Across submissions: a key stored before is refused (a retried or replayed record), new keys pass.
+        body = (await client.post("/v1/datasets/k/records", json=[{**same, "id": "b"}, {**same, "id": "c"}])).json()
+        assert (body["accepted"], body["rejected"], body["total_rows"]) == (1, 1, 3)
+        assert body["rejections"] == [
+            {"row": 0, "field": "id", "reason": "duplicate key 'b': an earlier submission stored it"}
+        ]
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from libs.common.errors import BadRequest
 from libs.common.schema import DatasetSchema
@@ -88,10 +89,33 @@ def test_serving_does_not_need_the_target() -> None:
 
 def test_batches_keep_every_rejection_with_its_row() -> None:
     result = validate_records(SCHEMA, [row(), row(x=99), None, row(), row(x=1)], unreadable={2: "garbled"})
-    assert len(result.accepted) == 2
-    assert [(r.row, r.field) for r in result.rejected] == [(1, "x"), (2, None), (3, None)]
+    assert len(result.accepted) == 3  # identical rows are data: repeated observations are normal
+    assert [(r.row, r.field) for r in result.rejected] == [(1, "x"), (2, None)]
     assert result.rejected[1].reason == "garbled"
-    assert result.rejected[2].reason == "duplicate of row 0"
+
+
+def test_duplicates_are_decided_by_the_declared_key() -> None:
+    keyed = SCHEMA.model_copy(update={"key": "id"})
+    records: list[dict[str, Any] | None] = [
+        {**row(), "id": 1},
+        {**row(), "id": 2},
+        {**row(), "id": 1},
+        row(),
+        {**row(), "id": ""},
+    ]
+    result = validate_records(keyed, records)
+    assert len(result.accepted) == 2
+    assert [(r.row, r.field, r.reason) for r in result.rejected] == [
+        (2, "id", "duplicate key '1' of row 0"),
+        (3, "id", "id: missing record key"),
+        (4, "id", "id: missing record key"),
+    ]
+    assert [(i, k) for i, k, _ in result.keys] == [(0, "1"), (1, "2")]
+
+
+def test_the_key_is_a_column_of_its_own() -> None:
+    with pytest.raises(ValidationError, match="column of its own"):
+        DatasetSchema.model_validate({**SCHEMA.model_dump(mode="json"), "key": "x"})
 
 
 def test_bodies_in_three_formats() -> None:

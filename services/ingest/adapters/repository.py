@@ -7,7 +7,7 @@ import functools
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,8 @@ class StoredSubmission:
     rejected: int
     version: int | None
     total_rows: int
+    rejections: list[Rejection] = field(default_factory=list)
+    """Every rejected row: the request's own, and those whose key was stored before."""
 
 
 async def get_schema(conn: asyncpg.Connection | asyncpg.Pool, dataset: str) -> DatasetSchema:
@@ -63,6 +65,7 @@ async def store_submission(
     principal: str | None = None,
     trusted: bool | None = None,
     written: list[ArtifactRef] | None = None,
+    keys: list[tuple[int, str, Any]] | None = None,
 ) -> StoredSubmission:
     """Record one submission inside the caller's transaction.
 
@@ -79,6 +82,8 @@ async def store_submission(
     if head is None:
         raise NotFound(f"dataset {dataset!r} is not declared", dataset=dataset)
     schema = await parse_schema(head["schema"])
+    if keys:
+        accepted, rejected = await _refuse_stored_keys(conn, dataset, schema.key, accepted, rejected, keys)
     submission_id = uuid.uuid4()
     version: int | None = None
     total = int(head["total_rows"])
@@ -135,7 +140,26 @@ async def store_submission(
             columns=["dataset", "submission_id", "row_index", "field", "reason", "record"],
             records=[(dataset, submission_id, r.row, r.field, r.reason, _as_json(r.record)) for r in rejected],
         )
-    return StoredSubmission(submission_id, len(accepted), len(rejected), version, total)
+    return StoredSubmission(submission_id, len(accepted), len(rejected), version, total, rejected)
+
+
+async def _refuse_stored_keys(
+    conn: asyncpg.Connection, dataset: str, column: str | None, accepted: list[dict[str, Any]],
+    rejected: list[Rejection], keys: list[tuple[int, str, Any]],
+) -> tuple[list[dict[str, Any]], list[Rejection]]:  # fmt: skip
+    """Record the keys of ``accepted`` (one per row); rows whose key an earlier submission stored become rejections."""
+    fresh = {r["key"] for r in await conn.fetch(
+        "INSERT INTO record_keys (dataset, key) SELECT $1, k FROM unnest($2::text[]) AS k ON CONFLICT DO NOTHING "
+        "RETURNING key", dataset, [key for _, key, _ in keys])}  # fmt: skip
+    if len(fresh) == len(keys):
+        return accepted, rejected
+    kept, refused = [], list(rejected)
+    for row, (index, key, record) in zip(accepted, keys, strict=True):
+        if key in fresh:
+            kept.append(row)
+        else:
+            refused.append(Rejection(index, column, f"duplicate key {key!r}: an earlier submission stored it", record))
+    return kept, sorted(refused, key=lambda r: r.row)
 
 
 @contextlib.asynccontextmanager

@@ -49,7 +49,7 @@ def consumer(rt: Runtime, settings: IngestSettings) -> MicroBatchConsumer:
                     await repository.store_submission(
                         conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=rejected, source="kafka",
                         correlation_id=fresh[0].correlation_id, principal=",".join(principals), trusted=True,
-                        written=written,
+                        written=written, keys=result.keys,
                     )  # fmt: skip
         return refused
 
