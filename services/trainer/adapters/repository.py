@@ -237,6 +237,8 @@ def job_out(row: asyncpg.Record) -> dict[str, Any]:
         "worker_pid": row["worker_pid"],
         "metrics": result["metrics"] if result else None,
         "champion_metrics": result["champion_metrics"] if result else None,
+        "training_rows": result.get("training_rows") if result else None,
+        "holdout_rows": result.get("holdout_rows") if result else None,
         "search": result.get("search") if result else None,
         "created_at": row["created_at"].isoformat(),
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
