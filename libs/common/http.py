@@ -10,6 +10,7 @@ request, whatever router mounted the route, before FastAPI parses anything.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -56,9 +57,10 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 def declare_errors(app: FastAPI) -> None:
     """Make the OpenAPI document say what every operation can answer besides its
-    own statuses: 400, 422 and 503 always, 404 where the path has parameters,
-    413 where there is a body, all in :class:`ErrorBody`'s shape (FastAPI's own
-    422 entry describes a ``{"detail"}`` body the services never send).
+    own statuses: 400, 422 and 503 always, 401, 403 and 429 where a token is
+    required, 404 where the path has parameters, 413 where there is a body, all
+    in :class:`ErrorBody`'s shape (FastAPI's own 422 entry describes a
+    ``{"detail"}`` body the services never send).
 
     Done on the generated document, not on the routes, so it holds for every
     route however it was mounted."""
@@ -73,9 +75,14 @@ def declare_errors(app: FastAPI) -> None:
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
         error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+        # The Open Inference Protocol's own error body: {"error": "..."} (ours carries "error" too).
+        v2_error = {"application/json": {"schema": {"type": "object", "required": ["error"],
+                                                    "properties": {"error": {"type": "string"}}}}}  # fmt: skip
         for path, operations in doc.get("paths", {}).items():
             for method, operation in operations.items():
                 statuses = [400, 422, 503]
+                if operation.get("security"):  # a token is required: missing, wrong role, over its rate
+                    statuses += [401, 403, 429]
                 if "{" in path:
                     statuses.append(404)
                 if method in ("post", "put", "patch"):
@@ -85,7 +92,7 @@ def declare_errors(app: FastAPI) -> None:
                     responses.setdefault(str(status), {"description": _WHY[status]})
                 for status, response in responses.items():
                     if status.startswith(("4", "5")):
-                        response["content"] = error
+                        response["content"] = v2_error if path.startswith("/v2/") else error
         app.openapi_schema = doc
         return doc
 
@@ -102,6 +109,17 @@ def json_body(scope: Scope) -> Any:
 
 
 NO_BODY: Any = object()
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the OpenAPI document declares for ``path`` (Starlette's own 405 names
+    only the first route that matched the path, not all the routes sharing it)."""
+    methods: set[str] = set()
+    for template, operations in app.openapi().get("paths", {}).items():
+        pattern = "^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, path):
+            methods.update(m.upper() for m in operations)
+    return sorted(methods)
 
 
 class InputGuardMiddleware:

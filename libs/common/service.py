@@ -40,7 +40,7 @@ from libs.common.brokerwatch import BrokerWatch
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
 from libs.common.errors import BadRequest, DatabaseUnavailable, DriftloopError, PayloadTooLarge
 from libs.common.events import Event
-from libs.common.http import InputGuardMiddleware, declare_errors
+from libs.common.http import InputGuardMiddleware, allowed_methods, declare_errors
 from libs.common.kafka import BrokerPublisher, create_broker, ensure_topics, start_with_retry
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
 from libs.common.telemetry import Telemetry, configure_logging, setup_telemetry
@@ -258,7 +258,10 @@ def _install_errors(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         message = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
-        return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405 and (methods := allowed_methods(app, request.url.path)):
+            headers["Allow"] = ", ".join(methods)
+        return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(asyncpg.DataError)
     async def data_error(request: Request, exc: asyncpg.DataError) -> JSONResponse:

@@ -48,6 +48,18 @@ _SCHEMA_BODY = {
 }
 
 
+_RECORDS_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "A JSON array of records (column → value); also accepted: "
+        '{"records": [...]}, NDJSON (application/x-ndjson) and CSV with a header line (text/csv).',
+        "content": {
+            "application/json": {"schema": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
+        },
+    }
+}
+
+
 def _parse_schema(body: bytes) -> tuple[DatasetSchema, str]:
     """The schema in ``body`` and its canonical JSON (what is stored)."""
     if not body.strip():
@@ -85,7 +97,9 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
 
     @router.put(
         "/{dataset}", status_code=201, response_model=DeclaredOut, summary="Declare (or confirm) a dataset's schema",
-        openapi_extra=_SCHEMA_BODY, responses=errors(409),
+        openapi_extra=_SCHEMA_BODY,
+        responses={**errors(409), 200: {"model": DeclaredOut, "description": "Already declared: confirmed, or "
+                                        "replaced while the dataset holds no data."}},
         dependencies=[require(Role.ADMIN)],
     )  # fmt: skip
     async def declare(dataset: DatasetName, request: Request) -> Response:
@@ -154,7 +168,7 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
 
     @router.post(
         "/{dataset}/records", response_model=SubmissionOut, responses=errors(409, 415),
-        summary="Submit records: JSON array, NDJSON or CSV",
+        summary="Submit records: JSON array, NDJSON or CSV", openapi_extra=_RECORDS_BODY,
     )  # fmt: skip
     async def submit(
         dataset: DatasetName,

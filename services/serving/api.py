@@ -130,7 +130,9 @@ def mount(
 
     feedback_keys = RecentKeys()
 
-    @router.post("/v1/feedback", status_code=202, responses=errors(409), summary="True labels for earlier predictions")
+    @router.post(
+        "/v1/feedback", status_code=202, responses=errors(404, 409), summary="True labels for earlier predictions"
+    )
     async def feedback(
         body: FeedbackRequest, principal: Annotated[Principal, require(Role.PRODUCER)], key: IdempotencyKey = None
     ) -> dict[str, Any]:
