@@ -53,7 +53,7 @@ async def test_feedback_is_accepted_only_for_ids_serving_issued_for_the_model(is
             answer = await client.post("/v1/models/churn/predict", json={"instances": _instances(2)})
             return answer.json()["predictions"] if answer.status_code == 200 else None
 
-        first, second = await wait_until(predicted, message="v1 to be served")
+        first, second = await wait_until(predicted, timeout=120, message="v1 to be served")
         issued = [first["request_id"], second["request_id"]]
         elsewhere = RequestIds(SECRET.encode()).mint("fraud")  # a real id, of another model
         body = {"model": "churn", "labels": [
@@ -100,7 +100,7 @@ async def test_a_second_label_for_a_prediction_is_counted_and_never_scored(isola
         async def monitored() -> bool:
             return (await client.get("/v1/models/churn/drift")).status_code == 200
 
-        await wait_until(monitored, message="the monitor to take the reference")
+        await wait_until(monitored, timeout=120, message="the monitor to take the reference")
         logged, labels = traffic(model, stream, 40, 0)
         early = LabelsArrived(producer="test", model="churn", labels=[Label(request_id="late-1", label="yes")])
         await publish(isolated, logged, labels)
@@ -118,7 +118,7 @@ async def test_a_second_label_for_a_prediction_is_counted_and_never_scored(isola
                 else None
             )
 
-        text = await wait_until(counted, message="labels matched and duplicates counted")
+        text = await wait_until(counted, timeout=120, message="labels matched and duplicates counted")
         assert metric(text, "driftloop_labels_total", model="churn", matched="duplicate") == 41
         # labels may overtake their predictions (two topics): then all 40 waited first
         assert metric(text, "driftloop_labels_total", model="churn", matched="waiting") in (1, 41)
@@ -137,6 +137,7 @@ def _flip(label: Any) -> str:
     return "no" if label == "yes" else "yes"
 
 
+@pytest.mark.timeout(600)
 async def test_a_retrain_fed_mostly_by_one_untrusted_principal_stops_at_candidate(isolated: Isolation) -> None:
     store = ArtifactStore(isolated.artifacts_root)
     app, runtime = create_registry(isolated.settings(RegistrySettings, min_metric=0.6, min_gain=0.01))
@@ -154,18 +155,18 @@ async def test_a_retrain_fed_mostly_by_one_untrusted_principal_stops_at_candidat
 
     async with serve(app) as client:
         await publish(isolated, first, alarm)
-        await wait_until(lambda: _alarms(runtime), message="the registry to record the alarm")
+        await wait_until(lambda: _alarms(runtime), timeout=120, message="the registry to record the alarm")
         after_alarm = challenger(0.9, trigger_event_id=alarm.event_id)
         await publish(isolated, after_alarm)
-        await wait_until(lambda: _versions(client, 2), message="v2")
+        await wait_until(lambda: _versions(client, 2), timeout=120, message="v2")
         poisoned_rows = challenger(0.95, trigger="new_data", row_sources=[
             Source(principal="mallory", trusted=False, count=2000), Source(principal="crm", trusted=True, count=500),
         ])  # fmt: skip
         await publish(isolated, poisoned_rows)
-        await wait_until(lambda: _versions(client, 3), message="v3")
+        await wait_until(lambda: _versions(client, 3), timeout=120, message="v3")
         clean = challenger(0.8, trigger="new_data", row_sources=[Source(principal="crm", trusted=True, count=2500)])
         await publish(isolated, clean)
-        listed = await wait_until(lambda: _versions(client, 4), message="v4")
+        listed = await wait_until(lambda: _versions(client, 4), timeout=120, message="v4")
         assert [(v["version"], v["decision"], v["aliases"]) for v in listed] == [
             (4, "promoted", ["champion"]), (3, "held", ["candidate"]), (2, "held", []), (1, "promoted", []),
         ]  # fmt: skip
@@ -219,7 +220,7 @@ async def test_records_and_feedback_are_rate_limited_per_principal(isolated: Iso
         await publish(isolated, promoted("churn", 1, trained_model(ArtifactStore(isolated.artifacts_root), rows=600)))
         producer = await bearer(app, Role.PRODUCER, principal="mallory")
         labels = {"model": "churn", "labels": [{"request_id": f"{i:032x}", "label": "no"} for i in range(5)]}
-        await wait_until(lambda: _served(client), message="v1 to be served")
+        await wait_until(lambda: _served(client), timeout=120, message="v1 to be served")
         assert (await client.post("/v1/feedback", json=labels, headers=producer)).status_code == 422  # forged
         limited = await client.post("/v1/feedback", json=labels, headers=producer)
         assert limited.status_code == 429  # refused labels still cost: forging is not free
