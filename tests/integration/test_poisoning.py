@@ -154,7 +154,9 @@ async def test_a_retrain_fed_mostly_by_one_untrusted_principal_stops_at_candidat
         })  # fmt: skip
 
     async with serve(app) as client:
-        await publish(isolated, first, alarm)
+        await publish(isolated, first)  # v1 first: a drift-triggered version after the alarm would be held too
+        await wait_until(lambda: _versions(client, 1), timeout=120, message="v1")
+        await publish(isolated, alarm)
         await wait_until(lambda: _alarms(runtime), timeout=120, message="the registry to record the alarm")
         after_alarm = challenger(0.9, trigger_event_id=alarm.event_id)
         await publish(isolated, after_alarm)
