@@ -27,6 +27,7 @@ from libs.common.embedded import EmbeddedStack, StackEndpoints
 from libs.common.kafka import ensure_topics
 from libs.common.service import ServiceSettings
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
+from tests.keys import SIGNING
 
 
 @pytest.fixture(scope="session")
@@ -94,6 +95,7 @@ class Isolation:
             "database": self.database,
             "artifacts": ArtifactSettings(root=self.artifacts_root),
             "telemetry": TelemetrySettings(json_logs=False),
+            "signing": SIGNING,
             "database_schema": f"{service}_{self.suffix}",
             **overrides,
         }

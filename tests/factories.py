@@ -18,6 +18,7 @@ from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType
 from services.trainer.adapters.worker import export_onnx
 from services.trainer.domain.training import TrainingConfig, train
+from tests.keys import signed
 
 CHURN = DatasetSchema.model_validate(SCHEMA)
 
@@ -63,12 +64,16 @@ def trained_model(
     profile = build_profile({k: result.train_frame[k].to_numpy() for k in kinds}, kinds, result.train_predictions,
                             prediction_kind="categorical", metrics=result.metrics)  # fmt: skip
     return TrainedModel(
-        artifact=store.put(models.dumps(result.pipeline), suffix=".skops"),
-        profile=store.put(profile.to_bytes(), suffix=".profile.json"),
+        artifact=signed(store.put(models.dumps(result.pipeline), suffix=".skops")),
+        profile=signed(store.put(profile.to_bytes(), suffix=".profile.json")),
         metrics=result.metrics,
         pipeline=result.pipeline,
-        onnx=export_onnx(store, CHURN, result) if onnx else None,
+        onnx=_signed_export(export_onnx(store, CHURN, result)) if onnx else None,
     )
+
+
+def _signed_export(export: OnnxExport) -> OnnxExport:
+    return export.model_copy(update={"artifact": signed(export.artifact)}) if export.artifact else export
 
 
 def promoted(model: str, version: int, trained: TrainedModel, previous: int | None = None) -> ModelPromoted:

@@ -28,6 +28,7 @@ from libs.cli.tokens import ensure_admin_token
 from libs.common.embedded import EmbeddedStack, die_with_parent, free_port, port_open
 from libs.common.kafka import ensure_topics
 from libs.common.settings import DatabaseSettings, KafkaSettings
+from libs.common.signing import generate_keys
 
 #: Start order: the registry first (serving asks it for champions at start).
 SERVICES: tuple[str, ...] = ("registry", "ingest", "trainer", "serving", "monitor")
@@ -146,6 +147,8 @@ class Supervisor:
         env.update({k: v for k, v in self.extra_env.items() if k not in os.environ})
         # Serving tags request ids with this key; kept in the home so restarted services agree.
         env.setdefault("DRIFTLOOP_SERVING_REQUEST_ID_SECRET", self._secret("request-id.secret"))
+        # Artifacts are signed by the trainer's key (given to the trainer only, in _spawn).
+        env.setdefault("DRIFTLOOP_SIGNING_PUBLIC_KEYS", json.dumps([str(self._keys()[1])]))
         return env
 
     def _secret(self, name: str) -> str:
@@ -156,8 +159,16 @@ class Supervisor:
             path.write_text(secrets.token_hex(32))
         return path.read_text().strip()
 
+    def _keys(self) -> tuple[Path, Path]:
+        """The artifact signing key pair, generated into ``<home>/keys`` on first start."""
+        return generate_keys(self.home / "keys")
+
     def _spawn(self, name: str, env: dict[str, str]) -> None:
         root = Path(__file__).resolve().parents[2]
+        if name == "trainer":  # only the trainer holds the private key
+            env = {"DRIFTLOOP_SIGNING_PRIVATE_KEY": str(self._keys()[0]), **env}
+        else:
+            env = {k: v for k, v in env.items() if k != "DRIFTLOOP_SIGNING_PRIVATE_KEY"}
         process = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
             cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

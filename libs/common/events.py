@@ -25,6 +25,15 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+class ArtifactSignature(BaseModel):
+    """The trainer's Ed25519 signature of an artifact's sha256 (libs/common/signing.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="First 16 hex digits of sha256(raw public key).")
+    value: str = Field(max_length=200, description="Base64 Ed25519 signature of 'driftloop-artifact-v1:' + sha256.")
+
+
 class ArtifactRef(BaseModel):
     """Where an artifact lives and the digest its bytes must match."""
 
@@ -33,6 +42,9 @@ class ArtifactRef(BaseModel):
     uri: str = Field(description="URI of the artifact in the store.", examples=["file:///a/sha256/ab/ab12…"])
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the bytes.")
     size: int = Field(ge=0, description="Size in bytes.")
+    signature: ArtifactSignature | None = Field(
+        default=None, description="The trainer's signature of sha256; loaders refuse artifacts without a valid one."
+    )
 
 
 class OnnxExport(BaseModel):

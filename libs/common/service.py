@@ -43,6 +43,7 @@ from libs.common.events import Event
 from libs.common.http import InputGuardMiddleware, allowed_methods, declare_errors
 from libs.common.kafka import BrokerPublisher, create_broker, ensure_topics, start_with_retry
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
+from libs.common.signing import SigningSettings, Verifier, VerifyingStore
 from libs.common.telemetry import Telemetry, configure_logging, setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class ServiceSettings(BaseSettings):
     artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    signing: SigningSettings = Field(default_factory=SigningSettings)
 
 
 @dataclass
@@ -124,6 +126,8 @@ class ServiceSpec:
     """Checks of the service's own, merged into ``/readyz`` ("ok" or why not), e.g. serving's loaded champions."""
     description: str = ""
     publishes: tuple[type[Event], ...] = ()
+    verify_artifacts: bool = False
+    """Loads what the trainer made (serving, the monitor): every artifact read must carry a valid signature."""
     """Events the service emits (for its AsyncAPI document)."""
 
 
@@ -135,7 +139,7 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
         settings=settings,
         telemetry=telemetry,
         broker=create_broker(settings.kafka, telemetry),
-        store=ArtifactStore(settings.artifacts.root),
+        store=_store(spec, settings, telemetry),
         auth=Authenticator(settings.auth),
     )
     spec.register(runtime)
@@ -165,6 +169,17 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, telemetry=telemetry)
     return app, runtime
+
+
+def _store(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry) -> ArtifactStore:
+    if not spec.verify_artifacts:
+        return ArtifactStore(settings.artifacts.root)
+    verifier = Verifier.from_settings(settings.signing, telemetry.registry)
+    if not verifier.paths:
+        log.warning(
+            "%s: no public keys configured (DRIFTLOOP_SIGNING_PUBLIC_KEYS): every artifact is refused", spec.name
+        )
+    return VerifyingStore(settings.artifacts.root, verifier=verifier)
 
 
 async def _start(spec: ServiceSpec, rt: Runtime) -> None:

@@ -55,6 +55,7 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="monitor",
+        verify_artifacts=True,
         on_start=on_start,
         publishes=(DriftDetected,),
         migrations=Path(__file__).parent / "migrations",

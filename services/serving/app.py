@@ -14,6 +14,7 @@ from prometheus_client import Gauge, Histogram
 
 from libs.common import auth, topics
 from libs.common.auth import Role
+from libs.common.errors import ArtifactError
 from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, OnnxExport, PredictionsLogged
 from libs.common.kafka import Route, subscribe
 from libs.common.schema import DatasetSchema
@@ -111,12 +112,16 @@ def spec(settings: ServingSettings) -> ServiceSpec:
             if table.get(record["model"]) is not None:
                 continue  # a promotion event got here first and is newer
             onnx = record.get("onnx")
-            loaded = await load(
-                rt.store, record["model"], record["version"], ArtifactRef.model_validate(record["artifact"]),
-                DatasetSchema.model_validate(record["schema"]), generation=0.0,
-                onnx=OnnxExport.model_validate(onnx) if onnx else None, batching=batching,
-                onnx_threads=settings.onnx_threads,
-            )  # fmt: skip
+            try:
+                loaded = await load(
+                    rt.store, record["model"], record["version"], ArtifactRef.model_validate(record["artifact"]),
+                    DatasetSchema.model_validate(record["schema"]), generation=0.0,
+                    onnx=OnnxExport.model_validate(onnx) if onnx else None, batching=batching,
+                    onnx_threads=settings.onnx_threads,
+                )  # fmt: skip
+            except ArtifactError as exc:  # refused (unsigned, mis-signed, replaced): logged, counted, not served
+                log.error("model %s v%s not loaded: %s", record["model"], record["version"], exc.message)
+                continue
             table.offer(loaded)
             log.info("model %s v%d loaded from the registry (%s)", loaded.model, loaded.version, loaded.runtime.name)
         champions_loaded.set()
@@ -143,6 +148,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="serving",
+        verify_artifacts=True,
         publishes=(PredictionsLogged, LabelsArrived),
         migrations=None,
         register=register,

@@ -38,6 +38,7 @@ from tests.factories import CHURN, TrainedModel, promoted, trained_model
 from tests.helpers import read_topic, wait_until
 from tests.integration.test_serving import instances
 from tests.integration.test_trainer import publish
+from tests.keys import signed
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def tampered_artifact(store: ArtifactStore) -> ArtifactRef:
     """An artifact whose bytes were changed after it was stored (its digest no longer matches)."""
     ref = store.put(b"an onnx graph that will be tampered with", suffix=".onnx")
     Path(ref.uri.removeprefix("file://")).write_bytes(b"something else entirely")
-    return ref
+    return signed(ref)  # signed by the trainer's key: only the bytes were swapped
 
 
 def with_onnx(event: ModelPromoted, onnx: OnnxExport) -> ModelPromoted:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -21,6 +22,9 @@ def handler(rt: Runtime, monitors: Monitors) -> Handler:
         assert isinstance(event, ModelPromoted)
         if event.move.alias != "champion":
             return
+        # Verified before anything is stored: a forged promotion (unsigned, mis-signed or
+        # replaced profile) is refused here and dead-lettered, leaving the monitored version as it was.
+        await asyncio.to_thread(rt.store.get, event.profile)
         async with rt.db.acquire() as conn, conn.transaction():
             if not await outbox.first_delivery(conn, CONSUMER, event.event_id):
                 return

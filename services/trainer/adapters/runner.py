@@ -38,6 +38,7 @@ from libs.common import outbox
 from libs.common.events import ArtifactRef, ModelTrained, OnnxExport, Rejudgement
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
+from libs.common.signing import Signer
 from libs.common.telemetry import inject_context
 from services.trainer.adapters import repository
 from services.trainer.adapters.processes import JobFailed, WorkerLost, Workers
@@ -75,6 +76,12 @@ class JobRunner:
         self.workers = Workers(preload="services.trainer.adapters.worker")
         self.replan = replan
         """Called with a model when its job ended: a kept alarm may act now."""
+        # Only the trainer holds the private key: what it stores, it signs (libs/common/signing.py).
+        self.signer = Signer.from_file(settings.signing.private_key) if settings.signing.private_key else None
+        if self.signer is None:
+            log.warning(
+                "no signing key (DRIFTLOOP_SIGNING_PRIVATE_KEY): serving and the monitor will refuse its models"
+            )
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._running: set[uuid.UUID] = set()
@@ -331,9 +338,9 @@ class JobRunner:
             seed=self.settings.seed,
             code_version=self.code_version,
             training_rows=result["training_rows"],
-            artifact=ArtifactRef.model_validate(result["artifact"]),
-            profile=ArtifactRef.model_validate(result["profile"]),
-            onnx=OnnxExport.model_validate(result["onnx"]) if result.get("onnx") else None,
+            artifact=self._signed(ArtifactRef.model_validate(result["artifact"])),
+            profile=self._signed(ArtifactRef.model_validate(result["profile"])),
+            onnx=self._signed_export(OnnxExport.model_validate(result["onnx"])) if result.get("onnx") else None,
             dataset_schema=DatasetSchema.model_validate(result["dataset_schema"]),
             row_sources=result.get("row_sources"),
             holdout=ArtifactRef.model_validate(result["holdout"]) if result.get("holdout") else None,
@@ -350,6 +357,14 @@ class JobRunner:
             extra={"job_id": str(job["id"]), "model": job["model"], "metrics": result["metrics"]},
         )
         return "succeeded"
+
+    def _signed(self, ref: ArtifactRef) -> ArtifactRef:
+        return self.signer.sign(ref) if self.signer is not None else ref
+
+    def _signed_export(self, export: OnnxExport) -> OnnxExport:
+        if export.artifact is None:
+            return export
+        return export.model_copy(update={"artifact": self._signed(export.artifact)})
 
     async def _heartbeat(self, job_id: uuid.UUID) -> None:
         """Renew the lease; a job no longer ``running`` in the database (cancelled, re-queued) loses its worker."""
