@@ -52,6 +52,8 @@ class SigningSettings(BaseSettings):
     """Path of the trainer's Ed25519 private key (PEM, PKCS#8); only the trainer sets it."""
     public_keys: list[str] = Field(default_factory=list)
     """Paths of the accepted public keys (PEM); several during a key rotation."""
+    generate: bool = False
+    """Create the key pair (``signing.key`` and ``signing.pub`` in ``private_key``'s directory) if it is missing."""
 
 
 class ArtifactUnverified(ArtifactError):
@@ -105,6 +107,15 @@ class Signer:
     def __init__(self, private: Ed25519PrivateKey) -> None:
         self.private = private
         self.key_id = key_id(private.public_key())
+
+    @classmethod
+    def from_settings(cls, settings: SigningSettings) -> Signer | None:
+        if not settings.private_key:
+            return None
+        path = Path(settings.private_key)
+        if settings.generate and not path.exists():
+            path = generate_keys(path.parent)[0]
+        return cls.from_file(path)
 
     @classmethod
     def from_file(cls, path: str | Path) -> Signer:

@@ -13,7 +13,9 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from libs.common.auth import AuthSettings
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
+from libs.common.signing import SigningSettings
 from services.ingest.settings import IngestSettings
 from services.monitor.settings import MonitorSettings
 from services.registry.settings import RegistrySettings
@@ -28,7 +30,9 @@ SERVICES: dict[str, type[BaseSettings]] = {
     "serving": ServingSettings,
     "monitor": MonitorSettings,
 }
-SHARED: list[type[BaseSettings]] = [KafkaSettings, DatabaseSettings, ArtifactSettings, TelemetrySettings]
+SHARED: list[type[BaseSettings]] = [
+    KafkaSettings, DatabaseSettings, ArtifactSettings, TelemetrySettings, AuthSettings, SigningSettings,
+]  # fmt: skip
 
 
 def known_variables() -> set[str]:

@@ -77,7 +77,7 @@ class JobRunner:
         self.replan = replan
         """Called with a model when its job ended: a kept alarm may act now."""
         # Only the trainer holds the private key: what it stores, it signs (libs/common/signing.py).
-        self.signer = Signer.from_file(settings.signing.private_key) if settings.signing.private_key else None
+        self.signer = Signer.from_settings(settings.signing)
         if self.signer is None:
             log.warning(
                 "no signing key (DRIFTLOOP_SIGNING_PRIVATE_KEY): serving and the monitor will refuse its models"
