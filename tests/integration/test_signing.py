@@ -91,12 +91,12 @@ async def test_the_monitor_refuses_forged_profiles(isolated: Isolation) -> None:
 
 async def _served(client: Any, version: int) -> bool:
     answer = await client.get("/v1/models/churn")
-    return answer.status_code == 200 and answer.json()["version"] == version
+    return bool(answer.status_code == 200 and answer.json()["version"] == version)
 
 
 async def _monitored(client: Any, version: int) -> bool:
     answer = await client.get("/v1/models/churn/drift")
-    return answer.status_code == 200 and answer.json()["version"] == version
+    return bool(answer.status_code == 200 and answer.json()["version"] == version)
 
 
 async def _metric(client: Any, at_least: float) -> bool:
