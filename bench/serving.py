@@ -54,6 +54,7 @@ from libs.common.kafka import BrokerPublisher, create_broker
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType
 from libs.common.settings import DatabaseSettings, KafkaSettings, TelemetrySettings
+from libs.common.signing import Signer, generate_keys
 from libs.common.telemetry import setup_telemetry
 from services.trainer.adapters.worker import export_onnx
 from services.trainer.domain.training import TrainingConfig, train
@@ -134,11 +135,19 @@ class Version:
     train_s: float
 
 
+def _keys(store: ArtifactStore) -> tuple[Path, Path]:
+    """The signing key pair of this run, beside its artifacts (serving loads only signed artifacts)."""
+    return generate_keys(Path(store.root.removeprefix("file://")).parent / "keys")
+
+
 def train_version(store: ArtifactStore, version: int, seed: int, rows: int) -> Version:
-    """Train, export and store a version exactly as the trainer's worker does."""
+    """Train, export, store and sign a version exactly as the trainer does."""
+    signer = Signer.from_file(_keys(store)[0])
     started = time.perf_counter()
     result = train(SCHEMA, dataset(rows, seed), TrainingConfig(seed=seed))
     onnx = export_onnx(store, SCHEMA, result)
+    if onnx.artifact is not None:
+        onnx = onnx.model_copy(update={"artifact": signer.sign(onnx.artifact)})
     kinds: dict[str, Any] = {
         f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in SCHEMA.features
     }
@@ -147,8 +156,8 @@ def train_version(store: ArtifactStore, version: int, seed: int, rows: int) -> V
     return Version(
         version=version,
         pipeline=result.pipeline,
-        artifact=store.put(models.dumps(result.pipeline), suffix=".skops"),
-        profile=store.put(profile.to_bytes(), suffix=".profile.json"),
+        artifact=signer.sign(store.put(models.dumps(result.pipeline), suffix=".skops")),
+        profile=signer.sign(store.put(profile.to_bytes(), suffix=".profile.json")),
         onnx=onnx,
         metrics=result.metrics,
         train_s=time.perf_counter() - started,
@@ -188,6 +197,7 @@ class Driftloop:
             "DRIFTLOOP_SERVING_REGISTRY_URL": f"http://127.0.0.1:{free_port()}",  # none: champions come by event
             "DRIFTLOOP_SERVING_INSTANCE_ID": f"bench-{uuid.uuid4().hex[:6]}",
             "DRIFTLOOP_SERVING_LOG_BATCH_SIZE": "1000",
+            "DRIFTLOOP_SIGNING_PUBLIC_KEYS": json.dumps([str(_keys(self.store)[1])]),
         }
         self.process = subprocess.Popen([sys.executable, "-m", "services.serving"], cwd=ROOT, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
