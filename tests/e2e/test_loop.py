@@ -1,11 +1,17 @@
 """The whole loop, as `driftloop demo` runs it: five service processes on the
-embedded stack, synthetic traffic, injected drift, no human step."""
+embedded stack, synthetic traffic, injected drift, no human step.
+
+The demo runs twice against the same stack, as a newcomer would run it: each
+run declares its own dataset and model and closes the loop. The second run's
+drift changes only the concept (no feature distribution moves), so only the
+performance alarm, from the labels, can see it."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +36,37 @@ def otlp() -> Iterator[tuple[str, Receiver]]:
 
 
 @pytest.fixture(scope="module")
-def loop(
+def runs(
     tmp_path_factory: pytest.TempPathFactory, otlp: tuple[str, Receiver]
-) -> Iterator[tuple[UpState, dict[str, Any]]]:
+) -> Iterator[tuple[UpState, list[dict[str, Any]]]]:
     home = tmp_path_factory.mktemp("up")
     env = {**DEMO_ENV, "DRIFTLOOP_TELEMETRY_OTLP_ENDPOINT": otlp[0]}
     supervisor = Supervisor(home, ports=Supervisor.free_ports(), env=env, log_to_files=True)
     state = supervisor.start()
     try:
-        config = DemoConfig(seed=11, stationary_predictions=2500, recovery_predictions=1000, timeout_s=240)
-        result = asyncio.run(Demo(state.services, state.kafka_bootstrap, config, token=read_token(home)).run())
-        yield state, result
+        results = []
+        for seed, drift in ((11, "covariate+concept"), (12, "concept")):
+            config = DemoConfig(seed=seed, stationary_predictions=2500, recovery_predictions=1000, timeout_s=240,
+                                drift=drift)  # type: ignore[arg-type]  # fmt: skip
+            demo = Demo(state.services, state.kafka_bootstrap, config, token=read_token(home))
+            results.append(asyncio.run(demo.run()))
+        yield state, results
     finally:
         supervisor.stop()
         _print_logs_on_failure(home)
+
+
+@pytest.fixture(scope="module")
+def loop(runs: tuple[UpState, list[dict[str, Any]]]) -> tuple[UpState, dict[str, Any]]:
+    """The first run: covariate shift and a changed concept."""
+    return runs[0], runs[1][0]
+
+
+@pytest.fixture(scope="module", params=[0, 1], ids=["covariate+concept", "concept-only, again in the same up"])
+def each_run(
+    request: pytest.FixtureRequest, runs: tuple[UpState, list[dict[str, Any]]]
+) -> tuple[UpState, dict[str, Any]]:
+    return runs[0], runs[1][request.param]
 
 
 def _auth(state: UpState) -> dict[str, str]:
@@ -59,8 +82,8 @@ def _print_logs_on_failure(home: Path) -> None:
             print(f"--- {log.name}: {len(errors)} error lines, last ones:\n" + "\n".join(errors[-5:]))
 
 
-def test_the_loop_closes(loop: tuple[UpState, dict[str, Any]]) -> None:
-    _, result = loop
+def test_the_loop_closes(each_run: tuple[UpState, dict[str, Any]]) -> None:
+    _, result = each_run
     assert result["errors"] == []
     assert result["loop_closed"], result
     assert result["initial_version"] == 1
@@ -72,45 +95,62 @@ def test_the_loop_closes(loop: tuple[UpState, dict[str, Any]]) -> None:
     assert result["dlq_messages"] == 0
 
 
-def test_every_record_is_accepted_or_rejected_with_a_reason(loop: tuple[UpState, dict[str, Any]]) -> None:
-    state, result = loop
+def test_every_record_is_accepted_or_rejected_with_a_reason(each_run: tuple[UpState, dict[str, Any]]) -> None:
+    state, result = each_run
     records = result["records"]
     assert records["accounted"], records
     assert records["rejected"] > 0  # the demo corrupts 1% on purpose
     rejections = httpx.get(
-        f"{state.services['ingest']}/v1/datasets/churn/rejections?limit=1000", headers=_auth(state)
+        f"{state.services['ingest']}/v1/datasets/{result['dataset']}/rejections?limit=1000", headers=_auth(state)
     ).json()
     assert rejections["total"] == records["rejected"]
     assert all(r["reason"] for r in rejections["rejections"])
 
 
-def test_registry_and_serving_agree_on_the_retrained_champion(loop: tuple[UpState, dict[str, Any]]) -> None:
-    state, result = loop
-    registry, serving = state.services["registry"], state.services["serving"]
-    v2 = httpx.get(f"{registry}/v1/models/churn/aliases/champion", headers=_auth(state)).json()
-    assert v2["version"] == result["retrained_version"]
+def test_registry_and_serving_agree_on_the_retrained_champion(each_run: tuple[UpState, dict[str, Any]]) -> None:
+    state, result = each_run
+    registry, serving, model = state.services["registry"], state.services["serving"], result["dataset"]
+    v2 = httpx.get(f"{registry}/v1/models/{model}/versions/2", headers=_auth(state)).json()
+    assert v2["version"] == result["retrained_version"] == 2
     assert v2["lineage"]["trigger"] == "drift"
     assert v2["run"]["champion_version"] == 1
     assert v2["metrics"]["accuracy"] > v2["run"]["champion_metrics"]["accuracy"]
-    audit = httpx.get(f"{registry}/v1/models/churn/audit", headers=_auth(state)).json()
-    promotions = [(a["from_version"], a["to_version"]) for a in audit if a["action"] == "promote"]
-    assert promotions == [(1, 2), (None, 1)]
-    served = httpx.get(f"{serving}/v1/models/churn", headers=_auth(state)).json()
-    assert served["version"] == v2["version"]
-    assert served["artifact"]["sha256"] == v2["artifact"]["sha256"]
+    audit = httpx.get(f"{registry}/v1/models/{model}/audit", headers=_auth(state)).json()
+    promotions = [(a["from_version"], a["to_version"]) for a in reversed(audit) if a["action"] == "promote"]
+    assert promotions[:2] == [(None, 1), (1, 2)]  # later ones: fuller post-drift models, each better on its holdout
+    champion = httpx.get(f"{registry}/v1/models/{model}/aliases/champion", headers=_auth(state)).json()
+    assert champion["version"] == promotions[-1][1]
+    served = httpx.get(f"{serving}/v1/models/{model}", headers=_auth(state)).json()
+    assert served["version"] == champion["version"]
+    assert served["artifact"]["sha256"] == champion["artifact"]["sha256"]
 
 
-def test_drift_was_explained_and_the_retrain_used_post_drift_data(loop: tuple[UpState, dict[str, Any]]) -> None:
-    state, _ = loop
-    drift = httpx.get(f"{state.services['monitor']}/v1/models/churn/drift", headers=_auth(state)).json()
-    assert drift["version"] == 2  # the monitor moved on to the new champion
-    alarm = drift["alarms"][-1]
-    assert alarm["version"] == 1
-    assert "data_drift" in alarm["kinds"]
-    jobs = httpx.get(f"{state.services['trainer']}/v1/training-jobs?model=churn", headers=_auth(state)).json()
-    drift_job = next(j for j in jobs if j["trigger"] == "drift")
+def test_drift_was_explained_and_the_retrain_used_post_drift_data(each_run: tuple[UpState, dict[str, Any]]) -> None:
+    state, result = each_run
+    model = result["dataset"]
+    drift = httpx.get(f"{state.services['monitor']}/v1/models/{model}/drift", headers=_auth(state)).json()
+    assert drift["version"] >= 2  # the monitor moved on to the new champion
+    alarm = next(a for a in drift["alarms"] if a["version"] == 1)
+    if result["drift"] == "concept":
+        assert alarm["kinds"] == ["performance"]  # no feature moved: the labels alone closed the loop
+        assert all(kinds == ["performance"] for kinds in result["alarm_kinds"]), result["alarm_kinds"]
+    else:
+        assert "data_drift" in alarm["kinds"]
+    jobs = httpx.get(f"{state.services['trainer']}/v1/training-jobs?model={model}", headers=_auth(state)).json()
+    drift_job = next(j for j in reversed(jobs) if j["trigger"] == "drift")
     assert drift_job["status"] == "succeeded"
-    assert drift_job["since"] is not None  # trained only on data from after the drift began
+    # The rows it trained on are exactly those ingested at or after the drift's start, which is no
+    # earlier than one window before the injection: none of the old concept's data.
+    since = datetime.fromisoformat(drift_job["since"])
+    injected = datetime.fromisoformat(result["drift_injected_at"])
+    assert since >= injected - timedelta(seconds=10)
+    versions = [
+        httpx.get(f"{state.services['ingest']}/v1/datasets/{model}/versions/{v}", headers=_auth(state)).json()
+        for v in range(1, drift_job["dataset_version"] + 1)
+    ]
+    after = sum(v["batch_rows"] for v in versions if datetime.fromisoformat(v["created_at"]) >= since)
+    assert drift_job["training_rows"] + drift_job["holdout_rows"] == after
+    assert after < versions[-1]["total_rows"]  # the older rows were left out
 
 
 def _wait_for_spans(receiver: Receiver, accept: Any, timeout: float = 30.0) -> list[Span]:
