@@ -24,7 +24,8 @@ from libs.cli.supervisor import Supervisor, UpState
 from libs.cli.tokens import read_token
 from tests.otlp import Receiver, Span, start_receiver
 
-pytestmark = pytest.mark.e2e
+#: Two demo runs on one stack take minutes on a shared machine; the default per-test limit is 300 s.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
