@@ -46,9 +46,14 @@ test: .venv/.synced ## lint, types, then every test (unit, integration, e2e) on 
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
 
+.PHONY: test-fast
+test-fast: .venv/.synced ## the inner loop: ruff, then the unit tests (no stack); mypy and the rest are in `make test`
+	$(PY) -m ruff check .
+	@set +e; $(PY) -m pytest tests/unit -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
 .PHONY: test-unit
-test-unit: .venv/.synced ## only the fast unit tests
-	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+test-unit: test-fast ## alias of test-fast
 
 .PHONY: format
 format: .venv/.synced ## apply ruff's formatting and safe fixes
