@@ -83,3 +83,31 @@ def test_kafka_topics_match_the_code(overlay: str) -> None:
         assert spec["replicas"] == (3 if overlay == "prod" else 1)
     kafka = next(d for d in docs if d["kind"] == "Kafka")
     assert kafka["spec"]["kafka"]["config"]["auto.create.topics.enable"] is False
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_only_the_trainer_holds_the_signing_key_and_verifiers_mount_the_public_keys(overlay: str) -> None:
+    """Serving and the monitor refuse unsigned artifacts, so a cluster without keys would serve nothing."""
+    deployments = {d["metadata"]["name"]: d for d in render(overlay) if d["kind"] == "Deployment"}
+
+    def mounted(name: str, path: str) -> dict[str, Any]:
+        """The volume whose mount holds ``path`` in deployment ``name``."""
+        pod = deployments[name]["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        mounts = [m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        assert mounts, f"{name}: {path} is on no mounted volume"
+        return next(v for v in pod["volumes"] if v["name"] == mounts[0]["name"])
+
+    def env(name: str) -> dict[str, str]:
+        (container,) = deployments[name]["spec"]["template"]["spec"]["containers"]
+        return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+    private = env("trainer")["DRIFTLOOP_SIGNING_PRIVATE_KEY"]
+    assert mounted("trainer", private)["secret"]["secretName"]
+    for name in ("serving", "monitor"):
+        keys = yaml.safe_load(env(name)["DRIFTLOOP_SIGNING_PUBLIC_KEYS"])
+        assert keys, name
+        for key in keys:
+            assert "configMap" in mounted(name, key) or "secret" in mounted(name, key)
+    holders = [name for name in deployments if "DRIFTLOOP_SIGNING_PRIVATE_KEY" in env(name)]
+    assert holders == ["trainer"]
