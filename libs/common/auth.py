@@ -50,7 +50,7 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from libs.common.db import connect_with_retry, load_migrations, migrate
+from libs.common.db import close_pool, connect_with_retry, load_migrations, migrate
 from libs.common.errors import BadRequest, Forbidden, NotFound, TransientError, Unauthorized
 from libs.common.settings import DatabaseSettings
 
@@ -255,7 +255,7 @@ class Authenticator:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         if self.pool is not None:
-            await self.pool.close()
+            await close_pool(self.pool)
             self.pool = None
 
     async def verify(self, token: str) -> Principal:

@@ -8,6 +8,7 @@ a schema prefix, and a test can run a whole service in a fresh schema.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import re
@@ -62,6 +63,20 @@ async def connect_with_retry(settings: DatabaseSettings, schema: str) -> asyncpg
         timeout_s=settings.connect_timeout_s,
         errors=(TimeoutError, OSError, asyncpg.PostgresError),
     )
+
+
+async def close_pool(pool: asyncpg.Pool, timeout_s: float = 10.0) -> None:
+    """Close ``pool`` gracefully, or terminate it after ``timeout_s``.
+
+    ``Pool.close`` waits for every acquired connection to be released; one that is never
+    released (a listener whose task was cancelled mid-acquire, a request cut off by the stop)
+    would hang the service's shutdown forever, so a stop is bounded and then forced.
+    """
+    try:
+        await asyncio.wait_for(pool.close(), timeout_s)
+    except TimeoutError:
+        log.warning("PostgreSQL pool did not close in %.0fs; terminating its connections", timeout_s)
+        pool.terminate()
 
 
 def _redact(url: str) -> str:

@@ -37,7 +37,7 @@ from libs.common.artifacts import ArtifactStore
 from libs.common.asyncapi import document
 from libs.common.auth import Authenticator, AuthSettings, Role, unguarded_routes
 from libs.common.brokerwatch import BrokerWatch
-from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
+from libs.common.db import COMMON_MIGRATIONS, close_pool, connect_with_retry, load_migrations, migrate
 from libs.common.errors import BadRequest, DatabaseUnavailable, DriftloopError, PayloadTooLarge
 from libs.common.events import Event
 from libs.common.http import InputGuardMiddleware, allowed_methods, declare_errors
@@ -216,6 +216,9 @@ async def _start(spec: ServiceSpec, rt: Runtime) -> None:
     log.info("%s ready in %.2fs", spec.name, time.monotonic() - started)
 
 
+BROKER_STOP_TIMEOUT_S = 15.0
+
+
 async def _stop(spec: ServiceSpec, rt: Runtime) -> None:
     rt.ready = False
     if spec.on_stop is not None:
@@ -225,9 +228,12 @@ async def _stop(spec: ServiceSpec, rt: Runtime) -> None:
     await asyncio.gather(*rt.background, return_exceptions=True)
     if rt.relay is not None:  # before the broker: a batch in flight completes or stays pending
         await rt.relay.stop()
-    await rt.broker.stop()
+    try:  # a consumer leaving its group mid-rebalance can wait on the coordinator for good
+        await asyncio.wait_for(rt.broker.stop(), BROKER_STOP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("the Kafka clients did not stop in %.0fs; going on with the shutdown", BROKER_STOP_TIMEOUT_S)
     if rt.pool is not None:
-        await rt.pool.close()
+        await close_pool(rt.pool)
     await rt.auth.stop()
     rt.telemetry.shutdown()
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from libs.common.db import connect_with_retry, load_migrations, migrate
+from libs.common.db import close_pool, connect_with_retry, load_migrations, migrate
 from libs.common.embedded import EmbeddedPostgres, free_port
 from libs.common.errors import MigrationError, TransientError
 from libs.common.kafka import ensure_topics
@@ -97,3 +97,15 @@ async def test_database_that_comes_up_late_is_joined(tmp_path: Path, caplog: pyt
         finally:
             await asyncio.to_thread(server.stop)
     assert any("retrying in" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_pool_with_a_connection_never_released_still_closes(
+    db_settings: DatabaseSettings, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pool.close waits for every acquired connection; a service's stop must not wait for ever."""
+    pool = await connect_with_retry(db_settings, schema)
+    await pool.acquire()  # never released, like a listener cancelled mid-acquire
+    with caplog.at_level(logging.WARNING, logger="libs.common.db"):
+        await asyncio.wait_for(close_pool(pool, timeout_s=0.5), 10)
+    assert pool.is_closing()
+    assert "terminating" in caplog.text
