@@ -150,7 +150,10 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
         try:
             yield
         finally:
-            await _stop(spec, runtime)
+            try:  # a stop step that never returns must not keep the process (or a test) alive for ever
+                await asyncio.wait_for(_stop(spec, runtime), STOP_TIMEOUT_S)
+            except TimeoutError:
+                log.error("%s did not stop in %.0fs; abandoning the rest of its shutdown", spec.name, STOP_TIMEOUT_S)
 
     app = FastAPI(title=f"driftloop {spec.name}", description=spec.description, lifespan=lifespan)
     app.state.runtime = runtime
@@ -217,6 +220,7 @@ async def _start(spec: ServiceSpec, rt: Runtime) -> None:
 
 
 BROKER_STOP_TIMEOUT_S = 15.0
+STOP_TIMEOUT_S = 45.0
 
 
 async def _stop(spec: ServiceSpec, rt: Runtime) -> None:
