@@ -100,14 +100,18 @@ def test_services_log_in_to_kafka_over_tls_with_their_own_user(overlay: str) -> 
         assert env["DRIFTLOOP_KAFKA_SASL_USERNAME"]["value"] == f"driftloop-{name}"
         password = env["DRIFTLOOP_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
         assert password == {"name": f"driftloop-{name}", "key": "password"}  # the Secret Strimzi makes
-        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         volumes = {v["name"]: v for v in pod["volumes"]}
         ca_dir = config["DRIFTLOOP_KAFKA_SSL_CAFILE"].rsplit("/", 1)[0]
-        assert volumes[mounts[ca_dir]]["secret"]["secretName"] == "driftloop-cluster-ca-cert"
+        assert volumes[mounts[ca_dir]["name"]]["secret"]["secretName"] == "driftloop-cluster-ca-cert"
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
-        writable = {mounts[p] for p in mounts} - {mounts[ca_dir]}
-        assert all("emptyDir" in volumes[v] or "persistentVolumeClaim" in volumes[v] for v in writable)
+        for mount in mounts.values():  # keys and certificates are mounted read-only; only scratch space is writable
+            volume = volumes[mount["name"]]
+            if "secret" in volume or "configMap" in volume:
+                assert mount.get("readOnly") is True, (name, mount)
+            else:
+                assert "emptyDir" in volume or "persistentVolumeClaim" in volume, (name, mount)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
