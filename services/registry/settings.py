@@ -18,4 +18,4 @@ class RegistrySettings(ServiceSettings):
     """Promote winners to the 'candidate' alias only; a person moves 'champion'."""
     max_untrusted_share: float = Field(default=0.5, ge=0, le=1)
     """A version whose training rows, or the labels behind the performance alarm that caused it, came
-    from one untrusted principal for more than this share is held at 'candidate' for an approver."""
+    from untrusted principals (summed) for more than this share is held at 'candidate' for an approver."""

@@ -1,9 +1,11 @@
-"""The trust rule: a retrain fed mostly by one untrusted principal waits for an approver."""
+"""The trust rule: a retrain fed mostly by untrusted principals waits for an approver."""
 
 from __future__ import annotations
 
+import pytest
+
 from libs.common.events import Source, tally
-from services.registry.domain.provenance import TrustConfig, dominant_untrusted, hold_reason
+from services.registry.domain.provenance import TrustConfig, excess_untrusted, hold_reason
 
 CONFIG = TrustConfig(max_untrusted_share=0.5)
 
@@ -46,13 +48,41 @@ def test_labels_only_count_for_performance_alarms() -> None:
     assert hold_reason(trigger="request", alarm_kinds=["performance"], **kwargs) is None  # type: ignore[arg-type]
 
 
-def test_many_untrusted_principals_each_below_the_share_do_not_hold() -> None:
-    sources = [src(f"p{i}", 100) for i in range(5)]
-    assert dominant_untrusted(sources, CONFIG) is None
-    assert dominant_untrusted([src("a", 50), src("b", 50, trusted=True)], CONFIG) is None  # exactly half: allowed
-    found = dominant_untrusted([src("a", 51), src("b", 49, trusted=True)], CONFIG)
+def test_many_untrusted_principals_each_below_the_share_hold_together() -> None:
+    # Ten tokens, 9% each: no single one is "most", but 90% of the labels came from nobody vouched for.
+    sybils = [src(f"mallory-{i}", 27) for i in range(10)] + [src("crm", 30, trusted=True)]
+    reason = hold_reason(trigger="drift", alarm_kinds=["performance"], label_sources=sybils, row_sources=None,
+                         config=CONFIG)  # fmt: skip
+    assert reason is not None
+    assert (
+        "90% of the 300 labels behind the performance alarm came from 10 untrusted principals "
+        "('mallory-0' 9%, 'mallory-1' 9%, 'mallory-2' 9%, 7 more)"
+    ) in reason
+    rows = hold_reason(trigger="new_data", alarm_kinds=[], label_sources=None, config=CONFIG,
+                       row_sources=[src("a", 300), src("b", 200), src("crm", 400, trusted=True)])  # fmt: skip
+    assert rows is not None
+    assert "56% of the 900 training rows came from 2 untrusted principals ('a' 33%, 'b' 22%)" in rows
+
+
+def test_the_untrusted_share_is_summed_and_compared_with_the_threshold() -> None:
+    assert excess_untrusted([src("a", 25), src("b", 25), src("c", 50, trusted=True)], CONFIG) is None  # half: allowed
+    found = excess_untrusted([src("a", 26), src("b", 25), src("c", 49, trusted=True)], CONFIG)
     assert found is not None
-    assert found[0].principal == "a"
+    assert [(s.principal, s.count) for s in found.sources] == [("a", 26), ("b", 25)]
+    assert found.share == pytest.approx(0.51)
+    # The same principal reported twice (two batches) is one principal.
+    again = excess_untrusted([src("a", 30), src("a", 30), src("c", 40, trusted=True)], CONFIG)
+    assert again is not None
+    assert again.sources == (src("a", 60),)
+    strict = TrustConfig(max_untrusted_share=0.0)
+    assert excess_untrusted([src("a", 1), src("c", 999, trusted=True)], strict) is not None
+    assert excess_untrusted([src("c", 999, trusted=True)], strict) is None
+
+
+def test_untrusted_minorities_mixed_into_trusted_data_do_not_hold() -> None:
+    sources = [src(f"p{i}", 40) for i in range(5)] + [src("crm", 300, trusted=True)]
+    assert hold_reason(trigger="drift", alarm_kinds=["performance"], label_sources=sources, row_sources=sources,
+                       config=CONFIG) is None  # fmt: skip
 
 
 def test_unrecorded_or_empty_sources_do_not_hold() -> None:

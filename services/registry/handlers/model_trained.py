@@ -56,7 +56,7 @@ async def _held_for_approval(
     conn: asyncpg.Connection, model: str, trigger: str, trigger_event_id: uuid.UUID | None,
     row_sources: list[Source] | None, trust: TrustConfig,
 ) -> str | None:  # fmt: skip
-    """Why the version must stop at 'candidate' (its data came mostly from one untrusted principal), or None."""
+    """Why the version must stop at 'candidate' (its data came mostly from untrusted principals), or None."""
     alarm = None
     if trigger == "drift":
         # The alarm behind the retrain: the one named by the trigger when it is an alarm, else the
