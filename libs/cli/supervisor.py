@@ -147,6 +147,8 @@ class Supervisor:
         env.update({k: v for k, v in self.extra_env.items() if k not in os.environ})
         # Serving tags request ids with this key; kept in the home so restarted services agree.
         env.setdefault("DRIFTLOOP_SERVING_REQUEST_ID_SECRET", self._secret("request-id.secret"))
+        # The monitor checks the ids on labels.arrived again, with the same key.
+        env.setdefault("DRIFTLOOP_MONITOR_REQUEST_ID_SECRET", env["DRIFTLOOP_SERVING_REQUEST_ID_SECRET"])
         # Artifacts are signed by the trainer's key (given to the trainer only, in _spawn).
         env.setdefault("DRIFTLOOP_SIGNING_PUBLIC_KEYS", json.dumps([str(self._keys()[1])]))
         return env

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from fastapi import FastAPI
 from libs.common import topics
 from libs.common.events import DriftDetected, LabelsArrived, ModelPromoted, PredictionsLogged
 from libs.common.kafka import LagExporter, Route, subscribe
+from libs.common.request_ids import RequestIds
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.monitor import api
@@ -18,6 +20,8 @@ from services.monitor.adapters.state import Monitors
 from services.monitor.domain.decision import DriftConfig
 from services.monitor.handlers import labels_arrived, model_promoted, predictions_logged
 from services.monitor.settings import MonitorSettings
+
+log = logging.getLogger(__name__)
 
 
 def drift_config(s: MonitorSettings) -> DriftConfig:
@@ -42,10 +46,11 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
     def register(rt: Runtime) -> None:
         metrics = MonitorMetrics(rt.telemetry.registry)
         m = monitors(rt)
+        labels = labels_arrived.handler(rt, m, metrics, request_ids(settings))
         routes = {
             topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, m), (ModelPromoted,)),
             topics.PREDICTIONS_LOGGED: Route(predictions_logged.handler(rt, m, metrics), (PredictionsLogged,)),
-            topics.LABELS_ARRIVED: Route(labels_arrived.handler(rt, m, metrics), (LabelsArrived,)),
+            topics.LABELS_ARRIVED: Route(labels, (LabelsArrived,)),
         }
         subscribe(rt.broker, routes, group="monitor", settings=settings.kafka, telemetry=rt.telemetry)
 
@@ -63,6 +68,17 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
         routes=lambda app, rt: api.mount(app, rt, monitors(rt)),
         description="Compares live prediction windows with reference profiles; raises drift.detected.",
     )
+
+
+def request_ids(settings: MonitorSettings) -> RequestIds | None:
+    """The verifier of serving's request ids, or None (with a warning) when no key is configured."""
+    secret = settings.request_id_secret
+    if secret is None or not secret.get_secret_value():
+        log.warning("no request-id secret configured: labels.arrived is scored without checking that serving "
+                    "issued its request ids (set DRIFTLOOP_MONITOR_REQUEST_ID_SECRET to serving's key)")  # fmt: skip
+        return None
+    previous = [s.get_secret_value().encode() for s in settings.request_id_previous_secrets]
+    return RequestIds(secret.get_secret_value().encode(), previous)
 
 
 def create_app(settings: MonitorSettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:

@@ -1,6 +1,6 @@
 """Settings of the monitor service (``DRIFTLOOP_MONITOR_*``)."""
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from libs.common.service import ServiceSettings
@@ -40,3 +40,9 @@ class MonitorSettings(ServiceSettings):
     """How often the consumer lag of every driftloop group is measured for /metrics."""
     cooldown_s: float = Field(default=120.0, ge=0)
     """No new alarm for a model this long after the last one."""
+    request_id_secret: SecretStr | None = None
+    """Serving's request-id key (``DRIFTLOOP_SERVING_REQUEST_ID_SECRET``): labels on ``labels.arrived`` are
+    scored only for ids serving tagged with it, so a producer that writes the topic directly cannot feed
+    made-up ids; an event carrying one is dead-lettered. Unset: ids are not checked here (a warning)."""
+    request_id_previous_secrets: list[SecretStr] = Field(default_factory=list)
+    """Keys rotated out on serving: ids they tagged are still accepted until the key is dropped."""

@@ -27,13 +27,13 @@ from libs.common.events import Label, LabelsArrived
 from libs.common.http import NO_BODY, errors, json_body
 from libs.common.idempotency import IdempotencyKey, RecentKeys, fingerprint
 from libs.common.ratelimit import RateLimit
+from libs.common.request_ids import RequestIds, screen
 from libs.common.service import Runtime
 from libs.common.validation import InvalidValue, coerce
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.features import Columns, InvalidInstance
 from services.serving.domain.models import Inference, LoadedModel, ModelTable
 from services.serving.domain.predictions import Served, plain_list, probability_dicts
-from services.serving.domain.request_ids import RequestIds, screen
 from services.serving.settings import ServingSettings
 
 

@@ -17,6 +17,7 @@ from libs.common.auth import Role
 from libs.common.errors import ArtifactError
 from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, OnnxExport, PredictionsLogged
 from libs.common.kafka import Route, subscribe
+from libs.common.request_ids import RequestIds
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
@@ -24,7 +25,6 @@ from services.serving import api, api_v2
 from services.serving.adapters.loader import champions_from_registry, load
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.models import BatchPolicy, LoadedModel, ModelTable
-from services.serving.domain.request_ids import RequestIds
 from services.serving.handlers import model_promoted
 from services.serving.settings import ServingSettings
 

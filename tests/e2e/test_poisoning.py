@@ -68,6 +68,7 @@ async def stack(isolated: Isolation) -> AsyncIterator[tuple[dict[str, httpx.Asyn
                 persistence_n=1,
                 cooldown_s=0,
                 lag_interval_s=60,
+                request_id_secret="e2e-secret-" * 3,  # checks labels.arrived's ids again
             )
         )[0],
     }

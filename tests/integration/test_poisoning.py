@@ -12,6 +12,7 @@ from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.auth import Role
 from libs.common.events import DriftDetected, Label, LabelsArrived, ModelTrained, Source, parse_event
+from libs.common.request_ids import RequestIds
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from services.monitor.app import create_app as create_monitor
@@ -19,7 +20,6 @@ from services.monitor.settings import MonitorSettings
 from services.registry.app import create_app as create_registry
 from services.registry.settings import RegistrySettings
 from services.serving.app import create_app as create_serving
-from services.serving.domain.request_ids import RequestIds
 from services.serving.settings import ServingSettings
 from tests.conftest import Isolation, bearer, serve
 from tests.factories import promoted, trained_model
@@ -127,6 +127,61 @@ async def test_a_second_label_for_a_prediction_is_counted_and_never_scored(isola
         truth = {item.request_id: item.label for item in labels.labels}
         accuracy = sum(str(r.prediction) == truth[r.request_id] for r in logged.records) / 40
         assert state["live"]["value"] == pytest.approx(accuracy)  # scored on the first labels, not the flipped
+
+
+async def test_the_monitor_refuses_labels_for_ids_serving_never_issued(isolated: Isolation) -> None:
+    """A producer writing labels.arrived directly skips serving's check; the monitor checks the ids again."""
+    store = ArtifactStore(isolated.artifacts_root)
+    model = trained_model(store, rows=2000)
+    settings = isolated.settings(MonitorSettings, window_size=1000, min_labels=10, request_id_secret=SECRET)
+    app, _ = create_monitor(settings)
+    ids = RequestIds(SECRET.encode())
+    async with serve(app) as client:
+        await publish(isolated, promoted("churn", 1, model))
+
+        async def monitored() -> bool:
+            return (await client.get("/v1/models/churn/drift")).status_code == 200
+
+        await wait_until(monitored, timeout=120, message="the monitor to take the reference")
+        logged, labels = traffic(model, stream=ChurnStream(seed=6), n=40, start=0)
+        issued = ids.mint_many("churn", 40)
+        renamed = dict(zip((r.request_id for r in logged.records), issued, strict=True))
+        logged = logged.model_copy(
+            update={"records": [r.model_copy(update={"request_id": renamed[r.request_id]}) for r in logged.records]}
+        )
+        truth = [Label(request_id=renamed[item.request_id], label=item.label) for item in labels.labels]
+        flipped = [Label(request_id=item.request_id, label=_flip(item.label)) for item in truth[:10]]
+        made_up = [Label(request_id=f"{i:032x}", label="no") for i in range(5)]
+        other_model = [Label(request_id=ids.mint("fraud"), label="no")]
+
+        def event(items: list[Label]) -> LabelsArrived:
+            return LabelsArrived(producer="test", model="churn", labels=items, principal="crm", trusted=True)
+
+        # Real ids flipped plus one made-up id: refused whole, the real ids' labels included.
+        await publish(isolated, logged, event(made_up), event(flipped + made_up[:1]), event(other_model))
+        await publish(isolated, event(truth[10:]))
+
+        async def counted() -> Any:
+            text = (await client.get("/metrics")).text
+            return text if metric(text, "driftloop_labels_total", model="churn", matched="true") >= 30 else None
+
+        text = await wait_until(counted, timeout=120, message="the genuine labels scored")
+        assert metric(text, "driftloop_labels_refused_total", model="churn", reason="unissued") == 7
+        assert metric(text, "driftloop_labels_total", model="churn", matched="true") == 30
+        assert metric(text, "driftloop_labels_total", model="churn", matched="waiting") in (0, 30)  # never the fakes
+        state = (await client.get("/v1/models/churn/drift")).json()
+        assert state["labels_seen"] == 30
+        answers = {r.request_id: str(r.prediction) for r in logged.records}
+        accuracy = sum(answers[item.request_id] == item.label for item in truth[10:]) / 30
+        assert state["live"]["value"] == pytest.approx(accuracy)  # the flipped labels were never scored
+
+    dead = await read_topic(isolated.kafka.bootstrap, topics.dlq(isolated.kafka.topic(topics.LABELS_ARRIVED)), expect=3)
+    headers = [{k: bytes(v).decode() for k, v in r.headers} for r in dead]
+    assert {h[topics.HEADER_DLQ_ERROR_TYPE] for h in headers} == {"UnissuedRequestIds"}
+    reasons = sorted(h[topics.HEADER_DLQ_REASON] for h in headers)
+    assert reasons[0].startswith("1 of the 1 request ids were never issued by serving for model 'churn'")
+    assert reasons[1].startswith("1 of the 11 request ids were never issued")
+    assert reasons[2].startswith("5 of the 5 request ids were never issued")
 
 
 def _instances(n: int) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from services.serving.domain.request_ids import ID_LENGTH, RequestIds, screen
+from libs.common.request_ids import ID_LENGTH, RequestIds, UnissuedRequestIds, check_issued, screen
 
 SECRET = b"k" * 32
 
@@ -73,3 +73,16 @@ def test_verification_is_fast() -> None:
     elapsed = time.perf_counter() - started
     assert len(accepted) == 10_000
     assert elapsed < 1.0, f"10,000 ids took {elapsed:.3f}s"
+
+
+def test_check_issued_refuses_a_batch_with_any_unissued_id_and_names_it() -> None:
+    ids = RequestIds(b"k" * 32)
+    good = ids.mint_many("churn", 3)
+    check_issued(ids, "churn", good)  # nothing raised
+    with pytest.raises(UnissuedRequestIds) as refused:
+        check_issued(ids, "churn", [*good, "f" * 32, ids.mint("fraud")])
+    assert refused.value.details["unissued"] == 2
+    assert str(refused.value).startswith(
+        f"2 of the 5 request ids were never issued by serving for model 'churn' ('{'f' * 32}', "
+    )
+    assert refused.value.retryable is False  # dead-lettered at once, never retried

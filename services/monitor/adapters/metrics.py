@@ -31,6 +31,12 @@ class MonitorMetrics:
             ["model", "matched"],
             registry=registry,
         )  # fmt: skip
+        self.labels_refused = Counter(
+            "driftloop_labels_refused_total",
+            "Labels on labels.arrived refused before scoring: request ids serving never issued for the model.",
+            ["model", "reason"],
+            registry=registry,
+        )  # fmt: skip
         self.windows = Counter(
             "driftloop_drift_windows_total", "Windows evaluated.", ["model", "flagged"], registry=registry
         )

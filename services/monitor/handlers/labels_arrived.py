@@ -1,4 +1,10 @@
-"""labels.arrived: match ground truth to earlier predictions; feed the live metric."""
+"""labels.arrived: match ground truth to earlier predictions; feed the live metric.
+
+Serving publishes labels only for request ids it issued for the model, but a
+client allowed to write the topic directly skips that check; so the ids are
+checked again here (one MAC each, no I/O) and an event carrying any id serving
+never issued is dead-lettered whole, before anything is stored or scored.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import asyncpg
 from libs.common import outbox
 from libs.common.events import Event, LabelsArrived
 from libs.common.kafka import Delivery, Handler
+from libs.common.request_ids import RequestIds, UnissuedRequestIds, check_issued
 from libs.common.service import Runtime
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
@@ -19,10 +26,16 @@ CONSUMER = "monitor.labels-arrived"
 PENDING_LABEL_TTL_S = 24 * 3600.0
 
 
-def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> Handler:
+def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, ids: RequestIds | None = None) -> Handler:
     async def handle(event: Event, delivery: Delivery) -> None:
         """Score each label against the prediction it answers (served by the monitored version)."""
         assert isinstance(event, LabelsArrived)
+        if ids is not None:
+            try:
+                check_issued(ids, event.model, [item.request_id for item in event.labels])
+            except UnissuedRequestIds as refused:
+                metrics.labels_refused.labels(event.model, "unissued").inc(refused.details["unissued"])
+                raise
         labels = {item.request_id: item.label for item in event.labels}
         async with rt.db.acquire() as conn, conn.transaction():
             if not await outbox.first_delivery(conn, CONSUMER, event.event_id):

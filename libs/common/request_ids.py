@@ -10,6 +10,11 @@ for one model is worthless for another. A forger needs the secret: the tag is
 64 bits, so guessing one valid id takes on the order of 2^63 tries (rate limits
 make that hopeless).
 
+Serving mints and checks ids at ``POST /v1/feedback``; the monitor checks them
+again on ``labels.arrived``, so a client that may write that topic directly (it
+skips the HTTP check) still cannot feed labels for predictions serving never
+made. Both hold the secret; nobody else needs it.
+
 Rotation: mint with the current secret, accept ids tagged with any secret in
 ``previous`` until the labels for them stop mattering (hours), then drop it.
 """
@@ -19,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+from libs.common.errors import InvalidEvent
 
 RANDOM_BYTES = 8
 TAG_BYTES = 8
@@ -84,3 +91,29 @@ def screen(ids: RequestIds, model: str, request_ids: Iterable[str]) -> tuple[lis
             seen.add(request_id)
             accepted.append(index)
     return accepted, refused
+
+
+class UnissuedRequestIds(InvalidEvent):
+    """A ``labels.arrived`` carrying request ids serving never issued for its model: refused whole.
+
+    Serving publishes only ids it has checked, so such an event was written to the
+    topic by someone else; none of its labels is trusted.
+    """
+
+    code = "unissued_request_ids"
+
+
+#: How many refused ids an error message quotes.
+QUOTED = 3
+
+
+def check_issued(ids: RequestIds, model: str, request_ids: Sequence[str]) -> None:
+    """Raise :class:`UnissuedRequestIds` naming the ids serving never issued for ``model`` (if any)."""
+    unissued = [request_id for request_id in request_ids if not ids.issued(request_id, model)]
+    if unissued:
+        quoted = ", ".join(repr(r[:40]) for r in unissued[:QUOTED]) + (" …" if len(unissued) > QUOTED else "")
+        raise UnissuedRequestIds(
+            f"{len(unissued)} of the {len(request_ids)} request ids were never issued by serving for model "
+            f"{model!r} ({quoted}): the labels are refused",
+            model=model, unissued=len(unissued),
+        )  # fmt: skip
