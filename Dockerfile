@@ -8,6 +8,8 @@ COPY pyproject.toml uv.lock README.md ./
 RUN uv sync --frozen --no-dev --no-install-project
 COPY libs ./libs
 COPY services ./services
+COPY cli ./cli
+COPY devstack ./devstack
 RUN uv sync --frozen --no-dev
 
 FROM python:3.11.10-slim-bookworm AS runtime

@@ -28,11 +28,11 @@ setup: .venv/.synced ## create .venv from the lock file (the other targets do th
 
 .PHONY: demo
 demo: .venv/.synced ## run the main job: the whole loop on the embedded stack
-	$(PY) -m libs.cli demo
+	$(PY) -m cli demo
 
 .PHONY: up
 up: .venv/.synced ## start the embedded stack and the services until Ctrl-C
-	$(PY) -m libs.cli up
+	$(PY) -m cli up
 
 .PHONY: lint
 lint: .venv/.synced ## ruff (lint + format check) and mypy

@@ -44,7 +44,7 @@ import numpy as np
 
 from bench import prequential as pq
 from bench.streams import GENERATORS, Stream, make
-from libs.cli.supervisor import Supervisor, UpState
+from cli.supervisor import Supervisor, UpState
 
 ABRUPT_TARGET_ROWS = 5_000
 ORACLE_SHARE = 0.98

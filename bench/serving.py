@@ -46,9 +46,9 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from libs.common import auth, models
 from libs.common.artifacts import ArtifactStore
-from libs.common.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, OnnxExport
 from libs.common.kafka import BrokerPublisher, create_broker
 from libs.common.profile import build_profile

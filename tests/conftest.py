@@ -20,10 +20,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from devstack.embedded import EmbeddedStack, StackEndpoints
 from libs.common import auth, topics
 from libs.common.auth import Role
 from libs.common.db import COMMON_MIGRATIONS, connect_with_retry, load_migrations, migrate
-from libs.common.embedded import EmbeddedStack, StackEndpoints
 from libs.common.kafka import ensure_topics
 from libs.common.service import ServiceSettings
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from libs.cli.synthetic import SCHEMA, ChurnStream
+from cli.churn_stream import SCHEMA, ChurnStream
 from libs.common import models
 from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import BatchEntry, DatasetManifest, batch_to_parquet

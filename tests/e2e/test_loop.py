@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.cli.demo import Demo, DemoConfig
-from libs.cli.main import DEMO_ENV
-from libs.cli.supervisor import Supervisor, UpState
-from libs.cli.tokens import read_token
+from cli.demo import Demo, DemoConfig
+from cli.main import DEMO_ENV
+from cli.supervisor import Supervisor, UpState
+from cli.tokens import read_token
 from tests.otlp import Receiver, Span, start_receiver
 
 #: Two demo runs on one stack take minutes on a shared machine; the default per-test limit is 300 s.

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from libs.cli.synthetic import FEATURES, SCHEMA, TARGET, ChurnStream
+from cli.churn_stream import FEATURES, SCHEMA, TARGET, ChurnStream
 from libs.common import auth
 from libs.common.auth import Role
 from services.ingest.app import create_app as create_ingest

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.cli.supervisor import SERVICES, Supervisor, UpState
+from cli.supervisor import SERVICES, Supervisor, UpState
 
 pytestmark = pytest.mark.integration
 

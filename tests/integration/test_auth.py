@@ -19,8 +19,8 @@ import pytest
 from fastapi import FastAPI
 from typer.testing import CliRunner
 
-from libs.cli import tokens
-from libs.cli.main import app as cli
+from cli import tokens
+from cli.main import app as cli
 from libs.common import auth
 from libs.common.auth import OPEN_PATHS, Authenticator, AuthSettings, Role, route_roles
 from libs.common.errors import Forbidden, Unauthorized

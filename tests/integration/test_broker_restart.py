@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from devstack.embedded import EmbeddedKafka
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
-from libs.common.embedded import EmbeddedKafka
 from libs.common.events import RecordsSubmitted
 from libs.common.settings import KafkaSettings
 from services.ingest.app import create_app as ingest_app

@@ -9,8 +9,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from devstack.embedded import EmbeddedPostgres, free_port
 from libs.common.db import close_pool, connect_with_retry, load_migrations, migrate
-from libs.common.embedded import EmbeddedPostgres, free_port
 from libs.common.errors import MigrationError, TransientError
 from libs.common.kafka import ensure_topics
 from libs.common.settings import DatabaseSettings, KafkaSettings

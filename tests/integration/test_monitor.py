@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from libs.cli.synthetic import FEATURES, TARGET, ChurnStream
+from cli.churn_stream import FEATURES, TARGET, ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import DriftDetected, Label, LabelsArrived, PredictionRecord, PredictionsLogged, parse_event

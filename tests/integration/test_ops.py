@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from libs.cli import ops
+from cli import ops
 from libs.common import topics
 from libs.common.errors import Conflict, NotFound
 from libs.common.events import TrainingRequested

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from libs.cli.synthetic import FEATURES, SCHEMA, ChurnStream
+from cli.churn_stream import FEATURES, SCHEMA, ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.auth import Role

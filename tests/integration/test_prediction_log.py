@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from aiokafka.errors import KafkaTimeoutError
 
-from libs.cli.synthetic import FEATURES, ChurnStream
+from cli.churn_stream import FEATURES, ChurnStream
 from libs.common import topics
 from libs.common.events import Event, PredictionsLogged, parse_event
 from libs.common.kafka import BrokerPublisher, create_broker

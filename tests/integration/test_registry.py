@@ -12,7 +12,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from libs.cli.synthetic import ChurnStream
+from cli.churn_stream import ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.auth import Role

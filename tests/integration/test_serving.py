@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from libs.cli.synthetic import FEATURES, ChurnStream
+from cli.churn_stream import FEATURES, ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import LabelsArrived, PredictionsLogged, parse_event

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
-from libs.cli.synthetic import FEATURES
+from cli.churn_stream import FEATURES
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import ArtifactRef, ModelPromoted, OnnxExport, PredictionsLogged, parse_event

@@ -8,7 +8,7 @@ from typing import Any
 import onnxruntime as ort
 import pytest
 
-from libs.cli.synthetic import ChurnStream
+from cli.churn_stream import ChurnStream
 from libs.common import models, topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import ModelTrained, TrainingRequested, parse_event

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from libs.cli.synthetic import ChurnStream
+from cli.churn_stream import ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import DatasetManifest

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.cli.main import service_specs
+from cli.main import service_specs
 from libs.common import topics
 from libs.common.asyncapi import document
 from libs.common.service import build

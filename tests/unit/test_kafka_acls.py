@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from libs.cli.main import service_specs
+from cli.main import service_specs
 from libs.common import topics
 from libs.common.service import build
 from tests.unit.test_k8s import OVERLAYS, render

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from libs.cli.synthetic import ChurnStream
+from cli.churn_stream import ChurnStream
 from libs.common.schema import DatasetSchema
 from services.trainer.domain.training import (
     DEFAULT_PARAMS,

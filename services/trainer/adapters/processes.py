@@ -31,7 +31,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from libs.common.embedded import die_with_parent
+from libs.common.process import die_with_parent
 
 log = logging.getLogger(__name__)
 _CONTEXT = multiprocessing.get_context("spawn")

@@ -16,12 +16,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from libs.cli import ops, tokens
-from libs.cli.demo import Demo, DemoConfig, DemoState
-from libs.cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
+from cli import ops, tokens
+from cli.demo import Demo, DemoConfig, DemoState
+from cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
+from devstack.embedded import port_open
 from libs.common import auth
 from libs.common.auth import AuthSettings
-from libs.common.embedded import port_open
 from libs.common.errors import DriftloopError
 from libs.common.kafka import consumer_lag
 from libs.common.kafka_security import client_options

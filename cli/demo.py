@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from libs.cli.synthetic import FEATURES, SCHEMA, TARGET, ChurnStream, corrupt
+from cli.churn_stream import FEATURES, SCHEMA, TARGET, ChurnStream, corrupt
 from libs.common import topics
 from libs.common.events import parse_event
 from libs.common.idempotency import HEADER

@@ -24,9 +24,10 @@ from typing import IO
 
 import httpx
 
-from libs.cli.tokens import ensure_admin_token
-from libs.common.embedded import EmbeddedStack, die_with_parent, free_port, port_open
+from cli.tokens import ensure_admin_token
+from devstack.embedded import EmbeddedStack, free_port, port_open
 from libs.common.kafka import ensure_topics
+from libs.common.process import die_with_parent
 from libs.common.settings import DatabaseSettings, KafkaSettings
 from libs.common.signing import generate_keys
 

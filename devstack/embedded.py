@@ -14,8 +14,6 @@ or transactional producer, topics vanish when it restarts.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import importlib.util
 import logging
 import os
@@ -28,6 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
+
+from libs.common.process import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,6 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
             return True
     except OSError:
         return False
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for children that must not outlive us (runs between fork and exec)."""
-    with contextlib.suppress(OSError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class ManagedProcess:

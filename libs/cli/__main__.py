@@ -1,5 +1,0 @@
-"""python -m libs.cli"""
-
-from libs.cli.main import main
-
-main()
