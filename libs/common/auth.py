@@ -24,7 +24,7 @@ Routes declare their role in one line::
 
     async def y(principal: Annotated[Principal, require(Role.APPROVER)]): ...  # when the name is needed
 
-``build`` (libs/common/service.py) refuses to start a service with a route
+``build`` (libs/common/service/app.py) refuses to start a service with a route
 that declares no role, unless its path is one of :data:`OPEN_PATHS`.
 """
 

@@ -1,0 +1,130 @@
+"""The one subscriber policy all consumers follow.
+
+The policy, in order, for each message:
+
+1. parse and upcast the event; a message that is not a valid event for the
+   topic is dead-lettered at once (retrying cannot fix bad bytes);
+2. run the handler; a retryable failure is retried in place with bounded
+   exponential backoff, a permanent one (:class:`DriftloopError` with
+   ``retryable = False``) is not;
+3. a message that still fails goes to ``<topic>.dlq`` with the reason, the
+   error type, the original topic/partition/offset, the consumer group and the
+   original headers, and the consumer moves on;
+4. only then is the offset committed (manual acks: faststream's default would
+   commit before the handler ran). If even the dead-letter publish fails, the
+   consumer seeks back and the message is delivered again.
+
+Handlers must therefore be idempotent (see :func:`libs.common.outbox.first_delivery`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+
+from libs.common.errors import DriftloopError, InvalidEvent
+from libs.common.events import Event, parse_event
+from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead_letter
+from libs.common.kafka.delivery import Delivery, Handler, Route
+from libs.common.settings import KafkaSettings
+from libs.common.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+def subscribe(
+    broker: KafkaBroker,
+    routes: dict[str, Route],
+    *,
+    group: str,
+    settings: KafkaSettings,
+    telemetry: Telemetry,
+    description: str | None = None,
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest",
+) -> None:
+    """Consume every topic of ``routes`` in consumer group ``group`` under the policy above.
+
+    One consumer (one group member) reads all of a service's topics: a group
+    join costs a rebalance delay (seconds), and one member per topic would pay
+    it once per topic and make every join rebalance the others. Topic and group
+    names are given without the installation's prefix (``settings.topic_prefix``).
+    ``auto_offset_reset`` decides where a new group starts: ``earliest`` for
+    work queues, ``latest`` for per-replica groups that only want news.
+    """
+    metrics = ConsumerMetrics.on(telemetry)
+    real = {settings.topic(topic): route for topic, route in routes.items()}
+    group_id = settings.group(group)
+    subscriber = broker.subscriber(
+        *real,
+        group_id=group_id,
+        ack_policy=AckPolicy.MANUAL,
+        auto_offset_reset=auto_offset_reset,
+        max_poll_interval_ms=300_000,
+        title=group_id,
+        description=description or ", ".join(sorted(routes)),
+    )
+
+    async def on_message(msg: KafkaMessage) -> None:
+        record = msg.raw_message
+        assert not isinstance(record, tuple)  # not a batch subscriber
+        delivery = Delivery.of(record)
+        route = real[record.topic]
+        try:
+            await _handle(msg.body, delivery, route.handler, route.accepts, group_id, settings, broker, metrics)
+        except DeadLetterFailed:
+            await asyncio.sleep(settings.retry_backoff_max_s)
+            await msg.nack()  # seek back: delivered again, never skipped
+            return
+        await msg.ack()
+
+    on_message.__name__ = group_id.replace(".", "_").replace("-", "_")
+    subscriber(on_message)
+
+
+async def _handle(
+    body: bytes,
+    delivery: Delivery,
+    handler: Handler,
+    accepts: tuple[type[Event], ...],
+    group: str,
+    settings: KafkaSettings,
+    broker: KafkaBroker,
+    metrics: ConsumerMetrics,
+) -> None:
+    try:
+        event = parse_event(body, accepts)
+    except InvalidEvent as exc:
+        await dead_letter(broker, body, delivery, group=group, error=exc, attempts=0, metrics=metrics)
+        return
+    delay = settings.retry_backoff_s
+    for attempt in range(1, settings.max_attempts + 1):
+        try:
+            await handler(event, delivery)
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            permanent = isinstance(exc, DriftloopError) and not exc.retryable
+            if permanent or attempt == settings.max_attempts:
+                log.error(
+                    "message dead-lettered",
+                    extra={"topic": delivery.topic, "offset": delivery.offset, "error": repr(exc)},
+                    exc_info=not permanent,
+                )
+                await dead_letter(broker, body, delivery, group=group, error=exc, attempts=attempt, metrics=metrics)
+                return
+            metrics.retried.labels(delivery.topic, group).inc()
+            log.warning(
+                "handler failed, retrying in %.2fs (attempt %d/%d)",
+                delay,
+                attempt,
+                settings.max_attempts,
+                extra={"topic": delivery.topic, "offset": delivery.offset, "error": repr(exc)},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, settings.retry_backoff_max_s)

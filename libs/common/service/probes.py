@@ -1,0 +1,47 @@
+"""The operational routes every service answers: ``/healthz``, ``/readyz``, ``/asyncapi.json``, ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from libs.common.asyncapi import document
+from libs.common.auth import Role
+from libs.common.service.runtime import Runtime, ServiceSpec
+
+
+def install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
+    @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": rt.name}
+
+    @app.get("/readyz", tags=["ops"], summary="Readiness: database and broker usable")
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {"started": "ok" if rt.ready else "starting"}
+        if rt.pool is not None:
+            try:
+                await asyncio.wait_for(rt.pool.fetchval("SELECT 1"), 2)
+                checks["database"] = "ok"
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                checks["database"] = f"error: {exc}"
+        if rt.watch is not None:
+            checks["broker"] = "ok" if rt.watch.reachable else f"error: {rt.watch.problem}"
+        if spec.readiness is not None:
+            checks.update(spec.readiness())
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+
+    @app.get("/asyncapi.json", tags=["ops"], summary="AsyncAPI document: the topics consumed and published")
+    async def asyncapi() -> dict[str, Any]:
+        return document(spec.name, rt.broker, spec.publishes, spec.description)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        if rt.settings.auth.metrics_token:
+            await rt.auth.authorise(request.headers.get("authorization"), Role.READER)
+        return Response(generate_latest(rt.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
