@@ -13,8 +13,13 @@ COPY devstack ./devstack
 RUN uv sync --frozen --no-dev
 
 FROM python:3.11.10-slim-bookworm AS runtime
-RUN groupadd --system driftloop && useradd --system --gid driftloop --home /app driftloop \
-    && mkdir -p /data/artifacts && chown driftloop:driftloop /data/artifacts
+# uid/gid 10001 as in k8s' securityContext. The mount points exist and belong to driftloop, so a fresh
+# named volume mounted there (compose: artifacts, the per-container secrets) is writable by it.
+RUN groupadd --system --gid 10001 driftloop \
+    && useradd --system --uid 10001 --gid driftloop --home /app driftloop \
+    && for d in /data/artifacts /run/driftloop/secrets /run/driftloop/broker /run/driftloop/postgres \
+        /run/driftloop/admin /run/driftloop/ingest /run/driftloop/trainer /run/driftloop/registry \
+        /run/driftloop/serving /run/driftloop/monitor; do mkdir -p "$d" && chown driftloop:driftloop "$d"; done
 WORKDIR /app
 COPY --from=build --chown=driftloop:driftloop /app /app
 ENV PATH="/app/.venv/bin:$PATH" PYTHONUNBUFFERED=1 \
