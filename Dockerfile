@@ -5,12 +5,11 @@ ENV UV_PYTHON_DOWNLOADS=never UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
 RUN pip install --no-cache-dir uv==0.13.9
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
+# Only the services' dependencies: no extras (the CLI and the embedded stack), no dev group.
+# The code is not installed as a package; `python -m services.<name>` runs it from /app.
 RUN uv sync --frozen --no-dev --no-install-project
 COPY libs ./libs
 COPY services ./services
-COPY cli ./cli
-COPY devstack ./devstack
-RUN uv sync --frozen --no-dev
 
 FROM python:3.11.10-slim-bookworm AS runtime
 # uid/gid 10001 as in k8s' securityContext. The mount points exist and belong to driftloop, so a fresh
