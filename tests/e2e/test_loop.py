@@ -9,6 +9,8 @@ performance alarm, from the labels, can see it."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -37,10 +39,11 @@ def otlp() -> Iterator[tuple[str, Receiver]]:
 
 
 @pytest.fixture(scope="module")
-def runs(
-    tmp_path_factory: pytest.TempPathFactory, otlp: tuple[str, Receiver]
-) -> Iterator[tuple[UpState, list[dict[str, Any]]]]:
-    home = tmp_path_factory.mktemp("up")
+def runs(otlp: tuple[str, Receiver]) -> Iterator[tuple[UpState, list[dict[str, Any]]]]:
+    # Not under pytest's basetemp: every pytest session chmods /tmp/pytest-of-<user> back to 0700, which
+    # cuts the stack's non-root PostgreSQL off its data directory while other sessions start (as the
+    # session stack in tests/conftest.py says too).
+    home = Path(tempfile.mkdtemp(prefix="driftloop-e2e-up-"))
     env = {**DEMO_ENV, "DRIFTLOOP_TELEMETRY_OTLP_ENDPOINT": otlp[0]}
     supervisor = Supervisor(home, ports=Supervisor.free_ports(), env=env, log_to_files=True)
     state = supervisor.start()
@@ -55,6 +58,7 @@ def runs(
     finally:
         supervisor.stop()
         _print_logs_on_failure(home)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +82,10 @@ def _auth(state: UpState) -> dict[str, str]:
 def _print_logs_on_failure(home: Path) -> None:
     for log in sorted((home / "logs").glob("*.log")):
         lines = log.read_text(errors="replace").splitlines()
-        errors = [line for line in lines if " ERROR " in line or "Traceback" in line]
-        if errors:
-            print(f"--- {log.name}: {len(errors)} error lines, last ones:\n" + "\n".join(errors[-5:]))
+        errors = [i for i, line in enumerate(lines) if " ERROR " in line or "Traceback" in line]
+        if errors:  # the last error with what follows it (a traceback's lines carry no level)
+            last = errors[-1]
+            print(f"--- {log.name}: {len(errors)} error lines, the last one:\n" + "\n".join(lines[last : last + 25]))
 
 
 def test_the_loop_closes(each_run: tuple[UpState, dict[str, Any]]) -> None:
