@@ -96,6 +96,10 @@ bench-serving: .venv/.synced .bench-serving-venv/.ready ## serving vs MLServer, 
 		>/dev/null 2>&1; } || { echo "wrk is needed: install it (Debian: apt-get install wrk)"; exit 1; }
 	$(PY) -m bench.serving $(BENCH_ARGS)
 
+.PHONY: bench-ingest
+bench-ingest: .venv/.synced ## ingest rows/s per body format and rejection rate vs the bare parse-and-write floor
+	$(PY) -m bench.ingest $(BENCH_ARGS)
+
 .PHONY: bench-training
 bench-training: .venv/.synced ## retrain time and holdout metric: the old search vs today's, 4 synthetic streams
 	$(PY) -m bench.training $(BENCH_ARGS)

@@ -86,6 +86,17 @@ def batch_to_parquet(schema: DatasetSchema, rows: Sequence[dict[str, Any]], at: 
     return sink.getvalue()
 
 
+def table_to_parquet(schema: DatasetSchema, table: pa.Table, at: datetime | None = None) -> bytes:
+    """Validated columns (in the dataset's types, as ingest's validation returns them) as one Parquet file."""
+    target = arrow_schema(schema)
+    stamp = pa.scalar(at or datetime.now(UTC), type=target.field(INGESTED_AT).type)
+    columns = [table.column(f.name) for f in target if f.name != INGESTED_AT]
+    columns.append(pa.repeat(stamp, table.num_rows))
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_arrays(columns, schema=target), sink, compression="zstd")
+    return sink.getvalue()
+
+
 def read_batches(store: ArtifactStore, batches: Iterable[BatchEntry]) -> pa.Table:
     """Concatenate verified batches into one table (digests checked on read)."""
     tables = [pq.read_table(io.BytesIO(store.get(b.artifact))) for b in batches]

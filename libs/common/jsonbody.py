@@ -118,6 +118,9 @@ def _fast(data: bytes, max_depth: int) -> Any:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         return _UNSURE
+    if _flat_records(data, doc):  # the common body, a list of flat objects: counted in C
+        keys = sum(map(len, doc))
+        return doc if not keys or _key_endings(data) == keys else _UNSURE
     keys = 0
     stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, dict | list) else []
     while stack:
@@ -129,9 +132,32 @@ def _fast(data: bytes, max_depth: int) -> Any:
             stack.extend((item, depth + 1) for item in value.values() if isinstance(item, dict | list))
         else:
             stack.extend((item, depth + 1) for item in value if isinstance(item, dict | list))
-    if keys and sum(1 for _ in _KEY.finditer(data)) != keys:
+    if keys and _key_endings(data) != keys:
         return _UNSURE
     return doc
+
+
+def _flat_records(data: bytes, doc: Any) -> bool:
+    """Whether ``doc`` is a list of objects none of whose values is an array or object (so its depth is 2).
+
+    The text holds at least one bracket per container (strings may add more), so when it holds
+    exactly one per record plus the list's own, no record can hold a container.
+    """
+    return (
+        type(doc) is list
+        and data.count(b"{") + data.count(b"[") == len(doc) + 1
+        and all(type(item) is dict for item in doc)
+    )
+
+
+_SPACED_KEY = re.compile(rb'"\s+:')
+
+
+def _key_endings(data: bytes) -> int:
+    """How many times ``"`` followed by optional whitespace and ``:`` occurs in ``data``."""
+    if _SPACED_KEY.search(data) is None:
+        return data.count(b'":')
+    return sum(1 for _ in _KEY.finditer(data))
 
 
 def _walk(doc: Any, max_depth: int, *, strings: bool) -> None:

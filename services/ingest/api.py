@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from libs.common import idempotency
 from libs.common.auth import Principal, Role, require
-from libs.common.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from libs.common.errors import BadRequest, ValidationFailed
 from libs.common.http import INT4_MAX, INT8_MAX, errors
 from libs.common.idempotency import IdempotencyKey, fingerprint
 from libs.common.jsonbody import off_loop
@@ -20,7 +20,7 @@ from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
 from services.ingest.domain.parsing import ParsedBody, parse_body
-from services.ingest.domain.validation import ValidationResult, validate_records
+from services.ingest.domain.validation import ValidationResult, validate
 from services.ingest.settings import IngestSettings
 
 RECORDS_SCOPE = "ingest.records"
@@ -52,7 +52,9 @@ _RECORDS_BODY = {
     "requestBody": {
         "required": True,
         "description": "A JSON array of records (column → value); also accepted: "
-        '{"records": [...]}, NDJSON (application/x-ndjson) and CSV with a header line (text/csv).',
+        '{"records": [...]}, NDJSON (application/x-ndjson), CSV with a header line (text/csv), an Arrow IPC '
+        "stream (application/vnd.apache.arrow.stream) and Parquet (application/vnd.apache.parquet), each "
+        "optionally with Content-Encoding gzip or deflate.",
         "content": {
             "application/json": {"schema": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
         },
@@ -106,69 +108,26 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
         # The body is read by hand so that a wide schema (10⁵ features, megabytes)
         # is parsed and validated off the event loop.
         schema, text = await off_loop(len(await request.body()), _parse_schema, await request.body())
-        async with rt.db.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT schema, last_version FROM datasets WHERE name = $1 FOR UPDATE", dataset)
-            if row is None:
-                await conn.execute("INSERT INTO datasets (name, schema) VALUES ($1, $2)", dataset, text)
-                return _declared(dataset, text, created=True)
-            current = await repository.parse_schema(row["schema"])
-            if current != schema:
-                if row["last_version"] > 0:
-                    raise Conflict(
-                        f"dataset {dataset!r} already has data under a different schema; declare a new dataset",
-                        dataset=dataset,
-                    )
-                await conn.execute("UPDATE datasets SET schema = $2, updated_at = now() WHERE name = $1", dataset, text)
-        return _declared(dataset, text, created=False)
+        created = await repository.declare(rt.db, dataset, schema, text)
+        return _declared(dataset, text, created=created)
 
     @router.get("", summary="List datasets", dependencies=[require(Role.READER)])
     async def list_datasets() -> list[dict[str, Any]]:
-        rows = await rt.db.fetch("SELECT name, last_version, total_rows, created_at FROM datasets ORDER BY name")
-        return [{"dataset": r["name"], "version": r["last_version"], "total_rows": r["total_rows"]} for r in rows]
+        return await repository.list_datasets(rt.db)
 
     @router.get("/{dataset}", summary="A dataset: schema, latest version and submission counts",
                 dependencies=[require(Role.READER)])  # fmt: skip
     async def show(dataset: DatasetName) -> dict[str, Any]:
-        schema = await repository.get_schema(rt.db, dataset)
-        head = await rt.db.fetchrow("SELECT last_version, total_rows FROM datasets WHERE name = $1", dataset)
-        counts = await rt.db.fetchrow(
-            "SELECT coalesce(sum(received), 0) AS received, coalesce(sum(accepted), 0) AS accepted, "
-            "coalesce(sum(rejected), 0) AS rejected FROM submissions WHERE dataset = $1",
-            dataset,
-        )
-        if head is None or counts is None:  # deleted between the two reads
-            raise NotFound(f"dataset {dataset!r} is not declared")
-        return {
-            "dataset": dataset,
-            "schema": schema.model_dump(mode="json"),
-            "version": head["last_version"],
-            "total_rows": head["total_rows"],
-            "records": {"received": counts["received"], "accepted": counts["accepted"], "rejected": counts["rejected"]},
-        }
+        return await repository.summary(rt.db, dataset)
 
     @router.get("/{dataset}/versions/{version}", summary="The manifest of one dataset version",
                 dependencies=[require(Role.READER)])  # fmt: skip
     async def version(dataset: DatasetName, version: VersionNumber) -> dict[str, Any]:
-        row = await rt.db.fetchrow(
-            "SELECT manifest_uri, manifest_sha256, manifest_size, total_rows, rows, created_at FROM versions "
-            "WHERE dataset = $1 AND version = $2",
-            dataset,
-            version,
-        )
-        if row is None:
-            raise NotFound(f"dataset {dataset!r} has no version {version}")
-        return {
-            "dataset": dataset,
-            "version": version,
-            "manifest": {"uri": row["manifest_uri"], "sha256": row["manifest_sha256"], "size": row["manifest_size"]},
-            "batch_rows": row["rows"],
-            "total_rows": row["total_rows"],
-            "created_at": row["created_at"].isoformat(),
-        }
+        return await repository.version(rt.db, dataset, version)
 
     @router.post(
         "/{dataset}/records", response_model=SubmissionOut, responses=errors(409, 415),
-        summary="Submit records: JSON array, NDJSON or CSV", openapi_extra=_RECORDS_BODY,
+        summary="Submit records: JSON array, NDJSON, CSV, Arrow IPC stream or Parquet", openapi_extra=_RECORDS_BODY,
     )  # fmt: skip
     async def submit(
         dataset: DatasetName,
@@ -182,10 +141,11 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
     ) -> Response:
         body = await request.body()
         content_type = request.headers.get("content-type", "application/json")
+        encoding = request.headers.get("content-encoding", "")
         schema = await repository.get_schema(rt.db, dataset)
-        # a large batch is parsed and validated off the event loop
-        parsed, result = await off_loop(len(body), _read, body, content_type, schema, settings.max_rows_per_request)
-        limit.charge(principal.name, len(parsed.rows))  # every row costs, accepted or not
+        # parsed and validated on a worker thread (pyarrow and orjson release the GIL for the bulk of it)
+        parsed, result = await off_loop(len(body), _read, body, content_type, encoding, schema, settings)
+        limit.charge(principal.name, parsed.count)  # every row costs, accepted or not
         if mode == "strict" and result.rejected:
             first = result.rejected[0]
             raise ValidationFailed(
@@ -195,18 +155,18 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
                 field=first.field,
                 rejections=[{"row": r.row, "field": r.field, "reason": r.reason} for r in result.rejected[:100]],
             )
-        request_print = fingerprint(principal.name, dataset, mode, content_type, body)
+        request_print = await off_loop(len(body), fingerprint, principal.name, dataset, mode, content_type, body)
         async with rt.db.acquire() as conn, conn.transaction(), repository.discard_on_error(rt.store) as written:
             if key is not None and (replay := await idempotency.claim(conn, RECORDS_SCOPE, key, request_print)):
                 return replay.response()
             stored = await repository.store_submission(
-                conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=result.rejected, source="http",
-                principal=principal.name, trusted=principal.trusted, written=written, keys=result.keys,
+                conn, rt.store, dataset=dataset, result=result, source="http", principal=principal.name,
+                trusted=principal.trusted, written=written,
             )  # fmt: skip
             answer = SubmissionOut(
                 dataset=dataset,
                 submission_id=str(stored.submission_id),
-                received=len(parsed.rows),
+                received=parsed.count,
                 accepted=stored.accepted,
                 rejected=stored.rejected,
                 version=stored.version,
@@ -226,37 +186,18 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
             int | None, Query(ge=1, le=INT8_MAX, description="Page: rejections older than this id")
         ] = None,
     ) -> dict[str, Any]:
-        await repository.get_schema(rt.db, dataset)
-        rows = await rt.db.fetch(
-            "SELECT id, submission_id, row_index, field, reason, record, created_at FROM rejections "
-            "WHERE dataset = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-            dataset,
-            before_id,
-            limit,
-        )
-        total = await rt.db.fetchval("SELECT count(*) FROM rejections WHERE dataset = $1", dataset)
-        return {
-            "dataset": dataset,
-            "total": total,
-            "rejections": [
-                {
-                    "id": r["id"],
-                    "submission_id": str(r["submission_id"]),
-                    "row": r["row_index"],
-                    "field": r["field"],
-                    "reason": r["reason"],
-                    "record": None if r["record"] is None else json.loads(r["record"]),
-                    "at": r["created_at"].isoformat(),
-                }
-                for r in rows
-            ],
-        }
+        return await repository.rejections(rt.db, dataset, before_id, limit)
 
     app.include_router(router)
 
 
-def _read(body: bytes, content_type: str, schema: DatasetSchema, max_rows: int) -> tuple[ParsedBody, ValidationResult]:
-    parsed = parse_body(body, content_type)
-    if len(parsed.rows) > max_rows:
-        raise BadRequest(f"{len(parsed.rows)} records in one request; the limit is {max_rows}")
-    return parsed, validate_records(schema, parsed.rows, from_text=parsed.from_text, unreadable=parsed.unreadable)
+def _read(
+    body: bytes, content_type: str, encoding: str, schema: DatasetSchema, settings: IngestSettings
+) -> tuple[ParsedBody, ValidationResult]:
+    parsed = parse_body(body, content_type, content_encoding=encoding, max_decoded=settings.max_decoded_bytes)
+    if parsed.count > settings.max_rows_per_request:
+        raise BadRequest(f"{parsed.count} records in one request; the limit is {settings.max_rows_per_request}")
+    result = validate(
+        schema, records=parsed.records, table=parsed.table, from_text=parsed.from_text, unreadable=parsed.unreadable
+    )
+    return parsed, result

@@ -16,6 +16,9 @@ class IngestSettings(ServiceSettings):
     """… or this long after the first one arrived."""
     max_rows_per_request: int = Field(default=100_000, ge=1)
     """Largest number of records one HTTP request may carry."""
+    max_decoded_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    """Most bytes a body may expand to once decompressed (Content-Encoding, compressed Arrow or Parquet
+    buffers); past it the request gets 413. The body as sent is bounded by ``max_body_bytes``."""
     records_rate_per_s: float = Field(default=5000.0, gt=0)
     """Rows per second one principal may post (token bucket; a row costs one token) …"""
     records_burst: float = Field(default=100_000.0, gt=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -12,15 +13,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+import orjson
+import pyarrow as pa
 
 from libs.common import outbox
 from libs.common.artifacts import ArtifactStore
-from libs.common.datasets import BatchEntry, DatasetManifest, batch_to_parquet
-from libs.common.errors import NotFound
+from libs.common.datasets import BatchEntry, DatasetManifest, table_to_parquet
+from libs.common.errors import Conflict, NotFound
 from libs.common.events import ArtifactRef, DataArrived
 from libs.common.jsonbody import off_loop
 from libs.common.schema import DatasetSchema
-from services.ingest.domain.validation import Rejection
+from services.ingest.domain.validation import Rejection, ValidationResult
 
 
 @dataclass(frozen=True)
@@ -57,15 +60,13 @@ async def store_submission(
     store: ArtifactStore,
     *,
     dataset: str,
-    accepted: list[dict[str, Any]],
-    rejected: list[Rejection],
+    result: ValidationResult,
     source: str,
     producer: str = "ingest",
     correlation_id: str | None = None,
     principal: str | None = None,
     trusted: bool | None = None,
     written: list[ArtifactRef] | None = None,
-    keys: list[tuple[int, str, Any]] | None = None,
 ) -> StoredSubmission:
     """Record one submission inside the caller's transaction.
 
@@ -76,21 +77,23 @@ async def store_submission(
     appended to ``written`` (see :func:`discard_on_error`).
     """
     written = [] if written is None else written
+    received = result.accepted.num_rows + len(result.rejected)
     head = await conn.fetchrow(
         "SELECT schema, last_version, total_rows FROM datasets WHERE name = $1 FOR UPDATE", dataset
     )
     if head is None:
         raise NotFound(f"dataset {dataset!r} is not declared", dataset=dataset)
     schema = await parse_schema(head["schema"])
-    if keys:
-        accepted, rejected = await _refuse_stored_keys(conn, dataset, schema.key, accepted, rejected, keys)
+    accepted, rejected = result.accepted, result.rejected
+    if result.keys:
+        accepted, rejected = await _refuse_stored_keys(conn, dataset, schema.key, result)
     submission_id = uuid.uuid4()
     version: int | None = None
     total = int(head["total_rows"])
     if accepted:
         version = head["last_version"] + 1
         now = datetime.now(UTC)
-        batch = store.put(batch_to_parquet(schema, accepted, now), suffix=".parquet")
+        batch = store.put(await off_loop(accepted.nbytes, table_to_parquet, schema, accepted, now), suffix=".parquet")
         written.append(batch)
         entries = [_entry(r) for r in await conn.fetch(
             "SELECT version, batch_uri, batch_sha256, batch_size, rows, created_at, principal, trusted FROM versions "
@@ -132,7 +135,7 @@ async def store_submission(
     await conn.execute(
         "INSERT INTO submissions (id, dataset, source, received, accepted, rejected, version) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        submission_id, dataset, source, len(accepted) + len(rejected), len(accepted), len(rejected), version,
+        submission_id, dataset, source, received, len(accepted), len(rejected), version,
     )  # fmt: skip
     if rejected:
         await conn.copy_records_to_table(
@@ -144,22 +147,23 @@ async def store_submission(
 
 
 async def _refuse_stored_keys(
-    conn: asyncpg.Connection, dataset: str, column: str | None, accepted: list[dict[str, Any]],
-    rejected: list[Rejection], keys: list[tuple[int, str, Any]],
-) -> tuple[list[dict[str, Any]], list[Rejection]]:  # fmt: skip
-    """Record the keys of ``accepted`` (one per row); rows whose key an earlier submission stored become rejections."""
+    conn: asyncpg.Connection, dataset: str, column: str | None, result: ValidationResult
+) -> tuple[pa.Table, list[Rejection]]:
+    """Record the keys of the accepted rows; rows whose key an earlier submission stored become rejections."""
+    keys = result.keys
     fresh = {r["key"] for r in await conn.fetch(
         "INSERT INTO record_keys (dataset, key) SELECT $1, k FROM unnest($2::text[]) AS k ON CONFLICT DO NOTHING "
         "RETURNING key", dataset, [key for _, key, _ in keys])}  # fmt: skip
     if len(fresh) == len(keys):
-        return accepted, rejected
-    kept, refused = [], list(rejected)
-    for row, (index, key, record) in zip(accepted, keys, strict=True):
-        if key in fresh:
-            kept.append(row)
-        else:
-            refused.append(Rejection(index, column, f"duplicate key {key!r}: an earlier submission stored it", record))
-    return kept, sorted(refused, key=lambda r: r.row)
+        return result.accepted, result.rejected
+    stale = [(row, key) for row, key, _ in keys if key not in fresh]
+    records = result.originals([row for row, _ in stale])
+    refused = [
+        Rejection(row, column, f"duplicate key {key!r}: an earlier submission stored it", record)
+        for (row, key), record in zip(stale, records, strict=True)
+    ]
+    kept = result.accepted.filter(pa.array([key in fresh for _, key, _ in keys]))
+    return kept, sorted([*result.rejected, *refused], key=lambda r: r.row)
 
 
 @contextlib.asynccontextmanager
@@ -195,7 +199,104 @@ def _as_json(record: Any) -> str | None:
     """The rejected record as JSON for the quarantine; text when it holds NaN or infinity."""
     if record is None:
         return None
+    if isinstance(record, dict) and not any(type(v) is float and not math.isfinite(v) for v in record.values()):
+        try:
+            return orjson.dumps(record, default=str).decode()
+        except TypeError:  # e.g. an integer beyond 64 bits: the standard library writes it
+            pass
     try:
         return json.dumps(record, default=str, allow_nan=False)
     except ValueError:
         return json.dumps(str(record))
+
+
+async def declare(pool: asyncpg.Pool, dataset: str, schema: DatasetSchema, text: str) -> bool:
+    """Store ``schema`` as the dataset's (True: created), confirm it, or replace it while the
+    dataset holds no data; a different schema for a dataset with data is a :class:`Conflict`."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT schema, last_version FROM datasets WHERE name = $1 FOR UPDATE", dataset)
+        if row is None:
+            await conn.execute("INSERT INTO datasets (name, schema) VALUES ($1, $2)", dataset, text)
+            return True
+        if await parse_schema(row["schema"]) != schema:
+            if row["last_version"] > 0:
+                raise Conflict(
+                    f"dataset {dataset!r} already has data under a different schema; declare a new dataset",
+                    dataset=dataset,
+                )
+            await conn.execute("UPDATE datasets SET schema = $2, updated_at = now() WHERE name = $1", dataset, text)
+    return False
+
+
+async def list_datasets(pool: asyncpg.Pool) -> list[dict[str, Any]]:
+    rows = await pool.fetch("SELECT name, last_version, total_rows FROM datasets ORDER BY name")
+    return [{"dataset": r["name"], "version": r["last_version"], "total_rows": r["total_rows"]} for r in rows]
+
+
+async def summary(pool: asyncpg.Pool, dataset: str) -> dict[str, Any]:
+    """Schema, latest version, rows and submission counts of ``dataset``."""
+    schema = await get_schema(pool, dataset)
+    row = await pool.fetchrow(
+        "SELECT d.last_version, d.total_rows, coalesce(sum(s.received), 0) AS received, "
+        "coalesce(sum(s.accepted), 0) AS accepted, coalesce(sum(s.rejected), 0) AS rejected "
+        "FROM datasets d LEFT JOIN submissions s ON s.dataset = d.name WHERE d.name = $1 "
+        "GROUP BY d.last_version, d.total_rows",
+        dataset,
+    )
+    if row is None:  # deleted between the two reads
+        raise NotFound(f"dataset {dataset!r} is not declared")
+    return {
+        "dataset": dataset,
+        "schema": schema.model_dump(mode="json"),
+        "version": row["last_version"],
+        "total_rows": row["total_rows"],
+        "records": {"received": row["received"], "accepted": row["accepted"], "rejected": row["rejected"]},
+    }
+
+
+async def version(pool: asyncpg.Pool, dataset: str, number: int) -> dict[str, Any]:
+    row = await pool.fetchrow(
+        "SELECT manifest_uri, manifest_sha256, manifest_size, total_rows, rows, created_at FROM versions "
+        "WHERE dataset = $1 AND version = $2",
+        dataset,
+        number,
+    )
+    if row is None:
+        raise NotFound(f"dataset {dataset!r} has no version {number}")
+    return {
+        "dataset": dataset,
+        "version": number,
+        "manifest": {"uri": row["manifest_uri"], "sha256": row["manifest_sha256"], "size": row["manifest_size"]},
+        "batch_rows": row["rows"],
+        "total_rows": row["total_rows"],
+        "created_at": row["created_at"].isoformat(),
+    }
+
+
+async def rejections(pool: asyncpg.Pool, dataset: str, before_id: int | None, limit: int) -> dict[str, Any]:
+    """A page of ``dataset``'s rejected rows, newest first, and how many there are in all."""
+    await get_schema(pool, dataset)
+    rows = await pool.fetch(
+        "SELECT id, submission_id, row_index, field, reason, record, created_at FROM rejections "
+        "WHERE dataset = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        dataset,
+        before_id,
+        limit,
+    )
+    total = await pool.fetchval("SELECT count(*) FROM rejections WHERE dataset = $1", dataset)
+    return {
+        "dataset": dataset,
+        "total": total,
+        "rejections": [
+            {
+                "id": r["id"],
+                "submission_id": str(r["submission_id"]),
+                "row": r["row_index"],
+                "field": r["field"],
+                "reason": r["reason"],
+                "record": None if r["record"] is None else json.loads(r["record"]),
+                "at": r["created_at"].isoformat(),
+            }
+            for r in rows
+        ],
+    }

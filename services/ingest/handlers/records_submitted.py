@@ -7,10 +7,11 @@ from collections import defaultdict
 from libs.common import outbox, topics
 from libs.common.errors import DriftloopError, NotFound
 from libs.common.events import Event, RecordsSubmitted
+from libs.common.jsonbody import off_loop
 from libs.common.kafka import Delivery, MicroBatchConsumer
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
-from services.ingest.domain.validation import Rejection, validate_records
+from services.ingest.domain.validation import validate_records
 from services.ingest.settings import IngestSettings
 
 CONSUMER = "ingest.records-submitted"
@@ -41,15 +42,14 @@ def consumer(rt: Runtime, settings: IngestSettings) -> MicroBatchConsumer:
                 if not fresh:
                     continue
                 records = [r for e in fresh for r in e.records]
-                result = validate_records(schema, list(records))
-                rejected = [Rejection(r.row, r.field, r.reason, r.record) for r in result.rejected]
+                result = await off_loop(len(records) * 256, validate_records, schema, list(records))
                 # Only the upstream system's own Kafka user may write this topic (ACLs): its rows are trusted.
                 principals = sorted({e.principal or UPSTREAM for e in fresh})
                 async with repository.discard_on_error(rt.store) as written:
                     await repository.store_submission(
-                        conn, rt.store, dataset=dataset, accepted=result.accepted, rejected=rejected, source="kafka",
+                        conn, rt.store, dataset=dataset, result=result, source="kafka",
                         correlation_id=fresh[0].correlation_id, principal=",".join(principals), trusted=True,
-                        written=written, keys=result.keys,
+                        written=written,
                     )  # fmt: skip
         return refused
 
