@@ -45,8 +45,8 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from libs.common import auth
-from libs.common.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from libs.common.settings import DatabaseSettings
 
 ROOT = Path(__file__).resolve().parent.parent
