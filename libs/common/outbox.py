@@ -7,7 +7,7 @@ committed. It calls :func:`add` inside the transaction that makes the change;
 the :class:`OutboxRelay` publishes committed rows in order and marks them
 sent. A crash after publishing but before marking means the row is published
 again, so every consumer dedupes with :func:`first_delivery`, recorded in the
-same transaction as its own effects.
+same transaction as its own effects; :func:`once` is that pattern in one call.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import asyncpg
 from opentelemetry import context as otel_context
@@ -82,6 +82,25 @@ async def first_delivery(conn: asyncpg.Connection, consumer: str, event_id: uuid
         event_id,
     )
     return bool(inserted)
+
+
+T = TypeVar("T")
+
+
+async def once(
+    pool: asyncpg.Pool, consumer: str, event: Event, effects: Callable[[asyncpg.Connection], Awaitable[T]]
+) -> T | None:
+    """Apply ``consumer``'s ``effects`` of ``event`` exactly once: in one transaction
+    that also records the delivery; a redelivered event runs nothing and gives None.
+
+    The way to write an idempotent handler: the event's effects (SQL through the
+    service's repository, events through :func:`add`) take the connection, and
+    whatever they return comes back for the work after the commit.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        if not await first_delivery(conn, consumer, event.event_id):
+            return None
+        return await effects(conn)
 
 
 async def pending_count(pool: asyncpg.Pool) -> int:

@@ -11,7 +11,7 @@ import pytest
 from faststream.kafka import KafkaBroker
 
 from libs.common import outbox
-from libs.common.events import Event, TrainingRequested
+from libs.common.events import TrainingRequested
 from libs.common.kafka import BrokerPublisher, Delivery, Route, create_broker, subscribe
 from libs.common.settings import KafkaSettings, TelemetrySettings
 from libs.common.telemetry import setup_telemetry
@@ -39,16 +39,17 @@ async def _effects_table(pool: asyncpg.Pool) -> None:
     await pool.execute("CREATE TABLE effects (event_id uuid, reason text)")
 
 
+async def _write_effect(conn: asyncpg.Connection, event: TrainingRequested) -> str:
+    await conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.reason)
+    return "applied"
+
+
 def _consumer(broker: KafkaBroker, pool: asyncpg.Pool, topic: str, settings: KafkaSettings, seen: list[str]) -> None:
     """An idempotent consumer: its effect and the dedupe record share one transaction."""
 
-    async def handle(event: Event, delivery: Delivery) -> None:
-        assert isinstance(event, TrainingRequested)
+    async def handle(event: TrainingRequested, delivery: Delivery) -> None:
         seen.append(event.reason)
-        async with pool.acquire() as conn, conn.transaction():
-            if not await outbox.first_delivery(conn, "effects-writer", event.event_id):
-                return
-            await conn.execute("INSERT INTO effects VALUES ($1, $2)", event.event_id, event.reason)
+        await outbox.once(pool, "effects-writer", event, lambda conn: _write_effect(conn, event))
 
     subscribe(broker, {topic: Route(handle, (TrainingRequested,))}, group=f"g-{uuid.uuid4().hex[:6]}",
               settings=settings, telemetry=setup_telemetry("consumer", TelemetrySettings()))  # fmt: skip
@@ -86,6 +87,27 @@ async def test_crash_between_commit_and_publish_still_delivers_and_redelivery_ch
     assert seen == ["outboxed", "outboxed"]  # delivered twice …
     assert await pool.fetchval("SELECT count(*) FROM effects") == 1  # … applied once
     assert await pool.fetchval("SELECT count(*) FROM processed_events") == 1
+
+
+async def test_once_applies_an_events_effects_once_per_consumer_and_a_failed_attempt_counts_for_nothing(
+    pool: asyncpg.Pool,
+) -> None:
+    await _effects_table(pool)
+    event = TrainingRequested(producer="test", model="churn", dataset="customers", reason="once")
+
+    async def fails_midway(conn: asyncpg.Connection) -> str:
+        await _write_effect(conn, event)
+        raise ConnectionResetError("the attempt died after its first write")
+
+    with pytest.raises(ConnectionResetError):
+        await outbox.once(pool, "effects-writer", event, fails_midway)
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 0  # rolled back with the delivery record
+    assert await outbox.once(pool, "effects-writer", event, lambda conn: _write_effect(conn, event)) == "applied"
+    assert await outbox.once(pool, "effects-writer", event, lambda conn: _write_effect(conn, event)) is None
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 1
+    # another consumer of the same event applies its own effects
+    assert await outbox.once(pool, "another-consumer", event, lambda conn: _write_effect(conn, event)) == "applied"
+    assert await pool.fetchval("SELECT count(*) FROM effects") == 2
 
 
 async def test_rolled_back_transaction_publishes_nothing(pool: asyncpg.Pool) -> None:

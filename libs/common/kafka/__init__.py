@@ -9,14 +9,14 @@
 - :mod:`.batch`: the micro-batch consumer (same policy, a batch at a time);
 - :mod:`.lag`: consumer lag and its Prometheus exporter.
 
-Handlers must be idempotent (see :func:`libs.common.outbox.first_delivery`).
+Handlers must be idempotent: :func:`libs.common.outbox.once` applies an event's effects once.
 """
 
 from libs.common.kafka.admin import ensure_topics
 from libs.common.kafka.batch import MicroBatchConsumer, rewind_offsets
 from libs.common.kafka.broker import METADATA_MAX_AGE_MS, create_broker, start_with_retry
 from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead_letter
-from libs.common.kafka.delivery import BatchHandler, Delivery, Handler, Route
+from libs.common.kafka.delivery import BatchHandler, Delivery, EventHandler, Handler, Route
 from libs.common.kafka.lag import LagExporter, LagRow, consumer_lag
 from libs.common.kafka.publisher import BrokerPublisher
 from libs.common.kafka.subscriber import subscribe
@@ -28,6 +28,7 @@ __all__ = [
     "ConsumerMetrics",
     "DeadLetterFailed",
     "Delivery",
+    "EventHandler",
     "Handler",
     "LagExporter",
     "LagRow",

@@ -14,13 +14,14 @@ The policy, in order, for each message:
    commit before the handler ran). If even the dead-letter publish fails, the
    consumer seeks back and the message is delivered again.
 
-Handlers must therefore be idempotent (see :func:`libs.common.outbox.first_delivery`).
+Handlers must therefore be idempotent (:func:`libs.common.outbox.once`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from typing import Literal
 
 from faststream import AckPolicy
@@ -39,7 +40,7 @@ log = logging.getLogger(__name__)
 
 def subscribe(
     broker: KafkaBroker,
-    routes: dict[str, Route],
+    routes: Mapping[str, Route],
     *,
     group: str,
     settings: KafkaSettings,
