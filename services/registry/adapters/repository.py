@@ -9,7 +9,16 @@ import asyncpg
 
 from libs.common import outbox
 from libs.common.errors import NotFound
-from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, ModelTrained, OnnxExport, Rejudgement, Source
+from libs.common.events import (
+    AliasMove,
+    ArtifactRef,
+    DriftDetected,
+    ModelPromoted,
+    ModelTrained,
+    OnnxExport,
+    Rejudgement,
+    Source,
+)
 from libs.common.schema import DatasetSchema
 
 Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
@@ -176,3 +185,12 @@ async def rejudgements(conn: Conn, model: str, version: int) -> int:
         model, version,
     )  # fmt: skip
     return count
+
+
+async def keep_alarm(conn: asyncpg.Connection, event: DriftDetected) -> None:
+    """Remember an alarm and the sources of the labels behind it (a redelivery changes nothing)."""
+    sources = None if event.label_sources is None else json.dumps([s.model_dump() for s in event.label_sources])
+    await conn.execute(
+        "INSERT INTO alarms (event_id, model, kinds, label_sources) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        event.event_id, event.model, event.kinds, sources,
+    )  # fmt: skip

@@ -15,8 +15,8 @@ import asyncpg
 from prometheus_client import Counter
 
 from libs.common import outbox
-from libs.common.events import Event, ModelRejudged, ModelTrained, Rejudgement, RejudgementRequested, Source
-from libs.common.kafka import Delivery, Handler
+from libs.common.events import ModelRejudged, ModelTrained, Rejudgement, RejudgementRequested, Source
+from libs.common.kafka import Delivery, EventHandler
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.registry.adapters import repository
@@ -29,27 +29,30 @@ CONSUMER = "registry.model-trained"
 MAX_REJUDGEMENTS = 3
 
 
-def handler(rt: Runtime, config: PromotionConfig, trust: TrustConfig | None = None) -> Handler:
+def handler(
+    rt: Runtime, config: PromotionConfig, trust: TrustConfig | None = None
+) -> EventHandler[ModelTrained | ModelRejudged]:
     trust = trust or TrustConfig()
     decisions = Counter(
         "driftloop_promotion_decisions_total", "Promotion decisions.", ["model", "outcome"],
         registry=rt.telemetry.registry,
     )  # fmt: skip
 
-    async def handle(event: Event, delivery: Delivery) -> None:
+    async def handle(event: ModelTrained | ModelRejudged, delivery: Delivery) -> None:
         """Register a trained version (or take a re-judgement) and promote it if the policy says so."""
-        async with rt.db.acquire() as conn, conn.transaction():
-            if not await outbox.first_delivery(conn, CONSUMER, event.event_id):
-                return
-            if isinstance(event, ModelRejudged):
-                outcome = await _rejudged(conn, event, config, trust)
-            else:
-                assert isinstance(event, ModelTrained)
-                outcome = await _trained(conn, event, config, trust)
+        outcome = await outbox.once(rt.db, CONSUMER, event, lambda conn: _judge(conn, event, config, trust))
         if outcome is not None:
             decisions.labels(event.model, outcome).inc()
 
     return handle
+
+
+async def _judge(
+    conn: asyncpg.Connection, event: ModelTrained | ModelRejudged, config: PromotionConfig, trust: TrustConfig
+) -> str | None:
+    if isinstance(event, ModelRejudged):
+        return await _rejudged(conn, event, config, trust)
+    return await _trained(conn, event, config, trust)
 
 
 async def _held_for_approval(
