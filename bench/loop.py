@@ -1,9 +1,10 @@
 """The prequential loop benchmark: does the loop close on streams nobody tuned it to?
 
-For each stream (bench/streams.py) it starts the real stack as ``driftloop up`` does
-(embedded PostgreSQL, the tansu broker, the five service processes) on free ports in a
-temporary home, with the services' default settings, and drives it only through their
-HTTP APIs, as a new user would:
+It starts the real stack as ``driftloop up`` does (embedded PostgreSQL, the tansu broker,
+the five service processes) on free ports in a temporary home, with the services' default
+settings, and drives each stream (bench/streams.py) through it, one after another, each
+with a dataset and model of its own, only through the services' HTTP APIs, as a new user
+would (``--fresh-stack`` starts a stack per stream instead):
 
 1. declare the dataset (PUT ingest) and post the first 5,000 labelled rows;
 2. wait until serving has a model;
@@ -12,9 +13,10 @@ HTTP APIs, as a new user would:
    rows to ingest.
 
 Alarms come from the monitor (GET /v1/models/{m}/drift), promotions from the registry's
-audit, retrain durations from the trainer's jobs. After the stack has stopped, an oracle
+audit, retrain durations from the trainer's jobs. After each stream, an oracle
 (HistGradientBoosting on the 5,000 rows after the last change) is scored on the last
 5,000 rows. It prints a table, checks the targets of issue 8 and writes JSON (--json).
+Before the next stream starts, the trainer finishes this stream's jobs (``drain_s``).
 
     make bench-loop BENCH_ARGS="--quick --streams abrupt,stationary"
 """
@@ -64,6 +66,8 @@ class Options:
     env: dict[str, str] = field(default_factory=dict)
     """Settings for the services (DRIFTLOOP_*), on top of their defaults."""
     keep: bool = False
+    fresh_stack: bool = False
+    """A stack of its own per stream (else one stack, the streams one after another)."""
 
 
 class Driver:
@@ -237,6 +241,15 @@ class Driver:
                                      params={"model": self.model, "limit": 500})  # fmt: skip
         return list(answer.json()) if answer.status_code == 200 else []
 
+    async def drain(self, timeout: float = 90.0) -> float:
+        """Wait until this model's jobs have ended, so the next stream starts on an idle trainer."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if not any(j["status"] in ("queued", "running") for j in await self._jobs()):
+                break
+            await asyncio.sleep(1.0)
+        return round(time.monotonic() - started, 1)
+
     async def _registry(self, path: str) -> list[dict[str, Any]]:
         answer = await self.http.get(f"{self.url['registry']}/v1/models/{self.model}{path}")
         return list(answer.json()) if answer.status_code == 200 else []
@@ -254,23 +267,48 @@ class Driver:
 # -- one stream, end to end ---------------------------------------------------------------------
 
 
-def run_stream(name: str, options: Options) -> dict[str, Any]:
+def run_stream(name: str, state: UpState, home: Path, options: Options) -> dict[str, Any]:
+    """Drive stream ``name`` through the running stack, then summarise what happened."""
     stream = make(name, seed=options.seed, quick=options.quick)
-    home = Path(tempfile.mkdtemp(prefix=f"driftloop-bench-{name}-"))
-    supervisor = Supervisor(home, ports=Supervisor.free_ports(), env=options.env, log_to_files=True)
-    print(f"{name}: {stream.description}; {stream.layout.length:,} rows, stack in {home}", file=sys.stderr)
+    print(f"{name}: {stream.description}; {stream.layout.length:,} rows", file=sys.stderr)
     started = time.monotonic()
-    try:
-        state = supervisor.start()
-        print(f"  stack ready in {time.monotonic() - started:.0f} s", file=sys.stderr)
-        driver, services = asyncio.run(_drive(stream, state, home, options))
-    finally:
-        supervisor.stop()
-        if not options.keep:
-            shutil.rmtree(home, ignore_errors=True)
+    driver, services = asyncio.run(_drive(stream, state, home, options))
     result = summarise(stream, driver, services, options)
     result["wall_s"] = round(time.monotonic() - started, 1)
+    result["drain_s"] = services["drain_s"]
     return result
+
+
+class Stack:
+    """The stack the streams run on: one for all of them (each stream its own dataset and model,
+    one after another, as models share a deployment), or a fresh one per stream (``fresh_stack``)."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.supervisor: Supervisor | None = None
+        self.state: UpState | None = None
+        self.home = Path()
+        self.startups: list[float] = []
+
+    def up(self, label: str) -> tuple[UpState, Path]:
+        if self.state is not None and not self.options.fresh_stack:
+            return self.state, self.home
+        self.down()
+        self.home = Path(tempfile.mkdtemp(prefix=f"driftloop-bench-{label}-"))
+        self.supervisor = Supervisor(self.home, ports=Supervisor.free_ports(), env=self.options.env,
+                                     log_to_files=True)  # fmt: skip
+        started = time.monotonic()
+        self.state = self.supervisor.start()
+        self.startups.append(round(time.monotonic() - started, 1))
+        print(f"stack ready in {self.startups[-1]:.0f} s ({self.home})", file=sys.stderr)
+        return self.state, self.home
+
+    def down(self) -> None:
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            if not self.options.keep:
+                shutil.rmtree(self.home, ignore_errors=True)
+        self.supervisor, self.state = None, None
 
 
 async def _drive(stream: Stream, state: UpState, home: Path, options: Options) -> tuple[Driver, dict[str, Any]]:
@@ -279,7 +317,9 @@ async def _drive(stream: Stream, state: UpState, home: Path, options: Options) -
     headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
         driver = Driver(stream, state.services, http, options)
-        return driver, await driver.run()
+        services = await driver.run()
+        services["drain_s"] = await driver.drain()
+        return driver, services
 
 
 def _epoch(iso: str) -> float:
@@ -491,6 +531,8 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
                         help="a service setting, e.g. DRIFTLOOP_MONITOR_WINDOW_SIZE=250 (default: none)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--keep", action="store_true", help="keep each stream's home (logs, data) after the run")
+    parser.add_argument("--fresh-stack", action="store_true",
+                        help="a stack per stream (default: one stack, the streams one after another)")  # fmt: skip
     parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and exit")
     args = parser.parse_args(argv)
     if args.report:
@@ -504,7 +546,8 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
         parser.error(f"unknown streams {unknown}; choose from {', '.join(GENERATORS)}")
     env = dict(item.split("=", 1) for item in args.env)
     options = Options(streams=names, quick=args.quick, rate=args.rate, chunk=args.chunk, seed=args.seed,
-                      first_model_timeout_s=args.first_model_timeout, env=env, keep=args.keep)  # fmt: skip
+                      first_model_timeout_s=args.first_model_timeout, env=env, keep=args.keep,
+                      fresh_stack=args.fresh_stack)  # fmt: skip
     return options, args.json
 
 
@@ -527,15 +570,21 @@ def main(argv: list[str] | None = None) -> int:
         "options": asdict(options),
     }
     results: list[dict[str, Any]] = []
-    for name in options.streams:
-        try:
-            results.append(run_stream(name, options))
-        except Exception as exc:  # one broken stream must not lose the others' figures
-            results.append({"stream": name, "error": f"{type(exc).__name__}: {exc}"})
-        print(table(results[-1:]).splitlines()[-1], file=sys.stderr)
-        meta["seconds"] = round(time.monotonic() - started, 1)
-        if json_path is not None:  # after every stream: a long run interrupted keeps what it measured
-            json_path.write_text(json.dumps({**meta, "streams": results}, indent=2, default=str))
+    stack = Stack(options)
+    try:
+        for name in options.streams:
+            try:
+                state, home = stack.up(name)
+                results.append(run_stream(name, state, home, options))
+            except Exception as exc:  # one broken stream must not lose the others' figures
+                results.append({"stream": name, "error": f"{type(exc).__name__}: {exc}"})
+            print(table(results[-1:]).splitlines()[-1], file=sys.stderr)
+            meta["seconds"] = round(time.monotonic() - started, 1)
+            meta["stack_startup_s"] = stack.startups
+            if json_path is not None:  # after every stream: a long run interrupted keeps what it measured
+                json_path.write_text(json.dumps({**meta, "streams": results}, indent=2, default=str))
+    finally:
+        stack.down()
     quick = " (quick)" if options.quick else ""
     print(f"\nLoop benchmark, {meta['date']}, commit {meta['commit']}, {meta['cores']} cores, "
           f"{options.rate:,.0f} rows/s target, {meta['seconds']:.0f} s{quick}\n")  # fmt: skip

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 
 from cli.churn_stream import ChurnStream
+from libs.common.frames import features_frame
 from libs.common.schema import DatasetSchema
 from services.trainer.domain.training import (
     DEFAULT_PARAMS,
@@ -14,6 +17,7 @@ from services.trainer.domain.training import (
     affordable,
     candidates,
     champion_params,
+    change_point,
     halving_rounds,
     iteration_cap,
     train,
@@ -103,3 +107,64 @@ def test_the_budget_shrinks_the_halving_to_what_it_affords() -> None:
     assert affordable(9, fit_s=1.0, remaining_s=36.9, cv_folds=3, n_jobs=1) == 3
     assert affordable(9, fit_s=1.0, remaining_s=9.9, cv_folds=3, n_jobs=1) == 1
     assert affordable(9, fit_s=1.0, remaining_s=5.5, cv_folds=3, n_jobs=2) == 3
+
+
+def test_change_point_finds_where_the_errors_rose_and_is_quiet_without_one() -> None:
+    rng = np.random.default_rng(4)
+    steady = (rng.random(2000) < 0.1).astype(float)
+    change = change_point(steady)
+    assert change is not None
+    assert change.p_value > 0.01
+    shifted = np.concatenate([rng.random(400) < 0.05, rng.random(900) < 0.5]).astype(float)
+    change = change_point(shifted)
+    assert change is not None
+    assert change.p_value < 1e-6
+    assert abs(change.index - 400) < 60
+    assert change.before < 0.1 < 0.4 < change.after
+    # Heavy-tailed squared errors: ranks keep one huge error from looking like a change.
+    squared = rng.normal(0, 1, 1500) ** 2
+    squared[700] = 1e6
+    change = change_point(squared)
+    assert change is not None
+    assert change.p_value > 0.01
+
+
+def two_concepts(before: int, after: int, seed: int = 2) -> pd.DataFrame:
+    """x0 + x1 ≤ 10, then x0 > x1: the same features, half the labels flipped."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0, 10, (before + after, 2))
+    y = np.where(np.arange(before + after) < before, x[:, 0] + x[:, 1] <= 10, x[:, 0] > x[:, 1])
+    return pd.DataFrame(x, columns=["a", "b"]).assign(label=np.where(y, "yes", "no"))
+
+
+TWO = DatasetSchema.model_validate({
+    "features": [{"name": "a", "dtype": "numeric"}, {"name": "b", "dtype": "numeric"}],
+    "target": {"name": "label", "dtype": "categorical", "categories": ["no", "yes"]},
+    "task": "classification",
+})  # fmt: skip
+
+
+def test_a_drift_job_leaves_out_the_rows_before_the_champions_errors_rose() -> None:
+    config = TrainingConfig(n_iter=1, time_budget_s=0, n_jobs=1)
+    champion = train(TWO, two_concepts(1500, 0, seed=1), config).pipeline
+    frame = two_concepts(500, 1200)  # a drift window that began 500 rows before the change
+    trimmed = train(TWO, frame, replace(config, trim_to_change=True), champion)
+    assert 440 <= trimmed.dropped_rows <= 560
+    assert "rows before the change left out" in trimmed.search
+    assert trimmed.training_rows + trimmed.holdout_rows == len(frame) - trimmed.dropped_rows
+    untrimmed = train(TWO, frame, config, champion)
+    assert untrimmed.dropped_rows == 0
+    fresh = two_concepts(0, 4000, seed=7)
+    x, y = features_frame(TWO, fresh), fresh["label"]
+    assert (trimmed.pipeline.predict(x) == y).mean() > (untrimmed.pipeline.predict(x) == y).mean() + 0.01
+
+
+def test_nothing_is_left_out_when_the_champion_errs_alike_throughout() -> None:
+    config = TrainingConfig(n_iter=1, time_budget_s=0, n_jobs=1, trim_to_change=True)
+    champion = train(TWO, two_concepts(0, 1500, seed=1), replace(config, trim_to_change=False)).pipeline
+    assert train(TWO, two_concepts(0, 1700), config, champion).dropped_rows == 0
+    # A change too close to the end leaves too few rows to train on: nothing is left out.
+    assert train(TWO, two_concepts(0, 1700)[::-1].reset_index(drop=True), config, None).dropped_rows == 0
+    late = two_concepts(1600, 150)
+    old = train(TWO, two_concepts(1500, 0, seed=1), replace(config, trim_to_change=False)).pipeline
+    assert train(TWO, late, config, old).dropped_rows == 0

@@ -275,6 +275,8 @@ class JobRunner:
                 "time_budget_s": s.time_budget_s,
                 "n_jobs": s.search_jobs,
                 "max_trees": s.max_trees,
+                # A drift job's rows start where the monitor's window did: leave out those before the change.
+                "trim_to_change": job["trigger"] == "drift",
             },
         }
 

@@ -30,6 +30,18 @@ long as the budget is not what cut the search short.
 The challenger and the current champion are scored on the same holdout: the
 most recent rows, which neither has seen, and which resemble what serving will
 meet next more closely than a random split would.
+
+A drift job trains on the rows that arrived after the drift began, as the
+monitor dated it: the start of the window that first looked wrong, which can
+hold hundreds of rows of the old concept. For the first post-drift model,
+trained on few rows, they are a large share, and wrong for the new concept
+(half of them when old and new agree on half the space). So a drift job
+(``trim_to_change``) first looks for the change itself in the champion's
+errors over those rows, in order: a CUSUM of their ranks, which under no
+change is a Brownian bridge, whose maximum has the Kolmogorov distribution.
+When the change is significant (``change_alpha``) the rows before it are
+dropped. The champion was trained before the drift and has not seen these
+rows, so in-sample fit cannot fake a change.
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from joblib import parallel_config
+from scipy.stats import kstwobign, rankdata
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -103,6 +116,12 @@ class TrainingConfig:
     """Boosting iterations at most (early stopping usually ends sooner)."""
     max_trees: int = 1500
     """Trees per model at most: iterations × trees per iteration (one per class beyond two)."""
+    trim_to_change: bool = False
+    """Drop the rows before a significant change in the champion's errors (drift jobs)."""
+    change_alpha: float = 0.001
+    """Significance of that change."""
+    min_rows_after_change: int = 200
+    """Rows that must remain after the change for the rows before it to be dropped."""
 
 
 @dataclass
@@ -120,6 +139,8 @@ class TrainingResult:
     """The holdout's features, as the pipeline takes them (what the ONNX parity check runs on)."""
     search: str
     """How the search went (candidates, rounds, seconds), for the job's record."""
+    dropped_rows: int = 0
+    """Rows before a change in the champion's errors, left out (``trim_to_change``)."""
 
 
 def numeric_columns(schema: DatasetSchema) -> list[str]:
@@ -342,11 +363,74 @@ def _champion_metrics(
         return None
 
 
+@dataclass(frozen=True)
+class Change:
+    index: int
+    """First row after the change."""
+    statistic: float
+    p_value: float
+    before: float
+    after: float
+    """Mean loss before and after."""
+
+
+def change_point(losses: np.ndarray) -> Change | None:
+    """Where the mean of ``losses`` (in row order) changed most, and how significantly.
+
+    The CUSUM of the losses' ranks, scaled by their spread and sqrt(n), is a
+    Brownian bridge when nothing changed; its largest excursion has the
+    Kolmogorov distribution, and where it lies estimates the change. Ranks make
+    it hold for 0/1 errors and for heavy-tailed squared errors alike.
+    """
+    n = len(losses)
+    if n < 20:
+        return None
+    ranks = rankdata(losses)
+    spread = float(ranks.std())
+    if spread == 0:
+        return None
+    bridge = np.cumsum(ranks - ranks.mean())[:-1] / (spread * math.sqrt(n))
+    k = int(np.argmax(np.abs(bridge)))
+    statistic = float(abs(bridge[k]))
+    return Change(k + 1, statistic, float(kstwobign.sf(statistic)), float(np.mean(losses[: k + 1])),
+                  float(np.mean(losses[k + 1 :])))  # fmt: skip
+
+
+def losses(schema: DatasetSchema, model: Any, x: pd.DataFrame, y: pd.Series) -> np.ndarray | None:
+    """Per-row loss of ``model``: 0/1 errors, or squared errors (None when it cannot score these rows)."""
+    try:
+        predicted = model.predict(x)
+    except (ValueError, KeyError):  # trained on another schema
+        return None
+    if schema.task is Task.CLASSIFICATION:
+        return np.asarray(np.asarray(predicted).astype(str) != y.astype(str).to_numpy(), dtype=float)
+    return np.asarray((np.asarray(predicted, dtype=float) - y.astype(float).to_numpy()) ** 2, dtype=float)
+
+
+def rows_after_change(
+    schema: DatasetSchema, frame: pd.DataFrame, champion: Any, config: TrainingConfig
+) -> tuple[int, Change | None]:
+    """How many leading rows of ``frame`` predate a significant rise of the champion's errors (0: none)."""
+    x, y = features_frame(schema, frame), frame[schema.target.name]
+    loss = losses(schema, champion, x, y)
+    change = change_point(loss) if loss is not None else None
+    if change is None or change.p_value >= config.change_alpha or change.after <= change.before:
+        return 0, change
+    if len(frame) - change.index < config.min_rows_after_change:
+        return 0, change
+    return change.index, change
+
+
 def train(
     schema: DatasetSchema, frame: pd.DataFrame, config: TrainingConfig, champion: Any | None = None
 ) -> TrainingResult:
     """Search, fit and evaluate a challenger (and the champion) on ``frame``, in row order."""
     frame = frame.dropna(subset=[schema.target.name]).tail(config.max_rows).reset_index(drop=True)
+    dropped = 0
+    if config.trim_to_change and champion is not None:
+        with threadpool_limits(1, user_api="openmp"):
+            dropped, _ = rows_after_change(schema, frame, champion, config)
+        frame = frame.iloc[dropped:].reset_index(drop=True)
     holdout_rows = max(1, int(len(frame) * config.holdout_fraction))
     if len(frame) - holdout_rows < config.cv_folds * 2:
         raise ValueError(f"too few rows to train: {len(frame)}")
@@ -371,5 +455,6 @@ def train(
         train_frame=x_train,
         train_predictions=train_predictions,
         holdout_frame=x_hold,
-        search=search,
+        search=search if not dropped else f"{search}; {dropped} rows before the change left out",
+        dropped_rows=dropped,
     )
