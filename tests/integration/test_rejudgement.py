@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from libs.cli.synthetic import ChurnStream
+from cli.churn_stream import ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import ArtifactRef, ModelRejudged, ModelTrained, RejudgementRequested, parse_event
