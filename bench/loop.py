@@ -104,7 +104,8 @@ class Driver:
             poller.cancel()
             await asyncio.gather(poller, return_exceptions=True)
         await self._fetch_alarms()
-        return await self._collect()
+        drain_s = await self.drain()  # the jobs still running count in seconds per retrain, not in the stream
+        return {**await self._collect(), "drain_s": drain_s}
 
     # -- traffic ---------------------------------------------------------------------------
 
@@ -317,9 +318,7 @@ async def _drive(stream: Stream, state: UpState, home: Path, options: Options) -
     headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
         driver = Driver(stream, state.services, http, options)
-        services = await driver.run()
-        services["drain_s"] = await driver.drain()
-        return driver, services
+        return driver, await driver.run()
 
 
 def _epoch(iso: str) -> float:
