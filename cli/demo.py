@@ -134,7 +134,8 @@ class Demo:
                 asyncio.create_task(self._poll_drift()),
             ]
             try:
-                await asyncio.wait_for(self._scenario(), self.config.timeout_s)
+                async with asyncio.timeout(self.config.timeout_s):
+                    await self._scenario()
             except TimeoutError:
                 self.state.errors.append(f"timed out after {self.config.timeout_s:.0f}s in phase {self.state.phase!r}")
             finally:

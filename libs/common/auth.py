@@ -31,7 +31,6 @@ that declares no role, unless its path is one of :data:`OPEN_PATHS`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import re
@@ -53,6 +52,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from libs.common.db import close_pool, connect_with_retry, load_migrations, migrate
 from libs.common.errors import BadRequest, Forbidden, NotFound, TransientError, Unauthorized
 from libs.common.settings import DatabaseSettings
+from libs.common.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -250,10 +250,8 @@ class Authenticator:
         return self.pool
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.pool is not None:
             await close_pool(self.pool)
             self.pool = None

@@ -72,7 +72,8 @@ class BrokerWatch:
     async def check(self) -> None:
         """One probe: reachability, and the topics re-created if the broker lost them."""
         try:
-            existing = await asyncio.wait_for(self._topics(), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: see libs.common.tasks
+                existing = await self._topics()
         except (KafkaError, OSError, TimeoutError) as exc:
             if self.reachable:
                 log.warning("broker unreachable at %s: %r", self.settings.bootstrap, exc)
@@ -83,7 +84,8 @@ class BrokerWatch:
             log.warning("broker at %s has lost topics %s (restarted empty?); creating them again",
                         self.settings.bootstrap, missing)  # fmt: skip
             try:
-                await asyncio.wait_for(ensure_topics(self.settings, self.specs), self.timeout_s * 3)
+                async with asyncio.timeout(self.timeout_s * 3):
+                    await ensure_topics(self.settings, self.specs)
             except (KafkaError, OSError, TimeoutError) as exc:
                 self._mark(reachable=False, problem=f"topics missing and not re-created: {exc!r}")
                 return

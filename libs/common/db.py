@@ -73,7 +73,8 @@ async def close_pool(pool: asyncpg.Pool, timeout_s: float = 10.0) -> None:
     would hang the service's shutdown forever, so a stop is bounded and then forced.
     """
     try:
-        await asyncio.wait_for(pool.close(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            await pool.close()
     except TimeoutError:
         log.warning("PostgreSQL pool did not close in %.0fs; terminating its connections", timeout_s)
         pool.terminate()

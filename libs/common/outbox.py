@@ -26,6 +26,7 @@ from opentelemetry import propagate
 
 from libs.common import topics
 from libs.common.events import Event
+from libs.common.tasks import cancel_and_wait
 from libs.common.telemetry import inject_context
 
 log = logging.getLogger(__name__)
@@ -192,8 +193,9 @@ class OutboxRelay:
                     log.warning("outbox relay failed, will retry", extra={"error": str(exc)})
                 except Exception as exc:  # a broker error; the rows stay pending
                     log.warning("outbox publish failed, will retry", extra={"error": repr(exc)})
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see libs.common.tasks
+                    async with asyncio.timeout(self.poll_interval_s):
+                        await self._wake.wait()
         finally:
             with contextlib.suppress(Exception):
                 await listener.remove_listener(channel, self._on_notify)
@@ -210,8 +212,5 @@ class OutboxRelay:
         self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.schema}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None

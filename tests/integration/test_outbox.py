@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Awaitable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -150,3 +151,23 @@ async def test_running_relay_wakes_on_commit_and_keeps_order(
             await relay.stop()
     assert seen == [f"r{i}" for i in range(20)]  # one key → one partition → outbox order
     assert await outbox.pending_count(pool) == 0
+
+
+class Unused:
+    async def send(self, topic: str, payload: bytes, *, key: bytes | None, headers: dict[str, str]) -> Any:
+        raise AssertionError("the outbox is empty: nothing is sent")
+
+
+async def test_relay_stops_when_woken_as_it_is_stopped(pool: asyncpg.Pool, schema: str) -> None:
+    """A commit's wake-up and the service's stop in the same loop iteration: with
+    ``asyncio.wait_for`` (Python 3.11) the relay swallowed the cancel and ran on, holding its
+    listening connection, and the service's stop hung (libs/common/tasks.py)."""
+    relay = outbox.OutboxRelay(pool, Unused(), schema=schema, poll_interval_s=60)
+    relay.start()
+    await asyncio.sleep(0.3)  # listening, and waiting to be woken
+    relay.wake()
+    stopping = asyncio.ensure_future(relay.stop())  # runs in the iteration the wake-up completes in
+    done, _ = await asyncio.wait([stopping], timeout=5)
+    assert done, "the relay did not stop"
+    await stopping
+    assert pool.get_size() - pool.get_idle_size() == 0  # its listening connection was released

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead
 from libs.common.kafka.delivery import BatchHandler, Delivery
 from libs.common.kafka_security import client_options
 from libs.common.settings import KafkaSettings
+from libs.common.tasks import cancel_and_wait
 from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -191,9 +191,8 @@ class MicroBatchConsumer:
             return
         self._stopping.set()
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see libs.common.tasks
+                await asyncio.shield(self._task)
         except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
         self._task = None

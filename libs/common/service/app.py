@@ -44,7 +44,8 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
             yield
         finally:
             try:  # a stop step that never returns must not keep the process (or a test) alive for ever
-                await asyncio.wait_for(stop(spec, runtime), STOP_TIMEOUT_S)
+                async with asyncio.timeout(STOP_TIMEOUT_S):  # not wait_for: see libs.common.tasks
+                    await stop(spec, runtime)
             except TimeoutError:
                 log.error("%s did not stop in %.0fs; abandoning the rest of its shutdown", spec.name, STOP_TIMEOUT_S)
 

@@ -82,7 +82,8 @@ async def stop(spec: ServiceSpec, rt: Runtime) -> None:
     if rt.relay is not None:  # before the broker: a batch in flight completes or stays pending
         await rt.relay.stop()
     try:  # a consumer leaving its group mid-rebalance can wait on the coordinator for good
-        await asyncio.wait_for(rt.broker.stop(), BROKER_STOP_TIMEOUT_S)
+        async with asyncio.timeout(BROKER_STOP_TIMEOUT_S):
+            await rt.broker.stop()
     except TimeoutError:
         log.warning("the Kafka clients did not stop in %.0fs; going on with the shutdown", BROKER_STOP_TIMEOUT_S)
     if rt.pool is not None:

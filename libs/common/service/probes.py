@@ -25,7 +25,8 @@ def install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
         checks: dict[str, str] = {"started": "ok" if rt.ready else "starting"}
         if rt.pool is not None:
             try:
-                await asyncio.wait_for(rt.pool.fetchval("SELECT 1"), 2)
+                async with asyncio.timeout(2):
+                    await rt.pool.fetchval("SELECT 1")
                 checks["database"] = "ok"
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 checks["database"] = f"error: {exc}"

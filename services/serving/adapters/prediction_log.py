@@ -21,6 +21,7 @@ from prometheus_client import Counter, Histogram
 
 from libs.common.events import PredictionRecord, PredictionsLogged
 from libs.common.kafka import BrokerPublisher
+from libs.common.tasks import cancel_and_wait
 from libs.common.telemetry import Telemetry
 from services.serving.domain.predictions import Served
 
@@ -133,8 +134,9 @@ class PredictionLog:
 
     async def run(self) -> None:
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.flush_s)
+            with contextlib.suppress(TimeoutError):  # not wait_for: see libs.common.tasks
+                async with asyncio.timeout(self.flush_s):
+                    await self._full.wait()
             self._full.clear()
             await self.flush()
 
@@ -142,8 +144,6 @@ class PredictionLog:
         self._task = asyncio.create_task(self.run(), name="prediction-log")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
         await self.flush()

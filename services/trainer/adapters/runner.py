@@ -178,8 +178,9 @@ class JobRunner:
                 log.warning("job queue unavailable: %s", exc)
                 job = None
             if job is None:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 2.0)
+                with contextlib.suppress(TimeoutError):  # not wait_for: see libs.common.tasks
+                    async with asyncio.timeout(2.0):
+                        await self._wake.wait()
                 continue
             await self._execute(job)
             if self.replan is not None:
