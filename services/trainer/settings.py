@@ -27,6 +27,10 @@ class TrainerSettings(ServiceSettings):
     time_budget_s: float = Field(default=6.0, ge=0)
     """Wall seconds the hyperparameter search may take. The first candidate is always fitted; successive
     halving tries as many others as the budget affords, estimated from that first fit. 0 = no search."""
+    drift_time_budget_s: float = Field(default=1.5, ge=0)
+    """The search budget of a drift-triggered job, the first model on post-drift rows: kept short so that a
+    better model serves within seconds of an alarm; the post-drift refreshes that follow (as the post-drift
+    data grows) search with ``time_budget_s``. The first candidate is always fitted, cut short at the budget."""
     search_jobs: int = Field(default=2, ge=1)
     """Fits run in parallel during the search, one thread each (size it to the cores)."""
     max_trees: int = Field(default=1500, ge=10)

@@ -58,6 +58,10 @@ async def test_enough_data_trains_a_first_model_and_emits_model_trained(isolated
         assert len(await jobs(client)) == 1  # the redelivered event queued nothing more
         assert done["trigger"] == "new_data"
         assert done["dataset_version"] == 2
+        # Where the job's time went, step by step, in the order the steps ran (bench/critical_path.py reads it).
+        stages = [s["stage"] for s in done["stages"]]
+        assert stages == ["worker_wait", "read", "search and evaluate", "profile", "store", "onnx export and parity"]
+        assert all(s["seconds"] >= 0 for s in done["stages"])
 
     records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_TRAINED), expect=1)
     event = parse_event(records[0].value)

@@ -1,4 +1,4 @@
-"""Worker processes: one per job, killable, and never outliving the trainer."""
+"""Worker processes: one job at a time each, kept warm, killable, and never outliving the trainer."""
 
 from __future__ import annotations
 
@@ -21,17 +21,48 @@ pytestmark = pytest.mark.integration
 
 
 async def test_a_worker_answers_reports_errors_and_is_reaped() -> None:
-    workers = Workers(preload="tests.workload")
+    workers = Workers(preload="tests.workload", max_jobs=2)
     try:
         worker = workers.take("a")
         assert await worker.run(workload.answer, {"value": 42}) == {"echo": 42}
         workers.release("a")
-        failing = workers.take("b")
-        assert failing is not worker  # one process per job
+        again = workers.take("b")
+        assert again is worker  # a worker whose job ended normally waits, warm, for the next one
         with pytest.raises(JobFailed, match="ValueError: bad input"):
-            await failing.run(workload.fail, {"why": "bad input"})
-        await wait_until(lambda: workload.process_gone(worker.pid) and workload.process_gone(failing.pid),
-                         timeout=15, message="finished workers to exit")  # fmt: skip
+            await again.run(workload.fail, {"why": "bad input"})
+        workers.release("b")
+        fresh = workers.take("c")
+        assert fresh is not worker  # a failed job's worker is never reused
+        await wait_until(lambda: workload.process_gone(worker.pid), timeout=15, message="the failed worker to exit")
+        assert await fresh.run(workload.answer, {"value": 1}) == {"echo": 1}
+        workers.release("c")
+        assert await workers.take("d").run(workload.answer, {"value": 2}) == {"echo": 2}
+        workers.release("d")
+        assert workers.take("e") is not fresh  # max_jobs=2: replaced after its second job
+        await wait_until(lambda: workload.process_gone(fresh.pid), timeout=15, message="the used-up worker to exit")
+    finally:
+        workers.close()
+
+
+async def test_a_job_that_may_be_cancelled_keeps_a_warm_spare_for_the_job_replacing_it(tmp_path: Path) -> None:
+    workers = Workers(preload="tests.workload")
+    pids = tmp_path / "pids"
+    try:
+        routine = workers.take("routine", spare=True)
+        task = asyncio.create_task(routine.run(workload.sleep_with_helper, {"pids": str(pids)}))
+        await wait_until(pids.exists, timeout=30, message="the routine job to start")
+        spare = workers._warm
+        assert spare is not None  # started beside the routine job
+        assert spare.alive()
+        assert spare is not routine
+        assert workers.kill("routine")
+        with pytest.raises(WorkerLost, match="killed"):
+            await task
+        workers.release("routine")
+        drift = workers.take("drift")
+        assert drift is spare
+        assert await drift.run(workload.answer, {"value": "now"}) == {"echo": "now"}
+        await wait_until(lambda: workload.process_gone(routine.pid), timeout=10, message="the killed worker to go")
     finally:
         workers.close()
 

@@ -1,8 +1,8 @@
-"""One worker process per job: started warm, stoppable at any moment, never orphaned.
+"""Worker processes for jobs: started warm, stoppable at any moment, never orphaned.
 
 A process pool cannot stop one task, and breaks for good when a worker dies.
-Here every job gets a process of its own, so cancelling a job is killing its
-process, and a crash costs that job only. Each worker:
+Here a job runs in a process nobody else uses while it runs, so cancelling a
+job is killing its process, and a crash costs that job only. Each worker:
 
 - is spawned, not forked (the service's threads and sockets must not be
   copied), and spawned from the event loop's thread: PR_SET_PDEATHSIG fires
@@ -13,8 +13,15 @@ process, and a crash costs that job only. Each worker:
   answers it by killing its whole group: nothing outlives a ``kill -9`` of
   the trainer.
 
-Importing scikit-learn costs a second or two, so one worker is kept warm:
-it starts, imports the job code, and waits for its job on a pipe.
+Importing scikit-learn, skl2onnx and onnxruntime costs seconds (tens on a busy
+machine), and that time would sit between an alarm and its retrained model.
+So workers are kept warm: a worker starts, imports the job code (``preload``,
+``"module"`` or ``"module:function"`` to also call a warm-up function), and
+waits for jobs on a pipe. A worker whose job ended normally goes back to wait
+for the next one (up to ``max_jobs`` jobs, so memory a job leaves behind is
+bounded); a killed, crashed or failed one is never reused. Up to two wait
+between jobs, and a job that drift may cancel never leaves none waiting, so
+the drift job that replaces it starts in a warm process.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -56,24 +64,27 @@ def _worker_main(parent_pid: int, channel: Connection, preload: str) -> None:
     die_with_parent()
     if os.getppid() != parent_pid:  # the trainer died before the line above took effect
         _stop_group(signal.SIGTERM, None)
-    importlib.import_module(preload)
-    try:
-        message = channel.recv()
-    except EOFError:  # the trainer closed the pipe: stop quietly
-        return
-    target: Callable[[dict[str, Any]], dict[str, Any]] = message["target"]
-    answer: tuple[str, Any]
-    try:
-        answer = ("ok", target(message["spec"]))
-    except BaseException as exc:  # everything crosses back as a message
-        answer = ("error", f"{type(exc).__name__}: {exc}")
-    channel.send(answer)
-    channel.close()
-    sys.stdout.flush()
+    module, _, warm = preload.partition(":")
+    loaded = importlib.import_module(module)
+    if warm:
+        getattr(loaded, warm)()
+    while True:  # jobs one after another, until the trainer closes the pipe
+        try:
+            message = channel.recv()
+        except EOFError:  # the trainer closed the pipe: stop quietly
+            return
+        target: Callable[[dict[str, Any]], dict[str, Any]] = message["target"]
+        answer: tuple[str, Any]
+        try:
+            answer = ("ok", target(message["spec"]))
+        except BaseException as exc:  # everything crosses back as a message
+            answer = ("error", f"{type(exc).__name__}: {exc}")
+        channel.send(answer)
+        sys.stdout.flush()
 
 
 class WorkerProcess:
-    """A started (warm) worker process waiting for the one job it will run."""
+    """A started (warm) worker process waiting for the jobs it will run, one at a time."""
 
     def __init__(self, preload: str) -> None:
         self._channel, child = _CONTEXT.Pipe(duplex=True)
@@ -83,6 +94,10 @@ class WorkerProcess:
         self.process.start()
         child.close()
         self.killed = False
+        self.jobs = 0
+        """Jobs handed to this process so far."""
+        self.clean = True
+        """Every job so far answered normally: the process may take another."""
 
     @property
     def pid(self) -> int:
@@ -94,6 +109,8 @@ class WorkerProcess:
 
     async def run(self, target: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
         """Run ``target(spec)`` in this process; raise JobFailed or WorkerLost. Cancelling kills the process."""
+        self.jobs += 1
+        self.clean = False  # until the answer is in
         try:
             self._channel.send({"target": target, "spec": spec})
             answer = await asyncio.to_thread(self._answer)
@@ -102,11 +119,10 @@ class WorkerProcess:
         except asyncio.CancelledError:
             self.kill()
             raise
-        finally:
-            self._reap_later()
         status, payload = answer
         if status != "ok":
             raise JobFailed(str(payload))
+        self.clean = True
         result: dict[str, Any] = payload
         return result
 
@@ -120,6 +136,9 @@ class WorkerProcess:
         how = "killed" if self.killed else f"exit code {self.process.exitcode}"
         raise WorkerLost(f"worker {self.pid} ended without an answer ({how})")
 
+    def reusable(self, max_jobs: int) -> bool:
+        return self.clean and not self.killed and self.jobs < max_jobs and self.alive()
+
     def kill(self) -> None:
         """Stop the worker and every process of its group at once (SIGKILL: a job needs no clean-up)."""
         self.killed = True
@@ -128,43 +147,74 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)  # before it had its own group
 
-    def _reap_later(self) -> None:
-        """Collect the exit status off the event loop so no zombie stays behind."""
-        asyncio.get_running_loop().run_in_executor(None, self._reap)
+    def retire(self) -> None:
+        """Let the worker go: closing its pipe ends it; its exit status is collected off the event loop."""
+        with contextlib.suppress(OSError):
+            self._channel.close()
+        threading.Thread(target=self._reap, name="trainer-worker-reaper", daemon=True).start()
 
     def _reap(self) -> None:
         self.process.join(30)
-        if self.process.exitcode is None:  # a worker that answered but hangs on exit
+        if self.process.exitcode is None:  # a worker that hangs on exit
             self.kill()
             self.process.join(5)
-        self._channel.close()
 
 
 class Workers:
-    """Hands out warm worker processes, one per job, and keeps one warm for the next."""
+    """Hands out warm worker processes, one job at a time each, and keeps warm ones for the next jobs.
 
-    def __init__(self, preload: str) -> None:
+    Up to ``max_idle`` workers wait between jobs: the one that just finished
+    (warm by construction) and a spare, so that when a running job is killed
+    for a more urgent one, that one still finds a warm worker: a new process
+    takes seconds to import, tens on a loaded machine.
+    """
+
+    def __init__(self, preload: str, max_jobs: int = 20, max_idle: int = 2) -> None:
         self.preload = preload
-        self._warm: WorkerProcess | None = None
+        self.max_jobs = max_jobs
+        """Jobs a worker runs before it is replaced (whatever a job leaves in memory stays bounded)."""
+        self.max_idle = max_idle
+        self._idle: list[WorkerProcess] = []
+        """Warm workers waiting, the most recently used last (the surest to have finished importing)."""
         self.running: dict[Any, WorkerProcess] = {}
         self.closed = False
 
-    def warm_up(self) -> None:
-        """Have a started worker waiting (called when idle, so warming never competes with a job)."""
-        if not self.closed and (self._warm is None or not self._warm.alive()):
-            self._warm = WorkerProcess(self.preload)
+    @property
+    def _warm(self) -> WorkerProcess | None:
+        """The worker the next job would get (None: it would start a new one)."""
+        self._idle = [w for w in self._idle if w.alive()]
+        return self._idle[-1] if self._idle else None
 
-    def take(self, key: Any) -> WorkerProcess:
-        """A worker for job ``key``: the warm one if it is healthy, else a new one."""
+    def warm_up(self) -> None:
+        """Have a started worker waiting (a new one only when none is)."""
+        if not self.closed and self._warm is None:
+            self._idle.append(WorkerProcess(self.preload))
+
+    def take(self, key: Any, *, spare: bool = False) -> WorkerProcess:
+        """A worker for job ``key``: a warm one if there is one, else a new one.
+
+        ``spare``: the job may be cancelled for a more urgent one (drift outranks
+        routine work), so a warm worker must stay ready for that job: one is
+        started beside it if none is left waiting.
+        """
         if self.closed:
             raise WorkerLost("the trainer is stopping")
-        worker = self._warm if self._warm is not None and self._warm.alive() else WorkerProcess(self.preload)
-        self._warm = None
+        worker = self._warm or WorkerProcess(self.preload)
+        if worker in self._idle:
+            self._idle.remove(worker)
         self.running[key] = worker
+        if spare:
+            self.warm_up()
         return worker
 
     def release(self, key: Any) -> None:
-        self.running.pop(key, None)
+        """Job ``key`` is over: its worker waits for the next job if it can, else it goes."""
+        worker = self.running.pop(key, None)
+        if worker is not None:
+            if not self.closed and worker.reusable(self.max_jobs) and len(self._idle) < self.max_idle:
+                self._idle.append(worker)
+            else:
+                worker.retire()
         self.warm_up()
 
     def kill(self, key: Any) -> bool:
@@ -176,12 +226,12 @@ class Workers:
         return True
 
     def close(self) -> None:
-        """Kill every worker (the warm one too) and wait for them: nothing outlives the trainer."""
+        """Kill every worker (the idle ones too) and wait for them: nothing outlives the trainer."""
         self.closed = True
-        workers = [*self.running.values(), *([self._warm] if self._warm else [])]
+        workers = [*self.running.values(), *self._idle]
         for worker in workers:
             worker.kill()
         for worker in workers:
             worker.process.join(5)
         self.running.clear()
-        self._warm = None
+        self._idle = []

@@ -240,6 +240,7 @@ def job_out(row: asyncpg.Record) -> dict[str, Any]:
         "training_rows": result.get("training_rows") if result else None,
         "holdout_rows": result.get("holdout_rows") if result else None,
         "search": result.get("search") if result else None,
+        "stages": result.get("stages") if result else None,
         "created_at": row["created_at"].isoformat(),
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
         "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,

@@ -6,9 +6,9 @@ waits for a job, and a graceful stop hands a running job back to the queue
 at once. A job cancelled in the database (drift outranks routine work) has
 its worker killed at once (NOTIFY ``cancel:<id>``, and the heartbeat finds
 out too), and its result is never registered: success is recorded only for
-a job still ``running``. Workers are separate processes (see
+a job still ``running``. Workers are separate, pre-warmed processes (see
 ``processes``) so a long search never starves the Kafka consumer's
-heartbeats.
+heartbeats, and a job starts without paying for imports.
 
 Before a result is published, its comparison is checked: if the champion
 changed while the job trained, the challenger is re-scored against the
@@ -44,6 +44,7 @@ from services.trainer.adapters import repository
 from services.trainer.adapters.processes import JobFailed, WorkerLost, Workers
 from services.trainer.adapters.rejudge import rejudge
 from services.trainer.adapters.worker import run_job
+from services.trainer.domain.policy import ROUTINE_TRIGGERS
 from services.trainer.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class JobRunner:
         self.rt = rt
         self.settings = settings
         self.code_version = code_version(settings)
-        self.workers = Workers(preload="services.trainer.adapters.worker")
+        self.workers = Workers(preload="services.trainer.adapters.worker:warm")
         self.replan = replan
         """Called with a model when its job ended: a kept alarm may act now."""
         # Only the trainer holds the private key: what it stores, it signs (libs/common/signing.py).
@@ -212,7 +213,8 @@ class JobRunner:
                     "SELECT champion_version, champion_artifact FROM models WHERE name = $1", job["model"]
                 )
                 spec = self._spec(job, champion)
-                result = await self._in_worker(job_id, run_job, spec)
+                # A routine job may be cancelled for drift: a spare warm worker then waits for the drift job.
+                result = await self._in_worker(job_id, run_job, spec, spare=job["trigger"] in ROUTINE_TRIGGERS)
                 log.info("training job trained", extra={"job_id": str(job_id), "model": job["model"]})
             except asyncio.CancelledError:
                 raise
@@ -231,14 +233,16 @@ class JobRunner:
         """Re-score a challenger and the current champion on the challenger's holdout, in a worker process."""
         return await self._in_worker(uuid.uuid4(), rejudge, {"artifacts_root": self.settings.artifacts.root, **spec})
 
-    async def _in_worker(self, job_id: uuid.UUID, target: Any, spec: dict[str, Any]) -> dict[str, Any]:
-        worker = self.workers.take(job_id)
+    async def _in_worker(
+        self, job_id: uuid.UUID, target: Any, spec: dict[str, Any], *, spare: bool = False
+    ) -> dict[str, Any]:
+        worker = self.workers.take(job_id, spare=spare)
         try:
             if job_id in self._running:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await repository.set_worker(self.rt.db, job_id, worker.pid)
             log.info("worker %d started on %s", worker.pid, job_id, extra={"job_id": str(job_id)})
-            return await worker.run(target, spec)
+            return await worker.run(target, {**spec, "sent_at": time.time()})
         finally:
             self.workers.release(job_id)
 
@@ -273,7 +277,7 @@ class JobRunner:
                 "cv_folds": s.cv_folds,
                 "holdout_fraction": s.holdout_fraction,
                 "max_rows": s.max_training_rows,
-                "time_budget_s": s.time_budget_s,
+                "time_budget_s": s.drift_time_budget_s if job["trigger"] == "drift" else s.time_budget_s,
                 "n_jobs": s.search_jobs,
                 "max_trees": s.max_trees,
                 # A drift job's rows start where the monitor's window did: leave out those before the change.
@@ -323,7 +327,12 @@ class JobRunner:
 
     async def _complete(self, job: asyncpg.Record, champion: asyncpg.Record | None, result: dict[str, Any]) -> str:
         compared = champion["champion_version"] if champion and result["champion_metrics"] else None
+        started = time.perf_counter()
         compared, rejudged = await self._rejudge(job, result, compared)
+        if rejudged is not None:
+            result.setdefault("stages", []).append(
+                {"stage": "rejudge", "seconds": round(time.perf_counter() - started, 3)}
+            )
         event = ModelTrained(
             producer="trainer",
             correlation_id=job["correlation_id"],

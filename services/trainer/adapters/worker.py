@@ -7,6 +7,9 @@ dicts (they cross a process boundary); all I/O is against the artifact store.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
@@ -21,6 +24,40 @@ from services.trainer.domain.export import export
 from services.trainer.domain.training import TrainingConfig, TrainingResult, train
 
 _PROVIDER: Any = None
+
+
+def warm() -> None:
+    """Import what a job will need before the job arrives (the warm worker calls it at start).
+
+    The ONNX exporter and runtime and the tracing SDK are imported lazily by
+    the code that uses them; in a cold process they cost seconds (tens under
+    load), which would otherwise sit between an alarm and the retrained model.
+    """
+    import onnxruntime  # noqa: F401
+    from opentelemetry.sdk import trace  # noqa: F401
+
+    from services.trainer.domain import onnx_converters
+
+    onnx_converters.register()  # imports skl2onnx and its converters
+
+
+class Stages:
+    """Wall seconds per step of a job, recorded with the job so the path to a served model can be read off."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str, **attributes: Any) -> Iterator[None]:
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span(name, attributes=attributes or None):
+            yield
+        self.seconds[name] = round(time.perf_counter() - started, 3)
+
+    def record(self) -> list[dict[str, Any]]:
+        """In the order they ran (a list: the job's JSON record keeps it)."""
+        return [{"stage": name, "seconds": seconds} for name, seconds in self.seconds.items()]
 
 
 def _tracer(endpoint: str | None) -> Any:
@@ -40,48 +77,57 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     """Train one job in the trace of the job that queued it; return what ``model.trained`` needs."""
     from opentelemetry import propagate
 
+    received = time.time()
     tracer = _tracer(spec.get("otlp_endpoint"))
+    stages = Stages(tracer)
+    # From the runner handing the job over to this process taking it: ~0 when the worker was warm.
+    stages.seconds["worker_wait"] = round(max(0.0, received - spec.get("sent_at", received)), 3)
     try:
         with tracer.start_as_current_span("train", context=propagate.extract(spec.get("trace", {}))) as span:
             span.set_attribute("driftloop.dataset", spec["manifest"]["uri"])
-            return _run(spec, tracer)
+            result = _run(spec, stages)
+            result["stages"] = stages.record()
+            return result
     finally:
         _PROVIDER.force_flush()
 
 
-def _run(spec: dict[str, Any], tracer: Any) -> dict[str, Any]:
+def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
     store = ArtifactStore(spec["artifacts_root"])
-    manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(spec["manifest"])))
-    since = datetime.fromisoformat(spec["since"]) if spec.get("since") else None
-    batches = manifest.since(since) if since else manifest.batches
-    if not batches:
-        raise ValueError(f"no batches of {manifest.dataset} v{manifest.version} since {since}")
-    frame = read_batches(store, batches).to_pandas()
-    schema = manifest.dataset_schema
-    champion = None
-    if spec.get("champion_artifact"):
-        champion = models.load(store, ArtifactRef.model_validate(spec["champion_artifact"]))
+    with stage("read"):
+        manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(spec["manifest"])))
+        since = datetime.fromisoformat(spec["since"]) if spec.get("since") else None
+        batches = manifest.since(since) if since else manifest.batches
+        if not batches:
+            raise ValueError(f"no batches of {manifest.dataset} v{manifest.version} since {since}")
+        frame = read_batches(store, batches).to_pandas()
+        schema = manifest.dataset_schema
+        champion = None
+        if spec.get("champion_artifact"):
+            champion = models.load(store, ArtifactRef.model_validate(spec["champion_artifact"]))
     config = TrainingConfig(**spec["config"])
-    with tracer.start_as_current_span("search and evaluate", attributes={"driftloop.rows": len(frame)}):
+    with stage("search and evaluate", **{"driftloop.rows": len(frame)}):
         result = train(schema, frame, config, champion)
-    kinds: dict[str, Literal["numeric", "categorical"]] = {
-        f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in schema.features
-    }
-    profile = build_profile(
-        {name: result.train_frame[name].to_numpy() for name in kinds},
-        kinds,
-        result.train_predictions,
-        prediction_kind="categorical" if schema.task is Task.CLASSIFICATION else "numeric",
-        metrics=result.metrics,
-        seed=config.seed,
-    )
-    model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
-    profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
-    with tracer.start_as_current_span("onnx export and parity"):
+    with stage("profile"):
+        kinds: dict[str, Literal["numeric", "categorical"]] = {
+            f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in schema.features
+        }
+        profile = build_profile(
+            {name: result.train_frame[name].to_numpy() for name in kinds},
+            kinds,
+            result.train_predictions,
+            prediction_kind="categorical" if schema.task is Task.CLASSIFICATION else "numeric",
+            metrics=result.metrics,
+            seed=config.seed,
+        )
+    with stage("store"):
+        model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
+        profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
+        # The holdout is the newest rows: kept so a stale comparison can be re-judged on the same rows.
+        holdout = frame.dropna(subset=[schema.target.name]).tail(result.holdout_rows)
+        holdout_ref = store.put(holdout_parquet(holdout), suffix=".holdout.parquet")
+    with stage("onnx export and parity"):
         onnx = export_onnx(store, schema, result)
-    # The holdout is the newest rows: kept so a stale comparison can be re-judged on the same rows.
-    holdout = frame.dropna(subset=[schema.target.name]).tail(result.holdout_rows)
-    holdout_ref = store.put(holdout_parquet(holdout), suffix=".holdout.parquet")
     return {
         "params": result.params,
         "metrics": result.metrics,
