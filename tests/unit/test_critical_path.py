@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from bench.critical_path import critical_path, render
 
@@ -13,13 +14,13 @@ def iso(offset: float) -> str:
     return datetime.fromtimestamp(T0 + offset, UTC).isoformat()
 
 
-JOBS = [
+JOBS: list[dict[str, Any]] = [
     {"id": "j1", "trigger": "new_data", "created_at": iso(-60), "started_at": iso(-59), "finished_at": iso(-50)},
     {"id": "j2", "trigger": "drift", "created_at": iso(1.5), "started_at": iso(1.6), "finished_at": iso(3.6),
      "stages": [{"stage": "worker_wait", "seconds": 0.1}, {"stage": "read", "seconds": 0.2},
                 {"stage": "search and evaluate", "seconds": 1.2}, {"stage": "store", "seconds": 0.2}]},
 ]  # fmt: skip
-VERSIONS = [
+VERSIONS: list[dict[str, Any]] = [
     {"version": 1, "created_at": iso(-49), "run": {"job_id": "j1"}},
     {"version": 2, "created_at": iso(3.8), "run": {"job_id": "j2"}},
 ]
