@@ -96,7 +96,8 @@ async def once(
 
     The way to write an idempotent handler: the event's effects (SQL through the
     service's repository, events through :func:`add`) take the connection, and
-    whatever they return comes back for the work after the commit.
+    whatever they return comes back for the work after the commit; effects whose
+    caller must tell a redelivery apart return something other than None.
     """
     async with pool.acquire() as conn, conn.transaction():
         if not await first_delivery(conn, consumer, event.event_id):

@@ -9,7 +9,9 @@ from fastapi import APIRouter, FastAPI
 from libs.common.auth import Role, require
 from libs.common.errors import NotFound
 from libs.common.service import Runtime
-from services.monitor.adapters.state import ModelMonitor, Monitors
+from services.monitor.adapters import repository
+from services.monitor.adapters.state import Monitors
+from services.monitor.domain.monitor import ModelMonitor
 
 
 def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
@@ -25,22 +27,10 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
         monitor = await monitors.load(rt.db, model, fresh=True)
         if monitor is None:
             raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
-        alarms = await rt.db.fetch(
-            "SELECT event_id, version, kinds, summary, at FROM alarms WHERE model = $1 ORDER BY id DESC LIMIT 20", model
-        )
         return {
             **_summary(monitor),
             "report": monitor.last_report.to_dict() if monitor.last_report else None,
-            "alarms": [
-                {
-                    "event_id": str(a["event_id"]),
-                    "version": a["version"],
-                    "kinds": list(a["kinds"]),
-                    "summary": a["summary"],
-                    "at": a["at"].isoformat(),
-                }
-                for a in alarms
-            ],
+            "alarms": await repository.recent_alarms(rt.db, model),
         }
 
     app.include_router(router)

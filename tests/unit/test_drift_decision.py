@@ -242,7 +242,7 @@ def test_reservoir_merge_is_proportional_to_what_each_part_saw() -> None:
 
 def test_sliding_monitor_judges_every_step(reference: ReferenceProfile) -> None:
     from libs.common.schema import DatasetSchema
-    from services.monitor.adapters.state import ModelMonitor
+    from services.monitor.domain.monitor import ModelMonitor
 
     features = [{"name": n, "dtype": "numeric"} for n in ("a", "b", "d")] + [{"name": "c", "dtype": "categorical"}]
     schema = DatasetSchema.model_validate(

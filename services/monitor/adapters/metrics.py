@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from services.monitor.adapters.state import ModelMonitor
 from services.monitor.domain.decision import Performance, WindowReport
+from services.monitor.domain.monitor import ModelMonitor
 
 
 class MonitorMetrics:

@@ -1,138 +1,19 @@
-"""The monitor's live state per model: reference, current window, labels, alarms.
+"""The monitor's live state: model → its :class:`ModelMonitor`.
 
 Windows live in memory (they refill within one window after a restart);
-references, predictions awaiting labels, reports and alarms live in PostgreSQL.
+references, predictions awaiting labels, reports and alarms live in PostgreSQL
+(:mod:`services.monitor.adapters.repository`).
 """
 
 from __future__ import annotations
 
-import json
-from collections import deque
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
-
-import asyncpg
-
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import ArtifactRef, Source, tally
+from libs.common.events import ArtifactRef
 from libs.common.profile import ReferenceProfile
-from libs.common.schema import DatasetSchema, Task
-from services.monitor.domain.decision import (
-    AlarmState,
-    DriftConfig,
-    Performance,
-    WindowReport,
-    classification_performance,
-    regression_performance,
-)
-from services.monitor.domain.windows import Window, merge_windows
-
-
-@dataclass
-class ModelMonitor:
-    model: str
-    version: int
-    profile: ReferenceProfile
-    schema: DatasetSchema
-    dataset: str | None
-    config: DriftConfig
-    window_size: int
-    label_window: int
-    sample_size: int
-    window_step: int = 0
-    """0: tumbling windows; otherwise a sliding window advancing by this many records."""
-    window: Window = field(init=False)
-    ring: deque[Window] = field(init=False)
-    labels: deque[float] = field(init=False)
-    label_sources: deque[tuple[str, bool] | None] = field(init=False)
-    """Who sent each label in ``labels`` (principal, trusted), in the same order; None when not recorded."""
-    alarms: AlarmState = field(default_factory=AlarmState)
-    last_report: WindowReport | None = None
-    causes: deque[Any] = field(default_factory=lambda: deque(maxlen=64))
-    """Span contexts of the predictions.logged messages behind the current windows."""
-    windows_evaluated: int = 0
-    labels_seen: int = 0
-
-    def __post_init__(self) -> None:
-        self.window = self._new_window()
-        self.labels = deque(maxlen=self.label_window)
-        self.label_sources = deque(maxlen=self.label_window)
-        steps = max(1, self.window_size // self.window_step) if self.window_step else 1
-        self.ring = deque(maxlen=steps)
-
-    def _new_window(self) -> Window:
-        return Window(self.profile, sample_size=self.sample_size, seed=self.windows_evaluated)
-
-    def observe(self, rows: list[dict[str, Any]], predictions: list[Any]) -> list[Window]:
-        """Add predictions; return the windows ready to be judged (usually none or one).
-
-        Tumbling: a window of ``window_size`` records, then a fresh one.
-        Sliding: sub-windows of ``window_step`` records; each time one fills, the
-        last ``window_size / window_step`` of them are merged and judged.
-        """
-        step = self.window_step or self.window_size
-        ready = []
-        start = 0
-        while start < len(rows):
-            room = step - self.window.records
-            chunk = slice(start, start + room)
-            self.window.add(rows[chunk], predictions[chunk])
-            start += room
-            if self.window.records >= step:
-                self.ring.append(self.window)
-                self.window = self._new_window()
-                if sum(w.records for w in self.ring) >= self.window_size:
-                    self.windows_evaluated += 1
-                    ready.append(
-                        self.ring[0] if len(self.ring) == 1 else merge_windows(list(self.ring), self.windows_evaluated)
-                    )
-                    if not self.window_step:
-                        self.ring.clear()
-        return ready
-
-    def score(self, matched: list[tuple[int, Any, Any]], source: tuple[str, bool] | None = None) -> Performance | None:
-        """Feed (version, prediction, label) matches sent by ``source`` to the live metric;
-        labels of other versions are ignored."""
-        self.observe_labels([
-            outcome
-            for version, prediction, label in matched
-            if version == self.version and (outcome := self.outcome(prediction, label)) is not None
-        ], source)  # fmt: skip
-        return self.performance()
-
-    def observe_labels(self, outcomes: list[float], source: tuple[str, bool] | None = None) -> None:
-        """1/0 correctness (classification) or squared errors (regression)."""
-        self.labels.extend(outcomes)
-        self.label_sources.extend([source] * len(outcomes))
-        self.labels_seen += len(outcomes)
-
-    def label_provenance(self) -> list[Source] | None:
-        """Who sent the labels the live metric is computed over (None when no label's sender was recorded)."""
-        known = [s for s in self.label_sources if s is not None]
-        if not known:
-            return None
-        return tally((principal, trusted, 1) for principal, trusted in known)
-
-    def performance(self) -> Performance | None:
-        n = len(self.labels)
-        if self.schema.task is Task.CLASSIFICATION:
-            holdout = self.profile.metrics.get("accuracy")
-            if holdout is None:
-                return None
-            return classification_performance(int(sum(self.labels)), n, holdout, self.config)
-        holdout_rmse = self.profile.metrics.get("rmse")
-        if holdout_rmse is None:
-            return None
-        return regression_performance(list(self.labels), holdout_rmse, self.config)
-
-    def outcome(self, prediction: Any, label: Any) -> float | None:
-        if self.schema.task is Task.CLASSIFICATION:
-            return 1.0 if str(prediction) == str(label) else 0.0
-        try:
-            return (float(prediction) - float(label)) ** 2
-        except (TypeError, ValueError):
-            return None
+from libs.common.schema import DatasetSchema
+from services.monitor.adapters import repository
+from services.monitor.domain.decision import DriftConfig
+from services.monitor.domain.monitor import ModelMonitor
 
 
 class Monitors:
@@ -175,7 +56,7 @@ class Monitors:
         return monitor
 
     async def load(
-        self, conn: asyncpg.Connection | asyncpg.Pool, model: str, *, version: int | None = None, fresh: bool = False
+        self, conn: repository.Conn, model: str, *, version: int | None = None, fresh: bool = False
     ) -> ModelMonitor | None:
         """The monitor of ``model``: from memory when it is there and monitors ``version``
         (any version when None), else from the reference table (another replica may have
@@ -183,24 +64,9 @@ class Monitors:
         monitor = self._by_model.get(model)
         if monitor is not None and not fresh and version in (None, monitor.version):
             return monitor
-        row = await conn.fetchrow(
-            "SELECT r.version, r.dataset, r.profile, r.schema FROM monitored m JOIN reference_profiles r "
-            "ON r.model = m.model AND r.version = m.version WHERE m.model = $1",
-            model,
-        )
-        if row is None:
+        reference = await repository.monitored_reference(conn, model)
+        if reference is None:
             return monitor
-        if monitor is not None and monitor.version == row["version"]:
+        if monitor is not None and monitor.version == reference.version:
             return monitor
-        return self.activate(
-            model, row["version"], ArtifactRef.model_validate_json(row["profile"]),
-            DatasetSchema.model_validate_json(row["schema"]), row["dataset"],
-        )  # fmt: skip
-
-
-def report_json(report: WindowReport) -> str:
-    return json.dumps(report.to_dict(), default=str)
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
+        return self.activate(model, reference.version, reference.profile, reference.schema, reference.dataset)

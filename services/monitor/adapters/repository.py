@@ -1,0 +1,154 @@
+"""PostgreSQL access of the monitor: references, predictions awaiting labels, reports and alarms."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import asyncpg
+
+from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, PredictionsLogged
+from libs.common.schema import DatasetSchema
+from services.monitor.domain.decision import WindowReport
+
+Conn: TypeAlias = asyncpg.Connection | asyncpg.Pool
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """The version a model is monitored at, with what its monitor is built from."""
+
+    version: int
+    dataset: str | None
+    profile: ArtifactRef
+    schema: DatasetSchema
+
+
+@dataclass(frozen=True, slots=True)
+class EarlyLabel:
+    """A label that arrived before its prediction, now matched."""
+
+    request_id: str
+    label: Any
+    source: tuple[str, bool] | None
+
+
+async def monitored_reference(conn: Conn, model: str) -> Reference | None:
+    """The reference of the version ``model`` is monitored at, or None before its first promotion."""
+    row = await conn.fetchrow(
+        "SELECT r.version, r.dataset, r.profile, r.schema FROM monitored m JOIN reference_profiles r "
+        "ON r.model = m.model AND r.version = m.version WHERE m.model = $1",
+        model,
+    )
+    if row is None:
+        return None
+    return Reference(
+        row["version"], row["dataset"], ArtifactRef.model_validate_json(row["profile"]),
+        DatasetSchema.model_validate_json(row["schema"]),
+    )  # fmt: skip
+
+
+async def monitor_version(conn: asyncpg.Connection, event: ModelPromoted) -> int:
+    """Store the promoted version's reference and make it the monitored version; return that version."""
+    await conn.execute(
+        "INSERT INTO reference_profiles (model, version, dataset, profile, schema, metrics) "
+        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (model, version) DO NOTHING",
+        event.model, event.version, event.dataset, event.profile.model_dump_json(),
+        event.dataset_schema.model_dump_json(), json.dumps(event.metrics),
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO monitored (model, version) VALUES ($1, $2) "
+        "ON CONFLICT (model) DO UPDATE SET version = $2, updated_at = now()",
+        event.model, event.version,
+    )  # fmt: skip
+    return event.version
+
+
+async def label_predictions(conn: asyncpg.Connection, model: str, request_ids: list[str]) -> list[asyncpg.Record]:
+    """Mark the unlabelled predictions among ``request_ids`` labelled; their request_id, version, prediction."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "UPDATE predictions SET labelled = true WHERE request_id = ANY($1::text[]) AND model = $2 "
+        "AND NOT labelled RETURNING request_id, version, prediction",
+        request_ids, model,
+    )  # fmt: skip
+    return rows
+
+
+async def park_labels(
+    conn: asyncpg.Connection, event: LabelsArrived, request_ids: list[str], labels: dict[str, Any]
+) -> list[str]:
+    """Park labels whose prediction has not arrived yet; return those parked (not repeats)."""
+    labelled = await conn.fetch(
+        "SELECT request_id FROM predictions WHERE request_id = ANY($1::text[]) AND model = $2 AND labelled",
+        request_ids, event.model,
+    )  # fmt: skip
+    done = {r["request_id"] for r in labelled}
+    fresh = [rid for rid in request_ids if rid not in done]
+    if not fresh:
+        return []
+    parked = await conn.fetch(
+        "INSERT INTO pending_labels (request_id, model, label, principal, trusted) SELECT r, $2, l, $4, $5 "
+        "FROM unnest($1::text[], $3::jsonb[]) AS u (r, l) ON CONFLICT DO NOTHING RETURNING request_id",
+        fresh, event.model, [json.dumps(labels[rid]) for rid in fresh], event.principal, event.trusted,
+    )  # fmt: skip
+    return [r["request_id"] for r in parked]
+
+
+async def forget_parked_labels(conn: asyncpg.Connection, older_than_s: float) -> None:
+    """Drop parked labels whose prediction never arrived."""
+    await conn.execute("DELETE FROM pending_labels WHERE at < now() - make_interval(secs => $1)", older_than_s)
+
+
+async def store_predictions(conn: asyncpg.Connection, event: PredictionsLogged) -> list[EarlyLabel]:
+    """Keep the predictions for label matching; return the parked labels they answer (now matched)."""
+    await conn.copy_records_to_table(
+        "predictions",
+        columns=["request_id", "model", "version", "prediction", "at"],
+        records=[(r.request_id, event.model, event.version, json.dumps(r.prediction), r.at) for r in event.records],
+    )
+    early = await conn.fetch(
+        "DELETE FROM pending_labels WHERE request_id = ANY($1::text[]) AND model = $2 "
+        "RETURNING request_id, label, principal, trusted",
+        [r.request_id for r in event.records], event.model,
+    )  # fmt: skip
+    if early:
+        await conn.execute(
+            "UPDATE predictions SET labelled = true WHERE request_id = ANY($1::text[])",
+            [r["request_id"] for r in early],
+        )
+    return [EarlyLabel(r["request_id"], json.loads(r["label"]), _source(r)) for r in early]
+
+
+def _source(row: asyncpg.Record) -> tuple[str, bool] | None:
+    """Who sent a parked label (principal, trusted); None when not recorded."""
+    return (row["principal"], bool(row["trusted"])) if row["principal"] is not None else None
+
+
+async def store_report(conn: asyncpg.Connection, model: str, version: int, report: WindowReport) -> None:
+    await conn.execute(
+        "INSERT INTO reports (model, version, flagged, report) VALUES ($1, $2, $3, $4)",
+        model, version, report.flagged, json.dumps(report.to_dict(), default=str),
+    )  # fmt: skip
+
+
+async def store_alarm(
+    conn: asyncpg.Connection, model: str, version: int, event_id: Any, kinds: list[str], summary: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO alarms (model, version, event_id, kinds, summary) VALUES ($1, $2, $3, $4, $5)",
+        model, version, event_id, kinds, summary,
+    )  # fmt: skip
+
+
+async def recent_alarms(conn: Conn, model: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest alarms of ``model``, newest first."""
+    rows = await conn.fetch(
+        "SELECT event_id, version, kinds, summary, at FROM alarms WHERE model = $1 ORDER BY id DESC LIMIT $2",
+        model, limit,
+    )  # fmt: skip
+    return [
+        {"event_id": str(a["event_id"]), "version": a["version"], "kinds": list(a["kinds"]), "summary": a["summary"],
+         "at": a["at"].isoformat()}
+        for a in rows
+    ]  # fmt: skip
