@@ -94,7 +94,8 @@ class SubmissionOut(BaseModel):
 
 
 def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
-    limit = RateLimit("records", settings.records_rate_per_s, settings.records_burst)
+    limit = RateLimit("records", settings.records_rate_per_s, settings.records_burst,
+                      shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
     router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
     @router.put(
@@ -145,7 +146,7 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
         schema = await repository.get_schema(rt.db, dataset)
         # parsed and validated on a worker thread (pyarrow and orjson release the GIL for the bulk of it)
         parsed, result = await off_loop(len(body), _read, body, content_type, encoding, schema, settings)
-        limit.charge(principal.name, parsed.count)  # every row costs, accepted or not
+        await limit.charge(principal.name, parsed.count)  # every row costs, accepted or not
         if mode == "strict" and result.rejected:
             first = result.rejected[0]
             raise ValidationFailed(

@@ -98,7 +98,8 @@ def mount(
         ["model", "reason"], registry=registry,
     )  # fmt: skip
     predictor = Predictor(latency, predictions, plog, ids)
-    limit = RateLimit("feedback", settings.feedback_rate_per_s, settings.feedback_burst)
+    limit = RateLimit("feedback", settings.feedback_rate_per_s, settings.feedback_burst,
+                      shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
 
     def serving(model: str) -> LoadedModel:
         loaded = table.get(model)
@@ -138,7 +139,7 @@ def mount(
     ) -> dict[str, Any]:
         """Labels are accepted only for request ids this service issued for ``model``; the others are
         refused (listed in the answer, counted in ``driftloop_feedback_refused_total``) and never scored."""
-        limit.charge(principal.name, len(body.labels))
+        await limit.charge(principal.name, len(body.labels))
         target = serving(body.model).schema.target
         for index, item in enumerate(body.labels):  # one bad label refuses the request, never the batch downstream
             try:

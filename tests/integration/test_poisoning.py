@@ -284,5 +284,22 @@ async def test_records_and_feedback_are_rate_limited_per_principal(isolated: Iso
         assert limited.headers["Retry-After"] in ("4", "5")
 
 
+async def test_replicas_share_a_principals_rate_limit(isolated: Isolation) -> None:
+    """Two ingest replicas: what mallory spent on one is gone on the other (the buckets are in PostgreSQL)."""
+    settings = isolated.settings(IngestSettings, records_rate_per_s=0.5, records_burst=100)
+    (one, _), (two, _) = create_ingest(settings), create_ingest(settings)
+    rows = ChurnStream(seed=7).batch(60)
+    async with serve(one) as first, serve(two) as second:
+        assert (await first.put("/v1/datasets/churn", json=SCHEMA)).status_code in (200, 201)
+        mallory = await bearer(one, Role.PRODUCER, principal="mallory")
+        assert (await first.post("/v1/datasets/churn/records", json=rows, headers=mallory)).status_code == 200
+        over = await second.post("/v1/datasets/churn/records", json=rows, headers=mallory)
+        assert over.status_code == 429  # the second replica's own memory had a full bucket
+        assert over.json()["details"]["principal"] == "mallory"
+        assert 30 <= over.json()["details"]["retry_after_s"] <= 40  # 20 rows short at 0.5 rows/s
+        upstream = await bearer(two, Role.PRODUCER, principal="upstream")
+        assert (await second.post("/v1/datasets/churn/records", json=rows, headers=upstream)).status_code == 200
+
+
 async def _served(client: Any) -> bool:
     return bool((await client.get("/v1/models/churn")).status_code == 200)

@@ -68,16 +68,16 @@ def test_rate_and_burst_must_be_positive() -> None:
         TokenBuckets(rate=0, burst=10)
 
 
-def test_a_principal_over_its_rate_gets_429_with_retry_after() -> None:
+async def test_a_principal_over_its_rate_gets_429_with_retry_after() -> None:
     clock = Clock()
     limit = RateLimit("feedback", rate=10, burst=50, clock=clock)
-    limit.charge("mallory", 50)
+    await limit.charge("mallory", 50)
     with pytest.raises(TooManyRequests) as caught:
-        limit.charge("mallory", 25)
+        await limit.charge("mallory", 25)
     error = caught.value
     assert error.status_code == 429
     assert error.headers == {"Retry-After": "3"}  # 2.5 s, rounded up
     assert error.to_dict()["error"] == "rate_limited"
     assert error.to_dict()["details"] == {"retry_after_s": 2.5, "principal": "mallory"}
     assert "mallory is over its feedback rate (10/s, burst 50)" in error.message
-    limit.charge("upstream", 50)  # another principal is not affected
+    await limit.charge("upstream", 50)  # another principal is not affected
