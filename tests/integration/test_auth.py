@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -218,3 +221,25 @@ async def test_up_writes_an_admin_token_readable_by_its_owner_only(
         assert await tokens.ensure_admin_token(db_settings, tmp_path) != token  # replaced once revoked
     finally:
         await authenticator.stop()
+
+
+async def test_the_first_token_can_be_issued_inside_a_service_container(db_settings: DatabaseSettings) -> None:
+    """The image has no driftloop CLI: ``python -m libs.common.first_token`` issues the first admin token."""
+    env = {**os.environ, "DRIFTLOOP_DATABASE_URL": db_settings.url}
+    command = [sys.executable, "-m", "libs.common.first_token", "--name", "ops", "--role", "admin"]
+    made = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("dl_")
+    authenticator = Authenticator(AuthSettings())
+    await authenticator.start(db_settings)
+    try:
+        principal = await authenticator.verify(token)
+        assert principal.name == "ops"
+        assert principal.can(Role.ADMIN)
+    finally:
+        await authenticator.stop()
+    bad = await asyncio.to_thread(subprocess.run, [*command[:-1], "root"], env=env, capture_output=True, text=True,
+                                  timeout=120)  # fmt: skip
+    assert bad.returncode == 2
+    assert "unknown role 'root'" in bad.stderr
