@@ -10,9 +10,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import asyncpg
+
 from libs.common import outbox
-from libs.common.events import DriftDetected, Event
-from libs.common.kafka import Delivery, Handler
+from libs.common.events import DriftDetected
+from libs.common.kafka import Delivery, EventHandler
 from libs.common.service import Runtime
 from libs.common.telemetry import inject_context
 from services.trainer.adapters import repository
@@ -24,28 +26,28 @@ log = logging.getLogger(__name__)
 CONSUMER = "trainer.drift-detected"
 
 
-def handler(rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None]) -> Handler:
-    async def handle(event: Event, delivery: Delivery) -> None:
+def handler(rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None]) -> EventHandler[DriftDetected]:
+    async def handle(event: DriftDetected, delivery: Delivery) -> None:
         """Mark the model as drifted (unless in cool-down) and queue a job once enough fresh rows exist."""
-        assert isinstance(event, DriftDetected)
-        dataset = event.dataset or dataset_for(settings, event.model)
-        job_id = None
-        async with rt.db.acquire() as conn, conn.transaction():
-            if not await outbox.first_delivery(conn, CONSUMER, event.event_id):
-                return
-            view, _ = await model_view(conn, rt.store, event.model, dataset)
-            verdict, why = accept_drift(view, event.version)
-            log.info("drift report for %s v%d: %s", event.model, event.version, why, extra={"summary": event.summary})
-            if verdict is DriftVerdict.IGNORE:
-                return
-            since = event.window_started_at or event.occurred_at
-            await repository.mark_drift(conn, event.model, since, event.event_id, inject_context(), event.version)
-            decision, job_id = await plan(
-                conn, rt.store, settings, model=event.model, dataset=dataset,
-                trigger_event_id=event.event_id, correlation_id=event.correlation_id,
-            )  # fmt: skip
-            log.info("retrain policy after drift: %s", decision.reason, extra={"model": event.model})
-        if job_id is not None:
+        if await outbox.once(rt.db, CONSUMER, event, lambda conn: _keep_alarm(conn, rt, settings, event)):
             on_queued()
 
     return handle
+
+
+async def _keep_alarm(conn: asyncpg.Connection, rt: Runtime, settings: TrainerSettings, event: DriftDetected) -> bool:
+    """Mark the drift unless the policy ignores the alarm, then plan; whether a job was queued."""
+    dataset = event.dataset or dataset_for(settings, event.model)
+    view, _ = await model_view(conn, rt.store, event.model, dataset)
+    verdict, why = accept_drift(view, event.version)
+    log.info("drift report for %s v%d: %s", event.model, event.version, why, extra={"summary": event.summary})
+    if verdict is DriftVerdict.IGNORE:
+        return False
+    since = event.window_started_at or event.occurred_at
+    await repository.mark_drift(conn, event.model, since, event.event_id, inject_context(), event.version)
+    decision, job_id = await plan(
+        conn, rt.store, settings, model=event.model, dataset=dataset,
+        trigger_event_id=event.event_id, correlation_id=event.correlation_id,
+    )  # fmt: skip
+    log.info("retrain policy after drift: %s", decision.reason, extra={"model": event.model})
+    return job_id is not None

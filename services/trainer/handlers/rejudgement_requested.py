@@ -7,9 +7,11 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
+
 from libs.common import outbox
-from libs.common.events import Event, ModelRejudged, Rejudgement, RejudgementRequested
-from libs.common.kafka import Delivery, Handler
+from libs.common.events import ModelRejudged, Rejudgement, RejudgementRequested
+from libs.common.kafka import Delivery, EventHandler
 from libs.common.service import Runtime
 from services.trainer.adapters import repository
 
@@ -19,14 +21,13 @@ CONSUMER = "trainer.rejudgement-requested"
 Rescore = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-def handler(rt: Runtime, rescore: Rescore) -> Handler:
-    async def handle(event: Event, delivery: Delivery) -> None:
+def handler(rt: Runtime, rescore: Rescore) -> EventHandler[RejudgementRequested]:
+    async def handle(event: RejudgementRequested, delivery: Delivery) -> None:
         """Score the version and the champion the trainer knows now on the version's holdout; answer model.rejudged.
 
         The scoring runs in a worker process before the transaction: a
         redelivery may score twice, but only one answer is recorded.
         """
-        assert isinstance(event, RejudgementRequested)
         champion = await repository.model_row(rt.db, event.model)
         if champion is None or champion["champion_artifact"] is None:
             log.warning("re-judgement of %s v%d: the trainer knows no champion", event.model, event.version)
@@ -50,10 +51,13 @@ def handler(rt: Runtime, rescore: Rescore) -> Handler:
                 metrics=scores["metrics"],
             ),
         )
-        async with rt.db.acquire() as conn, conn.transaction():
-            if not await outbox.first_delivery(conn, CONSUMER, event.event_id):
-                return
-            await outbox.add(conn, answer)
+        if await outbox.once(rt.db, CONSUMER, event, lambda conn: _answer(conn, answer)) is None:
+            return
         log.info("re-judged %s v%d against v%s", event.model, event.version, champion["champion_version"])
 
     return handle
+
+
+async def _answer(conn: asyncpg.Connection, answer: ModelRejudged) -> ModelRejudged:
+    await outbox.add(conn, answer)
+    return answer
