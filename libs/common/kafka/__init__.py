@@ -14,7 +14,7 @@ Handlers must be idempotent: :func:`libs.common.outbox.once` applies an event's 
 
 from libs.common.kafka.admin import ensure_topics
 from libs.common.kafka.batch import MicroBatchConsumer, rewind_offsets
-from libs.common.kafka.broker import METADATA_MAX_AGE_MS, create_broker, start_with_retry
+from libs.common.kafka.broker import METADATA_MAX_AGE_MS, connect_with_retry, create_broker, start_with_retry
 from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead_letter
 from libs.common.kafka.delivery import BatchHandler, Delivery, EventHandler, Handler, Route
 from libs.common.kafka.lag import LagExporter, LagRow, consumer_lag
@@ -34,6 +34,7 @@ __all__ = [
     "LagRow",
     "MicroBatchConsumer",
     "Route",
+    "connect_with_retry",
     "consumer_lag",
     "create_broker",
     "dead_letter",

@@ -8,12 +8,12 @@ import time
 from collections.abc import Iterable
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 
 from libs.common import topics
 from libs.common.errors import TransientError
+from libs.common.kafka.broker import connect_with_retry
 from libs.common.kafka_security import client_options
-from libs.common.retry import retry_with_backoff
 from libs.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,7 @@ async def ensure_topics(settings: KafkaSettings, specs: Iterable[topics.TopicSpe
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap, client_id=f"{settings.client_id}-admin", **client_options(settings)
     )
-    await retry_with_backoff(
-        admin.start,
-        name="Kafka",
-        where=settings.bootstrap,
-        timeout_s=settings.connect_timeout_s,
-        errors=(KafkaConnectionError, OSError),
-        cleanup=admin.close,
-    )
+    await connect_with_retry(admin.start, admin.close, settings)
     try:
         existing = set(await admin.list_topics())
         created: list[str] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaConnectionError
 from faststream.kafka import KafkaBroker
@@ -51,11 +52,19 @@ def create_broker(settings: KafkaSettings, telemetry: Telemetry, *, graceful_tim
 
 async def start_with_retry(broker: KafkaBroker, settings: KafkaSettings) -> None:
     """Start ``broker``, retrying an unreachable cluster with backoff and one log line a try."""
+    await connect_with_retry(broker.start, broker.stop, settings)
+
+
+async def connect_with_retry(
+    start: Callable[[], Awaitable[object]], stop: Callable[[], Awaitable[object]], settings: KafkaSettings
+) -> None:
+    """Start a Kafka client (``start``), retrying an unreachable cluster until ``settings.connect_timeout_s``;
+    ``stop`` cleans up after a failed try."""
     await retry_with_backoff(
-        broker.start,
+        start,
         name="Kafka",
         where=settings.bootstrap,
         timeout_s=settings.connect_timeout_s,
         errors=(KafkaConnectionError, OSError),
-        cleanup=broker.stop,
+        cleanup=stop,
     )
