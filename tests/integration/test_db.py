@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -80,15 +82,18 @@ async def test_kafka_down_at_start_retries_with_backoff_then_says_so(caplog: pyt
     assert any("retrying in" in r.getMessage() for r in caplog.records)
 
 
-async def test_database_that_comes_up_late_is_joined(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_database_that_comes_up_late_is_joined(caplog: pytest.LogCaptureFixture) -> None:
     """Start-up outlasts a database that is still starting: retries, then connects."""
+    # Not under pytest's basetemp: another pytest session starting meanwhile chmods it to 0700,
+    # and the server, which runs as another user, loses its data directory (as in conftest's stack).
+    home = Path(tempfile.mkdtemp(prefix="driftloop-late-db-"))
     port = free_port()
     settings = DatabaseSettings(url=f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout_s=60)
     with caplog.at_level(logging.WARNING):
         connecting = asyncio.create_task(connect_with_retry(settings, "late_join"))
         await asyncio.sleep(1.0)
         assert not connecting.done()  # nothing listens yet: still retrying
-        server = EmbeddedPostgres(tmp_path / "pgdata", port=port, durable=False)
+        server = EmbeddedPostgres(home / "pgdata", port=port, durable=False)
         await asyncio.to_thread(server.start)
         try:
             pool = await asyncio.wait_for(connecting, 30)
@@ -96,6 +101,7 @@ async def test_database_that_comes_up_late_is_joined(tmp_path: Path, caplog: pyt
             await pool.close()
         finally:
             await asyncio.to_thread(server.stop)
+            shutil.rmtree(home, ignore_errors=True)
     assert any("retrying in" in r.getMessage() for r in caplog.records)
 
 
