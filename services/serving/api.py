@@ -10,7 +10,7 @@ orjson, and handed to the prediction log, which builds its records later.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -55,18 +55,46 @@ class FeedbackRequest(BaseModel):
 
 @dataclass
 class Predictor:
-    """Inference, metrics, trace attributes and the prediction log: what every predict route shares."""
+    """Inference, metrics, trace attributes and the prediction log: what every predict route shares,
+    whether FastAPI or the hot path (``services/serving/hotpath.py``) answers it."""
 
     latency: Histogram
     predictions: Counter
     plog: PredictionLog
     ids: RequestIds
     """Mints the request ids (tagged for the model, so feedback can prove serving issued them)."""
+    table: ModelTable
+    max_instances: int
+    _children: dict[tuple[str, int], tuple[Histogram, Counter]] = field(default_factory=dict)
+
+    def serving(self, model: str) -> LoadedModel:
+        loaded = self.table.get(model)
+        if loaded is None:
+            raise NotFound(f"model {model!r} is not served (no champion loaded)", model=model)
+        return loaded
+
+    async def answer_v1(self, model: str, document: Any) -> bytes:
+        """The JSON answer of ``POST /v1/models/{model}/predict`` for the parsed body ``document``."""
+        loaded = self.serving(model)  # taken once: a swap during this request does not affect it
+        instances = parse_instances(document, self.max_instances)
+        try:
+            columns = loaded.compiled.from_instances(instances)
+        except InvalidInstance as exc:
+            raise ValidationFailed(str(exc), row=exc.index, field=exc.field) from None
+        request_ids, inference = await self.predict(model, loaded, columns)
+        labels = plain_list(inference.labels)
+        probabilities = probability_dicts(inference.probabilities, loaded.classes, columns.rows)
+        results = [
+            {"request_id": i, "prediction": label, "probabilities": p}
+            for i, label, p in zip(request_ids, labels, probabilities, strict=True)
+        ]
+        return orjson.dumps({"model": model, "version": loaded.version, "predictions": results})
 
     async def predict(self, model: str, loaded: LoadedModel, columns: Columns) -> tuple[list[str], Inference]:
         started = time.perf_counter()
         inference = await loaded.batcher.submit(columns)
-        self.latency.labels(model).observe(time.perf_counter() - started)
+        latency, predictions = self._metrics(model, loaded.version)
+        latency.observe(time.perf_counter() - started)
         request_ids = self.ids.mint_many(model, columns.rows)
         span = trace.get_current_span()
         if span.is_recording():
@@ -75,12 +103,23 @@ class Predictor:
             span.set_attribute("driftloop.request_ids", request_ids)
         served = Served(request_ids, columns, inference, loaded.classes, loaded.compiled.features, datetime.now(UTC))
         self.plog.add(model, loaded.version, served, span.get_span_context())
-        self.predictions.labels(model, str(loaded.version)).inc(columns.rows)
+        predictions.inc(columns.rows)
         return request_ids, inference
+
+    def _metrics(self, model: str, version: int) -> tuple[Histogram, Counter]:
+        # A label lookup takes a lock and hashes its values: done once per version, not per request.
+        key = (model, version)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = (self.latency.labels(model), self.predictions.labels(model, str(version)))
+        return found
+
+
+JSON = "application/json"
 
 
 def json_response(payload: Any, status_code: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status_code, media_type="application/json")
+    return Response(orjson.dumps(payload), status_code=status_code, media_type=JSON)
 
 
 def mount(
@@ -97,15 +136,10 @@ def mount(
         "driftloop_feedback_refused_total", "Feedback labels refused at the API (never scored), by reason.",
         ["model", "reason"], registry=registry,
     )  # fmt: skip
-    predictor = Predictor(latency, predictions, plog, ids)
+    predictor = Predictor(latency, predictions, plog, ids, table, settings.max_instances)
     limit = RateLimit("feedback", settings.feedback_rate_per_s, settings.feedback_burst,
                       shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
-
-    def serving(model: str) -> LoadedModel:
-        loaded = table.get(model)
-        if loaded is None:
-            raise NotFound(f"model {model!r} is not served (no champion loaded)", model=model)
-        return loaded
+    serving = predictor.serving
 
     @router.post(
         "/v1/models/{model}/predict", summary="Predict for a batch of instances", response_class=Response,
@@ -114,20 +148,7 @@ def mount(
         dependencies=[require(Role.PREDICTOR)],
     )  # fmt: skip
     async def predict(model: str, request: Request) -> Response:
-        loaded = serving(model)  # taken once: a swap during this request does not affect it
-        instances = parse_instances(await request_json(request), settings.max_instances)
-        try:
-            columns = loaded.compiled.from_instances(instances)
-        except InvalidInstance as exc:
-            raise ValidationFailed(str(exc), row=exc.index, field=exc.field) from None
-        request_ids, inference = await predictor.predict(model, loaded, columns)
-        labels = plain_list(inference.labels)
-        probabilities = probability_dicts(inference.probabilities, loaded.classes, columns.rows)
-        results = [
-            {"request_id": i, "prediction": label, "probabilities": p}
-            for i, label, p in zip(request_ids, labels, probabilities, strict=True)
-        ]
-        return json_response({"model": model, "version": loaded.version, "predictions": results})
+        return Response(await predictor.answer_v1(model, await request_json(request)), media_type=JSON)
 
     feedback_keys = RecentKeys()
 

@@ -14,16 +14,16 @@ from __future__ import annotations
 from importlib import metadata as package_metadata
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
 
 from libs.common import jsonbody
 from libs.common.auth import Role, require
 from libs.common.service import Runtime
-from services.serving.api import Predictor, json_response, request_json
+from services.serving.api import JSON, Predictor, json_response, request_json
 from services.serving.domain import v2
 from services.serving.domain.features import InvalidInstance
 from services.serving.domain.models import LoadedModel, ModelTable
-from services.serving.settings import ServingSettings
 
 _INFER_BODY = {
     "requestBody": {
@@ -48,7 +48,7 @@ def error(message: str, status: int) -> Response:
     return json_response({"error": message}, status)
 
 
-def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, predictor: Predictor) -> None:
+def mount(app: FastAPI, rt: Runtime, table: ModelTable, predictor: Predictor) -> None:
     router = APIRouter(tags=["open inference protocol (v2)"])
 
     @router.get("/v2", summary="Server metadata", dependencies=[require(Role.READER)])
@@ -90,27 +90,40 @@ def mount(app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTabl
         return await _infer(model, version, request)
 
     async def _infer(model: str, version: str | None, request: Request) -> Response:
-        loaded = table.get(model)  # taken once: a swap during this request does not affect it
-        if loaded is None:
-            return _not_found(model)
-        if version is not None and version != str(loaded.version):
-            return error(f"model {model!r} version {version} is not served (serving version {loaded.version})", 404)
-        if "inference-header-content-length" in request.headers:
-            return error("the binary tensor extension is not supported: send JSON tensors (binary_data=False)", 400)
         try:
-            decoded = v2.decode(await request_json(request), loaded.schema, max_rows=settings.max_instances)
-            columns = loaded.compiled.from_columns(decoded.raw, decoded.rows)
+            if BINARY_HEADER in request.headers:
+                raise v2.ProtocolError(BINARY_REFUSED)
+            return Response(await answer(predictor, model, version, await request_json(request)), media_type=JSON)
         except v2.ProtocolError as exc:
             return error(exc.message, exc.status)
         except jsonbody.InvalidJSON as exc:
             return error(exc.message, 400)
-        except InvalidInstance as exc:
-            return error(str(exc), 400)
-        request_ids, inference = await predictor.predict(model, loaded, columns)
-        return json_response(_answer(loaded, decoded, request_ids, v2.encode_outputs(inference, decoded.outputs,
-                                                                                      loaded.classes)))  # fmt: skip
 
     app.include_router(router)
+
+
+BINARY_HEADER = "inference-header-content-length"
+"""The header of the protocol's binary tensor extension."""
+BINARY_REFUSED = "the binary tensor extension is not supported: send JSON tensors (binary_data=False)"
+
+
+async def answer(predictor: Predictor, model: str, version: str | None, document: Any) -> bytes:
+    """The JSON answer of ``POST /v2/models/{model}[/versions/{version}]/infer`` for the parsed body
+    ``document``; every refusal is a :class:`v2.ProtocolError` (a 4xx in the protocol's shape)."""
+    loaded = predictor.table.get(model)  # taken once: a swap during this request does not affect it
+    if loaded is None:
+        raise v2.ProtocolError(f"model {model!r} is not served (no champion loaded)", 404)
+    if version is not None and version != str(loaded.version):
+        raise v2.ProtocolError(f"model {model!r} version {version} is not served (serving version {loaded.version})",
+                               404)  # fmt: skip
+    decoded = v2.decode(document, loaded.schema, max_rows=predictor.max_instances)
+    try:
+        columns = loaded.compiled.from_columns(decoded.raw, decoded.rows)
+    except InvalidInstance as exc:
+        raise v2.ProtocolError(str(exc)) from None
+    request_ids, inference = await predictor.predict(model, loaded, columns)
+    outputs = v2.encode_outputs(inference, decoded.outputs, loaded.classes)
+    return orjson.dumps(_answer(loaded, decoded, request_ids, outputs))
 
 
 def _answer(

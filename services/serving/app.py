@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from fastapi import FastAPI
 from prometheus_client import Gauge, Histogram
+from starlette.types import ASGIApp
 
 from libs.common import auth, topics
 from libs.common.auth import Role
@@ -21,7 +22,7 @@ from libs.common.request_ids import RequestIds
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
-from services.serving import api, api_v2
+from services.serving import api, api_v2, hotpath
 from services.serving.adapters.loader import champions_from_registry, load
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.models import BatchPolicy, LoadedModel, ModelTable
@@ -78,12 +79,22 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         subscribe(rt.broker, routes, group=f"serving-{settings.instance_id}", settings=settings.kafka,
                   telemetry=rt.telemetry, auto_offset_reset="latest")  # fmt: skip
 
+    hot_routes: list[hotpath.HotRoute] = []
+    runtimes: list[Runtime] = []
+
     def routes(app: FastAPI, rt: Runtime) -> None:
         plog = PredictionLog(rt.publisher, rt.telemetry, batch_size=settings.log_batch_size,
                              flush_s=settings.log_flush_s)  # fmt: skip
         logs.append(plog)
         predictor = api.mount(app, rt, settings, table, plog, request_ids(settings))
-        api_v2.mount(app, rt, settings, table, predictor)
+        api_v2.mount(app, rt, table, predictor)
+        hot_routes.extend(hotpath.predict_routes(app, predictor))
+        runtimes.append(rt)
+
+    def front(app: ASGIApp) -> ASGIApp:
+        rt = runtimes[0]
+        return hotpath.HotPath(app, hot_routes, rt.auth, rt.telemetry, max_body_bytes=settings.max_body_bytes,
+                               traces_per_s=settings.traces_per_s)  # fmt: skip
 
     async def registry_token(rt: Runtime) -> tuple[str, str | None]:
         """The configured token, or one issued for the bootstrap only (and its id, to revoke it after)."""
@@ -156,6 +167,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         on_start=on_start,
         on_stop=on_stop,
         readiness=readiness,
+        front=front if settings.hot_path else None,
         description="Serves champion models over HTTP, hot-swaps on promotion, logs predictions and feedback.",
     )
 

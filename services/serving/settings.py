@@ -31,6 +31,12 @@ class ServingSettings(ServiceSettings):
     """A gathered batch is inferred once it holds this many rows …"""
     batch_max_wait_s: float = Field(default=0.001, gt=0, le=0.1)
     """… or once its first request has waited this long (it flushes sooner when no more requests come)."""
+    hot_path: bool = True
+    """Answer the predict routes in a lean ASGI handler in front of FastAPI (same tokens, limits, validation,
+    answers and errors; see services/serving/hotpath.py). Off: through FastAPI's full stack, for comparison."""
+    traces_per_s: float = Field(default=10.0, ge=0)
+    """Predict requests traced a second on the hot path (a server span each), besides every request whose
+    caller sends a sampled ``traceparent``: all of them under light traffic, a steady sample under load."""
     onnx_threads: int = Field(default=1, ge=1)
     """onnxruntime threads per inference call. One suits a 2-core replica, where the other core parses
     HTTP and JSON; raise it on bigger machines that serve large batches."""

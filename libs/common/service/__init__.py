@@ -16,7 +16,7 @@ all five, so they start, fail and report alike. One concern a module:
 
 from libs.common.service.app import build, run
 from libs.common.service.lifecycle import BROKER_STOP_TIMEOUT_S, STOP_TIMEOUT_S
-from libs.common.service.middlewares import BodyLimitMiddleware, ObservabilityMiddleware
+from libs.common.service.middlewares import BodyLimitMiddleware, HttpMetrics, ObservabilityMiddleware, http_metrics
 from libs.common.service.runtime import Runtime, ServiceSpec
 from libs.common.service.settings import ServiceSettings
 
@@ -24,10 +24,12 @@ __all__ = [
     "BROKER_STOP_TIMEOUT_S",
     "STOP_TIMEOUT_S",
     "BodyLimitMiddleware",
+    "HttpMetrics",
     "ObservabilityMiddleware",
     "Runtime",
     "ServiceSettings",
     "ServiceSpec",
     "build",
+    "http_metrics",
     "run",
 ]

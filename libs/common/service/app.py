@@ -49,7 +49,10 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
             except TimeoutError:
                 log.error("%s did not stop in %.0fs; abandoning the rest of its shutdown", spec.name, STOP_TIMEOUT_S)
 
-    app = FastAPI(title=f"driftloop {spec.name}", description=spec.description, lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks look for global providers on every request; the services
+    # trace through their own provider (ObservabilityMiddleware), so those hooks are switched off.
+    app = FastAPI(title=f"driftloop {spec.name}", description=spec.description, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})  # fmt: skip
     app.state.runtime = runtime
     app.state.auth = runtime.auth
     install_errors(app)
@@ -65,6 +68,8 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware, telemetry=telemetry)
+    if spec.front is not None:  # added last: the outermost layer
+        app.add_middleware(spec.front)
     return app, runtime
 
 

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 def install_errors(app: FastAPI) -> None:
     @app.exception_handler(DriftloopError)
     async def driftloop_error(request: Request, exc: DriftloopError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=exc.headers)
+        # The Open Inference Protocol (/v2…) has its own error body: {"error": "<message>"}.
+        body = {"error": exc.message} if _open_inference(request) else exc.to_dict()
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -28,7 +30,8 @@ def install_errors(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405 and (methods := allowed_methods(app, request.url.path)):
             headers["Allow"] = ", ".join(methods)
-        return JSONResponse({"error": code, "message": message}, status_code=exc.status_code, headers=headers)
+        body = {"error": message} if _open_inference(request) else {"error": code, "message": message}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(asyncpg.DataError)
     async def data_error(request: Request, exc: asyncpg.DataError) -> JSONResponse:
@@ -69,3 +72,8 @@ def install_errors(app: FastAPI) -> None:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         body = {"error": "internal_error", "message": f"internal error ({type(exc).__name__}); see the service log"}
         return JSONResponse(body, status_code=500)
+
+
+def _open_inference(request: Request) -> bool:
+    path = request.url.path
+    return path == "/v2" or path.startswith("/v2/")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 from opentelemetry import propagate, trace
@@ -53,6 +54,37 @@ async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
+@dataclass(frozen=True)
+class HttpMetrics:
+    requests: Counter
+    latency: Histogram
+
+
+def http_metrics(telemetry: Telemetry) -> HttpMetrics:
+    """The HTTP request metrics of a service, created once per registry (the observability
+    middleware and a service's own front layer record into the same ones)."""
+    existing = telemetry.shared.get("http_metrics")
+    if isinstance(existing, HttpMetrics):
+        return existing
+    metrics = HttpMetrics(
+        requests=Counter(
+            "driftloop_http_requests_total",
+            "HTTP requests answered.",
+            ["method", "route", "status"],
+            registry=telemetry.registry,
+        ),
+        latency=Histogram(
+            "driftloop_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["method", "route"],
+            registry=telemetry.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        ),
+    )
+    telemetry.shared["http_metrics"] = metrics
+    return metrics
+
+
 class ObservabilityMiddleware:
     """A server span per request (continuing the caller's ``traceparent``),
     plus request counts and latency histograms by route and status."""
@@ -60,19 +92,9 @@ class ObservabilityMiddleware:
     def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
         self.app = app
         self.tracer = telemetry.tracer
-        self.requests = Counter(
-            "driftloop_http_requests_total",
-            "HTTP requests answered.",
-            ["method", "route", "status"],
-            registry=telemetry.registry,
-        )
-        self.latency = Histogram(
-            "driftloop_http_request_duration_seconds",
-            "HTTP request latency.",
-            ["method", "route"],
-            registry=telemetry.registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-        )
+        metrics = http_metrics(telemetry)
+        self.requests = metrics.requests
+        self.latency = metrics.latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

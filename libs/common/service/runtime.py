@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 from fastapi import FastAPI
 from faststream.kafka import KafkaBroker
+from starlette.types import ASGIApp
 
 from libs.common import outbox
 from libs.common.artifacts import ArtifactStore
@@ -84,3 +85,6 @@ class ServiceSpec:
     """Events the service emits (for its AsyncAPI document)."""
     verify_artifacts: bool = False
     """Loads what the trainer made (serving, the monitor): every artifact read must carry a valid signature."""
+    front: Callable[[ASGIApp], ASGIApp] | None = None
+    """An ASGI layer in front of every other one, given the rest of the app: serving answers its predict
+    routes there, doing its own token check, limits, metrics and tracing (see services/serving/hotpath.py)."""

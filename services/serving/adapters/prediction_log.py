@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict, deque
+from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 
-from libs.common.events import PredictionRecord, PredictionsLogged
+from libs.common.events import PredictionsLogged
 from libs.common.kafka import BrokerPublisher
 from libs.common.tasks import cancel_and_wait
 from libs.common.telemetry import Telemetry
@@ -43,7 +44,7 @@ class PredictionLog:
         self.flush_s = flush_s
         self.max_buffer = max_buffer
         self._served: dict[tuple[str, int], deque[Served]] = defaultdict(deque)
-        self._buffers: dict[tuple[str, int], deque[PredictionRecord]] = defaultdict(deque)
+        self._buffers: dict[tuple[str, int], deque[dict[str, Any]]] = defaultdict(deque)
         self._pending = 0
         self._causes: dict[tuple[str, int], list[trace.SpanContext]] = defaultdict(list)
         self._unsent: deque[tuple[PredictionsLogged, list[trace.SpanContext]]] = deque()
@@ -102,7 +103,7 @@ class PredictionLog:
                 return
             self._unsent.popleft()
             self._pending -= len(event.records)
-        # Building records is the log's heaviest work (a dict and a model per row): it runs in a
+        # Building records is the log's heaviest work (dicts per row): it runs in a
         # thread, so requests keep being answered on the event loop meanwhile. The deques it moves
         # items between are safe to append to and pop from across threads.
         if any(self._served.values()):
@@ -110,7 +111,8 @@ class PredictionLog:
         for (model, version), buffer in list(self._buffers.items()):
             while buffer:
                 batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
-                # One event, many causes: the publish links to every request it carries.
+                # One event, many causes: the publish links to every request it carries. The event
+                # validates the batch's records (plain dicts) in one call.
                 causes, self._causes[(model, version)] = self._causes[(model, version)][:128], []
                 event = PredictionsLogged(producer="serving", model=model, version=version, records=batch)
                 if not await self._publish(event, causes):  # broker down: kept, as this event, for the next flush
