@@ -47,10 +47,12 @@ import asyncpg
 from fastapi import Depends, FastAPI, Request, Security, params, routing
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.db import close_pool, connect_with_retry, load_migrations, migrate
 from libs.common.errors import BadRequest, Forbidden, NotFound, TransientError, Unauthorized
+from libs.common.jwt_auth import JwtRefused, JwtVerifier
 from libs.common.settings import DatabaseSettings
 from libs.common.tasks import cancel_and_wait
 
@@ -109,6 +111,21 @@ class AuthSettings(BaseSettings):
     """A verification the background refresh could not re-confirm for this long is checked again inline."""
     metrics_token: bool = False
     """Require a token (any role) on ``/metrics``."""
+    jwt_issuer: str | None = None
+    """OIDC/JWT bearer tokens (libs/common/jwt_auth.py): the issuer (``iss``) they must name. Unset: only
+    ``dl_`` tokens are accepted. Needs ``jwt_audience`` and ``jwt_jwks_file``."""
+    jwt_audience: str | None = None
+    """The audience (``aud``) a JWT must be issued for, e.g. ``driftloop``."""
+    jwt_jwks_file: str | None = None
+    """Path of the issuer's JWKS (its public signing keys, JSON); read from disk, never fetched."""
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"])
+    """Accepted signature algorithms (asymmetric ones only)."""
+    jwt_roles_claim: str = "roles"
+    """Claim holding the driftloop roles, a dotted path for nested claims (Keycloak: ``realm_access.roles``)."""
+    jwt_principal_claim: str = "sub"
+    """Claim naming the principal (the audit's actor, the rate limits' key)."""
+    jwt_trusted_claim: str | None = None
+    """Boolean claim that marks the principal trusted (its data may retrain and promote by itself)."""
 
 
 def hash_token(token: str) -> str:
@@ -216,6 +233,19 @@ def _principal(row: asyncpg.Record) -> Principal:
     return Principal(row["principal"], roles, row["id"], trusted=row["trusted"] or Role.ADMIN in roles)
 
 
+def jwt_verifier(settings: AuthSettings) -> JwtVerifier | None:
+    """The JWT verifier the settings ask for (None when no issuer is set); incomplete settings refuse to start."""
+    if settings.jwt_issuer is None:
+        return None
+    if not settings.jwt_audience or not settings.jwt_jwks_file:
+        raise ValueError("DRIFTLOOP_AUTH_JWT_ISSUER needs DRIFTLOOP_AUTH_JWT_AUDIENCE and DRIFTLOOP_AUTH_JWT_JWKS_FILE")
+    return JwtVerifier(
+        issuer=settings.jwt_issuer, audience=settings.jwt_audience, jwks_file=settings.jwt_jwks_file,
+        algorithms=settings.jwt_algorithms, roles_claim=settings.jwt_roles_claim,
+        principal_claim=settings.jwt_principal_claim, trusted_claim=settings.jwt_trusted_claim,
+    )  # fmt: skip
+
+
 # --- verification with a cache --------------------------------------------------------------------------------
 
 
@@ -237,6 +267,7 @@ class Authenticator:
         self._verified: dict[str, _Verified] = {}
         self._unknown: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self.jwt = jwt_verifier(settings)
 
     async def start(self, database: DatabaseSettings) -> None:
         self.pool = await connect(database, self.settings)
@@ -257,7 +288,10 @@ class Authenticator:
             self.pool = None
 
     async def verify(self, token: str) -> Principal:
-        """The principal of ``token``, or :class:`Unauthorized`."""
+        """The principal of ``token`` (a ``dl_`` token, or a JWT when an issuer is configured), or
+        :class:`Unauthorized`."""
+        if self.jwt is not None and not token.startswith(TOKEN_PREFIX) and token.count(".") == 2:
+            return self._verify_jwt(self.jwt, token)
         digest = hash_token(token)
         now = time.monotonic()
         hit = self._verified.get(digest)
@@ -269,6 +303,15 @@ class Authenticator:
         if self._unknown.get(digest, 0.0) > now:
             raise Unauthorized("the bearer token is not valid (unknown, expired or revoked)")
         return await self._verify_in_table(token, digest, now)
+
+    @staticmethod
+    def _verify_jwt(verifier: JwtVerifier, token: str) -> Principal:
+        try:
+            found = verifier.verify(token)
+        except JwtRefused as exc:
+            raise Unauthorized(str(exc)) from exc
+        roles = frozenset(Role(r) for r in found.roles if r in Role._value2member_map_)
+        return Principal(found.principal, roles, found.token_id, trusted=found.trusted or Role.ADMIN in roles)
 
     async def _verify_in_table(self, token: str, digest: str, now: float) -> Principal:
         if self.pool is None:

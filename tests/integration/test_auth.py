@@ -18,11 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI
+from jwt.algorithms import ECAlgorithm
 from typer.testing import CliRunner
 
 from cli import tokens
+from cli.churn_stream import SCHEMA
 from cli.main import app as cli
 from libs.common import auth
 from libs.common.auth import OPEN_PATHS, Authenticator, AuthSettings, Role, route_roles
@@ -250,3 +254,39 @@ async def test_the_first_token_can_be_issued_inside_a_service_container(db_setti
                                   timeout=120)  # fmt: skip
     assert bad.returncode == 2
     assert "unknown role 'root'" in bad.stderr
+
+
+async def test_oidc_jwts_carry_their_roles_on_a_real_service(isolated: Isolation, tmp_path: Path) -> None:
+    """An identity provider's JWT (signed by a key of the JWKS file) is a bearer token like a dl_ one."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [{**json.loads(ECAlgorithm.to_jwk(key.public_key())), "kid": "k1"}]}))
+    issuer = "https://id.bank.example"
+    settings = AuthSettings(jwt_issuer=issuer, jwt_audience="driftloop", jwt_jwks_file=str(jwks))
+    app, _ = ingest_app(isolated.settings(IngestSettings, auth=settings))
+
+    def bearer_jwt(roles: list[str], lifetime_s: int = 300) -> dict[str, str]:
+        claims = {"iss": issuer, "aud": "driftloop", "sub": "alice@bank.example", "roles": roles,
+                  "exp": int(time.time()) + lifetime_s}  # fmt: skip
+        return {"Authorization": "Bearer " + jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})}
+
+    schema = SCHEMA
+    async with serve(app, token=False) as client:
+        assert (await client.put("/v1/datasets/jwt", json=schema, headers=bearer_jwt(["producer"]))).status_code == 403
+        declared = await client.put("/v1/datasets/jwt", json=schema, headers=bearer_jwt(["admin"]))
+        assert declared.status_code == 201, declared.text
+        assert (await client.get("/v1/datasets/jwt", headers=bearer_jwt([]))).status_code == 200  # every token reads
+        expired = await client.get("/v1/datasets/jwt", headers=bearer_jwt(["admin"], lifetime_s=-3600))
+        assert expired.status_code == 401
+        assert "expired" in expired.json()["message"]
+        other = ec.generate_private_key(ec.SECP256R1())
+        claims = {
+            "iss": issuer,
+            "aud": "driftloop",
+            "sub": "mallory",
+            "roles": ["admin"],
+            "exp": int(time.time()) + 300,
+        }
+        forged = jwt.encode(claims, other, algorithm="ES256", headers={"kid": "k1"})
+        answer = await client.put("/v1/datasets/jwt", json=schema, headers={"Authorization": f"Bearer {forged}"})
+        assert answer.status_code == 401
