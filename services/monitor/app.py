@@ -29,7 +29,8 @@ def drift_config(s: MonitorSettings) -> DriftConfig:
         min_window=s.min_window, alpha=s.alpha, correction=s.correction, psi_threshold=s.psi_threshold,
         js_threshold=s.js_threshold, wasserstein_threshold=s.wasserstein_threshold, drift_share=s.drift_share,
         key_features=tuple(s.key_features), min_labels=s.min_labels, performance_margin=s.performance_margin,
-        persistence_k=s.persistence_k, persistence_n=s.persistence_n, cooldown=timedelta(seconds=s.cooldown_s),
+        persistence_k=s.persistence_k, persistence_n=s.persistence_n, decisive_z=s.decisive_z,
+        cooldown=timedelta(seconds=s.cooldown_s),
     )  # fmt: skip
 
 

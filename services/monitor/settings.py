@@ -36,6 +36,8 @@ class MonitorSettings(ServiceSettings):
     """Features whose drift alone is dataset-level drift."""
     persistence_k: int = Field(default=2, ge=1)
     persistence_n: int = Field(default=3, ge=1)
+    decisive_z: float = Field(default=3.29, ge=0)
+    """A window whose live metric is below the margin even at this z alarms alone (0: always k of n)."""
     lag_interval_s: float = Field(default=15.0, gt=0)
     """How often the consumer lag of every driftloop group is measured for /metrics."""
     cooldown_s: float = Field(default=120.0, ge=0)

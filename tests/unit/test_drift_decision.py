@@ -119,6 +119,48 @@ def test_persistence_and_cool_down(reference: ReferenceProfile) -> None:
     assert should_alarm(state, drifted, now + timedelta(minutes=3), CONFIG)[0]
 
 
+def test_a_decisive_fall_of_the_live_metric_alarms_in_one_window(reference: ReferenceProfile) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    quiet = window(reference, 2)
+    halved = classification_performance(150, 300, 0.95, CONFIG)  # a concept change: 0.50 against 0.95
+    assert halved is not None
+    assert halved.degraded
+    assert halved.decisive
+    alarm, since = should_alarm(AlarmState(), evaluate_window(quiet, halved, CONFIG), now, CONFIG)
+    assert alarm
+    assert since == quiet.started_at
+    # Degraded at the usual confidence but not decisively: persistence still asks for a second window.
+    slipped = classification_performance(240, 300, 0.90, CONFIG)
+    assert slipped is not None
+    assert slipped.degraded
+    assert not slipped.decisive
+    state = AlarmState()
+    assert should_alarm(state, evaluate_window(quiet, slipped, CONFIG), now, CONFIG) == (False, None)
+    assert should_alarm(state, evaluate_window(window(reference, 3), slipped, CONFIG), now, CONFIG)[0]
+    # Regression alike, and decisive_z=0 turns the rule off.
+    rng = np.random.default_rng(5)
+    tripled = regression_performance(list(rng.normal(0, 3.0, 300) ** 2), 1.0, CONFIG)
+    assert tripled is not None
+    assert tripled.decisive
+    off = DriftConfig(decisive_z=0)
+    assert not regression_performance(list(rng.normal(0, 3.0, 300) ** 2), 1.0, off).decisive  # type: ignore[union-attr]
+    halved_off = classification_performance(150, 300, 0.95, off)
+    assert not should_alarm(AlarmState(), evaluate_window(quiet, halved_off, off), now, off)[0]
+
+
+def test_no_single_window_is_decisive_while_the_model_is_as_good_as_its_holdout() -> None:
+    """100,000 rows of a stationary stream: 333 label windows at the holdout accuracy, none decisive."""
+    rng = np.random.default_rng(11)
+    for holdout in (0.6, 0.75, 0.9, 0.99):
+        correct = rng.binomial(300, holdout, 333)
+        flags = [classification_performance(int(c), 300, holdout, CONFIG) for c in correct]
+        assert not any(f is not None and f.decisive for f in flags), holdout
+    for _ in range(333):
+        same = regression_performance(list(rng.normal(0, 1.0, 300) ** 2), 1.0, CONFIG)
+        assert same is not None
+        assert not same.decisive
+
+
 def test_the_identical_alarm_is_not_repeated_every_cool_down(reference: ReferenceProfile) -> None:
     """The trainer keeps alarms: repeating one while nothing changes is noise, so each repeat waits twice as long."""
     state = AlarmState()

@@ -11,8 +11,12 @@ below the holdout accuracy by more than a margin. For regression the same
 holds for the live RMSE: even the optimistic end of its confidence interval
 must exceed the holdout RMSE by more than a (relative) margin. One flagged
 window is not enough to retrain: the alarm needs k flagged windows out of
-the last n (persistence), and after an alarm the model is left alone for a
-cool-down. The identical alarm (no new kind of problem) about the same
+the last n (persistence), unless the live metric is *decisively* worse: below
+the margin even at a far stricter confidence (z = 3.29, two-sided p ≈ 0.001),
+which noise on one window practically never reaches, and which a concept
+change that halves the accuracy reaches at once. Waiting for a second window
+there only keeps a model known to be wrong serving for another window. After
+an alarm the model is left alone for a cool-down. The identical alarm (no new kind of problem) about the same
 version is raised again only after a cool-down that doubles each time: the
 trainer keeps every alarm it receives, so repeating one every cool-down
 while nothing can change is noise, yet a lost one is still re-sent.
@@ -59,7 +63,9 @@ class DriftConfig:
     """Allowed drop of the live metric below the holdout metric."""
     persistence_k: int = 2
     persistence_n: int = 3
-    """An alarm needs k flagged windows among the last n."""
+    """An alarm needs k flagged windows among the last n ..."""
+    decisive_z: float = 3.29
+    """... or one window whose live metric is below the margin even at this z (0 turns it off)."""
     cooldown: timedelta = timedelta(minutes=2)
     """No new alarm for a model this long after the last one."""
 
@@ -88,6 +94,8 @@ class Performance:
     reference: float
     labels: int
     degraded: bool
+    decisive: bool = False
+    """Degraded even at ``decisive_z``: one window is evidence enough."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +137,7 @@ class WindowReport:
             "prediction": self.prediction.to_dict() if self.prediction else None,
             "performance": None if perf is None else {
                 "metric": perf.metric, "live": perf.live, "bound": perf.bound, "reference": perf.reference,
-                "labels": perf.labels, "degraded": perf.degraded,
+                "labels": perf.labels, "degraded": perf.degraded, "decisive": perf.decisive,
             },
         }  # fmt: skip
 
@@ -221,7 +229,9 @@ def classification_performance(correct: int, labels: int, holdout: float, config
         return None
     live = correct / labels
     _, upper = st.wilson_interval(correct, labels)
-    return Performance("accuracy", live, upper, holdout, labels, upper < holdout - config.performance_margin)
+    threshold = holdout - config.performance_margin
+    decisive = bool(config.decisive_z) and st.wilson_interval(correct, labels, z=config.decisive_z)[1] < threshold
+    return Performance("accuracy", live, upper, holdout, labels, upper < threshold, decisive)
 
 
 def regression_performance(
@@ -237,11 +247,11 @@ def regression_performance(
         return None
     errors = np.asarray(squared_errors, dtype=float)
     mse = float(errors.mean())
-    lower = max(0.0, mse - z * float(errors.std(ddof=1)) / np.sqrt(labels))
-    rmse, optimistic = float(np.sqrt(mse)), float(np.sqrt(lower))
-    return Performance(
-        "rmse", rmse, optimistic, holdout_rmse, labels, optimistic > holdout_rmse * (1 + config.performance_margin)
-    )
+    spread = float(errors.std(ddof=1)) / np.sqrt(labels)
+    rmse, optimistic = float(np.sqrt(mse)), float(np.sqrt(max(0.0, mse - z * spread)))
+    threshold = holdout_rmse * (1 + config.performance_margin)
+    decisive = bool(config.decisive_z) and float(np.sqrt(max(0.0, mse - config.decisive_z * spread))) > threshold
+    return Performance("rmse", rmse, optimistic, holdout_rmse, labels, optimistic > threshold, decisive)
 
 
 #: The longest wait before an identical alarm about the same version is raised again.
@@ -286,7 +296,8 @@ def should_alarm(
     while len(state.history) > config.persistence_n:
         state.history.popleft()
     flagged = [started for hit, started in state.history if hit]
-    if len(flagged) < config.persistence_k:
+    decisive = report.performance is not None and report.performance.decisive
+    if len(flagged) < config.persistence_k and not decisive:
         return False, None
     if state.last_alarm_at is not None and now - state.last_alarm_at < repeat_cooldown(state, report.kinds, config):
         return False, None
