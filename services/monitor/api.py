@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel, Field
 
 from libs.common.auth import Role, require
 from libs.common.errors import NotFound
@@ -14,36 +15,66 @@ from services.monitor.adapters.state import Monitors
 from services.monitor.domain.monitor import ModelMonitor
 
 
+class LivePerformance(BaseModel):
+    metric: str = Field(description="The live metric: accuracy (classification) or rmse (regression).")
+    value: float = Field(description="Its value over the recent labelled predictions.")
+    holdout: float = Field(description="The same metric on the version's holdout, the reference.")
+    labels: int = Field(description="Labels the live value is computed over.")
+
+
+class MonitoredModel(BaseModel):
+    model: str
+    version: int = Field(description="The version monitored (the champion).")
+    windows_evaluated: int
+    current_window_records: int = Field(description="Predictions in the window being filled.")
+    labels_seen: int
+    live: LivePerformance | None = Field(description="None until the version's holdout metric is known.")
+
+
+class Alarm(BaseModel):
+    event_id: str = Field(description="The drift.detected event raised.")
+    version: int
+    kinds: list[str] = Field(examples=[["data_drift", "performance"]])
+    summary: str | None
+    at: str = Field(description="When it was raised (ISO 8601).")
+
+
+class DriftState(MonitoredModel):
+    report: dict[str, Any] | None = Field(
+        description="The last judged window: records, kinds, reason, per-feature statistics and thresholds."
+    )
+    alarms: list[Alarm] = Field(description="The latest alarms, newest first.")
+
+
 def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
     router = APIRouter(prefix="/v1/models", tags=["drift"])
 
     @router.get("", summary="Models being monitored", dependencies=[require(Role.READER)])
-    async def list_models() -> list[dict[str, Any]]:
+    async def list_models() -> list[MonitoredModel]:
         return [_summary(m) for m in sorted(monitors.all(), key=lambda m: m.model)]
 
     @router.get("/{model}/drift", summary="The latest drift report of a model, with its recent alarms",
                 dependencies=[require(Role.READER)])  # fmt: skip
-    async def drift(model: str) -> dict[str, Any]:
+    async def drift(model: str) -> DriftState:
         monitor = await monitors.load(rt.db, model, fresh=True)
         if monitor is None:
             raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
-        return {
-            **_summary(monitor),
-            "report": monitor.last_report.to_dict() if monitor.last_report else None,
-            "alarms": await repository.recent_alarms(rt.db, model),
-        }
+        return DriftState(
+            **_summary(monitor).model_dump(),
+            report=monitor.last_report.to_dict() if monitor.last_report else None,
+            alarms=[Alarm(**a) for a in await repository.recent_alarms(rt.db, model)],
+        )
 
     app.include_router(router)
 
 
-def _summary(m: ModelMonitor) -> dict[str, Any]:
+def _summary(m: ModelMonitor) -> MonitoredModel:
     performance = m.performance()
-    return {
-        "model": m.model,
-        "version": m.version,
-        "windows_evaluated": m.windows_evaluated,
-        "current_window_records": m.window.records,
-        "labels_seen": m.labels_seen,
-        "live": None if performance is None else {"metric": performance.metric, "value": performance.live,
-                                                  "holdout": performance.reference, "labels": performance.labels},
-    }  # fmt: skip
+    live = None
+    if performance is not None:
+        live = LivePerformance(metric=performance.metric, value=performance.live, holdout=performance.reference,
+                               labels=performance.labels)  # fmt: skip
+    return MonitoredModel(
+        model=m.model, version=m.version, windows_evaluated=m.windows_evaluated,
+        current_window_records=m.window.records, labels_seen=m.labels_seen, live=live,
+    )  # fmt: skip
