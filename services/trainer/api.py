@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, Query, Response
 from fastapi.encoders import jsonable_encoder
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common import idempotency
 from libs.common.auth import Principal, Role, require
@@ -28,6 +28,47 @@ class JobRequest(BaseModel):
     model: str = Field(min_length=1, max_length=128, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     dataset: str | None = Field(default=None, description="Defaults to the model's configured dataset.")
     reason: str = Field(default="requested over HTTP", max_length=500)
+
+
+class Job(BaseModel):
+    """A training job. Fields added to the job's record later pass through (extra="allow")."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    model: str
+    dataset: str
+    dataset_version: int
+    trigger: str = Field(examples=["new_data", "drift", "request"])
+    reason: str
+    since: str | None = Field(description="Drift jobs: the first row time they train from (ISO 8601).")
+    status: str = Field(examples=["queued", "running", "succeeded", "failed", "cancelled"])
+    attempts: int
+    error: str | None
+    cancel_reason: str | None
+    worker_pid: int | None
+    metrics: dict[str, Any] | None
+    champion_metrics: dict[str, Any] | None
+    training_rows: int | None
+    holdout_rows: int | None
+    search: str | None = Field(description="How the hyper-parameters were searched.")
+    stages: list[dict[str, Any]] | None = Field(description="Each step of the job with its seconds, in order.")
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class ModelState(BaseModel):
+    """The retrain policy's view of a model."""
+
+    model: str
+    dataset: str
+    total_rows: int = Field(description="Rows in the latest dataset version.")
+    last_trained_rows: int = Field(description="Rows the last job trained on (0: never trained).")
+    active_job: bool
+    drift_since: str | None = Field(description="Start of a drift not yet answered by a retrain (ISO 8601).")
+    rows_since_drift: int
+    champion_version: int | None
 
 
 def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None]) -> None:
@@ -53,7 +94,7 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Calla
             )  # fmt: skip
             if job_id is None:
                 raise Conflict(f"no job queued for {body.model!r}: {decision.reason}", model=body.model)
-            row = await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+            row = await repository.job(conn, job_id)
             assert row is not None
             answer: dict[str, Any] = jsonable_encoder(repository.job_out(row))
             if key is not None:
@@ -66,38 +107,29 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Calla
         model: str | None = None,
         status: Literal["queued", "running", "succeeded", "failed"] | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    ) -> list[dict[str, Any]]:
-        rows = await rt.db.fetch(
-            "SELECT * FROM jobs WHERE ($1::text IS NULL OR model = $1) AND ($2::text IS NULL OR status = $2) "
-            "ORDER BY created_at DESC LIMIT $3",
-            model, status, limit,
-        )  # fmt: skip
-        return [repository.job_out(r) for r in rows]
+    ) -> list[Job]:
+        rows = await repository.jobs(rt.db, model=model, status=status, limit=limit)
+        return [Job.model_validate(repository.job_out(r)) for r in rows]
 
     @router.get("/v1/training-jobs/{job_id}", summary="One job", dependencies=[require(Role.READER)])
-    async def get_job(job_id: uuid.UUID) -> dict[str, Any]:
-        row = await rt.db.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+    async def get_job(job_id: uuid.UUID) -> Job:
+        row = await repository.job(rt.db, job_id)
         if row is None:
             raise NotFound(f"no training job {job_id}")
-        return repository.job_out(row)
+        return Job.model_validate(repository.job_out(row))
 
     @router.get("/v1/models/{model}", summary="The retrain policy's view of a model",
                 dependencies=[require(Role.READER)])  # fmt: skip
-    async def model_state(model: str) -> dict[str, Any]:
+    async def model_state(model: str) -> ModelState:
         async with rt.db.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow("SELECT * FROM models WHERE name = $1", model)
+            row = await repository.model_row(conn, model)
             if row is None:
                 raise NotFound(f"the trainer knows no model {model!r}")
             view, _ = await model_view(conn, rt.store, model, row["dataset"])
-        return {
-            "model": model,
-            "dataset": row["dataset"],
-            "total_rows": view.total_rows,
-            "last_trained_rows": view.last_trained_rows,
-            "active_job": view.active_job,
-            "drift_since": view.drift_since.isoformat() if view.drift_since else None,
-            "rows_since_drift": view.rows_since_drift,
-            "champion_version": row["champion_version"],
-        }
+        return ModelState(
+            model=model, dataset=row["dataset"], total_rows=view.total_rows, last_trained_rows=view.last_trained_rows,
+            active_job=view.active_job, drift_since=view.drift_since.isoformat() if view.drift_since else None,
+            rows_since_drift=view.rows_since_drift, champion_version=row["champion_version"],
+        )  # fmt: skip
 
     app.include_router(router)

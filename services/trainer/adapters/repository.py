@@ -41,6 +41,20 @@ async def model_row(conn: Conn, model: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM models WHERE name = $1", model)
 
 
+async def job(conn: Conn, job_id: uuid.UUID) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM jobs WHERE id = $1", job_id)
+
+
+async def jobs(conn: Conn, *, model: str | None, status: str | None, limit: int) -> list[asyncpg.Record]:
+    """Jobs, newest first, of ``model`` and in ``status`` when given."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM jobs WHERE ($1::text IS NULL OR model = $1) AND ($2::text IS NULL OR status = $2) "
+        "ORDER BY created_at DESC LIMIT $3",
+        model, status, limit,
+    )  # fmt: skip
+    return rows
+
+
 async def models_of(conn: Conn, dataset_name: str) -> list[str]:
     return [r["name"] for r in await conn.fetch("SELECT name FROM models WHERE dataset = $1", dataset_name)]
 
