@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,10 +42,30 @@ class BatchEntry(BaseModel):
     created_at: datetime
     principal: str | None = Field(default=None, description="Who sent the batch (None: not recorded).")
     trusted: bool | None = Field(default=None, description="Whether that principal is trusted.")
+    first_seq: int | None = Field(
+        default=None, ge=1, description="A compacted segment: the first batch it holds (``seq`` is its last)."
+    )
+    until: datetime | None = Field(
+        default=None, description="A compacted segment: when its last batch was accepted (``created_at``: its first)."
+    )
+
+    @property
+    def compacted(self) -> bool:
+        return self.first_seq is not None and self.first_seq < self.seq
+
+    @property
+    def last_at(self) -> datetime:
+        return self.until or self.created_at
 
 
 class DatasetManifest(BaseModel):
-    """Dataset version ``version``: its schema and every batch it is made of."""
+    """Dataset version ``version``: its schema and the Parquet segments holding its rows, in order.
+
+    A version is a delta on its ``parent`` (the previous version's manifest, by digest): the parent's
+    segments plus the new batch. Ingest compacts runs of small batches into larger segments in the
+    background, so the list stays short as history grows; a compacted segment holds exactly the rows
+    of its batches, in order, so no version's content ever changes.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -52,19 +73,26 @@ class DatasetManifest(BaseModel):
     version: int = Field(ge=1)
     dataset_schema: DatasetSchema
     batches: list[BatchEntry]
+    parent: ArtifactRef | None = Field(default=None, description="The manifest of version ``version - 1``.")
 
     @property
     def total_rows(self) -> int:
         return sum(b.rows for b in self.batches)
 
     def since(self, moment: datetime) -> list[BatchEntry]:
-        """Batches accepted at or after ``moment``."""
-        return [b for b in self.batches if b.created_at >= moment]
+        """Segments holding rows accepted at or after ``moment`` (a compacted one may hold earlier rows too)."""
+        return [b for b in self.batches if b.last_at >= moment]
 
 
 def row_sources(batches: Iterable[BatchEntry]) -> list[Source] | None:
     """Who supplied the rows of ``batches`` (None when no batch recorded its sender)."""
     known = [(b.principal, bool(b.trusted), b.rows) for b in batches if b.principal is not None]
+    return tally(known) if known else None
+
+
+def counted_sources(counts: Iterable[tuple[BatchEntry, int]]) -> list[Source] | None:
+    """Who supplied the rows read (segment, rows read from it); None when no segment recorded its sender."""
+    known = [(b.principal, bool(b.trusted), n) for b, n in counts if b.principal is not None]
     return tally(known) if known else None
 
 
@@ -95,6 +123,83 @@ def table_to_parquet(schema: DatasetSchema, table: pa.Table, at: datetime | None
     sink = io.BytesIO()
     pq.write_table(pa.Table.from_arrays(columns, schema=target), sink, compression="zstd")
     return sink.getvalue()
+
+
+def read_rows(
+    store: ArtifactStore, batches: Sequence[BatchEntry], *, since: datetime | None = None, max_rows: int | None = None
+) -> tuple[pa.Table, list[tuple[BatchEntry, int]]]:
+    """The rows of ``batches`` accepted at or after ``since``, at most the last ``max_rows`` of them,
+    and how many rows each segment gave.
+
+    Only the segments needed are opened (from the newest back when ``max_rows`` is set); a compacted
+    segment that straddles ``since`` is read through a filter on the ingestion time, whose row-group
+    statistics let Parquet skip the batches before it (one row group per batch). A batch of its own is
+    taken or left whole by its acceptance time, as before compaction existed.
+    """
+    chosen = [b for b in batches if since is None or b.last_at >= since]
+    if max_rows is not None:
+        kept, rows = [], 0
+        for entry in reversed(chosen):
+            if rows >= max_rows:
+                break
+            kept.append(entry)
+            rows += entry.rows
+        chosen = kept[::-1]
+    tables: list[pa.Table] = []
+    counts: list[tuple[BatchEntry, int]] = []
+    for entry in chosen:
+        data = pa.BufferReader(store.get(entry.artifact))
+        if since is not None and entry.compacted and entry.created_at < since:
+            stamp = pa.scalar(since, type=pa.timestamp("ms", tz="UTC"))
+            table = pq.read_table(data, filters=pc.field(INGESTED_AT) >= stamp)
+        else:
+            table = pq.read_table(data)
+        tables.append(table)
+        counts.append((entry, table.num_rows))
+    if not tables:
+        raise ValueError("no batches to read")
+    table = pa.concat_tables(tables, promote_options="default")
+    if max_rows is not None and table.num_rows > max_rows:
+        drop = table.num_rows - max_rows
+        table = table.slice(drop)
+        counts = _trim_counts(counts, drop)
+    return table, [(e, n) for e, n in counts if n]
+
+
+def _trim_counts(counts: list[tuple[BatchEntry, int]], drop: int) -> list[tuple[BatchEntry, int]]:
+    """Per-segment row counts after the first ``drop`` rows were cut off."""
+    trimmed = []
+    for entry, n in counts:
+        cut = min(n, drop)
+        drop -= cut
+        trimmed.append((entry, n - cut))
+    return trimmed
+
+
+def compact(store: ArtifactStore, batches: Sequence[BatchEntry]) -> bytes:
+    """One Parquet file holding the rows of consecutive ``batches`` in order, one row group per batch
+    (so a filter on the ingestion time skips whole batches by their statistics)."""
+    if not batches:
+        raise ValueError("nothing to compact")
+    sink = io.BytesIO()
+    writer: pq.ParquetWriter | None = None
+    for entry in batches:
+        table = pq.read_table(pa.BufferReader(store.get(entry.artifact)))
+        if writer is None:
+            writer = pq.ParquetWriter(sink, table.schema, compression="zstd")
+        writer.write_table(table.cast(writer.schema), row_group_size=max(table.num_rows, 1))
+    assert writer is not None
+    writer.close()
+    return sink.getvalue()
+
+
+def compacted_entry(batches: Sequence[BatchEntry], artifact: ArtifactRef) -> BatchEntry:
+    """The manifest entry of the segment :func:`compact` made of ``batches``."""
+    first, last = batches[0], batches[-1]
+    return BatchEntry(
+        seq=last.seq, first_seq=first.first_seq or first.seq, artifact=artifact, rows=sum(b.rows for b in batches),
+        created_at=first.created_at, until=last.last_at, principal=first.principal, trusted=first.trusted,
+    )  # fmt: skip
 
 
 def read_batches(store: ArtifactStore, batches: Iterable[BatchEntry]) -> pa.Table:

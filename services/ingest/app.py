@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -11,19 +12,30 @@ from libs.common.kafka import MicroBatchConsumer
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.ingest import api
+from services.ingest.adapters import compaction
 from services.ingest.handlers import records_submitted
 from services.ingest.settings import IngestSettings
 
 
 def spec(settings: IngestSettings) -> ServiceSpec:
     batcher: list[MicroBatchConsumer] = []
+    background: list[asyncio.Task[None]] = []
 
     async def on_start(rt: Runtime) -> None:
         consumer = records_submitted.consumer(rt, settings)
         consumer.start()
         batcher.append(consumer)
+        if settings.compact_interval_s > 0:
+            compactor = compaction.run(
+                rt.db, rt.store, interval_s=settings.compact_interval_s, small_rows=settings.compact_small_rows,
+                min_run=settings.compact_min_run,
+            )  # fmt: skip
+            background.append(asyncio.create_task(compactor, name="ingest-compaction"))
 
     async def on_stop(rt: Runtime) -> None:
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         for consumer in batcher:
             await consumer.stop()
 

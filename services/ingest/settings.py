@@ -23,3 +23,9 @@ class IngestSettings(ServiceSettings):
     """Rows per second one principal may post (token bucket; a row costs one token) …"""
     records_burst: float = Field(default=100_000.0, gt=0)
     """… with bursts up to this many rows. Over it: 429 with Retry-After."""
+    compact_interval_s: float = Field(default=2.0, ge=0)
+    """How often the background compactor looks for runs of small segments (0: never)."""
+    compact_small_rows: int = Field(default=50_000, ge=1)
+    """A segment with fewer rows than this is small …"""
+    compact_min_run: int = Field(default=8, ge=2)
+    """… and this many consecutive small ones (one sender) are merged into one Parquet file."""

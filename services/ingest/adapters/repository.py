@@ -93,16 +93,23 @@ async def store_submission(
     if accepted:
         version = head["last_version"] + 1
         now = datetime.now(UTC)
-        batch = store.put(await off_loop(accepted.nbytes, table_to_parquet, schema, accepted, now), suffix=".parquet")
+        data = await off_loop(accepted.nbytes, table_to_parquet, schema, accepted, now)
+        batch = await off_loop(len(data), store.put, data, suffix=".parquet")
         written.append(batch)
-        entries = [_entry(r) for r in await conn.fetch(
-            "SELECT version, batch_uri, batch_sha256, batch_size, rows, created_at, principal, trusted FROM versions "
-            "WHERE dataset = $1 ORDER BY version", dataset)]  # fmt: skip
-        entries.append(BatchEntry(seq=version, artifact=batch, rows=len(accepted), created_at=now,
-                                  principal=principal, trusted=trusted))  # fmt: skip
-        manifest_doc = DatasetManifest(dataset=dataset, version=version, dataset_schema=schema, batches=entries)
-        manifest = store.put(manifest_doc.model_dump_json().encode(), suffix=".manifest.json")
+        entry = BatchEntry(seq=version, artifact=batch, rows=len(accepted), created_at=now, principal=principal,
+                           trusted=trusted)  # fmt: skip
+        manifest_doc = DatasetManifest(
+            dataset=dataset, version=version, dataset_schema=schema, batches=[*await segments(conn, dataset), entry],
+            parent=await manifest_ref(conn, dataset, version - 1),
+        )  # fmt: skip
+        text = manifest_doc.model_dump_json().encode()
+        manifest = await off_loop(len(text), store.put, text, suffix=".manifest.json")
         written.append(manifest)
+        await conn.execute(
+            "INSERT INTO segments (dataset, first_seq, last_seq, uri, sha256, size, rows, created_at, until, "
+            "principal, trusted) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
+            dataset, version, batch.uri, batch.sha256, batch.size, len(accepted), now, principal, trusted,
+        )  # fmt: skip
         total += len(accepted)
         await conn.execute(
             "INSERT INTO versions (dataset, version, batch_uri, batch_sha256, batch_size, rows, manifest_uri, "
@@ -118,6 +125,7 @@ async def store_submission(
         await outbox.add(
             conn,
             DataArrived(
+                occurred_at=now,  # the batch's acceptance time: what "rows since" is counted by
                 producer=producer,
                 correlation_id=correlation_id or str(submission_id),
                 dataset=dataset,
@@ -184,12 +192,36 @@ async def discard_on_error(store: ArtifactStore) -> AsyncIterator[list[ArtifactR
         raise
 
 
+async def segments(conn: asyncpg.Connection | asyncpg.Pool, dataset: str) -> list[BatchEntry]:
+    """The segments holding the dataset's rows, in order (what the next manifest lists before its new batch)."""
+    rows = await conn.fetch(
+        "SELECT first_seq, last_seq, uri, sha256, size, rows, created_at, until, principal, trusted FROM segments "
+        "WHERE dataset = $1 ORDER BY first_seq",
+        dataset,
+    )
+    return [_entry(r) for r in rows]
+
+
+async def manifest_ref(conn: asyncpg.Connection, dataset: str, version: int) -> ArtifactRef | None:
+    row = await conn.fetchrow(
+        "SELECT manifest_uri, manifest_sha256, manifest_size FROM versions WHERE dataset = $1 AND version = $2",
+        dataset,
+        version,
+    )
+    if row is None:
+        return None
+    return ArtifactRef(uri=row["manifest_uri"], sha256=row["manifest_sha256"], size=row["manifest_size"])
+
+
 def _entry(row: asyncpg.Record) -> BatchEntry:
+    compacted = row["first_seq"] != row["last_seq"]
     return BatchEntry(
-        seq=row["version"],
-        artifact=ArtifactRef(uri=row["batch_uri"], sha256=row["batch_sha256"], size=row["batch_size"]),
+        seq=row["last_seq"],
+        first_seq=row["first_seq"] if compacted else None,
+        artifact=ArtifactRef(uri=row["uri"], sha256=row["sha256"], size=row["size"]),
         rows=row["rows"],
         created_at=row["created_at"],
+        until=row["until"] if compacted else None,
         principal=row["principal"],
         trusted=row["trusted"],
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -25,6 +26,48 @@ async def upsert_dataset(conn: Conn, name: str, version: int, total_rows: int, m
         name, version, total_rows, manifest.model_dump_json(),
     )  # fmt: skip
     return bool(updated)
+
+
+async def record_batch(conn: Conn, name: str, version: int, rows: int, at: datetime) -> None:
+    """Remember a version's batch: its rows and when ingest accepted them (for "rows since" counts)."""
+    await conn.execute(
+        "INSERT INTO dataset_batches (dataset, version, rows, created_at) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT DO NOTHING",
+        name, version, rows, at,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DatasetRows:
+    """A dataset version's row counts, as the retrain policy decides with.
+
+    Counted from the batches the trainer recorded off data.arrived; only when it missed some
+    versions (it started after them) does it fall back to the version's manifest.
+    """
+
+    name: str
+    version: int
+    total: int
+    manifest_ref: ArtifactRef
+    manifest: DatasetManifest | None = None
+
+    async def since(self, conn: Conn, moment: datetime) -> int:
+        """Rows accepted at or after ``moment``."""
+        if self.manifest is not None:
+            return sum(b.rows for b in self.manifest.since(moment))
+        counted = await conn.fetchval(
+            "SELECT coalesce(sum(rows), 0) FROM dataset_batches WHERE dataset = $1 AND version <= $2 "
+            "AND created_at >= $3",
+            self.name, self.version, moment,
+        )  # fmt: skip
+        return int(counted)
+
+
+async def counted_versions(conn: Conn, name: str, version: int) -> int:
+    """How many of versions 1..``version`` the trainer recorded a batch for."""
+    return int(await conn.fetchval(
+        "SELECT count(*) FROM dataset_batches WHERE dataset = $1 AND version <= $2", name, version
+    ))  # fmt: skip
 
 
 async def dataset(conn: Conn, name: str) -> asyncpg.Record | None:
@@ -59,7 +102,7 @@ async def models_of(conn: Conn, dataset_name: str) -> list[str]:
     return [r["name"] for r in await conn.fetch("SELECT name FROM models WHERE dataset = $1", dataset_name)]
 
 
-async def view(conn: Conn, model: str, manifest: DatasetManifest | None) -> ModelView:
+async def view(conn: Conn, model: str, rows: DatasetRows | None) -> ModelView:
     """The policy's view of ``model`` (locks the model row when inside a transaction)."""
     row = await conn.fetchrow("SELECT * FROM models WHERE name = $1 FOR UPDATE", model)
     if row is None:
@@ -69,18 +112,18 @@ async def view(conn: Conn, model: str, manifest: DatasetManifest | None) -> Mode
     )
     since, horizon = row["drift_since"], row["horizon"]
     return ModelView(
-        total_rows=manifest.total_rows if manifest else 0,
+        total_rows=rows.total if rows else 0,
         last_trained_rows=row["last_trained_rows"],
         active_job=active is not None,
         drift_since=since,
-        rows_since_drift=sum(b.rows for b in manifest.since(since)) if manifest and since else 0,
+        rows_since_drift=await rows.since(conn, since) if rows and since else 0,
         last_drift_job_at=row["last_drift_job_at"],
         active_trigger=active,
         champion_version=row["champion_version"],
         drift_version=row["drift_version"],
         last_drift_version=row["last_drift_version"],
         horizon=horizon,
-        rows_since_horizon=sum(b.rows for b in manifest.since(horizon)) if manifest and horizon else 0,
+        rows_since_horizon=await rows.since(conn, horizon) if rows and horizon else 0,
     )
 
 
@@ -89,7 +132,7 @@ async def enqueue(
     *,
     model: str,
     dataset_name: str,
-    manifest: DatasetManifest,
+    version: int,
     manifest_ref: ArtifactRef,
     decision: Decision,
     trigger_event_id: uuid.UUID | None,
@@ -103,7 +146,7 @@ async def enqueue(
         "INSERT INTO jobs (id, model, dataset, dataset_version, manifest, trigger, trigger_event_id, reason, since, "
         "correlation_id, trace_headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
         "ON CONFLICT (model) WHERE status IN ('queued', 'running') DO NOTHING RETURNING true",
-        job_id, model, dataset_name, manifest.version, manifest_ref.model_dump_json(), decision.trigger.value,
+        job_id, model, dataset_name, version, manifest_ref.model_dump_json(), decision.trigger.value,
         trigger_event_id, decision.reason, decision.since, correlation_id, json.dumps(trace_headers),
     )  # fmt: skip
     if not inserted:

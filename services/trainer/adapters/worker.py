@@ -13,9 +13,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
+import pyarrow as pa
+
 from libs.common import models
 from libs.common.artifacts import ArtifactStore
-from libs.common.datasets import DatasetManifest, read_batches, row_sources
+from libs.common.datasets import BatchEntry, DatasetManifest, counted_sources, read_rows
 from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType, Task
@@ -97,11 +99,11 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
     with stage("read"):
         manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(spec["manifest"])))
         since = datetime.fromisoformat(spec["since"]) if spec.get("since") else None
-        batches = manifest.since(since) if since else manifest.batches
-        if not batches:
-            raise ValueError(f"no batches of {manifest.dataset} v{manifest.version} since {since}")
-        frame = read_batches(store, batches).to_pandas()
         schema = manifest.dataset_schema
+        if not (manifest.since(since) if since else manifest.batches):
+            raise ValueError(f"no batches of {manifest.dataset} v{manifest.version} since {since}")
+        table, counts = read_training_rows(store, manifest, since, spec["config"].get("max_rows"))
+        frame = table.to_pandas()
         champion = None
         if spec.get("champion_artifact"):
             champion = models.load(store, ArtifactRef.model_validate(spec["champion_artifact"]))
@@ -142,9 +144,21 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         "profile": profile_ref.model_dump(),
         "onnx": onnx.model_dump(mode="json"),
         "search": result.search,
-        "row_sources": [s.model_dump() for s in sources] if (sources := row_sources(batches)) is not None else None,
+        "row_sources": [s.model_dump() for s in sources] if (sources := counted_sources(counts)) is not None else None,
         "holdout": holdout_ref.model_dump(),
     }
+
+
+def read_training_rows(
+    store: ArtifactStore, manifest: DatasetManifest, since: datetime | None, max_rows: int | None
+) -> tuple[pa.Table, list[tuple[BatchEntry, int]]]:
+    """The rows a job learns from: those accepted since ``since``, only the newest ``max_rows`` labelled
+    ones when training keeps no more (segments further back are never opened)."""
+    table, counts = read_rows(store, manifest.batches, since=since, max_rows=max_rows)
+    target = manifest.dataset_schema.target.name
+    if max_rows is not None and table.column(target).null_count and table.num_rows < manifest.total_rows:
+        table, counts = read_rows(store, manifest.batches, since=since)  # unlabelled rows: training skips them
+    return table, counts
 
 
 def export_onnx(store: ArtifactStore, schema: DatasetSchema, result: TrainingResult) -> OnnxExport:

@@ -31,6 +31,7 @@ def handler(rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None
 async def _record(conn: asyncpg.Connection, rt: Runtime, settings: TrainerSettings, event: DataArrived) -> bool:
     """Record the version and plan each model trained on the dataset; whether a job was queued."""
     await repository.upsert_dataset(conn, event.dataset, event.version, event.total_rows, event.manifest)
+    await repository.record_batch(conn, event.dataset, event.version, event.rows_accepted, event.occurred_at)
     models = set(models_for(settings, event.dataset)) | set(await repository.models_of(conn, event.dataset))
     queued = False
     for model in sorted(models):

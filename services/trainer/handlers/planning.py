@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -46,22 +47,24 @@ def dataset_for(settings: TrainerSettings, model: str) -> str:
     return settings.models.get(model, model)
 
 
-async def current_manifest(
-    conn: asyncpg.Connection, store: ArtifactStore, dataset: str
-) -> tuple[DatasetManifest, ArtifactRef] | None:
+async def current_rows(conn: asyncpg.Connection, store: ArtifactStore, dataset: str) -> repository.DatasetRows | None:
+    """The latest version's counts; its manifest is read only if the trainer missed some versions' events."""
     row = await repository.dataset(conn, dataset)
     if row is None:
         return None
     ref = ArtifactRef.model_validate_json(row["manifest"])
-    return DatasetManifest.model_validate_json(store.get(ref)), ref
+    rows = repository.DatasetRows(dataset, row["version"], row["total_rows"], ref)
+    if await repository.counted_versions(conn, dataset, row["version"]) < row["version"]:
+        rows = replace(rows, manifest=DatasetManifest.model_validate_json(store.get(ref)))
+    return rows
 
 
 async def model_view(
     conn: asyncpg.Connection, store: ArtifactStore, model: str, dataset: str
-) -> tuple[ModelView, tuple[DatasetManifest, ArtifactRef] | None]:
+) -> tuple[ModelView, repository.DatasetRows | None]:
     await repository.ensure_model(conn, model, dataset)
-    current = await current_manifest(conn, store, dataset)
-    return await repository.view(conn, model, current[0] if current else None), current
+    current = await current_rows(conn, store, dataset)
+    return await repository.view(conn, model, current), current
 
 
 async def plan(
@@ -93,13 +96,12 @@ async def plan(
         log.warning("cancelled routine job(s) of %s for drift: %s", model, [str(c) for c in cancelled])
     if not decision.train or current is None:
         return decision, None
-    manifest, ref = current
     job_id = await repository.enqueue(
         conn,
         model=model,
         dataset_name=dataset,
-        manifest=manifest,
-        manifest_ref=ref,
+        version=current.version,
+        manifest_ref=current.manifest_ref,
         decision=decision,
         trigger_event_id=trigger_event_id,
         correlation_id=correlation_id,
