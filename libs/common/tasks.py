@@ -19,7 +19,13 @@ So driftloop never uses ``asyncio.wait_for`` (ruff bans it: TID251); bounds are
 from __future__ import annotations
 
 import asyncio
+import gc
+import logging
+from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -39,3 +45,41 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+def where(task: asyncio.Task[Any]) -> str:
+    """Where ``task`` is suspended, outermost first: ``stop (lifecycle.py:83) → close (group_coordinator.py:364)``.
+
+    ``Task.get_stack`` shows a suspended task's outermost frame only; this follows
+    the chain of awaited coroutines, so a stop that hangs says which step hangs.
+    """
+    steps: list[str] = []
+    awaited: Any = task.get_coro()
+    while awaited is not None and len(steps) < 64:
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is not None:
+            steps.append(f"{frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        if awaited is not None and not hasattr(awaited, "cr_frame") and not hasattr(awaited, "gi_frame"):
+            # ``await future`` leaves the future's C iterator here; the future is what it refers to
+            awaited = next((r for r in gc.get_referents(awaited) if isinstance(r, asyncio.Future)), awaited)
+        if isinstance(awaited, asyncio.Task):
+            steps.append(f"task {awaited.get_name()} [{where(awaited)}]")
+            break
+        if isinstance(awaited, asyncio.Future):
+            steps.append("a future")
+            break
+    return " → ".join(steps) or "not suspended"
+
+
+async def bounded(coro: Coroutine[Any, Any, None], *, timeout_s: float, what: str) -> bool:
+    """Run ``coro`` for at most ``timeout_s``; when it takes longer, log where it was stuck,
+    cancel it and return False (the caller goes on)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait([task], timeout=timeout_s)
+    if done:
+        task.result()
+        return True
+    log.error("%s did not finish in %gs; stuck at: %s", what, timeout_s, where(task))
+    task.cancel()
+    return False

@@ -8,7 +8,7 @@ import contextlib
 
 import pytest
 
-from libs.common.tasks import cancel_and_wait
+from libs.common.tasks import bounded, cancel_and_wait
 
 
 async def _woken_loop(wake: asyncio.Event, rounds: list[int]) -> None:
@@ -69,3 +69,33 @@ async def test_an_error_the_task_ended_with_is_raised() -> None:
 
 async def test_none_is_nothing_to_stop() -> None:
     await cancel_and_wait(None)
+
+
+async def test_a_step_that_hangs_is_named_and_left_behind(caplog: pytest.LogCaptureFixture) -> None:
+    """A bounded stop says where it is stuck, through tasks it awaits, then lets the caller go on."""
+
+    async def leave_group() -> None:
+        await asyncio.Event().wait()
+
+    async def stop_clients(coordination: asyncio.Task[None]) -> None:
+        await coordination
+
+    coordination = asyncio.create_task(leave_group(), name="coordination")
+    assert not await bounded(stop_clients(coordination), timeout_s=0.1, what="stopping the clients")
+    message = caplog.records[-1].getMessage()
+    assert "stopping the clients did not finish in 0.1s" in message
+    assert "stop_clients (test_tasks.py:" in message
+    assert "task coordination [leave_group (test_tasks.py:" in message
+    coordination.cancel()
+
+
+async def test_a_step_that_ends_is_not_bounded() -> None:
+    async def quick() -> None:
+        await asyncio.sleep(0)
+
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    assert await bounded(quick(), timeout_s=5, what="quick")
+    with pytest.raises(RuntimeError, match="boom"):
+        await bounded(fails(), timeout_s=5, what="fails")

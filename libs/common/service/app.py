@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from libs.common.service.middlewares import BodyLimitMiddleware, ObservabilityMi
 from libs.common.service.probes import install_probes
 from libs.common.service.runtime import Runtime, ServiceSpec
 from libs.common.service.settings import ServiceSettings
+from libs.common.tasks import bounded
 from libs.common.telemetry import Telemetry, configure_logging, setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,7 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
         try:
             yield
         finally:
-            try:  # a stop step that never returns must not keep the process (or a test) alive for ever
-                async with asyncio.timeout(STOP_TIMEOUT_S):  # not wait_for: see libs.common.tasks
-                    await stop(spec, runtime)
-            except TimeoutError:
-                log.error("%s did not stop in %.0fs; abandoning the rest of its shutdown", spec.name, STOP_TIMEOUT_S)
+            await bounded(stop(spec, runtime), timeout_s=STOP_TIMEOUT_S, what=f"{spec.name}: the stop")
 
     # FastAPI's own OpenTelemetry hooks look for global providers on every request; the services
     # trace through their own provider (ObservabilityMiddleware), so those hooks are switched off.

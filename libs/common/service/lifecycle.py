@@ -18,6 +18,7 @@ from libs.common.kafka import ensure_topics, start_with_retry
 from libs.common.service.runtime import Runtime, ServiceSpec
 from libs.common.service.settings import ServiceSettings
 from libs.common.signing import Verifier, VerifyingStore
+from libs.common.tasks import bounded
 from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,12 @@ async def start(spec: ServiceSpec, rt: Runtime) -> None:
 
 
 BROKER_STOP_TIMEOUT_S = 15.0
+"""Stopping the Kafka clients sends LeaveGroup and flushes the producer; against a broker that
+does not answer, each request waits aiokafka's request timeout (40 s). A shutdown does not wait
+for a dead broker that long (Kubernetes kills after 30 s): the rest of the stop goes on."""
 STOP_TIMEOUT_S = 45.0
+"""A watchdog, not a mitigation: every step of a stop ends by itself (see libs.common.tasks for
+the hang this once was). Should one not, the stop logs where it is stuck and the process exits."""
 
 
 async def stop(spec: ServiceSpec, rt: Runtime) -> None:
@@ -81,11 +87,7 @@ async def stop(spec: ServiceSpec, rt: Runtime) -> None:
     await asyncio.gather(*rt.background, return_exceptions=True)
     if rt.relay is not None:  # before the broker: a batch in flight completes or stays pending
         await rt.relay.stop()
-    try:  # a consumer leaving its group mid-rebalance can wait on the coordinator for good
-        async with asyncio.timeout(BROKER_STOP_TIMEOUT_S):
-            await rt.broker.stop()
-    except TimeoutError:
-        log.warning("the Kafka clients did not stop in %.0fs; going on with the shutdown", BROKER_STOP_TIMEOUT_S)
+    await bounded(rt.broker.stop(), timeout_s=BROKER_STOP_TIMEOUT_S, what=f"{spec.name}: stopping the Kafka clients")
     if rt.pool is not None:
         await close_pool(rt.pool)
     await rt.auth.stop()
