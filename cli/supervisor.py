@@ -227,9 +227,13 @@ class Supervisor:
     def alive(self) -> list[str]:
         return [n for n, p in self.processes.items() if p.poll() is None]
 
-    def restart(self, name: str, timeout: float = 60.0) -> None:
-        """Stop one service and start it again (used to show that work survives a restart)."""
-        self._terminate(name)
+    def restart(self, name: str, timeout: float = 60.0, *, kill: bool = False) -> None:
+        """Stop one service and start it again (used to show that work survives a restart);
+        ``kill``: with SIGKILL, as a crash would (the chaos tests)."""
+        if kill:
+            self._kill(name)
+        else:
+            self._terminate(name)
         assert self.state is not None
         env = self._env(self.state.database_url, self.state.kafka_bootstrap, self.state.artifacts_root)
         self._spawn(name, env)
@@ -244,6 +248,12 @@ class Supervisor:
                     pass
                 time.sleep(0.2)
         raise RuntimeError(f"service {name} not ready {timeout:.0f}s after a restart")
+
+    def _kill(self, name: str) -> None:
+        process = self.processes.pop(name, None)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(10)
 
     def _terminate(self, name: str, timeout: float = 20.0) -> None:
         process = self.processes.pop(name, None)
