@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from libs.common.events import DataArrived
 from libs.common.kafka import MicroBatchConsumer
+from libs.common.retention import Rule
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.ingest import api
@@ -41,6 +42,7 @@ def spec(settings: IngestSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="ingest",
+        retention=(Rule("rejections", "created_at", "rejections_days"),),
         publishes=(DataArrived,),
         migrations=Path(__file__).parent / "migrations",
         routes=lambda app, rt: api.mount(app, rt, settings),

@@ -12,6 +12,7 @@ from libs.common import topics
 from libs.common.events import DriftDetected, LabelsArrived, ModelPromoted, PredictionsLogged
 from libs.common.kafka import LagExporter, Route, subscribe
 from libs.common.request_ids import RequestIds
+from libs.common.retention import Rule
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.monitor import api
@@ -62,6 +63,11 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
     return ServiceSpec(
         name="monitor",
         verify_artifacts=True,
+        retention=(
+            Rule("predictions", "at", "predictions_days"),
+            Rule("pending_labels", "at", "predictions_days"),
+            Rule("reports", "at", "reports_days"),
+        ),
         on_start=on_start,
         publishes=(DriftDetected,),
         migrations=Path(__file__).parent / "migrations",

@@ -10,7 +10,7 @@ import time
 import asyncpg
 from prometheus_client import Counter, Gauge
 
-from libs.common import outbox
+from libs.common import outbox, retention
 from libs.common.artifacts import ArtifactStore
 from libs.common.brokerwatch import BrokerWatch
 from libs.common.db import COMMON_MIGRATIONS, close_pool, connect_with_retry, load_migrations, migrate
@@ -63,6 +63,8 @@ async def start(spec: ServiceSpec, rt: Runtime) -> None:
                 await asyncio.sleep(5)
 
         rt.spawn(measure_backlog(), "outbox-backlog")
+        pruner = retention.Pruner(rt.pool, retention.SHARED + spec.retention, rt.settings.retention, rt.telemetry)
+        rt.spawn(pruner.run(), "retention")
     if spec.on_start is not None:
         await spec.on_start(rt)
     rt.ready = True

@@ -20,6 +20,7 @@ from libs.common.auth import Authenticator
 from libs.common.brokerwatch import BrokerWatch
 from libs.common.events import Event
 from libs.common.kafka import BrokerPublisher
+from libs.common.retention import Rule
 from libs.common.service.settings import ServiceSettings
 from libs.common.telemetry import Telemetry
 
@@ -88,3 +89,5 @@ class ServiceSpec:
     front: Callable[[ASGIApp], ASGIApp] | None = None
     """An ASGI layer in front of every other one, given the rest of the app: serving answers its predict
     routes there, doing its own token check, limits, metrics and tracing (see services/serving/hotpath.py)."""
+    retention: tuple[Rule, ...] = ()
+    """The service's own tables that are pruned, besides the shared ones (libs/common/retention.py)."""

@@ -6,6 +6,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from libs.common.auth import AuthSettings
+from libs.common.retention import RetentionSettings
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
 from libs.common.signing import SigningSettings
 
@@ -29,3 +30,4 @@ class ServiceSettings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     signing: SigningSettings = Field(default_factory=SigningSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
