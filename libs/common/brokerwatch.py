@@ -31,6 +31,7 @@ from libs.common import topics
 from libs.common.kafka import METADATA_MAX_AGE_MS, ensure_topics
 from libs.common.kafka_security import client_options
 from libs.common.settings import KafkaSettings
+from libs.common.tasks import shielded
 from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -113,4 +114,4 @@ class BrokerWatch:
             await admin.start()
             return set(await admin.list_topics())
         finally:
-            await admin.close()
+            await shielded(admin.close())  # aiokafka's close swallows a cancel: see libs.common.tasks

@@ -23,9 +23,11 @@ import gc
 import logging
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -83,3 +85,16 @@ async def bounded(coro: Coroutine[Any, Any, None], *, timeout_s: float, what: st
     log.error("%s did not finish in %gs; stuck at: %s", what, timeout_s, where(task))
     task.cancel()
     return False
+
+
+async def shielded(cleanup: Coroutine[Any, Any, T]) -> T:
+    """Await a third-party ``cleanup`` in a task of its own: a cancel of the caller is raised
+    here at once, while the cleanup runs to its end.
+
+    For cleanups that swallow a cancellation. aiokafka's ``AIOKafkaClient.close()`` (behind
+    every admin client's ``close()`` and consumer's and producer's ``stop()``) awaits its
+    metadata task inside ``suppress(CancelledError)``: a task cancelled during it carried on
+    as if nothing happened. The broker watch closes an admin client every few seconds, so a
+    service stopping at that moment waited for it for ever.
+    """
+    return await asyncio.shield(cleanup)

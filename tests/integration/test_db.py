@@ -32,7 +32,7 @@ async def test_migrations_apply_once_and_are_recorded(pool: asyncpg.Pool, schema
     assert await migrate(pool, schema, load_migrations(tmp_path)) == []
     assert await pool.fetchval("SELECT count(*) FROM items") == 2  # the seed ran once
     recorded = [r["name"] for r in await pool.fetch("SELECT name FROM schema_migrations ORDER BY name")]
-    assert recorded == ["000_idempotency.sql", "000_outbox.sql", "001_items.sql", "002_seed.sql"]
+    assert recorded == ["000_idempotency.sql", "000_outbox.sql", "000_retention.sql", "001_items.sql", "002_seed.sql"]
 
 
 async def test_replicas_migrating_at_once_apply_each_file_once(pool: asyncpg.Pool, schema: str, tmp_path: Path) -> None:

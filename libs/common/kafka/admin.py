@@ -15,6 +15,7 @@ from libs.common.errors import TransientError
 from libs.common.kafka.broker import connect_with_retry
 from libs.common.kafka_security import client_options
 from libs.common.settings import KafkaSettings
+from libs.common.tasks import shielded
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ async def ensure_topics(settings: KafkaSettings, specs: Iterable[topics.TopicSpe
             log.info("topics created", extra={"topics": created})
         return created
     finally:
-        await admin.close()
+        await shielded(admin.close())  # aiokafka's close swallows a cancel: see libs.common.tasks
 
 
 async def _wait_for_metadata(admin: AIOKafkaAdminClient, names: list[str], deadline: float) -> None:

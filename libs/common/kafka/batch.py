@@ -20,7 +20,7 @@ from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead
 from libs.common.kafka.delivery import BatchHandler, Delivery
 from libs.common.kafka_security import client_options
 from libs.common.settings import KafkaSettings
-from libs.common.tasks import cancel_and_wait
+from libs.common.tasks import cancel_and_wait, shielded
 from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class MicroBatchConsumer:
                 except KafkaError as exc:  # partitions moved; the new owner redelivers, consumers dedupe
                     log.warning("commit after batch failed", extra={"topic": self.topic, "error": repr(exc)})
         finally:
-            await consumer.stop()
+            await shielded(consumer.stop())  # aiokafka's close swallows a cancel: see libs.common.tasks
 
     async def _process(self, records: list[Any]) -> None:
         items: list[_Item] = []

@@ -13,6 +13,7 @@ from aiokafka.errors import KafkaError
 
 from libs.common.kafka_security import client_options
 from libs.common.settings import KafkaSettings
+from libs.common.tasks import shielded
 from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ async def consumer_lag(bootstrap: str, prefix: str = "", options: dict[str, Any]
     try:
         groups = sorted(g[0] for g in await admin.list_consumer_groups() if g[0].startswith(prefix))
     finally:
-        await admin.close()
+        await shielded(admin.close())  # aiokafka's close swallows a cancel: see libs.common.tasks
     probe = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **options)
     await probe.start()
     try:
@@ -56,7 +57,7 @@ async def consumer_lag(bootstrap: str, prefix: str = "", options: dict[str, Any]
         partitions = [TopicPartition(t, p) for t in sorted(names) for p in sorted(probe.partitions_for_topic(t) or ())]
         ends = await probe.end_offsets(partitions) if partitions else {}
     finally:
-        await probe.stop()
+        await shielded(probe.stop())
     rows: list[LagRow] = []
     for group in groups:
         reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **options)
@@ -67,7 +68,7 @@ async def consumer_lag(bootstrap: str, prefix: str = "", options: dict[str, Any]
                 if committed is not None:
                     rows.append(LagRow(group, tp.topic, tp.partition, committed, ends.get(tp, committed)))
         finally:
-            await reader.stop()
+            await shielded(reader.stop())
     return rows
 
 
