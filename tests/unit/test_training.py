@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import replace
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
+from sklearn.pipeline import Pipeline
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from cli.churn_stream import ChurnStream
 from libs.common.frames import features_frame
@@ -13,6 +19,7 @@ from libs.common.schema import DatasetSchema
 from services.trainer.domain.training import (
     DEFAULT_PARAMS,
     ITERATION_CHUNK,
+    SingleThreaded,
     TrainingConfig,
     affordable,
     candidates,
@@ -168,3 +175,29 @@ def test_nothing_is_left_out_when_the_champion_errs_alike_throughout() -> None:
     late = two_concepts(1600, 150)
     old = train(TWO, two_concepts(1500, 0, seed=1), replace(config, trim_to_change=False)).pipeline
     assert train(TWO, late, config, old).dropped_rows == 0
+
+
+class OpenMPProbe(BaseEstimator):  # type: ignore[misc]
+    """Records how many OpenMP threads a fit in the calling thread would use."""
+
+    seen: ClassVar[list[int]] = []
+
+    def fit(self, x: Any, y: Any = None) -> OpenMPProbe:
+        self.seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "openmp")
+        return self
+
+
+def fit_in_a_thread(pipeline: Pipeline) -> list[int]:
+    OpenMPProbe.seen = []
+    worker = threading.Thread(target=pipeline.fit, args=(np.zeros((4, 1)), [0, 1, 0, 1]))
+    worker.start()
+    worker.join()
+    return OpenMPProbe.seen
+
+
+def test_the_search_fits_with_one_openmp_thread_in_its_worker_threads() -> None:
+    """threadpool_limits binds only the thread that calls it: the search's threads must limit themselves."""
+    assert fit_in_a_thread(SingleThreaded([("probe", OpenMPProbe())])) == [1]
+    if (os.cpu_count() or 1) > 1 and "OMP_NUM_THREADS" not in os.environ:
+        with threadpool_limits(1, user_api="openmp"):  # what train() does around the search, in its own thread
+            assert fit_in_a_thread(Pipeline([("probe", OpenMPProbe())])) == [os.cpu_count()]
