@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import APIRouter, FastAPI, Path, Query, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common import idempotency
 from libs.common.auth import Principal, Role, require
@@ -22,6 +23,76 @@ ModelName = Annotated[str, Path(description="Model name.")]
 VersionNumber = Annotated[int, Path(ge=1, le=INT4_MAX, description="Model version.")]
 
 
+class ModelSummary(BaseModel):
+    model: str
+    dataset: str
+    versions: int = Field(description="Versions registered.")
+    aliases: dict[str, int] = Field(description="Alias → version.", examples=[{"champion": 3}])
+    runtime: str | None = Field(description="What serves the champion: onnxruntime or sklearn; None without one.")
+
+
+class Run(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str
+    params: dict[str, Any]
+    seed: int
+    code_version: str
+    training_rows: int
+    champion_version: int | None = Field(description="The champion it was compared with.")
+    champion_metrics: dict[str, Any] | None
+    rejudged: dict[str, Any] | None = Field(description="The re-judgement, when the champion changed meanwhile.")
+
+
+class Lineage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    dataset: str
+    dataset_version: int
+    trigger: str
+    trigger_event_id: str | None
+    source_event_id: str = Field(description="The model.trained event it was registered from.")
+
+
+class Version(BaseModel):
+    """A registered version. Fields added to the record later pass through (extra="allow")."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    version: int
+    aliases: list[str]
+    metrics: dict[str, Any] = Field(description="Holdout metrics.")
+    primary_metric: str
+    decision: str = Field(description="The promotion policy's outcome.")
+    created_at: str
+    run: Run
+    lineage: Lineage
+    artifact: dict[str, Any]
+    profile: dict[str, Any]
+    schema_: dict[str, Any] = Field(alias="schema", description="The dataset schema it was trained on.")
+    onnx: dict[str, Any] | None
+    runtime: str
+
+
+class AliasMoved(BaseModel):
+    model: str
+    alias: str
+    from_version: int | None
+    to_version: int
+
+
+class AuditEntry(BaseModel):
+    id: int
+    action: str = Field(examples=["register", "promote", "reject", "rollback", "rejudge"])
+    alias: str | None
+    from_version: int | None
+    to_version: int | None
+    actor: str
+    reason: str
+    at: str
+
+
 class AliasMoveRequest(BaseModel):
     version: int = Field(ge=1, le=INT4_MAX, description="Version the alias should point to.")
     reason: str = Field(min_length=3, max_length=500, description="Why; kept in the audit log.")
@@ -29,71 +100,63 @@ class AliasMoveRequest(BaseModel):
 
 def mount(app: FastAPI, rt: Runtime) -> None:
     router = APIRouter(prefix="/v1/models", tags=["models"])
+    _mount_reads(router, rt)
+    _mount_alias_move(router, rt)
+    app.include_router(router)
 
-    async def _require(model: str) -> None:
-        if await rt.db.fetchval("SELECT 1 FROM models WHERE name = $1", model) is None:
-            raise NotFound(f"no model {model!r} in the registry", model=model)
 
-    async def _aliases(model: str) -> dict[int, list[str]]:
-        by_version: dict[int, list[str]] = {}
-        for r in await rt.db.fetch("SELECT alias, version FROM aliases WHERE model = $1 ORDER BY alias", model):
-            by_version.setdefault(r["version"], []).append(r["alias"])
-        return by_version
+async def _require(rt: Runtime, model: str) -> None:
+    if not await repository.model_exists(rt.db, model):
+        raise NotFound(f"no model {model!r} in the registry", model=model)
 
+
+def _version(row: asyncpg.Record, aliases: list[str] | None) -> Version:
+    return Version.model_validate(repository.version_out(row, aliases))
+
+
+def _mount_reads(router: APIRouter, rt: Runtime) -> None:
     @router.get(
         "",
         summary="Models with their aliases and the runtime serving the champion",
         dependencies=[require(Role.READER)],
     )
-    async def list_models() -> list[dict[str, Any]]:
-        rows = await rt.db.fetch(
-            "SELECT m.name, m.dataset, count(v.version) AS versions FROM models m "
-            "LEFT JOIN versions v ON v.model = m.name GROUP BY m.name, m.dataset ORDER BY m.name"
-        )
-        aliases = await rt.db.fetch("SELECT model, alias, version FROM aliases")
-        champions = await rt.db.fetch(
-            "SELECT v.model, v.onnx FROM aliases a JOIN versions v ON v.model = a.model AND v.version = a.version "
-            "WHERE a.alias = 'champion'"
-        )
-        runtimes = {c["model"]: repository.runtime(repository.onnx_export(c)) for c in champions}
-        return [
-            {
-                "model": r["name"],
-                "dataset": r["dataset"],
-                "versions": r["versions"],
-                "aliases": {a["alias"]: a["version"] for a in aliases if a["model"] == r["name"]},
-                "runtime": runtimes.get(r["name"]),
-            }
-            for r in rows
-        ]
+    async def list_models() -> list[ModelSummary]:
+        return [ModelSummary.model_validate(m) for m in await repository.models_out(rt.db)]
 
     @router.get("/{model}/versions", summary="Versions of a model, newest first", dependencies=[require(Role.READER)])
-    async def list_versions(model: ModelName) -> list[dict[str, Any]]:
-        await _require(model)
-        aliases = await _aliases(model)
-        rows = await rt.db.fetch("SELECT * FROM versions WHERE model = $1 ORDER BY version DESC", model)
-        return [repository.version_out(r, aliases.get(r["version"])) for r in rows]
+    async def list_versions(model: ModelName) -> list[Version]:
+        await _require(rt, model)
+        aliases = await repository.aliases_by_version(rt.db, model)
+        return [_version(r, aliases.get(r["version"])) for r in await repository.versions(rt.db, model)]
 
     @router.get("/{model}/versions/{version}", summary="One version: metrics, run, lineage, artifacts",
                 dependencies=[require(Role.READER)])  # fmt: skip
-    async def show_version(model: ModelName, version: VersionNumber) -> dict[str, Any]:
-        row = await rt.db.fetchrow("SELECT * FROM versions WHERE model = $1 AND version = $2", model, version)
+    async def show_version(model: ModelName, version: VersionNumber) -> Version:
+        row = await repository.version(rt.db, model, version)
         if row is None:
             raise NotFound(f"model {model!r} has no version {version}", model=model, version=version)
-        return repository.version_out(row, (await _aliases(model)).get(version))
+        return _version(row, (await repository.aliases_by_version(rt.db, model)).get(version))
 
     @router.get(
         "/{model}/aliases/{alias}", summary="The version an alias points to", dependencies=[require(Role.READER)]
     )
-    async def show_alias(model: ModelName, alias: str) -> dict[str, Any]:
-        await _require(model)
+    async def show_alias(model: ModelName, alias: str) -> Version:
+        await _require(rt, model)
         version = await repository.alias_version(rt.db, model, alias)
         if version is None:
             raise NotFound(f"model {model!r} has no {alias!r} alias", model=model, alias=alias)
         return await show_version(model, version)
 
+    @router.get("/{model}/audit", summary="Every registration, promotion, rejection and rollback",
+                dependencies=[require(Role.READER)])  # fmt: skip
+    async def audit(model: ModelName, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[AuditEntry]:
+        await _require(rt, model)
+        return [AuditEntry.model_validate(a) for a in await repository.audit_out(rt.db, model, limit)]
+
+
+def _mount_alias_move(router: APIRouter, rt: Runtime) -> None:
     @router.put(
-        "/{model}/aliases/{alias}", response_model=None, responses=errors(409),
+        "/{model}/aliases/{alias}", response_model=AliasMoved, responses=errors(409),
         summary="Move an alias by hand (promote or roll back)",
         description="canary and shadow, and rolling champion back to an older version, need `operator`; "
         "moving champion forward (the human approval step) needs `approver`. The audit records the caller.",
@@ -107,12 +170,12 @@ def mount(app: FastAPI, rt: Runtime) -> None:
     ) -> dict[str, Any] | Response:
         if alias not in ALIASES:
             raise NotFound(f"unknown alias {alias!r}; aliases are {', '.join(ALIASES)}", alias=alias)
-        await _require(model)
+        await _require(rt, model)
         async with rt.db.acquire() as conn, conn.transaction():
             request = fingerprint(principal.name, model, alias, body.model_dump_json())
             if key is not None and (replay := await idempotency.claim(conn, ALIAS_SCOPE, key, request)):
                 return replay.response()
-            await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", model)
+            await repository.lock_model(conn, model)
             current = await repository.alias_version(conn, model, alias)
             approval = alias == "champion" and (current is None or body.version > current)
             needed = Role.APPROVER if approval else Role.OPERATOR
@@ -130,24 +193,3 @@ def mount(app: FastAPI, rt: Runtime) -> None:
             if key is not None:
                 await idempotency.remember(conn, ALIAS_SCOPE, key, 200, json.dumps(answer).encode())
         return answer
-
-    @router.get("/{model}/audit", summary="Every registration, promotion, rejection and rollback",
-                dependencies=[require(Role.READER)])  # fmt: skip
-    async def audit(model: ModelName, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[dict[str, Any]]:
-        await _require(model)
-        rows = await rt.db.fetch("SELECT * FROM audit WHERE model = $1 ORDER BY id DESC LIMIT $2", model, limit)
-        return [
-            {
-                "id": r["id"],
-                "action": r["action"],
-                "alias": r["alias"],
-                "from_version": r["from_version"],
-                "to_version": r["to_version"],
-                "actor": r["actor"],
-                "reason": r["reason"],
-                "at": r["at"].isoformat(),
-            }
-            for r in rows
-        ]
-
-    app.include_router(router)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -162,6 +163,14 @@ async def keep_holdout(
     )  # fmt: skip
 
 
+async def version(conn: Conn, model: str, version: int) -> asyncpg.Record | None:
+    """One version's row, read without locking it."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT * FROM versions WHERE model = $1 AND version = $2", model, version
+    )
+    return row
+
+
 async def version_row(conn: Conn, model: str, version: int) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM versions WHERE model = $1 AND version = $2 FOR UPDATE", model, version)
 
@@ -194,3 +203,87 @@ async def keep_alarm(conn: asyncpg.Connection, event: DriftDetected) -> None:
         "INSERT INTO alarms (event_id, model, kinds, label_sources) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
         event.event_id, event.model, event.kinds, sources,
     )  # fmt: skip
+
+
+async def alarm_behind(conn: Conn, model: str, trigger_event_id: uuid.UUID | None) -> asyncpg.Record | None:
+    """The alarm behind a drift retrain (kinds, label_sources): the one named by the trigger when it is
+    an alarm, else the latest one raised since the current champion was promoted (a drift job is often
+    queued later, by the rows that arrive after the alarm, and then names their event)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT kinds, label_sources FROM alarms WHERE event_id = $1 OR (model = $2 AND at >= coalesce("
+        "(SELECT updated_at FROM aliases WHERE model = $2 AND alias = 'champion'), '-infinity')) "
+        "ORDER BY event_id = $1 DESC, at DESC LIMIT 1",
+        trigger_event_id, model,
+    )  # fmt: skip
+    return row
+
+
+async def ensure_model(conn: Conn, model: str, dataset: str) -> None:
+    await conn.execute("INSERT INTO models (name, dataset) VALUES ($1, $2) ON CONFLICT DO NOTHING", model, dataset)
+
+
+async def lock_model(conn: asyncpg.Connection, model: str) -> None:
+    """Serialise the changes to one model (version numbers, alias moves) until the transaction ends."""
+    await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", model)
+
+
+async def model_exists(conn: Conn, model: str) -> bool:
+    return await conn.fetchval("SELECT 1 FROM models WHERE name = $1", model) is not None
+
+
+async def aliases_by_version(conn: Conn, model: str) -> dict[int, list[str]]:
+    """Each version of ``model`` with the aliases pointing to it."""
+    by_version: dict[int, list[str]] = {}
+    for r in await conn.fetch("SELECT alias, version FROM aliases WHERE model = $1 ORDER BY alias", model):
+        by_version.setdefault(r["version"], []).append(r["alias"])
+    return by_version
+
+
+async def models_out(conn: Conn) -> list[dict[str, Any]]:
+    """Every model with its dataset, version count, aliases and the runtime serving its champion."""
+    rows = await conn.fetch(
+        "SELECT m.name, m.dataset, count(v.version) AS versions FROM models m "
+        "LEFT JOIN versions v ON v.model = m.name GROUP BY m.name, m.dataset ORDER BY m.name"
+    )
+    aliases = await conn.fetch("SELECT model, alias, version FROM aliases")
+    champions = await conn.fetch(
+        "SELECT v.model, v.onnx FROM aliases a JOIN versions v ON v.model = a.model AND v.version = a.version "
+        "WHERE a.alias = 'champion'"
+    )
+    runtimes = {c["model"]: runtime(onnx_export(c)) for c in champions}
+    return [
+        {
+            "model": r["name"],
+            "dataset": r["dataset"],
+            "versions": r["versions"],
+            "aliases": {a["alias"]: a["version"] for a in aliases if a["model"] == r["name"]},
+            "runtime": runtimes.get(r["name"]),
+        }
+        for r in rows
+    ]
+
+
+async def versions(conn: Conn, model: str) -> list[asyncpg.Record]:
+    """The versions of ``model``, newest first."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT * FROM versions WHERE model = $1 ORDER BY version DESC", model
+    )
+    return rows
+
+
+async def audit_out(conn: Conn, model: str, limit: int) -> list[dict[str, Any]]:
+    """The latest audit rows of ``model``, newest first."""
+    rows = await conn.fetch("SELECT * FROM audit WHERE model = $1 ORDER BY id DESC LIMIT $2", model, limit)
+    return [
+        {
+            "id": r["id"],
+            "action": r["action"],
+            "alias": r["alias"],
+            "from_version": r["from_version"],
+            "to_version": r["to_version"],
+            "actor": r["actor"],
+            "reason": r["reason"],
+            "at": r["at"].isoformat(),
+        }
+        for r in rows
+    ]

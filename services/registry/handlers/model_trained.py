@@ -65,12 +65,7 @@ async def _held_for_approval(
         # The alarm behind the retrain: the one named by the trigger when it is an alarm, else the
         # latest one raised since the current champion was promoted (a drift job is often queued
         # later, by the rows that arrive after the alarm, and then names their event).
-        alarm = await conn.fetchrow(
-            "SELECT kinds, label_sources FROM alarms WHERE event_id = $1 OR (model = $2 AND at >= coalesce("
-            "(SELECT updated_at FROM aliases WHERE model = $2 AND alias = 'champion'), '-infinity')) "
-            "ORDER BY event_id = $1 DESC, at DESC LIMIT 1",
-            trigger_event_id, model,
-        )  # fmt: skip
+        alarm = await repository.alarm_behind(conn, model, trigger_event_id)
         if alarm is None:
             log.warning("no alarm behind %s's drift retrain is known here: its labels' sources are not checked",
                         model)  # fmt: skip
@@ -98,10 +93,8 @@ async def _trust(
 
 
 async def _trained(conn: asyncpg.Connection, event: ModelTrained, config: PromotionConfig, trust: TrustConfig) -> str:
-    await conn.execute(
-        "INSERT INTO models (name, dataset) VALUES ($1, $2) ON CONFLICT DO NOTHING", event.model, event.dataset
-    )
-    await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", event.model)
+    await repository.ensure_model(conn, event.model, event.dataset)
+    await repository.lock_model(conn, event.model)
     champion = await repository.alias_version(conn, event.model, "champion")
     candidate = Candidate(
         primary_metric=event.primary_metric,
@@ -133,7 +126,7 @@ async def _trained(conn: asyncpg.Connection, event: ModelTrained, config: Promot
 async def _rejudged(
     conn: asyncpg.Connection, event: ModelRejudged, config: PromotionConfig, trust: TrustConfig
 ) -> str | None:
-    await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", event.model)
+    await repository.lock_model(conn, event.model)
     row = await repository.version_row(conn, event.model, event.version)
     if row is None or row["decision"] != "rejudging":
         log.info("re-judgement of %s v%d ignored: nothing awaits it", event.model, event.version)
