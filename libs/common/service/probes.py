@@ -9,18 +9,34 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
 
 from libs.common.asyncapi import document
 from libs.common.auth import Role
 from libs.common.service.runtime import Runtime, ServiceSpec
 
 
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    service: str = Field(examples=["registry"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ok, or unavailable (answered with 503).", examples=["ok"])
+    checks: dict[str, str] = Field(
+        description="Each check: ok, or why not.", examples=[{"started": "ok", "database": "ok", "broker": "ok"}]
+    )
+
+
 def install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "service": rt.name}
+    async def healthz() -> Health:
+        return Health(status="ok", service=rt.name)
 
-    @app.get("/readyz", tags=["ops"], summary="Readiness: database and broker usable")
+    @app.get(
+        "/readyz", tags=["ops"], summary="Readiness: database and broker usable", response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Not ready: the checks say why."}},
+    )  # fmt: skip
     async def readyz() -> JSONResponse:
         checks: dict[str, str] = {"started": "ok" if rt.ready else "starting"}
         if rt.pool is not None:
