@@ -170,23 +170,30 @@ def train_version(store: ArtifactStore, version: int, seed: int, rows: int) -> V
 class Driftloop:
     """``python -m services.serving`` on a free port, champions published as model.promoted events."""
 
-    def __init__(self, workdir: Path, store: ArtifactStore) -> None:
-        self.kafka = EmbeddedKafka(workdir / "kafka")
-        self.postgres = EmbeddedPostgres(workdir / "postgres" / "data", durable=False)
+    def __init__(self, workdir: Path, store: ArtifactStore, *, beside: Driftloop | None = None,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.beside = beside
+        """Another instance whose broker, database and token this one shares (it starts and stops none)."""
+        self.kafka: EmbeddedKafka = beside.kafka if beside else EmbeddedKafka(workdir / "kafka")
+        self.postgres: EmbeddedPostgres = (
+            beside.postgres if beside else EmbeddedPostgres(workdir / "postgres" / "data", durable=False)
+        )
         self.headers: dict[str, str] = {}
         self.port = free_port()
-        self.prefix = f"bench{uuid.uuid4().hex[:8]}."
+        self.prefix: str = beside.prefix if beside else f"bench{uuid.uuid4().hex[:8]}."
         self.store = store
-        self.log_path = workdir / "serving.log"
+        self.env = env or {}
+        self.log_path = workdir / f"serving-{self.port}.log"
         self.log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        bootstrap = self.kafka.start()
-        database = self.postgres.start()
-        token = asyncio.run(_predictor_token(database))
-        self.headers = {"Authorization": f"Bearer {token}"}
+        if self.beside is None:
+            bootstrap, database = self.kafka.start(), self.postgres.start()
+            self.headers = {"Authorization": f"Bearer {asyncio.run(_predictor_token(database))}"}
+        else:
+            bootstrap, database, self.headers = self.kafka.bootstrap, self.postgres.url, self.beside.headers
         env = {
             **os.environ,
             "DRIFTLOOP_DATABASE_URL": database,
@@ -196,8 +203,8 @@ class Driftloop:
             "DRIFTLOOP_SERVING_PORT": str(self.port),
             "DRIFTLOOP_SERVING_REGISTRY_URL": f"http://127.0.0.1:{free_port()}",  # none: champions come by event
             "DRIFTLOOP_SERVING_INSTANCE_ID": f"bench-{uuid.uuid4().hex[:6]}",
-            "DRIFTLOOP_SERVING_LOG_BATCH_SIZE": "1000",
             "DRIFTLOOP_SIGNING_PUBLIC_KEYS": json.dumps([str(_keys(self.store)[1])]),
+            **self.env,
         }
         self.process = subprocess.Popen([sys.executable, "-m", "services.serving"], cwd=ROOT, env=env,
                                         stdout=self.log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -238,8 +245,10 @@ class Driftloop:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(20)
-        self.kafka.stop()
-        self.postgres.stop()
+            self.process = None
+        if self.beside is None:
+            self.kafka.stop()
+            self.postgres.stop()
         self.log.close()
 
 
@@ -525,6 +534,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                           f" ({r.server_cpu_ms:.2f} CPU-ms/request)"
                                           for c, r in loads[name].items()), flush=True)  # fmt: skip
         results["load"] = {k: {c: asdict(r) for c, r in v.items()} for k, v in loads.items()}
+        # The same requests through FastAPI's full stack (DRIFTLOOP_SERVING_HOT_PATH=false), for what the
+        # hot path saves; started only now, so it was idle during the runs above.
+        slow = Driftloop(workdir, store, beside=dl, env={"DRIFTLOOP_SERVING_HOT_PATH": "false"})
+        slow.start()
+        slow.promote(v1)
+        wait_for(lambda: (slow.served() or {}).get("version") == 1, "v1 to be served through FastAPI")
+        path = f"/v1/models/{MODEL}/predict"
+        wrk(slow.url, path, v1_bodies, 8, 1.0, headers=dl.headers)  # warm-up
+        fastapi_load = wrk(slow.url, path, v1_bodies, 64, args.duration, headers=dl.headers,
+                           server=(slow.process.pid, False))  # type: ignore[union-attr]  # fmt: skip
+        slow.stop()
+        results["fastapi_path_c64"] = asdict(fastapi_load)
+        print(f"  driftloop /v1 through FastAPI (hot path off): c=64 {fastapi_load.rps:,.0f} req/s p99 "
+              f"{fastapi_load.p99_ms:.2f} ms ({fastapi_load.server_cpu_ms:.2f} CPU-ms/request)",
+              flush=True)  # fmt: skip
         results["batch_1000_ms"] = {
             "driftloop /v1": batch_latency_ms(f"{dl.url}/v1/models/{MODEL}/predict", v1_body(rows), headers=dl.headers),
             "driftloop /v2": batch_latency_ms(f"{dl.url}/v2/models/{MODEL}/infer", v2_body(rows), headers=dl.headers),
@@ -593,10 +617,20 @@ def report(r: dict[str, Any]) -> str:
                      "per fully available core (the load-independent figure on a shared machine)")  # fmt: skip
     wrk_cpu = max(run["wrk_cpu"] for runs in load.values() for run in runs.values())
     swap = r["swap"]
+    slow, fast = r["fastapi_path_c64"], load["driftloop /v1"]["c64"]
+    reported = r["driftloop"]["memory_reported_bytes"]
     lines += [
+        f"driftloop /v1 through FastAPI's full stack (DRIFTLOOP_SERVING_HOT_PATH=false), c=64: {slow['rps']:,.0f} "
+        f"req/s, p99 {slow['p99_ms']:.2f} ms, {slow['server_cpu_ms']:.2f} CPU-ms/request; the hot path: "
+        f"{fast['rps'] / max(slow['rps'], 1e-9):.1f}× the throughput, "
+        f"{slow['server_cpu_ms'] / max(fast['server_cpu_ms'], 1e-9):.1f}× less CPU per request",
+        "cores: no pinning; serving is one process (one event loop), wrk one thread, both scheduled by the OS "
+        "over the 2 cores",
         f"wrk used at most {wrk_cpu:.0%} of one core (one thread): it was not the bottleneck",
-        "memory per served version (driftloop, RSS growth on load): "
-        f"{r['driftloop']['memory_per_version_bytes'] / 2**20:.1f} MiB"
+        "memory per served version (driftloop): "
+        f"{r['driftloop']['memory_per_version_bytes'] / 2**20:.1f} MiB of resident memory gained by the process "
+        f"from idle to serving v1; serving's own figure (GET /v1/models/{{m}} memory_bytes, RSS growth during "
+        f"the load and first inference): {reported / 2**20 if reported is not None else float('nan'):.1f} MiB"
         f"; MLServer in all (its processes): {r['mlserver']['memory_total_bytes'] / 2**20:.0f} MiB",
         f"hot swap v1 → v2 under c=64: {swap['requests']:,} requests, {swap['failed']} failed, "
         f"{swap['answered_by_v1']:,} answered by v1 then {swap['answered_by_v2']:,} by v2, "

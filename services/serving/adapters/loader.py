@@ -9,8 +9,10 @@ serving: it falls back to scikit-learn and says why.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
+import threading
 from typing import Any
 
 import httpx
@@ -20,7 +22,8 @@ from libs.common.artifacts import ArtifactStore
 from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.schema import DatasetSchema
 from services.serving.adapters.runtimes import OnnxRuntime, SklearnRuntime
-from services.serving.domain.models import BatchPolicy, LoadedModel, RuntimeChoice
+from services.serving.domain.features import CompiledSchema
+from services.serving.domain.models import BatchPolicy, LoadedModel, ModelRuntime, RuntimeChoice
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +41,44 @@ async def load(
     onnx_threads: int = 1,
 ) -> LoadedModel:
     """Read, verify and prepare a version's runtime in a thread, off the event loop."""
-    before = resident_bytes()
-    choice = await asyncio.to_thread(choose_runtime, store, model, version, artifact, schema, onnx, onnx_threads)
-    after = resident_bytes()
-    memory = after - before if before is not None and after is not None else None
+    choice, memory = await asyncio.to_thread(_measured, store, model, version, artifact, schema, onnx, onnx_threads)
     return LoadedModel(model, version, choice, schema, artifact, generation, onnx=onnx, memory_bytes=memory,
                        batching=batching or BatchPolicy())  # fmt: skip
+
+
+_LOADING = threading.Lock()
+
+
+def _measured(
+    store: ArtifactStore,
+    model: str,
+    version: int,
+    artifact: ArtifactRef,
+    schema: DatasetSchema,
+    onnx: OnnxExport | None,
+    onnx_threads: int,
+) -> tuple[RuntimeChoice, int | None]:
+    """The runtime, ready (one inference made, so its first allocations are done), and the resident
+    memory the process grew by meanwhile: what serving this version costs. Loads run one at a time,
+    so one load's figure never counts another's; requests answered meanwhile can add a little."""
+    with _LOADING:
+        gc.collect()
+        before = resident_bytes()
+        choice = choose_runtime(store, model, version, artifact, schema, onnx, onnx_threads)
+        warm_up(choice.runtime, schema)
+        gc.collect()
+        after = resident_bytes()
+    return choice, after - before if before is not None and after is not None else None
+
+
+def warm_up(runtime: ModelRuntime, schema: DatasetSchema) -> None:
+    """One inference on a row of missing values before the version serves: onnxruntime allocates
+    its buffers on the first call, which would otherwise land on the first request after a swap."""
+    columns = CompiledSchema(schema).missing_row()
+    try:
+        runtime.infer(columns)
+    except Exception as exc:  # a pipeline that cannot take missing values: the first request warms it up
+        log.info("warm-up skipped (%s: %s)", type(exc).__name__, exc)
 
 
 def choose_runtime(

@@ -64,7 +64,7 @@ class PredictionLog:
         """Queue what one request served; cheap (no per-row work), called on the request path."""
         key = (model, version)
         self._served[key].append(served)
-        self._buffers.setdefault(key, deque())  # made on the loop: the flush thread only fills existing ones
+        self._buffers.setdefault(key, deque())
         if cause is not None and cause.is_valid:
             self._causes[key].append(cause)
         self._pending += served.rows
@@ -87,12 +87,6 @@ class PredictionLog:
         self._pending -= dropped
         self.dropped.inc(dropped)
 
-    def _materialise(self) -> None:
-        for key, queue in list(self._served.items()):
-            buffer = self._buffers[key]
-            while queue:
-                buffer.extend(queue.popleft().records())
-
     async def flush(self) -> None:
         # A batch whose publish failed is sent again as the same event (same id):
         # the broker may have stored it before the failure, and the monitor
@@ -103,11 +97,14 @@ class PredictionLog:
                 return
             self._unsent.popleft()
             self._pending -= len(event.records)
-        # Building records is the log's heaviest work (dicts per row): it runs in a
-        # thread, so requests keep being answered on the event loop meanwhile. The deques it moves
-        # items between are safe to append to and pop from across threads.
-        if any(self._served.values()):
-            await asyncio.to_thread(self._materialise)
+        # Building records is the log's heaviest work (dicts per row). It runs on the event loop
+        # one request's worth at a time, yielding in between, so requests are answered between the
+        # steps: on a worker thread it would hold the GIL for milliseconds at a stretch instead.
+        for key, queue in list(self._served.items()):
+            buffer = self._buffers[key]
+            while queue:
+                buffer.extend(queue.popleft().records())
+                await asyncio.sleep(0)
         for (model, version), buffer in list(self._buffers.items()):
             while buffer:
                 batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
@@ -119,6 +116,7 @@ class PredictionLog:
                     self._unsent.append((event, causes))
                     return
                 self._pending -= len(batch)
+                await asyncio.sleep(0)
 
     async def _publish(self, event: PredictionsLogged, causes: list[trace.SpanContext]) -> bool:
         try:

@@ -81,6 +81,13 @@ class CompiledSchema:
         self._low = np.array([[-np.inf if f.min is None else f.min] for f in numeric], dtype=np.float64)
         self._high = np.array([[np.inf if f.max is None else f.max] for f in numeric], dtype=np.float64)
 
+    def missing_row(self) -> Columns:
+        """One row with every value missing (NaN, None), bypassing the checks: a runtime's warm-up input."""
+        return Columns(1, {
+            f.name: np.array([None], dtype=object) if f.dtype is DType.CATEGORICAL else np.array([np.nan])
+            for f in self.features
+        })  # fmt: skip
+
     def from_instances(self, instances: Sequence[Any]) -> Columns:
         """Columns from rows (dicts of feature → value); keys that are not features are ignored."""
         for index, instance in enumerate(instances):

@@ -75,7 +75,8 @@ class LoadedModel:
     """Ordering of the promotion that loaded it (event time); a late, older load never wins."""
     onnx: OnnxExport | None = None
     memory_bytes: int | None = None
-    """Growth of the process's resident memory while this version loaded (approximate)."""
+    """What serving this version costs in memory: the growth of the process's resident memory while it
+    loaded and made its first inference (loads run one at a time; None where /proc is unavailable)."""
     loaded_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     batching: BatchPolicy = field(default_factory=lambda: BatchPolicy())
     compiled: CompiledSchema = field(init=False)
