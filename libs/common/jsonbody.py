@@ -123,15 +123,17 @@ def _fast(data: bytes, max_depth: int) -> Any:
         return doc if not keys or _key_endings(data) == keys else _UNSURE
     keys = 0
     stack: list[tuple[Any, int]] = [(doc, 1)] if isinstance(doc, dict | list) else []
-    while stack:
+    while stack:  # orjson makes exact dicts and lists: type() is about twice as fast as isinstance() here
         value, depth = stack.pop()
         if depth > max_depth:
             return _UNSURE
-        if isinstance(value, dict):
+        if type(value) is dict:
             keys += len(value)
-            stack.extend((item, depth + 1) for item in value.values() if isinstance(item, dict | list))
-        else:
-            stack.extend((item, depth + 1) for item in value if isinstance(item, dict | list))
+            value = value.values()
+        for item in value:
+            kind = type(item)
+            if kind is dict or kind is list:
+                stack.append((item, depth + 1))
     if keys and _key_endings(data) != keys:
         return _UNSURE
     return doc

@@ -23,7 +23,7 @@ from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.serving import api, api_v2, hotpath
-from services.serving.adapters.loader import champions_from_registry, load
+from services.serving.adapters.loader import champions_from_registry, load, registry_client
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.models import BatchPolicy, LoadedModel, ModelTable
 from services.serving.handlers import model_promoted
@@ -109,14 +109,16 @@ def spec(settings: ServingSettings) -> ServiceSpec:
     async def bootstrap(rt: Runtime) -> None:
         delay = 0.5
         token, issued_id = await registry_token(rt)
-        while True:
-            try:
-                records = await champions_from_registry(settings.registry_url, token)
-                break
-            except (httpx.HTTPError, OSError) as exc:
-                log.warning("registry not reachable at %s (%s), retrying in %.1fs", settings.registry_url, exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10)
+        async with await registry_client(settings.registry_url, token) as client:  # one for every retry
+            while True:
+                try:
+                    records = await champions_from_registry(client)
+                    break
+                except (httpx.HTTPError, OSError) as exc:
+                    log.warning("registry not reachable at %s (%s), retrying in %.1fs", settings.registry_url, exc,
+                                delay)  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10)
         if issued_id is not None:
             await auth.revoke(rt.auth.db, issued_id)  # needed once, at start
         for record in records:

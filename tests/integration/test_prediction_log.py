@@ -4,6 +4,7 @@ monitor dedupes it instead of seeing its request ids twice under a new id."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from aiokafka.errors import KafkaTimeoutError
 
 from cli.churn_stream import FEATURES, ChurnStream
 from libs.common import topics
-from libs.common.events import Event, PredictionsLogged, parse_event
+from libs.common.events import PredictionsLogged, parse_event
 from libs.common.kafka import BrokerPublisher, create_broker
 from libs.common.settings import TelemetrySettings
 from libs.common.telemetry import setup_telemetry
@@ -36,11 +37,15 @@ class AckLost:
         self.publisher = publisher
         self.failures = failures
 
-    async def publish_event(self, event: Event, *, topic: str | None = None) -> None:
-        await self.publisher.publish_event(event, topic=topic)
+    async def send(
+        self, topic: str, payload: bytes, *, key: bytes | None, headers: dict[str, str]
+    ) -> Awaitable[object]:
+        sent = await self.publisher.send(topic, payload, key=key, headers=headers)
         if self.failures > 0:
             self.failures -= 1
+            await sent  # stored
             raise KafkaTimeoutError("acknowledgement lost")
+        return sent
 
 
 def served(n: int) -> Served:

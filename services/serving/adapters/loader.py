@@ -116,14 +116,19 @@ def resident_bytes() -> int | None:
         return None
 
 
-async def champions_from_registry(registry_url: str, token: str) -> list[dict[str, Any]]:
-    """Every model's champion version record, as the registry has it now (read with a ``reader`` token)."""
+async def registry_client(registry_url: str, token: str) -> httpx.AsyncClient:
+    """A client of the registry with a ``reader`` token, made on a worker thread: its TLS context
+    reads the CA bundle (about 100 ms of CPU), which on the event loop stalls every request meanwhile."""
     headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=registry_url, timeout=10, headers=headers) as client:
-        listing = (await client.get("/v1/models")).raise_for_status().json()
-        records = []
-        for entry in listing:
-            if "champion" in entry["aliases"]:
-                answer = await client.get(f"/v1/models/{entry['model']}/aliases/champion")
-                records.append(answer.raise_for_status().json())
-        return records
+    return await asyncio.to_thread(httpx.AsyncClient, base_url=registry_url, timeout=10, headers=headers)
+
+
+async def champions_from_registry(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """Every model's champion version record, as the registry has it now."""
+    listing = (await client.get("/v1/models")).raise_for_status().json()
+    records = []
+    for entry in listing:
+        if "champion" in entry["aliases"]:
+            answer = await client.get(f"/v1/models/{entry['model']}/aliases/champion")
+            records.append(answer.raise_for_status().json())
+    return records
