@@ -14,7 +14,14 @@ from libs.common.schema import DatasetSchema
 from libs.common.validation import validate_row
 from services.serving.domain import v2
 from services.serving.domain.batching import MicroBatcher
-from services.serving.domain.features import ABSENT, Columns, CompiledSchema, InvalidInstance, row_values
+from services.serving.domain.features import (
+    ABSENT,
+    FEW_ROWS,
+    Columns,
+    CompiledSchema,
+    InvalidInstance,
+    row_values,
+)
 
 SCHEMA = DatasetSchema.model_validate(
     {
@@ -102,6 +109,27 @@ def test_the_fast_path_agrees_with_the_row_by_row_rules(rows: list[dict[str, Any
         with pytest.raises(InvalidInstance) as caught:
             COMPILED.from_instances(rows)
         assert caught.value.index == first
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({}, optional={k: values for k in ("x", "n", "b", "c", "o")}), min_size=1,
+                max_size=FEW_ROWS))  # fmt: skip
+def test_few_rows_are_judged_as_many_rows_are(rows: list[dict[str, Any]]) -> None:
+    """A handful of rows is checked value by value, more with NumPy: the same rows get the same answer."""
+    many = rows * (FEW_ROWS // len(rows) + 1)  # over FEW_ROWS: the NumPy path
+
+    def judged(batch: list[dict[str, Any]]) -> Columns | tuple[int, str]:
+        try:
+            return COMPILED.from_instances(batch)
+        except InvalidInstance as exc:
+            return exc.index, exc.field
+
+    few, both = judged(rows), judged(many)
+    if not isinstance(few, Columns) or not isinstance(both, Columns):
+        assert few == both  # the same first bad instance and field
+        return
+    for f in SCHEMA.features:
+        assert row_values(f, both.arrays[f.name][: len(rows)]) == row_values(f, few.arrays[f.name])
 
 
 class Rows:

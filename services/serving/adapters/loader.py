@@ -9,7 +9,6 @@ serving: it falls back to scikit-learn and says why.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import threading
@@ -62,11 +61,9 @@ def _measured(
     memory the process grew by meanwhile: what serving this version costs. Loads run one at a time,
     so one load's figure never counts another's; requests answered meanwhile can add a little."""
     with _LOADING:
-        gc.collect()
         before = resident_bytes()
         choice = choose_runtime(store, model, version, artifact, schema, onnx, onnx_threads)
         warm_up(choice.runtime, schema)
-        gc.collect()
         after = resident_bytes()
     return choice, after - before if before is not None and after is not None else None
 
