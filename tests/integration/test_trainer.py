@@ -60,7 +60,17 @@ async def test_enough_data_trains_a_first_model_and_emits_model_trained(isolated
         assert done["dataset_version"] == 2
         # Where the job's time went, step by step, in the order the steps ran (bench/critical_path.py reads it).
         stages = [s["stage"] for s in done["stages"]]
-        assert stages == ["worker_wait", "read", "search and evaluate", "profile", "store", "onnx export and parity"]
+        assert stages == [
+            "hand-over",
+            "worker_wait",
+            "read",
+            "load champion",
+            "search and evaluate",
+            "profile",
+            "store",
+            "onnx export and parity",
+            "hand-back",
+        ]
         assert all(s["seconds"] >= 0 for s in done["stages"])
 
     records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_TRAINED), expect=1)

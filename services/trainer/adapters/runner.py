@@ -193,6 +193,7 @@ class JobRunner:
         self._running.add(job_id)
         self.running.inc()
         started = time.monotonic()
+        claimed = time.time()
         parent = propagate.extract(json.loads(job["trace_headers"]))
         attributes = {
             "driftloop.model": job["model"],
@@ -216,6 +217,7 @@ class JobRunner:
                 # A routine job may be cancelled for drift: a spare warm worker then waits for the drift job.
                 result = await self._in_worker(job_id, run_job, spec, spare=job["trigger"] in ROUTINE_TRIGGERS)
                 log.info("training job trained", extra={"job_id": str(job_id), "model": job["model"]})
+                _bracket(result, claimed)
             except asyncio.CancelledError:
                 raise
             except (JobFailed, WorkerLost) as exc:
@@ -330,9 +332,7 @@ class JobRunner:
         started = time.perf_counter()
         compared, rejudged = await self._rejudge(job, result, compared)
         if rejudged is not None:
-            result.setdefault("stages", []).append(
-                {"stage": "rejudge", "seconds": round(time.perf_counter() - started, 3)}
-            )
+            _stage(result, "rejudge", time.perf_counter() - started)
         event = ModelTrained(
             producer="trainer",
             correlation_id=job["correlation_id"],
@@ -386,3 +386,21 @@ class JobRunner:
                 if not await repository.heartbeat(self.rt.db, job_id):
                     self.cancel(job_id)
                     return
+
+
+def _stage(result: dict[str, Any], name: str, seconds: float) -> None:
+    result.setdefault("stages", []).append({"stage": name, "seconds": round(max(0.0, seconds), 3)})
+
+
+def _bracket(result: dict[str, Any], claimed: float) -> None:
+    """Add the runner's side to the worker's stages: from the claim to handing the job over, and the answer back.
+
+    (The worker's own ``worker_wait`` is the time between the hand-over and the worker taking the job.)
+    """
+    received, ended = result.pop("received_at", None), result.pop("ended_at", None)
+    if received is None or ended is None:
+        return
+    stages = result.get("stages", [])
+    waited = sum(s["seconds"] for s in stages if s["stage"] == "worker_wait")
+    result["stages"] = [{"stage": "hand-over", "seconds": round(max(0.0, received - claimed - waited), 3)}, *stages]
+    _stage(result, "hand-back", time.time() - ended)

@@ -26,6 +26,9 @@ from services.trainer.domain.export import export
 from services.trainer.domain.training import TrainingConfig, TrainingResult, train
 
 _PROVIDER: Any = None
+#: The last pipeline this process trained or loaded, by the sha256 of its skops bytes. A worker runs
+#: job after job: the champion of the next job is most often the model the previous one trained.
+_PIPELINES: dict[str, Any] = {}
 
 
 def warm() -> None:
@@ -89,7 +92,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             span.set_attribute("driftloop.dataset", spec["manifest"]["uri"])
             result = _run(spec, stages)
             result["stages"] = stages.record()
-            return result
+            return {**result, "received_at": received, "ended_at": time.time()}
     finally:
         _PROVIDER.force_flush()
 
@@ -104,9 +107,8 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
             raise ValueError(f"no batches of {manifest.dataset} v{manifest.version} since {since}")
         table, counts = read_training_rows(store, manifest, since, spec["config"].get("max_rows"))
         frame = table.to_pandas()
-        champion = None
-        if spec.get("champion_artifact"):
-            champion = models.load(store, ArtifactRef.model_validate(spec["champion_artifact"]))
+    with stage("load champion"):
+        champion = _champion(store, spec.get("champion_artifact"))
     config = TrainingConfig(**spec["config"])
     with stage("search and evaluate", **{"driftloop.rows": len(frame)}):
         result = train(schema, frame, config, champion)
@@ -124,6 +126,8 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         )
     with stage("store"):
         model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
+        _PIPELINES.clear()
+        _PIPELINES[model_ref.sha256] = result.pipeline
         profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
         # The holdout is the newest rows: kept so a stale comparison can be re-judged on the same rows.
         holdout = frame.dropna(subset=[schema.target.name]).tail(result.holdout_rows)
@@ -159,6 +163,17 @@ def read_training_rows(
     if max_rows is not None and table.column(target).null_count and table.num_rows < manifest.total_rows:
         table, counts = read_rows(store, manifest.batches, since=since)  # unlabelled rows: training skips them
     return table, counts
+
+
+def _champion(store: ArtifactStore, artifact: dict[str, Any] | None) -> Any:
+    """The champion's pipeline: from this process's memory when it trained or loaded it last, else the store."""
+    if not artifact:
+        return None
+    ref = ArtifactRef.model_validate(artifact)
+    if ref.sha256 not in _PIPELINES:  # the same bytes, so the same object the store would give
+        _PIPELINES.clear()
+        _PIPELINES[ref.sha256] = models.load(store, ref)
+    return _PIPELINES[ref.sha256]
 
 
 def export_onnx(store: ArtifactStore, schema: DatasetSchema, result: TrainingResult) -> OnnxExport:
