@@ -208,7 +208,10 @@ class ModelTrained(Event):
     training_rows: int = Field(ge=0)
     artifact: ArtifactRef = Field(description="The fitted pipeline (skops).")
     profile: ArtifactRef = Field(description="Reference profile of the training data.")
-    onnx: OnnxExport | None = Field(default=None, description="The ONNX export and its parity check.")
+    onnx: OnnxExport | None = Field(
+        default=None,
+        description="The ONNX export and its parity check; None when it follows as model.exported.",
+    )
     dataset_schema: DatasetSchema
     row_sources: list[Source] | None = Field(
         default=None, description="Who supplied the training rows (None: not recorded)."
@@ -221,6 +224,25 @@ class ModelTrained(Event):
         default=None,
         description="Set when the champion changed while the job trained: champion_* then hold the re-judgement.",
     )
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
+class ModelExported(Event):
+    """A trained version's ONNX export and its parity check, done after ``model.trained``.
+
+    The export runs once the pipeline is published so that a new version serves
+    (on scikit-learn) without waiting for it; serving switches the version to
+    onnxruntime when this event says parity held.
+    """
+
+    topic: ClassVar[str] = topics.MODEL_EXPORTED
+    event_type: Literal["model.exported"] = "model.exported"
+    model: str
+    job_id: str = Field(description="The job that trained the version (names it before the registry numbers it).")
+    artifact: ArtifactRef = Field(description="The pipeline the export was made from.")
+    onnx: OnnxExport
 
     def key(self) -> bytes:
         return self.model.encode()
@@ -369,6 +391,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         TrainingRequested,
         RejudgementRequested,
         ModelTrained,
+        ModelExported,
         ModelRejudged,
         ModelPromoted,
         PredictionsLogged,

@@ -19,6 +19,7 @@ LABELS_ARRIVED = "labels.arrived"
 DRIFT_DETECTED = "drift.detected"
 REJUDGEMENT_REQUESTED = "rejudgement.requested"
 MODEL_REJUDGED = "model.rejudged"
+MODEL_EXPORTED = "model.exported"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -46,6 +47,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(DRIFT_DETECTED, partitions=3),
     TopicSpec(REJUDGEMENT_REQUESTED, partitions=3),
     TopicSpec(MODEL_REJUDGED, partitions=3),
+    TopicSpec(MODEL_EXPORTED, partitions=3),
 )
 
 

@@ -7,14 +7,21 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import DriftDetected, ModelPromoted, ModelRejudged, ModelTrained, RejudgementRequested
+from libs.common.events import (
+    DriftDetected,
+    ModelExported,
+    ModelPromoted,
+    ModelRejudged,
+    ModelTrained,
+    RejudgementRequested,
+)
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.registry import api
 from services.registry.domain.promotion import PromotionConfig
 from services.registry.domain.provenance import TrustConfig
-from services.registry.handlers import drift_detected, model_trained
+from services.registry.handlers import drift_detected, model_exported, model_trained
 from services.registry.settings import RegistrySettings
 
 
@@ -28,6 +35,7 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
         handle = model_trained.handler(rt, config, trust)
         routes = {
             topics.MODEL_TRAINED: Route(handle, (ModelTrained,)),
+            topics.MODEL_EXPORTED: Route(model_exported.handler(rt), (ModelExported,)),
             topics.MODEL_REJUDGED: Route(handle, (ModelRejudged,)),
             topics.DRIFT_DETECTED: Route(drift_detected.handler(rt), (DriftDetected,)),
         }

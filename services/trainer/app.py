@@ -10,6 +10,7 @@ from libs.common import topics
 from libs.common.events import (
     DataArrived,
     DriftDetected,
+    ModelExported,
     ModelPromoted,
     ModelRejudged,
     ModelTrained,
@@ -69,7 +70,7 @@ def spec(settings: TrainerSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="trainer",
-        publishes=(ModelTrained, ModelRejudged),
+        publishes=(ModelTrained, ModelExported, ModelRejudged),
         migrations=Path(__file__).parent / "migrations",
         register=register,
         routes=lambda app, rt: api.mount(app, rt, settings, wake),

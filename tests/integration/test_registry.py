@@ -16,7 +16,7 @@ from cli.churn_stream import ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.auth import Role
-from libs.common.events import ModelPromoted, ModelTrained, OnnxExport, parse_event
+from libs.common.events import ModelExported, ModelPromoted, ModelTrained, OnnxExport, parse_event
 from libs.common.frames import features_frame
 from services.registry.app import create_app
 from services.registry.settings import RegistrySettings
@@ -156,3 +156,35 @@ async def test_versions_record_their_onnx_export_and_the_runtime_that_serves_the
     assert onnx_by_move[(2, "policy")] is not None
     assert onnx_by_move[(2, "policy")].parity is False
     assert onnx_by_move[(1, "test-admin")] == exported.onnx  # the caller: the token principal of serve()
+
+
+async def test_an_export_after_the_version_switches_its_runtime_where_it_serves(isolated: Isolation) -> None:
+    """The trainer publishes a version first and its ONNX export after: the champion is announced again."""
+    store = ArtifactStore(isolated.artifacts_root)
+    model = trained_model(store, rows=600, onnx=True)
+    assert model.onnx is not None
+    first = trained(store, 0.7)  # no export yet: it serves on its pipeline at once
+    later = ModelExported(producer="test", model="churn", job_id=first.job_id, artifact=first.artifact,
+                          onnx=model.onnx)  # fmt: skip
+    app, runtime = create_app(isolated.settings(RegistrySettings, min_metric=0.6, min_gain=0.01))
+    async with serve(app) as client:
+        await publish(isolated, first)
+        await wait_until(lambda: _has(client, 1), message="v1")
+        assert (await client.get("/v1/models/churn/versions/1")).json()["runtime"] == "sklearn"
+        await publish(isolated, later, later)  # the export, and a redelivery
+
+        async def switched() -> bool:
+            return bool((await client.get("/v1/models/churn/versions/1")).json()["runtime"] == "onnxruntime")
+
+        await wait_until(switched, message="v1 to run on onnxruntime")
+        audit = (await client.get("/v1/models/churn/audit")).json()
+        assert [(a["action"], a["to_version"]) for a in audit] == [("export", 1), ("promote", 1), ("register", 1)]
+        assert audit[0]["reason"].startswith("runs on onnxruntime: labels equal on")
+        await outbox_drained(runtime.db)
+    promotions = [
+        _promoted(r)
+        for r in await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=2)
+    ]
+    assert [(e.version, e.move.from_version, e.move.to_version, e.onnx) for e in promotions] == [
+        (1, None, 1, None), (1, 1, 1, model.onnx),  # the same version again, carrying its export; no alias moved
+    ]  # fmt: skip

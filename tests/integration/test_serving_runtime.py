@@ -12,6 +12,7 @@ import functools
 import itertools
 import re
 import socket
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from tritonclient.utils import InferenceServerException
 from cli.churn_stream import FEATURES
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import ArtifactRef, ModelPromoted, OnnxExport, PredictionsLogged, parse_event
+from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, OnnxExport, PredictionsLogged, parse_event
 from libs.common.frames import features_frame
 from libs.common.schema import DType
 from libs.common.settings import ArtifactSettings
@@ -126,6 +127,35 @@ async def test_runtime_is_sklearn_unless_onnx_parity_held_and_says_why(
              "data": [rows[0][k]]} for k in FEATURES]})  # fmt: skip
         assert v2.status_code == 200, v2.text
         assert v2.json()["parameters"]["runtime"] == "onnxruntime"
+
+
+async def test_a_version_announced_again_with_its_export_switches_to_onnxruntime(
+    isolated: Isolation, model_store: tuple[ArtifactStore, TrainedModel]
+) -> None:
+    """The trainer exports after publishing: the registry announces the champion again, carrying the export."""
+    store, model = model_store
+    assert model.onnx is not None
+    app, _ = create_app(settings_for(isolated, store))
+    rows = instances(5, seed=12)
+    labels, _ = expected(model, rows)
+    first = promoted("churn", 1, model)
+    again = first.model_copy(update={"event_id": uuid.uuid4(), "onnx": model.onnx,
+                                     "move": AliasMove(alias="champion", from_version=1, to_version=1)})  # fmt: skip
+    async with serve(app) as client:
+        await publish(isolated, first)
+        shown = await wait_until(functools.partial(version_served, client, 1), message="v1")
+        assert shown["runtime"] == "sklearn"
+        await publish(isolated, again)
+
+        async def on_onnxruntime() -> dict[str, Any] | None:
+            body = await version_served(client, 1)
+            return body if body is not None and body["runtime"] == "onnxruntime" else None
+
+        shown = await wait_until(on_onnxruntime, message="v1 reloaded on onnxruntime")
+        assert shown["onnx"]["detail"] == model.onnx.detail
+        answer = await client.post("/v1/models/churn/predict", json={"instances": rows})
+        assert answer.json()["version"] == 1
+        assert [p["prediction"] for p in answer.json()["predictions"]] == list(labels)
 
 
 async def test_concurrent_requests_are_batched_and_each_gets_its_own_rows(

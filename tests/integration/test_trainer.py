@@ -11,7 +11,7 @@ import pytest
 from cli.churn_stream import ChurnStream
 from libs.common import models, topics
 from libs.common.artifacts import ArtifactStore
-from libs.common.events import ModelTrained, TrainingRequested, parse_event
+from libs.common.events import ModelExported, ModelTrained, TrainingRequested, parse_event
 from libs.common.kafka import BrokerPublisher, create_broker
 from libs.common.profile import ReferenceProfile
 from libs.common.settings import TelemetrySettings
@@ -60,22 +60,19 @@ async def test_enough_data_trains_a_first_model_and_emits_model_trained(isolated
         assert done["dataset_version"] == 2
         # Where the job's time went, step by step, in the order the steps ran (bench/critical_path.py reads it).
         stages = [s["stage"] for s in done["stages"]]
-        assert stages == [
-            "hand-over",
-            "worker_wait",
-            "read",
-            "load champion",
-            "search and evaluate",
-            "profile",
-            "store",
-            "onnx export and parity",
-            "hand-back",
-        ]
+        assert stages == ["hand-over", "worker_wait", "read", "load champion", "search and evaluate", "profile",
+                          "store", "hand-back"]  # fmt: skip
         assert all(s["seconds"] >= 0 for s in done["stages"])
+
+        exported = await wait_until(lambda: _exported(client), timeout=60, message="the job's ONNX export")
+        assert exported["export_seconds"] > 0
 
     records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_TRAINED), expect=1)
     event = parse_event(records[0].value)
+    exports = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_EXPORTED), expect=1)
+    after = parse_event(exports[0].value)
     assert isinstance(event, ModelTrained)
+    assert event.onnx is None  # published before the export: it serves on its pipeline at once
     assert event.model == "churn"
     assert event.trigger == "new_data"
     assert event.primary_metric == "accuracy"
@@ -89,12 +86,16 @@ async def test_enough_data_trains_a_first_model_and_emits_model_trained(isolated
     profile = ReferenceProfile.from_bytes(store.get(event.profile))
     assert set(profile.features) == {f.name for f in event.dataset_schema.features}
     assert profile.metrics["accuracy"] == event.metrics["accuracy"]
-    assert event.onnx is not None  # the ONNX export, content-addressed next to the pipeline, with its parity
-    assert event.onnx.parity, event.onnx.detail
-    assert event.onnx.detail.startswith("labels equal on 160 holdout rows")
-    assert event.onnx.artifact is not None
-    assert event.onnx.artifact.uri.endswith(".onnx")
-    session = ort.InferenceSession(store.get(event.onnx.artifact), providers=["CPUExecutionProvider"])
+    # Then the ONNX export of that version, content-addressed next to the pipeline, with its parity.
+    assert isinstance(after, ModelExported)
+    assert (after.job_id, after.artifact) == (event.job_id, event.artifact)
+    assert after.onnx.parity, after.onnx.detail
+    assert after.onnx.detail.startswith("labels equal on 160 holdout rows")
+    assert exported["onnx"] == after.onnx.model_dump(mode="json")  # the job's record says the same
+    assert after.onnx.artifact is not None
+    assert after.onnx.artifact.signature is not None
+    assert after.onnx.artifact.uri.endswith(".onnx")
+    session = ort.InferenceSession(store.get(after.onnx.artifact), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == [f.name for f in event.dataset_schema.features]
 
 
@@ -167,6 +168,10 @@ async def _known_rows(client: Any, rows: int, champion: int | None = None) -> bo
         return False
     state = answer.json()
     return bool(state["total_rows"] >= rows and (champion is None or state["champion_version"] == champion))
+
+
+async def _exported(client: Any) -> dict[str, Any] | None:
+    return next((j for j in await jobs(client) if j["onnx"] is not None), None)
 
 
 async def _succeeded(client: Any) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from libs.common.events import (
     AliasMove,
     ArtifactRef,
     DriftDetected,
+    ModelExported,
     ModelPromoted,
     ModelTrained,
     OnnxExport,
@@ -99,13 +100,21 @@ async def move_alias(
     )  # fmt: skip
     action = "promote" if previous is None or version > previous else "rollback"
     await audit(conn, model, action, actor, reason, alias, previous, version)
-    event = ModelPromoted(
+    event = _promoted(row, alias, previous, actor=actor, reason=reason, correlation_id=correlation_id)
+    await outbox.add(conn, event)
+    return event
+
+
+def _promoted(
+    row: asyncpg.Record, alias: str, previous: int | None, *, actor: str, reason: str, correlation_id: str | None
+) -> ModelPromoted:
+    return ModelPromoted(
         producer="registry",
         correlation_id=correlation_id,
-        model=model,
-        version=version,
+        model=row["model"],
+        version=row["version"],
         dataset=row["dataset"],
-        move=AliasMove(alias=alias, from_version=previous, to_version=version),
+        move=AliasMove(alias=alias, from_version=previous, to_version=row["version"]),
         artifact=ArtifactRef.model_validate_json(row["artifact"]),
         profile=ArtifactRef.model_validate_json(row["profile"]),
         dataset_schema=DatasetSchema.model_validate_json(row["schema"]),
@@ -114,8 +123,39 @@ async def move_alias(
         reason=reason,
         actor=actor,
     )
-    await outbox.add(conn, event)
-    return event
+
+
+async def record_export(conn: asyncpg.Connection, event: ModelExported) -> asyncpg.Record | None:
+    """Store a version's ONNX export, made after it was registered; None when no such version is known.
+
+    The version is the one its job trained from exactly these pipeline bytes.
+    """
+    await conn.execute("SELECT 1 FROM models WHERE name = $1 FOR UPDATE", event.model)  # as alias moves do
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE versions SET onnx = $4 WHERE model = $1 AND job_id = $2 AND artifact->>'sha256' = $3 RETURNING *",
+        event.model, event.job_id, event.artifact.sha256, event.onnx.model_dump_json(),
+    )  # fmt: skip
+    return row
+
+
+async def announce_runtime(
+    conn: asyncpg.Connection, row: asyncpg.Record, *, reason: str, correlation_id: str | None
+) -> list[str]:
+    """``model.promoted`` again for each alias the version holds, now carrying its export; no alias moves.
+
+    Consumers take it as the same version (serving reloads it on the runtime the export allows; the
+    monitor and the trainer already know it). Returns the aliases announced.
+    """
+    aliases = [
+        r["alias"]
+        for r in await conn.fetch(
+            "SELECT alias FROM aliases WHERE model = $1 AND version = $2 ORDER BY alias", row["model"], row["version"]
+        )
+    ]
+    for alias in aliases:
+        event = _promoted(row, alias, row["version"], actor="policy", reason=reason, correlation_id=correlation_id)
+        await outbox.add(conn, event)
+    return aliases
 
 
 def version_out(row: asyncpg.Record, aliases: list[str] | None = None) -> dict[str, Any]:

@@ -1,4 +1,9 @@
-"""model.promoted: load the new champion in the background and swap it in."""
+"""model.promoted: load the new champion in the background and swap it in.
+
+A version is announced again when its ONNX export arrives after it (the
+trainer publishes a version before exporting it): it is then reloaded and
+swapped in the same way, on onnxruntime when parity held.
+"""
 
 from __future__ import annotations
 
@@ -22,8 +27,9 @@ def handler(rt: Runtime, table: ModelTable, load: Loader) -> Handler:
         if event.move.alias != "champion":
             return  # canary and shadow traffic splits are not served yet
         current = table.get(event.model)
-        if current is not None and current.version == event.version and current.artifact == event.artifact:
-            return  # redelivery: already serving it
+        served = (current.version, current.artifact, current.onnx) if current is not None else None
+        if served == (event.version, event.artifact, event.onnx):
+            return  # redelivery: already serving it (the same version with a new ONNX export is reloaded)
         loaded = await load(event)
         with rt.telemetry.tracer.start_as_current_span(
             "model swap", attributes={"driftloop.model": event.model, "driftloop.version": event.version}

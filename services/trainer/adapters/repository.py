@@ -251,6 +251,15 @@ async def finish(
     return True
 
 
+async def record_export(conn: Conn, job_id: uuid.UUID, onnx: dict[str, Any], seconds: float | None) -> None:
+    """The ONNX export made after the job's model.trained, and how long it took, in the job's result."""
+    await conn.execute(
+        "UPDATE jobs SET result = result || jsonb_build_object('onnx', $2::jsonb, 'export_seconds', $3::float8) "
+        "WHERE id = $1",
+        job_id, json.dumps(onnx), seconds,
+    )  # fmt: skip
+
+
 async def fail(conn: Conn, job_id: uuid.UUID, error: str, retry: bool) -> None:
     await conn.execute(
         "UPDATE jobs SET status = $2, error = $3, worker_pid = NULL, "
@@ -298,6 +307,8 @@ def job_out(row: asyncpg.Record) -> dict[str, Any]:
         "holdout_rows": result.get("holdout_rows") if result else None,
         "search": result.get("search") if result else None,
         "stages": result.get("stages") if result else None,
+        "onnx": result.get("onnx") if result else None,
+        "export_seconds": result.get("export_seconds") if result else None,
         "created_at": row["created_at"].isoformat(),
         "started_at": row["started_at"].isoformat() if row["started_at"] else None,
         "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,

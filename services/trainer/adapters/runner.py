@@ -25,7 +25,7 @@ import logging
 import subprocess
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common import outbox
-from libs.common.events import ArtifactRef, ModelTrained, OnnxExport, Rejudgement
+from libs.common.events import ArtifactRef, ModelExported, ModelTrained, OnnxExport, Rejudgement
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from libs.common.signing import Signer
@@ -43,7 +43,7 @@ from libs.common.telemetry import inject_context
 from services.trainer.adapters import repository
 from services.trainer.adapters.processes import JobFailed, WorkerLost, Workers
 from services.trainer.adapters.rejudge import rejudge
-from services.trainer.adapters.worker import run_job
+from services.trainer.adapters.worker import export_job, run_job
 from services.trainer.domain.policy import ROUTINE_TRIGGERS
 from services.trainer.settings import TrainerSettings
 
@@ -86,6 +86,8 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._running: set[uuid.UUID] = set()
+        self._exports: set[asyncio.Task[None]] = set()
+        """ONNX exports under way (each after its job's model.trained)."""
         registry = rt.telemetry.registry
         self.jobs_total = Counter(
             "driftloop_training_jobs_total", "Training jobs finished.", ["status", "trigger"], registry=registry
@@ -108,10 +110,11 @@ class JobRunner:
         self._tasks.append(asyncio.create_task(self._listen(), name="trainer-jobs-listen"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._exports]
+        for task in tasks:
             task.cancel()
         self.workers.close()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._running:  # hand interrupted jobs back at once rather than after a lease
             with contextlib.suppress(OSError, asyncpg.PostgresError):
                 await self.rt.db.execute(
@@ -228,6 +231,8 @@ class JobRunner:
                 self._running.discard(job_id)
                 self.running.dec()
             status = await self._complete(job, champion, result)
+        if status == "succeeded":
+            self._export_later(job, result)
         self.duration.labels(job["trigger"]).observe(time.monotonic() - started)
         self.jobs_total.labels(status, job["trigger"]).inc()
 
@@ -235,12 +240,48 @@ class JobRunner:
         """Re-score a challenger and the current champion on the challenger's holdout, in a worker process."""
         return await self._in_worker(uuid.uuid4(), rejudge, {"artifacts_root": self.settings.artifacts.root, **spec})
 
+    def _export_later(self, job: asyncpg.Record, result: dict[str, Any]) -> None:
+        """Export the published version to ONNX in the background: the next job need not wait for it."""
+        task = asyncio.create_task(self._export(job, result), name=f"trainer-export-{job['id']}")
+        self._exports.add(task)
+        task.add_done_callback(self._exports.discard)
+
+    async def _export(self, job: asyncpg.Record, result: dict[str, Any]) -> None:
+        """ONNX export and parity of a published version, then ``model.exported`` (serving switches runtime)."""
+        spec = {
+            "trace": inject_context(),
+            "otlp_endpoint": self.settings.telemetry.otlp_endpoint,
+            "artifacts_root": self.settings.artifacts.root,
+            "artifact": result["artifact"],
+            "holdout": result["holdout"],
+            "dataset_schema": result["dataset_schema"],
+        }
+        seconds = None
+        try:
+            answer = await self._in_worker(("export", job["id"]), export_job, spec)
+            onnx, seconds = OnnxExport.model_validate(answer["onnx"]), answer["seconds"]
+        except (JobFailed, WorkerLost) as exc:  # the version keeps serving on its pipeline
+            onnx = OnnxExport(artifact=None, parity=False, detail=f"export did not finish: {exc}")
+        onnx = self._signed_export(onnx)
+        event = ModelExported(
+            producer="trainer", correlation_id=job["correlation_id"], model=job["model"], job_id=str(job["id"]),
+            artifact=self._signed(ArtifactRef.model_validate(result["artifact"])), onnx=onnx,
+        )  # fmt: skip
+        try:
+            async with self.rt.db.acquire() as conn, conn.transaction():
+                await repository.record_export(conn, job["id"], onnx.model_dump(mode="json"), seconds)
+                await outbox.add(conn, event)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("ONNX export of job %s not recorded: %s", job["id"], exc)
+            return
+        log.info("training job %s exported: %s", job["id"], onnx.detail, extra={"parity": onnx.parity})
+
     async def _in_worker(
-        self, job_id: uuid.UUID, target: Any, spec: dict[str, Any], *, spare: bool = False
+        self, job_id: Hashable, target: Any, spec: dict[str, Any], *, spare: bool = False
     ) -> dict[str, Any]:
         worker = self.workers.take(job_id, spare=spare)
         try:
-            if job_id in self._running:
+            if isinstance(job_id, uuid.UUID) and job_id in self._running:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await repository.set_worker(self.rt.db, job_id, worker.pid)
             log.info("worker %d started on %s", worker.pid, job_id, extra={"job_id": str(job_id)})
@@ -352,7 +393,6 @@ class JobRunner:
             training_rows=result["training_rows"],
             artifact=self._signed(ArtifactRef.model_validate(result["artifact"])),
             profile=self._signed(ArtifactRef.model_validate(result["profile"])),
-            onnx=self._signed_export(OnnxExport.model_validate(result["onnx"])) if result.get("onnx") else None,
             dataset_schema=DatasetSchema.model_validate(result["dataset_schema"]),
             row_sources=result.get("row_sources"),
             holdout=ArtifactRef.model_validate(result["holdout"]) if result.get("holdout") else None,

@@ -1,24 +1,33 @@
-"""The training job as it runs in a worker process.
+"""The training job, and the ONNX export that follows it, as they run in a worker process.
 
-It runs apart from the service's event loop so the Kafka consumer keeps
-heart-beating while a search takes minutes. Its input and output are plain
+They run apart from the service's event loop so the Kafka consumer keeps
+heart-beating while a search takes minutes. Their input and output are plain
 dicts (they cross a process boundary); all I/O is against the artifact store.
+
+The export is a second call (``export_job``), made after ``model.trained`` is
+published: a new version serves on its pipeline at once, and on onnxruntime
+once parity is checked. The worker that trained the version usually makes the
+export too, from the pipeline and holdout still in its memory.
 """
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Literal
 
+import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from libs.common import models
 from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import BatchEntry, DatasetManifest, counted_sources, read_rows
 from libs.common.events import ArtifactRef, OnnxExport
+from libs.common.frames import features_frame
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType, Task
 from services.trainer.adapters.rejudge import holdout_parquet
@@ -29,6 +38,8 @@ _PROVIDER: Any = None
 #: The last pipeline this process trained or loaded, by the sha256 of its skops bytes. A worker runs
 #: job after job: the champion of the next job is most often the model the previous one trained.
 _PIPELINES: dict[str, Any] = {}
+#: The pipeline this process trained last and its holdout's features, for the export that follows.
+_EXPORTABLE: dict[str, tuple[Any, pd.DataFrame]] = {}
 
 
 def warm() -> None:
@@ -128,12 +139,12 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
         _PIPELINES.clear()
         _PIPELINES[model_ref.sha256] = result.pipeline
+        _EXPORTABLE.clear()
+        _EXPORTABLE[model_ref.sha256] = (result.pipeline, result.holdout_frame)
         profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
         # The holdout is the newest rows: kept so a stale comparison can be re-judged on the same rows.
         holdout = frame.dropna(subset=[schema.target.name]).tail(result.holdout_rows)
         holdout_ref = store.put(holdout_parquet(holdout), suffix=".holdout.parquet")
-    with stage("onnx export and parity"):
-        onnx = export_onnx(store, schema, result)
     return {
         "params": result.params,
         "metrics": result.metrics,
@@ -146,7 +157,6 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         "dataset_schema": schema.model_dump(mode="json"),
         "artifact": model_ref.model_dump(),
         "profile": profile_ref.model_dump(),
-        "onnx": onnx.model_dump(mode="json"),
         "search": result.search,
         "row_sources": [s.model_dump() for s in sources] if (sources := counted_sources(counts)) is not None else None,
         "holdout": holdout_ref.model_dump(),
@@ -174,6 +184,35 @@ def _champion(store: ArtifactStore, artifact: dict[str, Any] | None) -> Any:
         _PIPELINES.clear()
         _PIPELINES[ref.sha256] = models.load(store, ref)
     return _PIPELINES[ref.sha256]
+
+
+def export_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Export a trained version to ONNX and check parity on its holdout; return the export and its seconds."""
+    from opentelemetry import propagate
+
+    started = time.perf_counter()
+    tracer = _tracer(spec.get("otlp_endpoint"))
+    try:
+        with tracer.start_as_current_span("onnx export and parity", context=propagate.extract(spec.get("trace", {}))):
+            store = ArtifactStore(spec["artifacts_root"])
+            schema = DatasetSchema.model_validate(spec["dataset_schema"])
+            artifact = ArtifactRef.model_validate(spec["artifact"])
+            kept = _EXPORTABLE.pop(artifact.sha256) if artifact.sha256 in _EXPORTABLE else None
+            pipeline, holdout = kept or _exportable(store, schema, artifact, spec)
+            exported = export(schema, pipeline, holdout)
+            onnx_ref = store.put(exported.onnx, suffix=".onnx") if exported.onnx is not None else None
+            onnx = OnnxExport(artifact=onnx_ref, parity=exported.parity, detail=exported.detail)
+        return {"onnx": onnx.model_dump(mode="json"), "seconds": round(time.perf_counter() - started, 3)}
+    finally:
+        _PROVIDER.force_flush()
+
+
+def _exportable(
+    store: ArtifactStore, schema: DatasetSchema, artifact: ArtifactRef, spec: dict[str, Any]
+) -> tuple[Any, pd.DataFrame]:
+    """The pipeline and its holdout's features from the store (another process trained it)."""
+    holdout = pq.read_table(io.BytesIO(store.get(ArtifactRef.model_validate(spec["holdout"])))).to_pandas()
+    return models.load(store, artifact), features_frame(schema, holdout)
 
 
 def export_onnx(store: ArtifactStore, schema: DatasetSchema, result: TrainingResult) -> OnnxExport:
