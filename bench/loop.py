@@ -45,6 +45,7 @@ import httpx
 import numpy as np
 
 from bench import prequential as pq
+from bench.critical_path import Step, critical_path, render
 from bench.streams import GENERATORS, Stream, make
 from cli.supervisor import Supervisor, UpState
 
@@ -375,7 +376,32 @@ def summarise(stream: Stream, driver: Driver, services: dict[str, Any], options:
         "errors": driver.errors,
     }
     result["targets"] = targets(stream, result)
+    result["critical_path"] = _critical_paths(record, recoveries, alarm_times, promotions, services)
     return result
+
+
+def _critical_paths(
+    record: pq.Record,
+    recoveries: list[pq.Recovery],
+    alarm_times: list[float],
+    promotions: dict[int, float],
+    services: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Per change: the steps from the change to the better model answering (bench/critical_path.py)."""
+    paths = []
+    for r in recoveries:
+        changed_at = record.time_of(r.change)
+        if r.better_version is None or changed_at is None:
+            continue
+        first = r.change + r.better_rows if r.better_rows is not None else None
+        steps = critical_path(
+            version=r.better_version, changed_at=changed_at,
+            alarm_at=next((t for t in alarm_times if t >= changed_at), None),
+            jobs=services["jobs"], versions=services["versions"], promoted_at=promotions.get(r.better_version),
+            served_at=record.time_of(first) if first is not None else None,
+        )  # fmt: skip
+        paths.append({"change": r.change, "version": r.better_version, "steps": [asdict(s) for s in steps]})
+    return paths
 
 
 def _rate(rows: int, seconds: float) -> float | None:
@@ -510,6 +536,16 @@ def verdicts(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def critical_paths(results: list[dict[str, Any]]) -> str:
+    """Where the time went from each change to the better model answering (bench/critical_path.py)."""
+    lines = []
+    for r in results:
+        for path in r.get("critical_path", []):
+            lines.append(f"\n{r['stream']}: change at row {path['change']:,} → v{path['version']} answering")
+            lines.append(render([Step(**s) for s in path["steps"]]))
+    return "\n".join(lines)
+
+
 def _commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -538,6 +574,7 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
         done = json.loads(args.report.read_text())
         print(f"{done['date']}, commit {done['commit']}, {done['cores']} cores\n\n{table(done['streams'])}\n")
         print(verdicts(done["streams"]))
+        print(critical_paths(done["streams"]))
         sys.exit(0)
     names = [s.strip() for s in args.streams.split(",") if s.strip()]
     unknown = [s for s in names if s not in GENERATORS]
@@ -590,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print()
     print(verdicts(results))
+    print(critical_paths(results))
     met = all(t["pass"] for r in results for t in r.get("targets", {}).values())
     return 0 if met and all("error" not in r for r in results) else 1
 
