@@ -46,11 +46,11 @@ def critical_path(
     (each naming the job that trained it, ``run.job_id``).
     """
     record = next((v for v in versions if v["version"] == version), None)
-    job_id = record["run"]["job_id"] if record else None
-    job = next((j for j in jobs if j.get("id") == job_id), None)
-    queued, started, finished = (_epoch(job[k]) if job else None for k in ("created_at", "started_at", "finished_at"))
-    registered = _epoch(record["created_at"]) if record else None
-    trigger = job["trigger"] if job else "?"
+    job_id = (record or {}).get("run", {}).get("job_id")
+    job = next((j for j in jobs if job_id is not None and j.get("id") == job_id), None) or {}
+    queued, started, finished = (_epoch(job.get(k)) for k in ("created_at", "started_at", "finished_at"))
+    registered = _epoch((record or {}).get("created_at"))
+    trigger = job.get("trigger", "?")
     steps = [
         Step("change → alarm", _gap(changed_at, alarm_at), "monitor: window fills with labelled rows"),
         Step(
@@ -58,7 +58,7 @@ def critical_path(
         ),
         Step("queued → running", _gap(queued, started), "claim"),
     ]
-    stages: list[dict[str, Any]] = (job or {}).get("stages") or []
+    stages: list[dict[str, Any]] = job.get("stages") or []
     steps.extend(Step(f"  job: {stage['stage']}", stage["seconds"]) for stage in stages)
     ran = _gap(started, finished)
     if ran is not None and stages:

@@ -59,6 +59,7 @@ async def test_a_job_that_may_be_cancelled_keeps_a_warm_spare_for_the_job_replac
         with pytest.raises(WorkerLost, match="killed"):
             await task
         workers.release("routine")
+        await wait_until(spare.warmed, timeout=30, message="the spare to finish importing")
         drift = workers.take("drift")
         assert drift is spare
         assert await drift.run(workload.answer, {"value": "now"}) == {"echo": "now"}

@@ -49,6 +49,10 @@ class WorkerLost(RuntimeError):
     """The worker process ended without an answer (killed, crashed, out of memory)."""
 
 
+_READY = ("ready", None)
+"""What a worker says once it has imported everything and waits for jobs."""
+
+
 class JobFailed(RuntimeError):
     """The job raised in its worker; the message carries the worker's error."""
 
@@ -68,6 +72,7 @@ def _worker_main(parent_pid: int, channel: Connection, preload: str) -> None:
     loaded = importlib.import_module(module)
     if warm:
         getattr(loaded, warm)()
+    channel.send(_READY)  # the trainer prefers a worker that is done importing
     while True:  # jobs one after another, until the trainer closes the pipe
         try:
             message = channel.recv()
@@ -98,6 +103,7 @@ class WorkerProcess:
         """Jobs handed to this process so far."""
         self.clean = True
         """Every job so far answered normally: the process may take another."""
+        self._warmed = False
 
     @property
     def pid(self) -> int:
@@ -127,14 +133,24 @@ class WorkerProcess:
         return result
 
     def _answer(self) -> tuple[str, Any]:
-        ready = wait([self._channel, self.process.sentinel])
-        if self._channel in ready:
-            with contextlib.suppress(EOFError, OSError):
+        while self._channel in wait([self._channel, self.process.sentinel]):
+            try:
                 answer: tuple[str, Any] = self._channel.recv()
+            except (EOFError, OSError):
+                break
+            if answer != _READY:  # taken before it said it was warm: the job's answer follows
                 return answer
+            self._warmed = True
         self.process.join(5)
         how = "killed" if self.killed else f"exit code {self.process.exitcode}"
         raise WorkerLost(f"worker {self.pid} ended without an answer ({how})")
+
+    def warmed(self) -> bool:
+        """Whether the worker finished importing (it said so on its pipe); never blocks."""
+        with contextlib.suppress(EOFError, OSError):
+            while not self._warmed and self._channel.poll():
+                self._warmed = self._channel.recv() == _READY
+        return self._warmed
 
     def reusable(self, max_jobs: int) -> bool:
         return self.clean and not self.killed and self.jobs < max_jobs and self.alive()
@@ -181,9 +197,11 @@ class Workers:
 
     @property
     def _warm(self) -> WorkerProcess | None:
-        """The worker the next job would get (None: it would start a new one)."""
+        """The worker the next job would get (None: it would start a new one): the most recently used of
+        those done importing (it holds the last model in memory), else the one started first."""
         self._idle = [w for w in self._idle if w.alive()]
-        return self._idle[-1] if self._idle else None
+        done = [w for w in self._idle if w.warmed()]
+        return done[-1] if done else (self._idle[0] if self._idle else None)
 
     def warm_up(self) -> None:
         """Have a started worker waiting (a new one only when none is)."""

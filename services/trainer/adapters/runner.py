@@ -258,7 +258,9 @@ class JobRunner:
         }
         seconds = None
         try:
-            answer = await self._in_worker(("export", job["id"]), export_job, spec)
+            # In the worker that trained the version (its pipeline is in memory); a job following
+            # at once (a post-drift refresh) then needs another warm one: spare.
+            answer = await self._in_worker(("export", job["id"]), export_job, spec, spare=True)
             onnx, seconds = OnnxExport.model_validate(answer["onnx"]), answer["seconds"]
         except (JobFailed, WorkerLost) as exc:  # the version keeps serving on its pipeline
             onnx = OnnxExport(artifact=None, parity=False, detail=f"export did not finish: {exc}")
