@@ -193,7 +193,8 @@ def test_predictions_and_drift_link_back_to_their_causes(
 ) -> None:
     _, receiver = otlp
     predicts = _wait_for_spans(receiver, lambda s: s.name == "POST /v1/models/{model}/predict")
-    assert all(s.attributes["driftloop.model.version"] in (1, 2) for s in predicts)
+    # v1, the drift model v2, and the fuller post-drift models that may follow it within a run.
+    assert all(s.attributes["driftloop.model.version"] >= 1 for s in predicts)
     assert all(len(s.attributes["driftloop.request_ids"]) == 50 for s in predicts)
     flushes = _wait_for_spans(receiver, lambda s: s.name == "predictions.logged flush" and bool(s.links))
     predict_ids = {s.span_id for s in predicts}

@@ -231,8 +231,8 @@ class JobRunner:
                 self._running.discard(job_id)
                 self.running.dec()
             status = await self._complete(job, champion, result)
-        if status == "succeeded":
-            self._export_later(job, result)
+            if status == "succeeded":  # started in the job's span: the export and what it causes continue its trace
+                self._export_later(job, result)
         self.duration.labels(job["trigger"]).observe(time.monotonic() - started)
         self.jobs_total.labels(status, job["trigger"]).inc()
 
@@ -248,6 +248,12 @@ class JobRunner:
 
     async def _export(self, job: asyncpg.Record, result: dict[str, Any]) -> None:
         """ONNX export and parity of a published version, then ``model.exported`` (serving switches runtime)."""
+        with self.rt.telemetry.tracer.start_as_current_span(
+            "onnx export", attributes={"driftloop.job_id": str(job["id"])}
+        ):
+            await self._export_in_worker(job, result)
+
+    async def _export_in_worker(self, job: asyncpg.Record, result: dict[str, Any]) -> None:
         spec = {
             "trace": inject_context(),
             "otlp_endpoint": self.settings.telemetry.otlp_endpoint,
