@@ -53,6 +53,10 @@ class Job(BaseModel):
     holdout_rows: int | None
     search: str | None = Field(description="How the hyper-parameters were searched.")
     stages: list[dict[str, Any]] | None = Field(description="Each step of the job with its seconds, in order.")
+    onnx: dict[str, Any] | None = Field(
+        default=None, description="The ONNX export made after model.trained (model.exported), once it is done."
+    )
+    export_seconds: float | None = Field(default=None, description="Seconds the ONNX export and parity check took.")
     created_at: str
     started_at: str | None
     finished_at: str | None
