@@ -41,8 +41,9 @@ async def failed_once(client: Any) -> bool:
 async def test_an_alarm_whose_write_failed_is_raised_by_the_next_flagged_window(isolated: Isolation) -> None:
     store = ArtifactStore(isolated.artifacts_root)
     model = trained_model(store, rows=2000)
+    # decisive_z=0: persistence alone decides, whether a window's own labels arrive before or after it is judged.
     settings = isolated.settings(MonitorSettings, window_size=300, min_window=100, min_labels=100, label_window=300,
-                                 persistence_k=2, persistence_n=3, cooldown_s=600)  # fmt: skip
+                                 persistence_k=2, persistence_n=3, decisive_z=0, cooldown_s=600)  # fmt: skip
     app, runtime = create_app(settings)
     stream = ChurnStream(seed=11)
     async with serve(app) as client:

@@ -89,15 +89,16 @@ async def test_a_stale_challenger_is_rejudged_by_the_trainer_and_promoted_only_w
             return bool((await tr.get("/v1/models/churn")).json().get("champion_version") == 2)
 
         await wait_until(trainer_knows_v2, message="the trainer to hear of champion v2")
-        # Both compared with v1, which no longer serves; both claim a large gain over it.
-        await publish(isolated, trained(drifted, 0.90, champion=0.70, against=1, kept=holdout(store, new_rows)))
+        # Both compared with v1, which no longer serves; both claim a large gain over it. The worse one
+        # first: it must be re-judged against v2 and rejected before the better one can replace v2.
         await publish(isolated, trained(drifted, 0.90, champion=0.70, against=1, kept=holdout(store, old_rows)))
-        better = await wait_until(lambda: decided(reg, 3), timeout=120, message="v3's re-judgement")
-        worse = await wait_until(lambda: decided(reg, 4), timeout=120, message="v4's re-judgement")
+        worse = await wait_until(lambda: decided(reg, 3), timeout=120, message="v3's re-judgement")
+        await publish(isolated, trained(drifted, 0.90, champion=0.70, against=1, kept=holdout(store, new_rows)))
+        better = await wait_until(lambda: decided(reg, 4), timeout=120, message="v4's re-judgement")
 
         assert better["decision"] == "promoted"
         assert worse["decision"] == "rejected"
-        assert (await reg.get("/v1/models/churn/aliases/champion")).json()["version"] == 3
+        assert (await reg.get("/v1/models/churn/aliases/champion")).json()["version"] == 4
         for found, rows in ((better, new_rows), (worse, old_rows)):
             rejudged = found["run"]["rejudged"]
             assert rejudged["stale_champion_version"] == 1
@@ -106,10 +107,10 @@ async def test_a_stale_challenger_is_rejudged_by_the_trainer_and_promoted_only_w
             assert rejudged["champion_metrics"]["accuracy"] == pytest.approx(accuracy(second, rows))
         audit = (await reg.get("/v1/models/churn/audit", params={"limit": 100})).json()
         trail = [(a["action"], a["to_version"]) for a in sorted(audit, key=lambda a: a["id"]) if a["to_version"] >= 3]
-        assert trail.index(("rejudge-requested", 3)) < trail.index(("rejudge", 3)) < trail.index(("promote", 3))
-        assert trail.index(("rejudge-requested", 4)) < trail.index(("rejudge", 4)) < trail.index(("reject", 4))
-        assert ("promote", 4) not in trail
-        figures = next(a["reason"] for a in audit if a["action"] == "rejudge" and a["to_version"] == 4)
+        assert trail.index(("rejudge-requested", 3)) < trail.index(("rejudge", 3)) < trail.index(("reject", 3))
+        assert trail.index(("rejudge-requested", 4)) < trail.index(("rejudge", 4)) < trail.index(("promote", 4))
+        assert ("promote", 3) not in trail
+        figures = next(a["reason"] for a in audit if a["action"] == "rejudge" and a["to_version"] == 3)
         assert f"vs champion v2 {accuracy(second, old_rows):.4f}" in figures
         assert "first compared with v1 0.7000" in figures
 
