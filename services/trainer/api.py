@@ -77,9 +77,14 @@ class ModelState(BaseModel):
 
 def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None]) -> None:
     router = APIRouter(tags=["training"])
+    _mount_request(router, rt, settings, on_queued)
+    _mount_reads(router, rt)
+    app.include_router(router)
 
+
+def _mount_request(router: APIRouter, rt: Runtime, settings: TrainerSettings, on_queued: Callable[[], None]) -> None:
     @router.post(
-        "/v1/training-jobs", status_code=202, response_model=None, responses=errors(404, 409),
+        "/v1/training-jobs", status_code=202, response_model=Job, responses=errors(404, 409),
         summary="Queue a training job now",
     )  # fmt: skip
     async def request_job(
@@ -106,6 +111,8 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Calla
         on_queued()
         return answer
 
+
+def _mount_reads(router: APIRouter, rt: Runtime) -> None:
     @router.get("/v1/training-jobs", summary="Jobs, newest first", dependencies=[require(Role.READER)])
     async def list_jobs(
         model: str | None = None,
@@ -135,5 +142,3 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, on_queued: Calla
             active_job=view.active_job, drift_since=view.drift_since.isoformat() if view.drift_since else None,
             rows_since_drift=view.rows_since_drift, champion_version=row["champion_version"],
         )  # fmt: skip
-
-    app.include_router(router)
