@@ -92,7 +92,7 @@ def declare_errors(app: FastAPI) -> None:
                     responses.setdefault(str(status), {"description": _WHY[status]})
                 for status, response in responses.items():
                     if status.startswith(("4", "5")):
-                        response["content"] = v2_error if path.startswith("/v2/") else error
+                        response["content"] = v2_error if path == "/v2" or path.startswith("/v2/") else error
         app.openapi_schema = doc
         return doc
 
