@@ -12,6 +12,7 @@ is driven by the demo except the data.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections import Counter, deque
@@ -28,6 +29,9 @@ from cli.churn_stream import FEATURES, SCHEMA, TARGET, ChurnStream, corrupt
 from libs.common import topics
 from libs.common.events import parse_event
 from libs.common.idempotency import HEADER
+
+STREAM_DRAIN_S = 120.0
+"""How long the demo waits, as it stops, for the stream's request in flight (four attempts of 30 s at most)."""
 
 
 @dataclass
@@ -140,8 +144,15 @@ class Demo:
                 self.state.errors.append(f"timed out after {self.config.timeout_s:.0f}s in phase {self.state.phase!r}")
             finally:
                 self._done.set()
-                for task in tasks:
+                stream, *others = tasks
+                for task in others:
                     task.cancel()
+                # The stream ends after its current POST rather than being cancelled inside it: a batch
+                # ingest stored while the demo stopped listening would be counted by ingest and not here.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STREAM_DRAIN_S):
+                        await asyncio.gather(stream, return_exceptions=True)
+                stream.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await self._flush_labels(force=True)
                 await asyncio.sleep(1.0)  # let the last events reach the watcher
