@@ -45,26 +45,12 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
+from bench.credit import SCHEMA
 from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from libs.common import auth
 from libs.common.settings import DatabaseSettings
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA: dict[str, Any] = {
-    "features": [
-        {"name": "income", "dtype": "numeric", "min": 0},
-        {"name": "debt_ratio", "dtype": "numeric", "min": 0, "max": 10},
-        {"name": "age", "dtype": "numeric", "min": 18, "max": 100},
-        {"name": "balance", "dtype": "numeric"},
-        {"name": "utilisation", "dtype": "numeric", "min": 0, "max": 1},
-        {"name": "late_payments", "dtype": "integer", "min": 0, "max": 50},
-        {"name": "segment", "dtype": "categorical", "categories": ["retail", "sme", "corporate", "private"]},
-        {"name": "channel", "dtype": "categorical", "categories": ["branch", "online", "partner"]},
-        {"name": "region", "dtype": "categorical", "categories": ["north", "south", "east", "west", "central"]},
-    ],
-    "target": {"name": "default", "dtype": "categorical", "categories": ["no", "yes"]},
-    "task": "classification",
-}
 MEDIA = {
     "json": "application/json",
     "ndjson": "application/x-ndjson",

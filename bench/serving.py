@@ -46,6 +46,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from bench.credit import SCHEMA as CREDIT
 from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from libs.common import auth, models
 from libs.common.artifacts import ArtifactStore
@@ -62,23 +63,7 @@ from services.trainer.domain.training import TrainingConfig, train
 ROOT = Path(__file__).resolve().parent.parent
 MLSERVER_VENV = ROOT / ".bench-serving-venv"
 MODEL = "credit"
-SCHEMA = DatasetSchema.model_validate(
-    {
-        "features": [
-            {"name": "income", "dtype": "numeric", "min": 0},
-            {"name": "debt_ratio", "dtype": "numeric", "min": 0, "max": 10},
-            {"name": "age", "dtype": "numeric", "min": 18, "max": 100},
-            {"name": "balance", "dtype": "numeric"},
-            {"name": "utilisation", "dtype": "numeric", "min": 0, "max": 1},
-            {"name": "late_payments", "dtype": "integer", "min": 0, "max": 50},
-            {"name": "segment", "dtype": "categorical", "categories": ["retail", "sme", "corporate", "private"]},
-            {"name": "channel", "dtype": "categorical", "categories": ["branch", "online", "partner"]},
-            {"name": "region", "dtype": "categorical", "categories": ["north", "south", "east", "west", "central"]},
-        ],
-        "target": {"name": "default", "dtype": "categorical", "categories": ["no", "yes"]},
-        "task": "classification",
-    }
-)
+SCHEMA = DatasetSchema.model_validate(CREDIT)
 FEATURES = [f.name for f in SCHEMA.features]
 TARGETS = {
     "c1_p50_ms": 1.0,
