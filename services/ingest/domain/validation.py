@@ -21,6 +21,7 @@ second engine, no copy between them.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -256,25 +257,26 @@ def _suspects(spec: FeatureSpec, values: pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(combined, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-class _Source:
+class _Source(abc.ABC):
     """Where a batch's values come from; positions count readable records only."""
 
     n: int
     from_text: bool
 
+    @abc.abstractmethod
     def fast(self, spec: FeatureSpec) -> tuple[pa.Array, np.ndarray]:
         """The column converted where that is cheap and safe, and the positions left to the scalar rule."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def column_values(self, name: str, positions: list[int]) -> list[Any]:
         """The values as sent at ``positions`` (``MISSING`` where the record lacks the column)."""
-        raise NotImplementedError
 
     def values(self, name: str) -> list[Any]:
         return self.column_values(name, list(range(self.n)))
 
+    @abc.abstractmethod
     def originals(self, positions: Sequence[int]) -> list[Any]:
-        raise NotImplementedError
+        """The records as sent at ``positions`` (what a rejection keeps for the quarantine)."""
 
     def index(self, position: int) -> int:
         return position
