@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Query
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
 from libs.common.auth import Role, require
@@ -13,6 +14,7 @@ from libs.common.service import Runtime
 from services.monitor.adapters import repository
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.monitor import ModelMonitor
+from services.monitor.report.render import render
 
 
 class LivePerformance(BaseModel):
@@ -64,6 +66,21 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
             report=monitor.last_report.to_dict() if monitor.last_report else None,
             alarms=[Alarm(**a) for a in await repository.recent_alarms(rt.db, model)],
         )
+
+    @router.get("/{model}/drift/report", summary="The drift report of a model as a self-contained HTML page",
+                response_class=HTMLResponse, dependencies=[require(Role.READER)],
+                responses={200: {"content": {"text/html": {}}, "description": "The report: per feature the "
+                                 "reference against the current window with its statistics, the live metric "
+                                 "over time and the alarms; inline SVG, no external resource."}})  # fmt: skip
+    async def drift_report(
+        model: str, windows: Annotated[int, Query(ge=1, le=1000, description="Judged windows on the timeline.")] = 200
+    ) -> HTMLResponse:
+        monitor = await monitors.load(rt.db, model, fresh=True)
+        if monitor is None:
+            raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
+        reports = await repository.recent_reports(rt.db, model, windows)
+        alarms = await repository.recent_alarms(rt.db, model)
+        return HTMLResponse(render(monitor, reports, alarms))
 
     app.include_router(router)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -125,11 +126,37 @@ def _source(row: asyncpg.Record) -> tuple[str, bool] | None:
     return (row["principal"], bool(row["trusted"])) if row["principal"] is not None else None
 
 
-async def store_report(conn: asyncpg.Connection, model: str, version: int, report: WindowReport) -> None:
+async def store_report(
+    conn: asyncpg.Connection,
+    model: str,
+    version: int,
+    report: WindowReport,
+    histograms: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Store a judged window; ``histograms`` (its counts beside the reference's) are what the drift report draws."""
+    body = report.to_dict() if histograms is None else {**report.to_dict(), "histograms": histograms}
     await conn.execute(
         "INSERT INTO reports (model, version, flagged, report) VALUES ($1, $2, $3, $4)",
-        model, version, report.flagged, json.dumps(report.to_dict(), default=str),
+        model, version, report.flagged, json.dumps(body, default=str),
     )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    """A judged window as stored: when, for which version, and its report (``WindowReport.to_dict``)."""
+
+    at: datetime
+    version: int
+    flagged: bool
+    report: dict[str, Any]
+
+
+async def recent_reports(conn: Conn, model: str, limit: int) -> list[StoredReport]:
+    """The latest ``limit`` window reports of ``model``, oldest first."""
+    rows = await conn.fetch(
+        "SELECT at, version, flagged, report FROM reports WHERE model = $1 ORDER BY id DESC LIMIT $2", model, limit
+    )
+    return [StoredReport(r["at"], r["version"], r["flagged"], json.loads(r["report"])) for r in reversed(rows)]
 
 
 async def store_alarm(

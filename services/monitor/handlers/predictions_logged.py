@@ -17,6 +17,7 @@ from services.monitor.adapters import repository
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.decision import WindowReport, evaluate_window, should_alarm
+from services.monitor.domain.histograms import window_histograms
 from services.monitor.domain.monitor import ModelMonitor
 from services.monitor.domain.windows import Window
 
@@ -73,7 +74,7 @@ async def _judge(rt: Runtime, monitor: ModelMonitor, window: Window, metrics: Mo
     alarms = monitor.alarms.copy()
     alarm, since = should_alarm(alarms, report, datetime.now(UTC), monitor.config)
     async with rt.db.acquire() as conn, conn.transaction():
-        await repository.store_report(conn, monitor.model, monitor.version, report)
+        await repository.store_report(conn, monitor.model, monitor.version, report, window_histograms(window))
         if alarm:
             await _raise(rt, conn, monitor, _drift_event(monitor, report, since))
     monitor.alarms = alarms  # committed: now the cool-down may start

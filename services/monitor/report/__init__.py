@@ -1,0 +1,1 @@
+"""The drift report: one self-contained HTML page per model (inline SVG, no external resource)."""
