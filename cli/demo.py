@@ -84,6 +84,7 @@ class DemoState:
     false_drift_events: int = 0
     drift_detected_after_rows: int | None = None
     events_per_topic: Counter[str] = field(default_factory=Counter)
+    dead_letters: list[dict[str, str]] = field(default_factory=list)
     drift_scores: dict[str, float] = field(default_factory=dict)
     recent: deque[bool] = field(default_factory=lambda: deque(maxlen=500))
     errors: list[str] = field(default_factory=list)
@@ -312,6 +313,8 @@ class Demo:
                     if name == topics.DRIFT_DETECTED:
                         for record in records:
                             self._on_drift(record.value)
+                    elif name.endswith(topics.DLQ_SUFFIX):
+                        self.state.dead_letters.extend(_dead_letter(name, r) for r in records)
         finally:
             await consumer.stop()
 
@@ -366,6 +369,7 @@ class Demo:
             "time_to_recover_s": round(s.recovered_at - s.injected_at, 1) if s.recovered_at and s.injected_at else None,
             "events_per_topic": dict(sorted(s.events_per_topic.items())),
             "dlq_messages": dlq,
+            "dead_letters": s.dead_letters[:20],
             "records": {
                 "sent": s.records_sent,
                 "accepted": s.records_accepted,
@@ -379,3 +383,14 @@ class Demo:
             "duration_s": round(time.monotonic() - s.started, 1),
             "errors": s.errors[:20],
         }
+
+
+def _dead_letter(topic: str, record: Any) -> dict[str, str]:
+    """What the demo shows of a dead letter: where it came from and why it failed."""
+    headers = {k: bytes(v).decode(errors="replace") for k, v in (record.headers or ())}
+    return {
+        "topic": topic,
+        "consumer_group": headers.get(topics.HEADER_DLQ_CONSUMER_GROUP, ""),
+        "error_type": headers.get(topics.HEADER_DLQ_ERROR_TYPE, ""),
+        "reason": headers.get(topics.HEADER_DLQ_REASON, "")[:500],
+    }

@@ -137,6 +137,8 @@ def described(node: ast.AsyncFunctionDef | ast.FunctionDef) -> bool:
     if node.returns is None:
         return False
     annotation = ast.unparse(node.returns)
+    if annotation.startswith("list[") and annotation.endswith("]"):
+        annotation = annotation[len("list[") : -1]  # a list of models is described; a list of dicts is not
     untyped = ("dict", "list", "Any", "JSONResponse", "Response", "ORJSONResponse", "object")
     return not annotation.startswith(untyped)
 

@@ -98,7 +98,7 @@ def test_the_loop_closes(each_run: tuple[UpState, dict[str, Any]]) -> None:
     assert result["drift_detected_after_rows"] is not None
     assert result["accuracy_after_recovery"] > result["accuracy_during_drift"] + 0.15
     assert result["accuracy_before_drift"] > 0.7
-    assert result["dlq_messages"] == 0
+    assert result["dlq_messages"] == 0, result["dead_letters"]
 
 
 def test_every_record_is_accepted_or_rejected_with_a_reason(each_run: tuple[UpState, dict[str, Any]]) -> None:
