@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -20,7 +21,7 @@ from libs.common.events import (
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
-from services.trainer import api
+from services.trainer import api, api_schedules
 from services.trainer.adapters.runner import JobRunner
 from services.trainer.handlers import (
     data_arrived,
@@ -30,12 +31,14 @@ from services.trainer.handlers import (
     rejudgement_requested,
     training_requested,
 )
+from services.trainer.handlers.schedule_due import Clock, Scheduler, utc_now
 from services.trainer.settings import TrainerSettings
 
 GROUP = "trainer"
 
 
-def spec(settings: TrainerSettings) -> ServiceSpec:
+def spec(settings: TrainerSettings, clock: Clock = utc_now) -> ServiceSpec:
+    """The trainer; ``clock`` tells scheduled retraining the time (tests move it instead of waiting)."""
     runners: list[JobRunner] = []
 
     def wake() -> None:
@@ -62,6 +65,7 @@ def spec(settings: TrainerSettings) -> ServiceSpec:
     async def on_start(rt: Runtime) -> None:
         for runner in runners:
             runner.start()
+        rt.spawn(Scheduler(rt, settings, wake, clock).run(), "scheduler")
 
     async def on_stop(rt: Runtime) -> None:
         for runner in runners:
@@ -73,12 +77,19 @@ def spec(settings: TrainerSettings) -> ServiceSpec:
         publishes=(ModelTrained, ModelExported, ModelRejudged),
         migrations=Path(__file__).parent / "migrations",
         register=register,
-        routes=lambda app, rt: api.mount(app, rt, settings, wake),
+        routes=lambda app, rt: _routes(app, rt, settings, wake, clock),
         on_start=on_start,
         on_stop=on_stop,
         description="Decides when to retrain, runs durable training jobs in worker processes, emits model.trained.",
     )
 
 
-def create_app(settings: TrainerSettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:
-    return build(spec(settings), settings, telemetry)
+def _routes(app: FastAPI, rt: Runtime, settings: TrainerSettings, wake: Callable[[], None], clock: Clock) -> None:
+    api.mount(app, rt, settings, wake)
+    api_schedules.mount(app, rt, settings, clock)
+
+
+def create_app(
+    settings: TrainerSettings, telemetry: Telemetry | None = None, *, clock: Clock = utc_now
+) -> tuple[FastAPI, Runtime]:
+    return build(spec(settings, clock), settings, telemetry)

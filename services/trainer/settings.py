@@ -1,9 +1,10 @@
 """Settings of the trainer service (``DRIFTLOOP_TRAINER_*``)."""
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.common.service import ServiceSettings
+from services.trainer.domain.schedule import InvalidCron, normalise
 
 
 class TrainerSettings(ServiceSettings):
@@ -49,3 +50,16 @@ class TrainerSettings(ServiceSettings):
     """Attempts before a failing job is marked failed."""
     code_version: str | None = None
     """Recorded with every model; the git commit or package version when unset."""
+    schedules: dict[str, str] = Field(default_factory=dict)
+    """Model → cron expression (5 fields or @daily/@hourly …, UTC) of a scheduled retrain, e.g.
+    ``{"churn": "0 3 * * *"}``. A schedule set through ``PUT /v1/schedules/{model}`` wins over this."""
+    schedule_check_s: float = Field(default=10.0, gt=0)
+    """How often due schedules are looked for: a schedule fires at most this late."""
+
+    @field_validator("schedules")
+    @classmethod
+    def _valid_crons(cls, value: dict[str, str]) -> dict[str, str]:
+        try:
+            return {model: normalise(cron) for model, cron in value.items()}
+        except InvalidCron as exc:
+            raise ValueError(f"schedules: {exc}") from exc

@@ -32,6 +32,8 @@ class Trigger(StrEnum):
     NEW_DATA = "new_data"
     DRIFT = "drift"
     REQUEST = "request"
+    SCHEDULE = "schedule"
+    """A cron schedule came due (services/trainer/domain/schedule.py): routine work, like new data."""
 
 
 ROUTINE_TRIGGERS = frozenset({"new_data", "schedule"})
