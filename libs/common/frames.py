@@ -4,16 +4,20 @@ fits on it) and serving (which predicts on it), so both see identical dtypes."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from libs.common.schema import DatasetSchema, DType
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def features_frame(schema: DatasetSchema, data: pd.DataFrame | Sequence[dict[str, Any]]) -> pd.DataFrame:
     """The feature columns in schema order: categoricals as objects (missing as NaN), the rest as floats."""
+    import pandas as pd  # here: serving imports this module for MISSING_CATEGORY and rarely needs pandas
+
     frame = data if isinstance(data, pd.DataFrame) else pd.DataFrame.from_records(list(data))
     out = pd.DataFrame(index=frame.index)
     for spec in schema.features:

@@ -25,8 +25,6 @@ import json
 import zipfile
 from typing import Any
 
-import skops.io as sio
-
 from libs.common.artifacts import ArtifactStore
 from libs.common.errors import ArtifactError
 from libs.common.events import ArtifactRef
@@ -99,7 +97,13 @@ ALLOWED_LOADERS: frozenset[str] = frozenset(
 )
 
 
+# skops is imported where it is used: it imports scikit-learn, SciPy and pandas (about 5 s of a
+# process start on a busy machine), and serving runs most versions on onnxruntime without it.
+
+
 def dumps(model: Any) -> bytes:
+    import skops.io as sio
+
     return bytes(sio.dumps(model))
 
 
@@ -137,6 +141,8 @@ def loads(data: bytes) -> Any:
     refused = refused_types(data)
     if refused:
         raise ArtifactError(f"model artifact refused: it needs types outside the allowlist: {refused}", refused=refused)
+    import skops.io as sio
+
     try:
         needed = sio.get_untrusted_types(data=data)
         return sio.loads(data, trusted=[t for t in needed if t in ALLOWED_TYPES])

@@ -7,9 +7,11 @@ import gc
 import logging
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from faststream.kafka.subscriber.usecase import LogicSubscriber
 from prometheus_client import Gauge, Histogram
 from starlette.types import ASGIApp
 
@@ -17,7 +19,7 @@ from libs.common import auth, topics
 from libs.common.auth import Role
 from libs.common.errors import ArtifactError
 from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, OnnxExport, PredictionsLogged
-from libs.common.kafka import Route, subscribe
+from libs.common.kafka import Route, positioned, subscribe
 from libs.common.request_ids import RequestIds
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
@@ -73,12 +75,13 @@ def spec(settings: ServingSettings) -> ServiceSpec:
             "driftloop_inference_batch_requests", "Requests answered by one inference call (micro-batching).",
             ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry,
         ))  # fmt: skip
-        # Every replica must see every promotion: a group of its own, from now on
-        # (what was promoted before the replica started comes from the registry).
+        # Every replica must see every promotion, from now on: no consumer group (a group join
+        # held a restart up for seconds, and after a kill -9 until the dead member timed out);
+        # what was promoted before the replica started comes from the registry.
         routes = {topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table, promoted(rt)), (ModelPromoted,))}
-        subscribe(rt.broker, routes, group=f"serving-{settings.instance_id}", settings=settings.kafka,
-                  telemetry=rt.telemetry, auto_offset_reset="latest")  # fmt: skip
+        subscribers.append(subscribe(rt.broker, routes, group=None, settings=settings.kafka, telemetry=rt.telemetry))
 
+    subscribers: list[LogicSubscriber[Any]] = []
     hot_routes: list[hotpath.HotRoute] = []
     runtimes: list[Runtime] = []
 
@@ -107,6 +110,8 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         return issued.token, issued.id
 
     async def bootstrap(rt: Runtime) -> None:
+        for subscriber in subscribers:  # promotions from here on are consumed: the registry tells the rest
+            await positioned(subscriber)
         delay = 0.5
         token, issued_id = await registry_token(rt)
         async with await registry_client(settings.registry_url, token) as client:  # one for every retry

@@ -18,7 +18,7 @@ class ServingSettings(ServiceSettings):
     """A ``reader`` token for the registry; when unset, serving issues itself a short-lived
     one in the shared token table at start (it can write there as every service can)."""
     instance_id: str = Field(default_factory=socket.gethostname)
-    """This replica's name; each replica has its own consumer group for model.promoted."""
+    """This replica's name (in the principal of the registry token it issues itself)."""
     max_instances: int = Field(default=1000, ge=1)
     """Most instances one predict request may carry."""
     log_batch_size: int = Field(default=200, ge=1)

@@ -5,9 +5,10 @@ The client sends 60 batches of 500 rows, each with its own Idempotency-Key, and
 retries a batch (same key, same body) until ingest answers 200: on a refused
 connection, a cut-off answer, 5xx, 503 or 429. Meanwhile the faults come one after
 the other, each at a random batch (seeded; ``DRIFTLOOP_CHAOS_SEED`` picks another
-run): ingest is killed twice, the trainer, registry, serving and the monitor once,
-the broker is killed and restarted empty on its port, PostgreSQL is killed and
-restarted on its data directory. The loop runs all along (first model at 2,000
+run): ingest is killed twice, the trainer (during a job), the registry, serving (while
+it serves a champion: how soon it predicts again is printed) and the monitor once; the
+broker is killed and restarted empty on its port, PostgreSQL is killed and restarted on
+its data directory. The loop runs all along (first model at 2,000
 rows, a retrain every 10,000).
 
 Then: 30,000 rows stored, each key once, no rejection, one submission per batch;
@@ -63,6 +64,8 @@ class Figures:
     faults: list[tuple[str, int, float]] = field(default_factory=list)
     """(what, at batch, seconds until it answered again)"""
     trainer_mid_job: bool = False
+    serving_answered: float | None = None
+    """Seconds from serving's kill -9 to its first prediction again (None: no champion served before)."""
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +178,13 @@ async def _faults(
     async def strike(what: str, at: int) -> None:
         if what == "trainer":  # during a job (the stream goes on meanwhile: jobs come with rows)
             figures.trainer_mid_job = await _job_running(database_url)
+        served = what == "serving" and await _champion_serves(supervisor)
         started = time.monotonic()
         await asyncio.to_thread(_kill_and_restart, supervisor, what)
         figures.faults.append((what, at, time.monotonic() - started))
+        if served:  # ready means its champions are loaded: the first request after it is answered
+            await _until(lambda: _predicts(supervisor), timeout=60, message="serving predicting after its restart")
+            figures.serving_answered = time.monotonic() - started
 
     restarts = []
     for what, at in zip(order, moments, strict=True):
@@ -186,6 +193,31 @@ async def _faults(
         await asyncio.sleep(0.5)  # the kill lands before the stream goes on
         progress.strike()
     await asyncio.gather(*restarts)
+
+
+async def _predicts(supervisor: Supervisor) -> int | None:
+    """The version serving answers a prediction of the chaos model with, None when it does not."""
+    assert supervisor.state is not None
+    state = supervisor.state
+    instance = {k: v for k, v in ChurnStream(seed=1).batch(1)[0].items() if k != "churned"}
+    auth = {"Authorization": f"Bearer {read_token(Path(state.home))}"}
+    async with httpx.AsyncClient(timeout=10, headers=auth) as client:
+        try:
+            answer = await client.post(f"{state.services['serving']}/v1/models/{DATASET}/predict",
+                                       json={"instances": [instance]})  # fmt: skip
+        except httpx.TransportError:
+            return None
+    return int(answer.json()["version"]) if answer.status_code == 200 else None
+
+
+async def _champion_serves(supervisor: Supervisor, timeout: float = 120) -> bool:
+    """Wait for a champion to serve (serving is killed while it serves one); False if none came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await _predicts(supervisor) is not None:
+            return True
+        await asyncio.sleep(0.5)
+    return False
 
 
 async def _until(probe: Any, *, timeout: float, message: str) -> Any:
@@ -231,6 +263,10 @@ async def test_nothing_is_lost_or_stored_twice_when_everything_is_killed(stack: 
         for what, at, took in sorted(figures.faults, key=lambda f: f[1]):
             print(f"  kill -9 {what:<8} at batch {at:>2}: answering again after {took:.1f} s")
         print(f"  the trainer was killed during a job: {figures.trainer_mid_job}")
+        if figures.serving_answered is not None:
+            print(f"  serving predicted again {figures.serving_answered:.1f} s after its kill -9")
+        else:
+            print("  serving had no champion yet when it was killed")
 
         await _check_ingest(state)
         await _check_loop_closes(client, state)

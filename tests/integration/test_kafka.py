@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 from libs.common import topics
 from libs.common.errors import TransientError
 from libs.common.events import Event, TrainingRequested
-from libs.common.kafka import BrokerPublisher, Delivery, Route, create_broker, subscribe
+from libs.common.kafka import BrokerPublisher, Delivery, Route, consumer_lag, create_broker, positioned, subscribe
 from libs.common.settings import KafkaSettings, TelemetrySettings
 from libs.common.telemetry import setup_telemetry
 from tests.helpers import read_topic, wait_until
@@ -163,3 +163,37 @@ async def _committed(bootstrap: str, group: str, topic: str) -> int:
         return total
     finally:
         await consumer.stop()
+
+
+async def test_a_groupless_subscriber_sees_every_message_from_its_start_and_commits_nothing(
+    kafka_settings: KafkaSettings, topic: str
+) -> None:
+    """``group=None`` (serving's model.promoted): every replica reads every partition from where it
+    started, with no group to join; what was published before the start is not delivered."""
+    telemetry = setup_telemetry("replica", TelemetrySettings())
+    before = create_broker(kafka_settings, setup_telemetry("before", TelemetrySettings()))
+    async with before:
+        await before.start()
+        await before.publish(_request(reason="before the start").to_bytes(), topic, key=b"a")
+
+    replicas = [create_broker(kafka_settings, telemetry), create_broker(kafka_settings, telemetry)]
+    seen: list[list[str]] = [[], []]
+    subscribers = []
+    for broker, into in zip(replicas, seen, strict=True):
+
+        async def records(event: Event, delivery: Delivery, into: list[str] = into) -> None:
+            assert isinstance(event, TrainingRequested)
+            into.append(event.reason)
+
+        subscribers.append(subscribe(broker, {topic: Route(records, (TrainingRequested,))}, group=None,
+                                     settings=kafka_settings, telemetry=telemetry))  # fmt: skip
+    async with replicas[0], replicas[1]:
+        for broker, subscriber in zip(replicas, subscribers, strict=True):
+            await broker.start()
+            await positioned(subscriber)
+        for n, key in enumerate((b"a", b"b", b"c", b"d")):  # keys spread over the partitions
+            await replicas[0].publish(_request(reason=f"after {n}").to_bytes(), topic, key=key)
+        await wait_until(lambda: all(len(s) == 4 for s in seen), message="every message at both replicas")
+    assert [sorted(s) for s in seen] == [[f"after {n}" for n in range(4)]] * 2
+    lag = await consumer_lag(kafka_settings.bootstrap)
+    assert not [row for row in lag if row.topic == topic]  # no group, no committed offset

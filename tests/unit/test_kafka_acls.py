@@ -30,10 +30,7 @@ def consumed(service: str) -> tuple[set[str], set[tuple[str, str]]]:
         found: Any = subscriber  # faststream's Kafka subscriber: .topics and .group_id
         reads |= {t.name for t in found.topics}
         group = found.group_id
-        instance = getattr(settings, "instance_id", None)
-        if instance and group.endswith(instance):  # one group per replica: a prefix ACL
-            groups.add((group.removesuffix(instance), "prefix"))
-        else:
+        if group:  # serving reads model.promoted with no group (every replica, every partition)
             groups.add((group, "literal"))
     if service == "ingest":  # records.submitted is read by a micro-batch consumer started on start-up
         from services.ingest.handlers.records_submitted import consumer

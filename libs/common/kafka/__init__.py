@@ -19,7 +19,7 @@ from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead
 from libs.common.kafka.delivery import BatchHandler, Delivery, EventHandler, Handler, Route
 from libs.common.kafka.lag import LagExporter, LagRow, consumer_lag
 from libs.common.kafka.publisher import BrokerPublisher
-from libs.common.kafka.subscriber import subscribe
+from libs.common.kafka.subscriber import positioned, subscribe
 
 __all__ = [
     "METADATA_MAX_AGE_MS",
@@ -39,6 +39,7 @@ __all__ = [
     "create_broker",
     "dead_letter",
     "ensure_topics",
+    "positioned",
     "rewind_offsets",
     "start_with_retry",
     "subscribe",

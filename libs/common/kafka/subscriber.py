@@ -22,11 +22,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import LogicSubscriber
 
 from libs.common.errors import DriftloopError, InvalidEvent
 from libs.common.events import Event, parse_event
@@ -42,12 +43,12 @@ def subscribe(
     broker: KafkaBroker,
     routes: Mapping[str, Route],
     *,
-    group: str,
+    group: str | None,
     settings: KafkaSettings,
     telemetry: Telemetry,
     description: str | None = None,
     auto_offset_reset: Literal["earliest", "latest"] = "earliest",
-) -> None:
+) -> LogicSubscriber[Any]:
     """Consume every topic of ``routes`` in consumer group ``group`` under the policy above.
 
     One consumer (one group member) reads all of a service's topics: a group
@@ -56,17 +57,27 @@ def subscribe(
     names are given without the installation's prefix (``settings.topic_prefix``).
     ``auto_offset_reset`` decides where a new group starts: ``earliest`` for
     work queues, ``latest`` for per-replica groups that only want news.
+
+    ``group=None``: no group at all, for a replica that must see every message
+    from the moment it starts (serving's ``model.promoted``). Every partition
+    is assigned at once, from the latest offset, and nothing is committed.
+    Starting then costs no group join: a join takes seconds, and after a
+    kill -9 it waits for the dead member's session to time out first (the
+    restart that took serving 66 s in the chaos suite). What came before the
+    start must come from elsewhere (serving asks the registry), after
+    :func:`positioned`.
     """
     metrics = ConsumerMetrics.on(telemetry)
     real = {settings.topic(topic): route for topic, route in routes.items()}
-    group_id = settings.group(group)
+    group_id = settings.group(group) if group is not None else None
+    name = group_id or f"{settings.client_id}-{telemetry.service}-every-replica"
     subscriber = broker.subscriber(
         *real,
         group_id=group_id,
         ack_policy=AckPolicy.MANUAL,
-        auto_offset_reset=auto_offset_reset,
+        auto_offset_reset=auto_offset_reset if group_id is not None else "latest",
         max_poll_interval_ms=300_000,
-        title=group_id,
+        title=name,
         description=description or ", ".join(sorted(routes)),
     )
 
@@ -76,15 +87,30 @@ def subscribe(
         delivery = Delivery.of(record)
         route = real[record.topic]
         try:
-            await _handle(msg.body, delivery, route.handler, route.accepts, group_id, settings, broker, metrics)
+            await _handle(msg.body, delivery, route.handler, route.accepts, name, settings, broker, metrics)
         except DeadLetterFailed:
             await asyncio.sleep(settings.retry_backoff_max_s)
             await msg.nack()  # seek back: delivered again, never skipped
             return
-        await msg.ack()
+        if group_id is not None:  # without a group there is no offset to commit
+            await msg.ack()
 
-    on_message.__name__ = group_id.replace(".", "_").replace("-", "_")
+    on_message.__name__ = name.replace(".", "_").replace("-", "_")
     subscriber(on_message)
+    return subscriber
+
+
+async def positioned(subscriber: LogicSubscriber[Any]) -> None:
+    """Wait until ``subscriber``'s consumer knows where it reads each of its partitions from.
+
+    A group-less consumer resolves "latest" lazily; whatever is published after this
+    returns is delivered, so state read from elsewhere afterwards leaves no gap.
+    """
+    consumer = subscriber.consumer
+    if consumer is None:
+        raise RuntimeError("the subscriber is not started")
+    for partition in consumer.assignment():
+        await consumer.position(partition)
 
 
 async def _handle(

@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from libs.common.frames import MISSING_CATEGORY, features_frame
 from libs.common.schema import DatasetSchema, DType, Task
@@ -37,6 +36,8 @@ class SklearnRuntime:
         self._proba = schema.task is Task.CLASSIFICATION and hasattr(pipeline, "predict_proba")
 
     def infer(self, columns: Columns) -> Inference:
+        import pandas as pd  # here: a replica serving only onnxruntime versions starts without it
+
         frame = features_frame(self.schema, pd.DataFrame(columns.arrays))
         if not self._proba:
             return Inference(np.asarray(self.pipeline.predict(frame)), None)
