@@ -126,44 +126,75 @@ def table_to_parquet(schema: DatasetSchema, table: pa.Table, at: datetime | None
 
 
 def read_rows(
-    store: ArtifactStore, batches: Sequence[BatchEntry], *, since: datetime | None = None, max_rows: int | None = None
+    store: ArtifactStore,
+    batches: Sequence[BatchEntry],
+    *,
+    since: datetime | None = None,
+    max_rows: int | None = None,
+    labelled: str | None = None,
 ) -> tuple[pa.Table, list[tuple[BatchEntry, int]]]:
     """The rows of ``batches`` accepted at or after ``since``, at most the last ``max_rows`` of them,
-    and how many rows each segment gave.
+    and how many rows each segment gave. ``labelled`` (the target column): only rows where it is set,
+    so ``max_rows`` counts the rows training can use.
 
-    Only the segments needed are opened (from the newest back when ``max_rows`` is set); a compacted
-    segment that straddles ``since`` is read through a filter on the ingestion time, whose row-group
-    statistics let Parquet skip the batches before it (one row group per batch). A batch of its own is
-    taken or left whole by its acceptance time, as before compaction existed.
+    Memory is bounded by ``max_rows``: segments are opened from the newest back, and inside a
+    compacted segment (one row group per batch) row groups are read from its end, until
+    ``max_rows`` rows are in hand; what lies further back is never read. In a compacted segment, a
+    row group wholly before ``since`` is skipped by its ingestion-time statistics.
     """
     chosen = [b for b in batches if since is None or b.last_at >= since]
-    if max_rows is not None:
-        kept, rows = [], 0
-        for entry in reversed(chosen):
-            if rows >= max_rows:
-                break
-            kept.append(entry)
-            rows += entry.rows
-        chosen = kept[::-1]
-    tables: list[pa.Table] = []
-    counts: list[tuple[BatchEntry, int]] = []
-    for entry in chosen:
-        data = pa.BufferReader(store.get(entry.artifact))
-        if since is not None and entry.compacted and entry.created_at < since:
-            stamp = pa.scalar(since, type=pa.timestamp("ms", tz="UTC"))
-            table = pq.read_table(data, filters=pc.field(INGESTED_AT) >= stamp)
-        else:
-            table = pq.read_table(data)
-        tables.append(table)
-        counts.append((entry, table.num_rows))
-    if not tables:
+    if not chosen:
         raise ValueError("no batches to read")
-    table = pa.concat_tables(tables, promote_options="default")
+    read: list[tuple[BatchEntry, pa.Table]] = []  # newest first
+    rows = 0
+    for entry in reversed(chosen):
+        if max_rows is not None and rows >= max_rows:
+            break
+        file = pq.ParquetFile(pa.BufferReader(store.get(entry.artifact)))
+        # A batch of its own is taken or left whole by its acceptance time; a compacted segment
+        # that straddles ``since`` is cut by each row's.
+        cut = since if since is not None and entry.compacted and entry.created_at < since else None
+        groups: list[pa.Table] = []
+        for group in reversed(range(file.num_row_groups)):
+            if max_rows is not None and rows >= max_rows:
+                break
+            if cut is not None and _ingested_before(file, group, cut):
+                continue
+            table = _kept(file.read_row_group(group), cut, labelled)
+            groups.append(table)
+            rows += table.num_rows
+        table = pa.concat_tables(groups[::-1]) if groups else file.schema_arrow.empty_table()
+        read.append((entry, table))
+    read.reverse()
+    table = pa.concat_tables([t for _, t in read], promote_options="default")
+    counts = [(e, t.num_rows) for e, t in read]
     if max_rows is not None and table.num_rows > max_rows:
         drop = table.num_rows - max_rows
         table = table.slice(drop)
         counts = _trim_counts(counts, drop)
     return table, [(e, n) for e, n in counts if n]
+
+
+def _ingested_before(file: pq.ParquetFile, group: int, since: datetime) -> bool:
+    """Whether every row of row group ``group`` was accepted before ``since`` (by its statistics)."""
+    meta = file.metadata.row_group(group)
+    for column in range(meta.num_columns):
+        chunk = meta.column(column)
+        if chunk.path_in_schema == INGESTED_AT:
+            stats = chunk.statistics
+            return bool(stats is not None and stats.has_min_max and stats.max < since)
+    return False
+
+
+def _kept(table: pa.Table, since: datetime | None, labelled: str | None) -> pa.Table:
+    """The rows of ``table`` accepted at or after ``since`` and (when ``labelled`` names it) with a label."""
+    keep = None
+    if since is not None:
+        keep = pc.greater_equal(table.column(INGESTED_AT), pa.scalar(since, type=pa.timestamp("ms", tz="UTC")))
+    if labelled is not None and table.column(labelled).null_count:
+        valid = pc.is_valid(table.column(labelled))
+        keep = valid if keep is None else pc.and_(keep, valid)
+    return table if keep is None else table.filter(keep)
 
 
 def _trim_counts(counts: list[tuple[BatchEntry, int]], drop: int) -> list[tuple[BatchEntry, int]]:

@@ -166,13 +166,10 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
 def read_training_rows(
     store: ArtifactStore, manifest: DatasetManifest, since: datetime | None, max_rows: int | None
 ) -> tuple[pa.Table, list[tuple[BatchEntry, int]]]:
-    """The rows a job learns from: those accepted since ``since``, only the newest ``max_rows`` labelled
-    ones when training keeps no more (segments further back are never opened)."""
-    table, counts = read_rows(store, manifest.batches, since=since, max_rows=max_rows)
+    """The rows a job learns from: the labelled ones accepted since ``since``, only the newest ``max_rows``
+    when training keeps no more (segments and row groups further back are never read)."""
     target = manifest.dataset_schema.target.name
-    if max_rows is not None and table.column(target).null_count and table.num_rows < manifest.total_rows:
-        table, counts = read_rows(store, manifest.batches, since=since)  # unlabelled rows: training skips them
-    return table, counts
+    return read_rows(store, manifest.batches, since=since, max_rows=max_rows, labelled=target)
 
 
 def _champion(store: ArtifactStore, artifact: dict[str, Any] | None) -> Any:
