@@ -303,6 +303,15 @@ class ModelPromoted(Event):
     metrics: dict[str, float] = Field(default_factory=dict)
     reason: str
     actor: str = Field(description="Who moved it: 'policy' or a person's name.")
+    share: float | None = Field(
+        default=None, ge=0, le=100,
+        description="For the canary alias: the percentage of the model's traffic it takes (serving splits by it).",
+    )  # fmt: skip
+    judged: bool | None = Field(
+        default=None,
+        description="For the canary alias: whether the registry's canary policy decides its fate (False: an A/B "
+        "test with a fixed share, ended by a person).",
+    )
 
     def key(self) -> bytes:
         return self.model.encode()
@@ -326,6 +335,11 @@ class PredictionsLogged(Event):
     model: str
     version: int = Field(ge=1)
     records: list[PredictionRecord] = Field(min_length=1)
+    shadow: bool = Field(
+        default=False,
+        description="Predictions of the shadow version on copies of requests the champion answered (same request "
+        "ids); never returned to a caller.",
+    )
 
     def key(self) -> bytes:
         return self.model.encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -19,6 +20,7 @@ from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.registry import api
+from services.registry.domain.canary import CanaryConfig
 from services.registry.domain.promotion import PromotionConfig
 from services.registry.domain.provenance import TrustConfig
 from services.registry.handlers import drift_detected, model_exported, model_trained
@@ -29,6 +31,9 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
     config = PromotionConfig(
         min_metric=settings.min_metric, min_gain=settings.min_gain, require_approval=settings.require_approval
     )
+
+    canary = CanaryConfig(min_labels=settings.canary_min_labels, margin=settings.canary_margin,
+                          deadline=timedelta(seconds=settings.canary_deadline_s))  # fmt: skip
 
     def register(rt: Runtime) -> None:
         trust = TrustConfig(max_untrusted_share=settings.max_untrusted_share)
@@ -46,7 +51,7 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
         publishes=(ModelPromoted, RejudgementRequested),
         migrations=Path(__file__).parent / "migrations",
         register=register,
-        routes=api.mount,
+        routes=lambda app, rt: api.mount(app, rt, api.CanaryDefaults(settings.canary_share, canary)),
         description="Registers trained versions, applies the promotion policy, moves aliases, keeps the audit log.",
     )
 

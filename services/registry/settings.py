@@ -19,3 +19,14 @@ class RegistrySettings(ServiceSettings):
     max_untrusted_share: float = Field(default=0.5, ge=0, le=1)
     """A version whose training rows, or the labels behind the performance alarm that caused it, came
     from untrusted principals (summed) for more than this share is held at 'candidate' for an approver."""
+    canary_share: float = Field(default=10.0, ge=0, le=100)
+    """Share of traffic (percent) a canary takes when the move does not say (and a drift retrain's canary)."""
+    canary_min_labels: int = Field(default=200, ge=1)
+    """Labels each side (canary and champion) needs before the canary policy may promote."""
+    canary_margin: float = Field(default=0.01, ge=0)
+    """How much worse than the champion in the live metric a promoted canary may be, at most."""
+    canary_deadline_s: float = Field(default=24 * 3600.0, gt=0)
+    """An undecided canary is rolled back after this long."""
+    drift_retrain: str = Field(default="champion", pattern="^(champion|canary)$")
+    """Where a drift retrain that wins the promotion policy goes: straight to 'champion' (the fastest
+    recovery), or to 'canary' first, to be promoted by the canary policy on live labels."""

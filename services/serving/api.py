@@ -31,9 +31,11 @@ from libs.common.request_ids import RequestIds, screen
 from libs.common.service import Runtime
 from libs.common.validation import InvalidValue, coerce
 from services.serving.adapters.prediction_log import PredictionLog
+from services.serving.adapters.shadow import ShadowCopies
 from services.serving.domain.features import Columns, InvalidInstance
 from services.serving.domain.models import Inference, LoadedModel, ModelTable
 from services.serving.domain.predictions import Served, plain_list, probability_dicts
+from services.serving.domain.routing import Splits
 from services.serving.settings import ServingSettings
 
 
@@ -65,6 +67,9 @@ class Predictor:
     """Mints the request ids (tagged for the model, so feedback can prove serving issued them)."""
     table: ModelTable
     max_instances: int
+    splits: Splits[LoadedModel] = field(default_factory=Splits)
+    """The canary and shadow of each model (``services/serving/domain/routing.py``)."""
+    shadows: ShadowCopies | None = None
     _children: dict[tuple[str, int], tuple[Histogram, Counter]] = field(default_factory=dict)
 
     def serving(self, model: str) -> LoadedModel:
@@ -73,10 +78,17 @@ class Predictor:
             raise NotFound(f"model {model!r} is not served (no champion loaded)", model=model)
         return loaded
 
-    async def answer_v1(self, model: str, document: Any) -> bytes:
-        """The JSON answer of ``POST /v1/models/{model}/predict`` for the parsed body ``document``."""
-        loaded = self.serving(model)  # taken once: a swap during this request does not affect it
+    def route(self, model: str, key: str | None) -> tuple[LoadedModel, str]:
+        """The version that answers (champion, or the canary for its share) and its alias."""
+        return self.splits.pick(model, self.serving(model), key)
+
+    async def answer_v1(self, model: str, document: Any, key: str | None = None) -> bytes:
+        """The JSON answer of ``POST /v1/models/{model}/predict`` for the parsed body ``document``; ``key``
+        is the ``X-Routing-Key`` header (or the body's ``routing_key``) that keeps a caller on one version."""
         instances = parse_instances(document, self.max_instances)
+        if key is None and isinstance(routing := document.get("routing_key"), str | int):
+            key = str(routing)
+        loaded, alias = self.route(model, key)  # taken once: a swap during this request does not affect it
         try:
             columns = loaded.compiled.from_instances(instances)
         except InvalidInstance as exc:
@@ -88,7 +100,7 @@ class Predictor:
             {"request_id": i, "prediction": label, "probabilities": p}
             for i, label, p in zip(request_ids, labels, probabilities, strict=True)
         ]
-        return orjson.dumps({"model": model, "version": loaded.version, "predictions": results})
+        return orjson.dumps({"model": model, "version": loaded.version, "alias": alias, "predictions": results})
 
     async def predict(self, model: str, loaded: LoadedModel, columns: Columns) -> tuple[list[str], Inference]:
         started = time.perf_counter()
@@ -104,6 +116,8 @@ class Predictor:
         served = Served(request_ids, columns, inference, loaded.classes, loaded.compiled.features, datetime.now(UTC))
         self.plog.add(model, loaded.version, served, span.get_span_context())
         predictions.inc(columns.rows)
+        if self.shadows is not None and (split := self.splits.get(model)) is not None and split.shadow is not None:
+            self.shadows.copy(model, split.shadow, loaded, columns, request_ids)
         return request_ids, inference
 
     def _metrics(self, model: str, version: int) -> tuple[Histogram, Counter]:
@@ -116,6 +130,8 @@ class Predictor:
 
 
 JSON = "application/json"
+ROUTING_HEADER = "x-routing-key"
+"""A caller's routing key (customer, session): the same key always reaches the same version of a split."""
 
 
 def json_response(payload: Any, status_code: int = 200) -> Response:
@@ -123,8 +139,9 @@ def json_response(payload: Any, status_code: int = 200) -> Response:
 
 
 def mount(
-    app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, plog: PredictionLog, ids: RequestIds
-) -> Predictor:
+    app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, plog: PredictionLog, ids: RequestIds,
+    splits: Splits[LoadedModel] | None = None,
+) -> Predictor:  # fmt: skip
     router = APIRouter(tags=["predictions"])
     registry = rt.telemetry.registry
     latency = Histogram(
@@ -136,7 +153,12 @@ def mount(
         "driftloop_feedback_refused_total", "Feedback labels refused at the API (never scored), by reason.",
         ["model", "reason"], registry=registry,
     )  # fmt: skip
-    predictor = Predictor(latency, predictions, plog, ids, table, settings.max_instances)
+    shadow_copies = Counter(
+        "driftloop_shadow_predictions_total", "Rows copied to a shadow version, by outcome (logged, dropped, failed).",
+        ["model", "outcome"], registry=registry,
+    )  # fmt: skip
+    predictor = Predictor(latency, predictions, plog, ids, table, settings.max_instances, splits or Splits(),
+                          ShadowCopies(plog, shadow_copies))  # fmt: skip
     limit = RateLimit("feedback", settings.feedback_rate_per_s, settings.feedback_burst,
                       shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
     serving = predictor.serving
@@ -148,7 +170,8 @@ def mount(
         dependencies=[require(Role.PREDICTOR)],
     )  # fmt: skip
     async def predict(model: str, request: Request) -> Response:
-        return Response(await predictor.answer_v1(model, await request_json(request)), media_type=JSON)
+        key = request.headers.get(ROUTING_HEADER)
+        return Response(await predictor.answer_v1(model, await request_json(request), key), media_type=JSON)
 
     feedback_keys = RecentKeys()
 
@@ -199,9 +222,10 @@ def mount(
     async def list_models() -> list[dict[str, Any]]:
         return [_describe(m) for m in sorted(table.all(), key=lambda m: m.model)]
 
-    @router.get("/v1/models/{model}", summary="The version served for a model", dependencies=[require(Role.READER)])
+    @router.get("/v1/models/{model}", summary="The version served for a model, with its canary and shadow",
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def show_model(model: str) -> dict[str, Any]:
-        return _describe(serving(model))
+        return {**_describe(serving(model)), "split": _split(predictor.splits, model)}
 
     app.include_router(router)
     return predictor
@@ -236,6 +260,17 @@ def parse_instances(payload: Any, limit: int) -> list[Any]:
     if len(instances) > limit:
         raise ValidationFailed(f"{len(instances)} instances in one request; the limit is {limit}")
     return instances
+
+
+def _split(splits: Splits[LoadedModel], model: str) -> dict[str, Any]:
+    """The model's canary (version, share in percent) and shadow (version), each None when absent."""
+    split = splits.get(model)
+    canary = split.canary if split is not None else None
+    shadow = split.shadow if split is not None else None
+    return {
+        "canary": {"version": canary.version, "share": split.share} if canary is not None and split else None,
+        "shadow": {"version": shadow.version} if shadow is not None else None,
+    }
 
 
 def _describe(m: LoadedModel) -> dict[str, Any]:

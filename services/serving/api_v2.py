@@ -20,7 +20,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from libs.common import jsonbody
 from libs.common.auth import Role, require
 from libs.common.service import Runtime
-from services.serving.api import JSON, Predictor, json_response, request_json
+from services.serving.api import JSON, ROUTING_HEADER, Predictor, json_response, request_json
 from services.serving.domain import v2
 from services.serving.domain.features import InvalidInstance
 from services.serving.domain.models import LoadedModel, ModelTable
@@ -93,7 +93,9 @@ def mount(app: FastAPI, rt: Runtime, table: ModelTable, predictor: Predictor) ->
         try:
             if BINARY_HEADER in request.headers:
                 raise v2.ProtocolError(BINARY_REFUSED)
-            return Response(await answer(predictor, model, version, await request_json(request)), media_type=JSON)
+            document = await request_json(request)
+            key = request.headers.get(ROUTING_HEADER)
+            return Response(await answer(predictor, model, version, document, key), media_type=JSON)
         except v2.ProtocolError as exc:
             return error(exc.message, exc.status)
         except jsonbody.InvalidJSON as exc:
@@ -107,15 +109,17 @@ BINARY_HEADER = "inference-header-content-length"
 BINARY_REFUSED = "the binary tensor extension is not supported: send JSON tensors (binary_data=False)"
 
 
-async def answer(predictor: Predictor, model: str, version: str | None, document: Any) -> bytes:
+async def answer(predictor: Predictor, model: str, version: str | None, document: Any, key: str | None = None) -> bytes:
     """The JSON answer of ``POST /v2/models/{model}[/versions/{version}]/infer`` for the parsed body
-    ``document``; every refusal is a :class:`v2.ProtocolError` (a 4xx in the protocol's shape)."""
-    loaded = predictor.table.get(model)  # taken once: a swap during this request does not affect it
-    if loaded is None:
+    ``document``; every refusal is a :class:`v2.ProtocolError` (a 4xx in the protocol's shape). Without a
+    version the model's split decides (``key``: the routing key); a version names the champion or the canary."""
+    champion = predictor.table.get(model)  # taken once: a swap during this request does not affect it
+    if champion is None:
         raise v2.ProtocolError(f"model {model!r} is not served (no champion loaded)", 404)
-    if version is not None and version != str(loaded.version):
-        raise v2.ProtocolError(f"model {model!r} version {version} is not served (serving version {loaded.version})",
-                               404)  # fmt: skip
+    if version is None:
+        loaded, alias = predictor.splits.pick(model, champion, key)
+    else:
+        loaded, alias = _named(predictor, model, champion, version)
     decoded = v2.decode(document, loaded.schema, max_rows=predictor.max_instances)
     try:
         columns = loaded.compiled.from_columns(decoded.raw, decoded.rows)
@@ -123,17 +127,28 @@ async def answer(predictor: Predictor, model: str, version: str | None, document
         raise v2.ProtocolError(str(exc)) from None
     request_ids, inference = await predictor.predict(model, loaded, columns)
     outputs = v2.encode_outputs(inference, decoded.outputs, loaded.classes)
-    return orjson.dumps(_answer(loaded, decoded, request_ids, outputs))
+    return orjson.dumps(_answer(loaded, alias, decoded, request_ids, outputs))
+
+
+def _named(predictor: Predictor, model: str, champion: LoadedModel, version: str) -> tuple[LoadedModel, str]:
+    """The served version a ``/versions/{version}/`` path names: the champion or the canary."""
+    if version == str(champion.version):
+        return champion, "champion"
+    split = predictor.splits.get(model)
+    if split is not None and split.canary is not None and version == str(split.canary.version):
+        return split.canary, "canary"
+    raise v2.ProtocolError(f"model {model!r} version {version} is not served (serving version {champion.version})",
+                           404)  # fmt: skip
 
 
 def _answer(
-    loaded: LoadedModel, decoded: v2.InferRequest, request_ids: list[str], outputs: list[dict[str, Any]]
+    loaded: LoadedModel, alias: str, decoded: v2.InferRequest, request_ids: list[str], outputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
     return {
         "model_name": loaded.model,
         "model_version": str(loaded.version),
         "id": decoded.id if decoded.id is not None else request_ids[0],
-        "parameters": {"request_ids": request_ids, "runtime": loaded.runtime.name},
+        "parameters": {"request_ids": request_ids, "runtime": loaded.runtime.name, "alias": alias},
         "outputs": outputs,
     }
 

@@ -28,6 +28,7 @@ from services.serving import api, api_v2, hotpath
 from services.serving.adapters.loader import champions_from_registry, load, registry_client
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.domain.models import BatchPolicy, LoadedModel, ModelTable
+from services.serving.domain.routing import Splits
 from services.serving.handlers import model_promoted
 from services.serving.settings import ServingSettings
 
@@ -44,6 +45,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
                 version_served.labels(model.model).set(model.version)
 
     table = ModelTable(on_change=loaded)
+    splits: Splits[LoadedModel] = Splits(settings.routing_seed)
     logs: list[PredictionLog] = []
 
     batch_requests: list[Histogram] = []
@@ -78,18 +80,23 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         # Every replica must see every promotion, from now on: no consumer group (a group join
         # held a restart up for seconds, and after a kill -9 until the dead member timed out);
         # what was promoted before the replica started comes from the registry.
-        routes = {topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table, promoted(rt)), (ModelPromoted,))}
+        routes = {
+            topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, table, promoted(rt), splits), (ModelPromoted,))
+        }
         subscribers.append(subscribe(rt.broker, routes, group=None, settings=settings.kafka, telemetry=rt.telemetry))
 
     subscribers: list[LogicSubscriber[Any]] = []
     hot_routes: list[hotpath.HotRoute] = []
     runtimes: list[Runtime] = []
+    predictors: list[api.Predictor] = []
 
     def routes(app: FastAPI, rt: Runtime) -> None:
         plog = PredictionLog(rt.publisher, rt.telemetry, batch_size=settings.log_batch_size,
                              flush_s=settings.log_flush_s)  # fmt: skip
         logs.append(plog)
-        predictor = api.mount(app, rt, settings, table, plog, request_ids(settings))
+        predictor = api.mount(app, rt, settings, table, plog, request_ids(settings), splits)
+        predictors.append(predictor)
+        app.state.splits = splits  # for introspection (tests)
         api_v2.mount(app, rt, table, predictor)
         hot_routes.extend(hotpath.predict_routes(app, predictor))
         runtimes.append(rt)
@@ -127,8 +134,12 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         if issued_id is not None:
             await auth.revoke(rt.auth.db, issued_id)  # needed once, at start
         for record in records:
-            if table.get(record["model"]) is not None:
+            alias = record.get("served_as", "champion")
+            held = splits.get(record["model"])
+            if alias == "champion" and table.get(record["model"]) is not None:
                 continue  # a promotion event got here first and is newer
+            if alias != "champion" and held is not None and getattr(held, alias) is not None:
+                continue  # likewise for the canary or shadow
             onnx = record.get("onnx")
             try:
                 loaded = await load(
@@ -140,8 +151,14 @@ def spec(settings: ServingSettings) -> ServiceSpec:
             except ArtifactError as exc:  # refused (unsigned, mis-signed, replaced): logged, counted, not served
                 log.error("model %s v%s not loaded: %s", record["model"], record["version"], exc.message)
                 continue
-            table.offer(loaded)
-            log.info("model %s v%d loaded from the registry (%s)", loaded.model, loaded.version, loaded.runtime.name)
+            if alias == "canary":
+                splits.set_canary(loaded.model, loaded, float(record.get("share") or 0.0))
+            elif alias == "shadow":
+                splits.set_shadow(loaded.model, loaded)
+            else:
+                table.offer(loaded)
+            log.info("model %s v%d loaded from the registry as %s (%s)", loaded.model, loaded.version, alias,
+                     loaded.runtime.name)  # fmt: skip
         champions_loaded.set()
 
     # Ready only once every champion the registry names is loaded: before that a
@@ -161,6 +178,9 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         rt.spawn(bootstrap(rt), "bootstrap")
 
     async def on_stop(rt: Runtime) -> None:
+        for predictor in predictors:
+            if predictor.shadows is not None:
+                await predictor.shadows.drain()  # their predictions go out with the last flush
         for plog in logs:
             await plog.stop()
 

@@ -45,7 +45,7 @@ from libs.common.http import _check_target
 from libs.common.service import http_metrics
 from libs.common.telemetry import Telemetry
 from services.serving import api_v2
-from services.serving.api import Predictor
+from services.serving.api import ROUTING_HEADER, Predictor
 from services.serving.api_v2 import BINARY_HEADER, BINARY_REFUSED
 from services.serving.domain.sampling import TraceBudget
 from services.serving.domain.v2 import ProtocolError
@@ -72,7 +72,8 @@ class HotRoute:
         return re.compile("^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.template)) + "$")
 
 
-_WANTED = (b"authorization", b"content-length", b"traceparent", b"tracestate")
+ROUTING_KEY = ROUTING_HEADER.encode()
+_WANTED = (b"authorization", b"content-length", b"traceparent", b"tracestate", ROUTING_KEY)
 
 
 class HotPath:
@@ -206,6 +207,12 @@ class HotPath:
         latency.observe(seconds)
 
 
+def _routing_key(headers: Headers) -> str | None:
+    """The caller's ``X-Routing-Key`` (which version of a canary split it keeps reaching), if it sent one."""
+    key = headers.get(ROUTING_KEY)
+    return key.decode("latin-1") if key is not None else None
+
+
 def _bearer(header: bytes | None) -> str | None:
     """The ``Authorization`` value as the routes' ``HTTPBearer`` reads it: a Bearer token, else none."""
     if not header:
@@ -220,12 +227,12 @@ def predict_routes(app: FastAPI, predictor: Predictor) -> list[HotRoute]:
     roles = route_roles(app)
 
     async def predict(params: dict[str, str], document: Any, headers: Headers) -> bytes:
-        return await predictor.answer_v1(params["model"], document)
+        return await predictor.answer_v1(params["model"], document, _routing_key(headers))
 
     async def infer(params: dict[str, str], document: Any, headers: Headers) -> bytes:
         if BINARY_HEADER.encode() in headers:
             raise ProtocolError(BINARY_REFUSED)
-        return await api_v2.answer(predictor, params["model"], params.get("version"), document)
+        return await api_v2.answer(predictor, params["model"], params.get("version"), document, _routing_key(headers))
 
     def route(template: str, answer: Answer, protocol: bool) -> HotRoute:
         return HotRoute(template, tuple(sorted(roles[("POST", template)])), answer, protocol)

@@ -34,6 +34,9 @@ class ServingSettings(ServiceSettings):
     hot_path: bool = True
     """Answer the predict routes in a lean ASGI handler in front of FastAPI (same tokens, limits, validation,
     answers and errors; see services/serving/hotpath.py). Off: through FastAPI's full stack, for comparison."""
+    routing_seed: int | None = None
+    """Seed of the random split of requests without a routing key (None: from the OS). Set in tests so a
+    canary's share of a run is reproducible; requests with a key are split by its hash either way."""
     traces_per_s: float = Field(default=10.0, ge=0)
     """Predict requests traced a second on the hot path (a server span each), besides every request whose
     caller sends a sampled ``traceparent``: all of them under light traffic, a steady sample under load."""

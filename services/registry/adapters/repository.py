@@ -85,8 +85,11 @@ async def move_alias(
     actor: str,
     reason: str,
     correlation_id: str | None = None,
+    share: float | None = None,
+    judged: bool | None = None,
 ) -> ModelPromoted:
-    """Point ``alias`` at ``version``: alias row, audit row and ``model.promoted``, in the caller's transaction."""
+    """Point ``alias`` at ``version``: alias row, audit row and ``model.promoted``, in the caller's transaction
+    (for a canary, the event carries its ``share`` of traffic and whether the canary policy ``judged`` it)."""
     row = await conn.fetchrow("SELECT * FROM versions WHERE model = $1 AND version = $2", model, version)
     if row is None:
         raise NotFound(f"model {model!r} has no version {version}", model=model, version=version)
@@ -99,13 +102,18 @@ async def move_alias(
         model, alias, version,
     )  # fmt: skip
     action = "promote" if previous is None or version > previous else "rollback"
+    if share is not None:
+        action = "share" if version == previous else action
+        reason = f"{reason} (share {share:g}%{'' if judged is not False else ', A/B: no automatic decision'})"
     await audit(conn, model, action, actor, reason, alias, previous, version)
-    event = _promoted(row, alias, previous, actor=actor, reason=reason, correlation_id=correlation_id)
+    event = promoted_event(row, alias, previous, actor=actor, reason=reason, correlation_id=correlation_id)
+    if share is not None:
+        event = event.model_copy(update={"share": share, "judged": judged})
     await outbox.add(conn, event)
     return event
 
 
-def _promoted(
+def promoted_event(
     row: asyncpg.Record, alias: str, previous: int | None, *, actor: str, reason: str, correlation_id: str | None
 ) -> ModelPromoted:
     return ModelPromoted(
@@ -153,7 +161,7 @@ async def announce_runtime(
         )
     ]
     for alias in aliases:
-        event = _promoted(row, alias, row["version"], actor="policy", reason=reason, correlation_id=correlation_id)
+        event = promoted_event(row, alias, row["version"], actor="policy", reason=reason, correlation_id=correlation_id)
         await outbox.add(conn, event)
     return aliases
 

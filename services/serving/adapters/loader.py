@@ -121,11 +121,14 @@ async def registry_client(registry_url: str, token: str) -> httpx.AsyncClient:
 
 
 async def champions_from_registry(client: httpx.AsyncClient) -> list[dict[str, Any]]:
-    """Every model's champion version record, as the registry has it now."""
+    """Every model's champion, canary and shadow version records, as the registry has them now; each
+    record carries ``served_as`` (the alias) and, for a canary, ``share`` (its percentage of traffic)."""
     listing = (await client.get("/v1/models")).raise_for_status().json()
     records = []
     for entry in listing:
-        if "champion" in entry["aliases"]:
-            answer = await client.get(f"/v1/models/{entry['model']}/aliases/champion")
-            records.append(answer.raise_for_status().json())
+        for alias in ("champion", "canary", "shadow"):
+            if alias in entry["aliases"]:
+                answer = (await client.get(f"/v1/models/{entry['model']}/aliases/{alias}")).raise_for_status()
+                share = (entry.get("canary") or {}).get("share", 0.0) if alias == "canary" else None
+                records.append({**answer.json(), "served_as": alias, "share": share})
     return records

@@ -32,6 +32,8 @@ from libs.common.telemetry import Telemetry
 from services.serving.domain.predictions import Served
 
 log = logging.getLogger(__name__)
+Key = tuple[str, int, bool]
+"""(model, version, shadow): a shadow's predictions are never batched with served ones."""
 
 
 class PredictionLog:
@@ -48,10 +50,10 @@ class PredictionLog:
         self.batch_size = batch_size
         self.flush_s = flush_s
         self.max_buffer = max_buffer
-        self._served: dict[tuple[str, int], deque[Served]] = defaultdict(deque)
-        self._buffers: dict[tuple[str, int], deque[dict[str, Any]]] = defaultdict(deque)
+        self._served: dict[Key, deque[Served]] = defaultdict(deque)
+        self._buffers: dict[Key, deque[dict[str, Any]]] = defaultdict(deque)
         self._pending = 0
-        self._causes: dict[tuple[str, int], list[trace.SpanContext]] = defaultdict(list)
+        self._causes: dict[Key, list[trace.SpanContext]] = defaultdict(list)
         self._unsent: deque[tuple[EncodedEvent, list[trace.SpanContext]]] = deque()
         self.tracer = telemetry.tracer
         self._full = asyncio.Event()
@@ -65,9 +67,11 @@ class PredictionLog:
             buckets=(1, 10, 50, 100, 200, 500, 1000), registry=telemetry.registry,
         )  # fmt: skip
 
-    def add(self, model: str, version: int, served: Served, cause: trace.SpanContext | None = None) -> None:
-        """Queue what one request served; cheap (no per-row work), called on the request path."""
-        key = (model, version)
+    def add(
+        self, model: str, version: int, served: Served, cause: trace.SpanContext | None = None, *, shadow: bool = False
+    ) -> None:
+        """Queue what one request served (or what the shadow predicted for it); cheap (no per-row work)."""
+        key = (model, version, shadow)
         self._served[key].append(served)
         self._buffers.setdefault(key, deque())
         if cause is not None and cause.is_valid:
@@ -110,12 +114,13 @@ class PredictionLog:
             while queue:
                 buffer.extend(queue.popleft().records())
                 await asyncio.sleep(0)
-        for (model, version), buffer in list(self._buffers.items()):
+        for (model, version, shadow), buffer in list(self._buffers.items()):
             while buffer:
                 batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
                 # One event, many causes: the publish links to every request it carries.
-                causes, self._causes[(model, version)] = self._causes[(model, version)][:128], []
-                event = encode(model, version, batch)
+                key = (model, version, shadow)
+                causes, self._causes[key] = self._causes[key][:128], []
+                event = encode(model, version, batch, shadow=shadow)
                 if not await self._publish(event, causes):  # broker down: kept, as this event, for the next flush
                     self._unsent.append((event, causes))
                     return
@@ -170,7 +175,7 @@ class EncodedEvent:
 _EVENT_TYPE: str = PredictionsLogged.model_fields["event_type"].default
 
 
-def encode(model: str, version: int, records: list[dict[str, Any]]) -> EncodedEvent:
+def encode(model: str, version: int, records: list[dict[str, Any]], *, shadow: bool = False) -> EncodedEvent:
     """The event carrying ``records`` (:class:`Served.records`, built from validated columns), encoded with
     orjson in one call: building the pydantic event validates and dumps every record again, about seven
     times the cost at a thousand records. Consumers parse it as any :class:`PredictionsLogged`."""
@@ -178,6 +183,6 @@ def encode(model: str, version: int, records: list[dict[str, Any]]) -> EncodedEv
     envelope = {
         "event_id": event_id, "event_type": _EVENT_TYPE, "schema_version": PredictionsLogged.current_version,
         "occurred_at": datetime.now(UTC), "producer": "serving", "correlation_id": None,
-        "model": model, "version": version, "records": records,
+        "model": model, "version": version, "records": records, "shadow": shadow,
     }  # fmt: skip
     return EncodedEvent(event_id, model, version, len(records), orjson.dumps(envelope))
