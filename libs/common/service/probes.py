@@ -1,9 +1,10 @@
-"""The operational routes every service answers: ``/healthz``, ``/readyz``, ``/asyncapi.json``, ``/metrics``."""
+"""The operational routes every service answers: ``/healthz``, ``/readyz``, ``/asyncapi.json``, ``/metrics``,
+and ``/v1/whoami`` (who the bearer token is, and its roles: what a front-end such as the console may offer)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import FastAPI, Request
@@ -12,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from libs.common.asyncapi import document
-from libs.common.auth import Role
+from libs.common.auth import Principal, Role, require
 from libs.common.service.runtime import Runtime, ServiceSpec
 
 
@@ -28,7 +29,18 @@ class Readiness(BaseModel):
     )
 
 
+class WhoAmI(BaseModel):
+    principal: str = Field(description="The token's principal (the audit's actor).", examples=["alice"])
+    roles: list[str] = Field(description="Its roles; admin implies every other.", examples=[["operator"]])
+    trusted: bool = Field(description="Whether its data may retrain and promote without an approver.")
+
+
 def install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
+    @app.get("/v1/whoami", tags=["ops"], summary="The caller: its principal and roles")
+    async def whoami(principal: Annotated[Principal, require(Role.READER)]) -> WhoAmI:
+        return WhoAmI(principal=principal.name, roles=sorted(r.value for r in principal.roles),
+                      trusted=principal.trusted)  # fmt: skip
+
     @app.get("/healthz", tags=["ops"], summary="Liveness: the process answers")
     async def healthz() -> Health:
         return Health(status="ok", service=rt.name)
