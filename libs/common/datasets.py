@@ -121,8 +121,19 @@ def table_to_parquet(schema: DatasetSchema, table: pa.Table, at: datetime | None
     columns = [table.column(f.name) for f in target if f.name != INGESTED_AT]
     columns.append(pa.repeat(stamp, table.num_rows))
     sink = io.BytesIO()
-    pq.write_table(pa.Table.from_arrays(columns, schema=target), sink, compression="zstd")
+    pq.write_table(pa.Table.from_arrays(columns, schema=target), sink, **_write_options(target, fresh=True))
     return sink.getvalue()
+
+
+def _write_options(schema: pa.Schema, *, fresh: bool) -> dict[str, Any]:
+    """How batches are written: dictionary encoding only where values repeat (text, flags, the
+    ingestion time; a float column rarely gains from it and costs most of the write), LZ4 for a
+    fresh batch on the request path, zstd for a compacted segment written in the background
+    (smaller, slower). Readers need no setting: the codec is in the file."""
+    repeats = [f.name for f in schema if not (pa.types.is_floating(f.type) or pa.types.is_integer(f.type))]
+    if fresh:
+        return {"compression": "lz4", "use_dictionary": repeats}
+    return {"compression": "zstd", "compression_level": 1, "use_dictionary": repeats}
 
 
 def read_rows(
@@ -217,7 +228,7 @@ def compact(store: ArtifactStore, batches: Sequence[BatchEntry]) -> bytes:
     for entry in batches:
         table = pq.read_table(pa.BufferReader(store.get(entry.artifact)))
         if writer is None:
-            writer = pq.ParquetWriter(sink, table.schema, compression="zstd")
+            writer = pq.ParquetWriter(sink, table.schema, **_write_options(table.schema, fresh=False))
         writer.write_table(table.cast(writer.schema), row_group_size=max(table.num_rows, 1))
     assert writer is not None
     writer.close()

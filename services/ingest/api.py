@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Annotated, Any, Literal
 
@@ -93,7 +94,8 @@ class SubmissionOut(BaseModel):
     rejections: list[RejectionOut]
 
 
-def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
+def mount(app: FastAPI, rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None = None) -> None:
+    """The dataset routes; ``stored`` is set after each submission that stored rows (the compactor waits on it)."""
     limit = RateLimit("records", settings.records_rate_per_s, settings.records_burst,
                       shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
     router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -160,22 +162,24 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings) -> None:
         async with rt.db.acquire() as conn, conn.transaction(), repository.discard_on_error(rt.store) as written:
             if key is not None and (replay := await idempotency.claim(conn, RECORDS_SCOPE, key, request_print)):
                 return replay.response()
-            stored = await repository.store_submission(
+            saved = await repository.store_submission(
                 conn, rt.store, dataset=dataset, result=result, source="http", principal=principal.name,
                 trusted=principal.trusted, written=written,
             )  # fmt: skip
             answer = SubmissionOut(
                 dataset=dataset,
-                submission_id=str(stored.submission_id),
+                submission_id=str(saved.submission_id),
                 received=parsed.count,
-                accepted=stored.accepted,
-                rejected=stored.rejected,
-                version=stored.version,
-                total_rows=stored.total_rows,
-                rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in stored.rejections[:100]],
+                accepted=saved.accepted,
+                rejected=saved.rejected,
+                version=saved.version,
+                total_rows=saved.total_rows,
+                rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in saved.rejections[:100]],
             ).model_dump_json()
             if key is not None:
                 await idempotency.remember(conn, RECORDS_SCOPE, key, 200, answer.encode())
+        if stored is not None and saved.version is not None:
+            stored.set()
         return Response(answer, media_type="application/json")
 
     @router.get("/{dataset}/rejections", summary="Rejected rows with their reasons, newest first",

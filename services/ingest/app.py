@@ -21,15 +21,16 @@ from services.ingest.settings import IngestSettings
 def spec(settings: IngestSettings) -> ServiceSpec:
     batcher: list[MicroBatchConsumer] = []
     background: list[asyncio.Task[None]] = []
+    stored = asyncio.Event()  # set after each stored submission: the compactor looks at once
 
     async def on_start(rt: Runtime) -> None:
-        consumer = records_submitted.consumer(rt, settings)
+        consumer = records_submitted.consumer(rt, settings, stored)
         consumer.start()
         batcher.append(consumer)
         if settings.compact_interval_s > 0:
             compactor = compaction.run(
                 rt.db, rt.store, interval_s=settings.compact_interval_s, small_rows=settings.compact_small_rows,
-                min_run=settings.compact_min_run,
+                min_run=settings.compact_min_run, wake=stored,
             )  # fmt: skip
             background.append(asyncio.create_task(compactor, name="ingest-compaction"))
 
@@ -45,7 +46,7 @@ def spec(settings: IngestSettings) -> ServiceSpec:
         retention=(Rule("rejections", "created_at", "rejections_days"),),
         publishes=(DataArrived,),
         migrations=Path(__file__).parent / "migrations",
-        routes=lambda app, rt: api.mount(app, rt, settings),
+        routes=lambda app, rt: api.mount(app, rt, settings, stored),
         on_start=on_start,
         on_stop=on_stop,
         description="Validates records against declared schemas and stores them as append-only dataset versions.",

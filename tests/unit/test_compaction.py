@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from services.ingest.domain.compaction import Segment, runs_to_compact
 
 
@@ -19,4 +21,48 @@ def test_short_runs_and_trust_changes_are_left_alone() -> None:
     segments = [seg(1), seg(2), seg(3, trusted=False), seg(4, trusted=False), seg(5, 2000), seg(6)]
     assert runs_to_compact(segments, small_rows=1000, min_run=3) == []
     merged = Segment(1, 4, 40, "a", True)
-    assert runs_to_compact([merged, seg(5), seg(6)], small_rows=1000, min_run=3) == [[merged, seg(5), seg(6)]]
+    assert runs_to_compact([merged, seg(5), seg(6)], small_rows=1000, min_run=3) == []  # of a higher tier
+    assert runs_to_compact([merged, seg(5), seg(6), seg(7)], small_rows=1000, min_run=3) == [[seg(5), seg(6), seg(7)]]
+
+
+def test_merges_are_tiered_so_a_large_segment_is_not_rewritten_for_each_small_batch() -> None:
+    big = Segment(1, 64, 6400, "a", True)  # tier 4 in base 8
+    fresh = [seg(s, 100) for s in range(65, 73)]  # eight batches of tier 2
+    runs = runs_to_compact([big, *fresh], small_rows=50_000, min_run=8)
+    assert runs == [fresh]  # the big one is left alone
+    assert runs_to_compact([big, *fresh[:7]], small_rows=50_000, min_run=8) == []
+
+
+def test_segment_count_stays_logarithmic_over_many_submissions() -> None:
+    segments: list[Segment] = []
+    rewritten = 0
+    for seq in range(1, 1001):
+        segments.append(seg(seq, 100))
+        while runs := runs_to_compact(segments, small_rows=10**9, min_run=8):
+            for run in runs:
+                rewritten += sum(s.rows for s in run)
+                at = segments.index(run[0])
+                merged = Segment(run[0].first_seq, run[-1].last_seq, sum(s.rows for s in run), "a", True)
+                segments[at : at + len(run)] = [merged]
+        assert len(segments) <= 8 * 5
+    assert [s.first_seq for s in segments[1:]] == [s.last_seq + 1 for s in segments[:-1]]
+    assert sum(s.rows for s in segments) == 100_000
+    assert rewritten <= 100_000 * 4  # each row rewritten about log8(1000) times, not once per submission
+
+
+def test_mixed_batch_sizes_keep_the_segment_count_bounded() -> None:
+    rng = random.Random(3)
+    segments: list[Segment] = []
+    total = 0
+    for seq in range(1, 1501):
+        rows = rng.randint(10, 1000)
+        total += rows
+        segments.append(seg(seq, rows))
+        while runs := runs_to_compact(segments, small_rows=10**9, min_run=8):
+            for run in runs:
+                at = segments.index(run[0])
+                segments[at : at + len(run)] = [
+                    Segment(run[0].first_seq, run[-1].last_seq, sum(s.rows for s in run), "a", True)
+                ]
+        assert len(segments) < 2 * 8 * 6
+    assert sum(s.rows for s in segments) == total

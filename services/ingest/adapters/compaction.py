@@ -10,6 +10,7 @@ the merged segment instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import asyncpg
@@ -31,17 +32,21 @@ async def candidates(db: asyncpg.Pool, small_rows: int, min_run: int) -> list[st
 
 
 async def compact_dataset(db: asyncpg.Pool, store: ArtifactStore, dataset: str, small_rows: int, min_run: int) -> int:
-    """Merge the dataset's runs of small segments; how many runs were merged."""
-    current = await segments(db, dataset)
-    plain = [Segment(e.first_seq or e.seq, e.seq, e.rows, e.principal, e.trusted) for e in current]
-    by_first = {e.first_seq or e.seq: e for e in current}
+    """Merge the dataset's runs of small segments, tier after tier; how many runs were merged."""
     merged = 0
-    for run in runs_to_compact(plain, small_rows=small_rows, min_run=min_run):
-        entries = [by_first[s.first_seq] for s in run]
-        data = await asyncio.to_thread(compact, store, entries)
-        ref = await asyncio.to_thread(store.put, data, suffix=".parquet")
-        merged += await _swap(db, dataset, entries, compacted_entry(entries, ref))
-    return merged
+    while True:
+        current = await segments(db, dataset)
+        plain = [Segment(e.first_seq or e.seq, e.seq, e.rows, e.principal, e.trusted) for e in current]
+        by_first = {e.first_seq or e.seq: e for e in current}
+        done = 0
+        for run in runs_to_compact(plain, small_rows=small_rows, min_run=min_run):
+            entries = [by_first[s.first_seq] for s in run]
+            data = await asyncio.to_thread(compact, store, entries)
+            ref = await asyncio.to_thread(store.put, data, suffix=".parquet")
+            done += await _swap(db, dataset, entries, compacted_entry(entries, ref))
+        if not done:
+            return merged
+        merged += done
 
 
 async def _swap(db: asyncpg.Pool, dataset: str, old: list[BatchEntry], new: BatchEntry) -> int:
@@ -66,16 +71,34 @@ async def _swap(db: asyncpg.Pool, dataset: str, old: list[BatchEntry], new: Batc
     return 1
 
 
-async def run(db: asyncpg.Pool, store: ArtifactStore, *, interval_s: float, small_rows: int, min_run: int) -> None:
-    """Compact every ``interval_s`` seconds until cancelled; a failure is logged and retried next round."""
+async def run(
+    db: asyncpg.Pool,
+    store: ArtifactStore,
+    *,
+    interval_s: float,
+    small_rows: int,
+    min_run: int,
+    wake: asyncio.Event | None = None,
+) -> None:
+    """Compact when ``wake`` is set (after each stored submission) and at least every ``interval_s``
+    seconds, until cancelled; a failure is logged and retried next round.
+
+    Compacting soon after a submission keeps the number of segments, hence the size of the next
+    manifest, from piling up between rounds."""
+    wake = wake or asyncio.Event()
     while True:
+        wake.clear()
         try:
             for dataset in await candidates(db, small_rows, min_run):
                 merged = await compact_dataset(db, store, dataset, small_rows, min_run)
                 if merged:
-                    log.info("compacted %d run(s) of small segments", merged, extra={"dataset": dataset})
+                    log.debug("compacted %d run(s) of small segments", merged, extra={"dataset": dataset})
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("compaction failed; retrying in %.0f s", interval_s)
-        await asyncio.sleep(interval_s)
+            await asyncio.sleep(interval_s)  # not at once on the next submission's wake-up
+            continue
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(interval_s):
+                await wake.wait()

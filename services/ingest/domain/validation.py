@@ -228,33 +228,38 @@ def _final(spec: FeatureSpec, values: pa.Array) -> pa.Array:
 
 def _suspects(spec: FeatureSpec, values: pa.Array) -> np.ndarray:
     """Positions a vectorised check cannot clear: the scalar rule decides those."""
-    masks: list[pa.Array] = []
-    if not spec.nullable:
-        masks.append(pc.is_null(values))
+    n = len(values)
     if spec.dtype in (DType.NUMERIC, DType.INTEGER):
-        numbers = values
-        if pa.types.is_integer(values.type):  # beyond 2**53 float64 would round: left to the scalar rule
-            exact = pa.scalar(2**53, values.type)
-            masks.append(pc.or_(pc.greater(values, exact), pc.less(values, pc.negate(exact))))
-            numbers = pc.cast(values, pa.float64(), safe=False)
-        else:
-            masks.append(pc.invert(pc.is_finite(values)))
-            if spec.dtype is DType.INTEGER:
-                masks.append(pc.greater(pc.abs(values), _EXACT))
-                masks.append(pc.not_equal(values, pc.floor(values)))
-        if spec.min is not None:
-            masks.append(pc.less(numbers, spec.min))
-        if spec.max is not None:
-            masks.append(pc.greater(numbers, spec.max))
+        suspect = _numeric_suspects(spec, values)
     elif spec.dtype is DType.CATEGORICAL and spec.closed and spec.categories is not None:
         known = pc.is_in(values, value_set=pa.array(spec.categories, pa.string()))
-        masks.append(pc.and_(pc.invert(known), pc.is_valid(values)))  # a null is judged by nullability
-    if not masks:
-        return np.zeros(len(values), dtype=bool)
-    combined = masks[0]
-    for mask in masks[1:]:
-        combined = pc.or_kleene(combined, mask)
-    return np.asarray(pc.fill_null(combined, False).to_numpy(zero_copy_only=False), dtype=bool)
+        suspect = np.asarray(pc.fill_null(pc.invert(known), False).to_numpy(zero_copy_only=False), dtype=bool)
+    else:
+        suspect = np.zeros(n, dtype=bool)
+    if values.null_count:  # a null is judged by nullability alone
+        valid = np.asarray(values.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        suspect = suspect & valid if spec.nullable else suspect | ~valid
+    return suspect
+
+
+def _numeric_suspects(spec: FeatureSpec, values: pa.Array) -> np.ndarray:
+    """Non-finite, non-integral (for an integer column), inexact or out-of-range numbers, in numpy
+    (a null counts as suspect here; :func:`_suspects` then applies nullability)."""
+    if pa.types.is_integer(values.type):  # beyond 2**53 float64 would round: left to the scalar rule
+        numbers = (pc.fill_null(values, 0) if values.null_count else values).to_numpy(zero_copy_only=False)
+        suspect = (numbers > 2**53) | (numbers < -(2**53))
+    else:
+        numbers = values.to_numpy(zero_copy_only=False)  # float64; a null is NaN
+        suspect = ~np.isfinite(numbers)
+        if spec.dtype is DType.INTEGER:
+            with np.errstate(invalid="ignore"):
+                suspect |= (np.abs(numbers) > _EXACT) | (numbers != np.floor(numbers))
+    with np.errstate(invalid="ignore"):  # NaN compares False: already suspect
+        if spec.min is not None:
+            suspect |= numbers < spec.min
+        if spec.max is not None:
+            suspect |= numbers > spec.max
+    return np.asarray(suspect, dtype=bool)
 
 
 class _Source(abc.ABC):
@@ -373,6 +378,13 @@ class _TextTable(_Table):
         empty = pc.equal(column, "")
         if spec.dtype is DType.CATEGORICAL:
             return pc.if_else(empty, pa.scalar(None, pa.string()), column), np.zeros(self.n, dtype=bool)
+        if spec.dtype is not DType.BOOLEAN:
+            # The common case in one cast: where Arrow reads every cell, it reads each as float() does
+            # (it refuses what float() might read otherwise: blanks around, underscores, other digits).
+            # An empty cell becomes a null, which nullability judges.
+            cells = pc.if_else(empty, pa.scalar(None, pa.string()), column) if pc.any(empty).as_py() else column
+            with contextlib.suppress(pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                return pc.cast(cells, pa.float64()), np.zeros(self.n, dtype=bool)
         trimmed = pc.utf8_trim(column, " \t\r\n\v\f")  # a subset of what str.strip() removes
         if spec.dtype is DType.BOOLEAN:
             lowered = pc.utf8_lower(trimmed)

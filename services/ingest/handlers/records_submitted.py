@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 from libs.common import outbox, topics
@@ -19,7 +20,7 @@ CONSUMER = "ingest.records-submitted"
 UPSTREAM = "kafka:records.submitted"
 
 
-def consumer(rt: Runtime, settings: IngestSettings) -> MicroBatchConsumer:
+def consumer(rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None = None) -> MicroBatchConsumer:
     async def handle(items: list[tuple[Event, Delivery]]) -> dict[int, DriftloopError]:
         """Validate and store the buffered records, one dataset version per dataset.
 
@@ -51,6 +52,8 @@ def consumer(rt: Runtime, settings: IngestSettings) -> MicroBatchConsumer:
                         correlation_id=fresh[0].correlation_id, principal=",".join(principals), trusted=True,
                         written=written,
                     )  # fmt: skip
+        if stored is not None and by_dataset:
+            stored.set()
         return refused
 
     return MicroBatchConsumer(
