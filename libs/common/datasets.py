@@ -226,10 +226,12 @@ def compact(store: ArtifactStore, batches: Sequence[BatchEntry]) -> bytes:
     sink = io.BytesIO()
     writer: pq.ParquetWriter | None = None
     for entry in batches:
-        table = pq.read_table(pa.BufferReader(store.get(entry.artifact)))
-        if writer is None:
-            writer = pq.ParquetWriter(sink, table.schema, **_write_options(table.schema, fresh=False))
-        writer.write_table(table.cast(writer.schema), row_group_size=max(table.num_rows, 1))
+        file = pq.ParquetFile(pa.BufferReader(store.get(entry.artifact)))
+        for group in range(file.num_row_groups):  # a compacted input keeps its batches' row groups
+            table = file.read_row_group(group)
+            if writer is None:
+                writer = pq.ParquetWriter(sink, table.schema, **_write_options(table.schema, fresh=False))
+            writer.write_table(table.cast(writer.schema), row_group_size=max(table.num_rows, 1))
     assert writer is not None
     writer.close()
     return sink.getvalue()
