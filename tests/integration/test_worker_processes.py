@@ -55,14 +55,20 @@ async def test_a_job_that_may_be_cancelled_keeps_a_warm_spare_for_the_job_replac
         assert spare is not None  # started beside the routine job
         assert spare.alive()
         assert spare is not routine
+        assert len(workers._idle) == 2  # two: the drift job's worker may itself be killed for the next one
         assert workers.kill("routine")
+        assert len(workers._idle) == 2  # none missing: the kill did not take one yet
         with pytest.raises(WorkerLost, match="killed"):
             await task
         workers.release("routine")
         await wait_until(spare.warmed, timeout=30, message="the spare to finish importing")
         drift = workers.take("drift")
         assert drift is spare
+        assert len(workers._idle) == 1  # the second spare, for a drift job that follows this one
         assert await drift.run(workload.answer, {"value": "now"}) == {"echo": "now"}
+        assert workers.kill("drift")
+        assert len(workers._idle) == 2  # the kill started a replacement at once
+        workers.release("drift")
         await wait_until(lambda: workload.process_gone(routine.pid), timeout=10, message="the killed worker to go")
     finally:
         workers.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import replace
 from typing import Any, ClassVar
 
@@ -21,7 +22,9 @@ from services.trainer.domain.training import (
     ITERATION_CHUNK,
     SingleThreaded,
     TrainingConfig,
+    _search,
     affordable,
+    build_pipeline,
     candidates,
     champion_params,
     change_point,
@@ -114,6 +117,21 @@ def test_the_budget_shrinks_the_halving_to_what_it_affords() -> None:
     assert affordable(9, fit_s=1.0, remaining_s=36.9, cv_folds=3, n_jobs=1) == 3
     assert affordable(9, fit_s=1.0, remaining_s=9.9, cv_folds=3, n_jobs=1) == 1
     assert affordable(9, fit_s=1.0, remaining_s=5.5, cv_folds=3, n_jobs=2) == 3
+
+
+def test_the_search_reads_the_clock_before_each_candidate_and_keeps_the_best_it_scored() -> None:
+    frame = churn(600)
+    x, y = features_frame(CHURN, frame), frame[CHURN.target.name]
+    config = TrainingConfig(n_iter=4, n_jobs=1)
+    tried = candidates(config, None)
+    base = build_pipeline(CHURN, config.seed, max_iter=30)
+    best, how = _search(CHURN, config, base, tried, (x, y), time.monotonic() - 1, 0.0)
+    assert (best, how) == (0, "cut at the budget in halving round 1/2 after 0/4")  # the first candidate stands
+    best, how = _search(CHURN, config, base, tried, (x, y), time.monotonic() + 600, 0.0)
+    assert how == "2 halving rounds"
+    assert (best, how) == _search(CHURN, config, base, tried, (x, y), time.monotonic() + 600, 0.0)  # seeded
+    # A candidate whose estimated cost overruns the deadline is not started.
+    assert _search(CHURN, config, base, tried, (x, y), time.monotonic() + 60, 120.0)[0] == 0
 
 
 def test_change_point_finds_where_the_errors_rose_and_is_quiet_without_one() -> None:

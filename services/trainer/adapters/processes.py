@@ -19,9 +19,13 @@ So workers are kept warm: a worker starts, imports the job code (``preload``,
 ``"module"`` or ``"module:function"`` to also call a warm-up function), and
 waits for jobs on a pipe. A worker whose job ended normally goes back to wait
 for the next one (up to ``max_jobs`` jobs, so memory a job leaves behind is
-bounded); a killed, crashed or failed one is never reused. Up to two wait
-between jobs, and a job that drift may cancel never leaves none waiting, so
-the drift job that replaces it starts in a warm process.
+bounded); a killed, crashed or failed one is never reused. Up to three wait
+between jobs, and a job that drift may cancel runs with two waiting beside
+it, so the drift job that replaces it starts in a warm process. A kill costs
+a warm process: its replacement is started at once, not when the next job
+asks for one. Two routine jobs cancelled within seconds (a concept that
+changes again while its refresh trains) used up both spares of a pool that
+kept one, and the next drift job waited 18.7 s for a new process's imports.
 """
 
 from __future__ import annotations
@@ -179,17 +183,19 @@ class WorkerProcess:
 class Workers:
     """Hands out warm worker processes, one job at a time each, and keeps warm ones for the next jobs.
 
-    Up to ``max_idle`` workers wait between jobs: the one that just finished
-    (warm by construction) and a spare, so that when a running job is killed
-    for a more urgent one, that one still finds a warm worker: a new process
+    Up to ``max_idle`` workers wait between jobs, and ``spares`` wait beside a
+    job that may be killed for a more urgent one, so that one still finds a
+    warm worker, even when it is itself killed for the next: a new process
     takes seconds to import, tens on a loaded machine.
     """
 
-    def __init__(self, preload: str, max_jobs: int = 20, max_idle: int = 2) -> None:
+    def __init__(self, preload: str, max_jobs: int = 20, max_idle: int = 3, spares: int = 2) -> None:
         self.preload = preload
         self.max_jobs = max_jobs
         """Jobs a worker runs before it is replaced (whatever a job leaves in memory stays bounded)."""
         self.max_idle = max_idle
+        self.spares = min(spares, max_idle)
+        """Workers kept waiting beside a job that may be cancelled."""
         self._idle: list[WorkerProcess] = []
         """Warm workers waiting, the most recently used last (the surest to have finished importing)."""
         self.running: dict[Any, WorkerProcess] = {}
@@ -203,17 +209,18 @@ class Workers:
         done = [w for w in self._idle if w.warmed()]
         return done[-1] if done else (self._idle[0] if self._idle else None)
 
-    def warm_up(self) -> None:
-        """Have a started worker waiting (a new one only when none is)."""
-        if not self.closed and self._warm is None:
+    def warm_up(self, waiting: int = 1) -> None:
+        """Have ``waiting`` started workers waiting (new ones only for those missing)."""
+        self._idle = [w for w in self._idle if w.alive()]
+        while not self.closed and len(self._idle) < waiting:
             self._idle.append(WorkerProcess(self.preload))
 
     def take(self, key: Any, *, spare: bool = False) -> WorkerProcess:
         """A worker for job ``key``: a warm one if there is one, else a new one.
 
         ``spare``: the job may be cancelled for a more urgent one (drift outranks
-        routine work), so a warm worker must stay ready for that job: one is
-        started beside it if none is left waiting.
+        routine work), so warm workers must stay ready for that job: ``spares``
+        are kept waiting beside it (started if missing).
         """
         if self.closed:
             raise WorkerLost("the trainer is stopping")
@@ -222,7 +229,7 @@ class Workers:
             self._idle.remove(worker)
         self.running[key] = worker
         if spare:
-            self.warm_up()
+            self.warm_up(self.spares)
         return worker
 
     def release(self, key: Any) -> None:
@@ -241,6 +248,8 @@ class Workers:
         if worker is None:
             return False
         worker.kill()
+        # The job replacing this one takes a waiting worker: its own replacement starts importing now.
+        self.warm_up(self.spares)
         return True
 
     def close(self) -> None:

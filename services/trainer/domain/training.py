@@ -17,9 +17,13 @@ classes there are:
   defaults), fitted on all training rows first until early stopping or the
   budget's end: it is the answer whenever the budget allows nothing more, and
   the budget cuts it short rather than wait for it;
-* the other candidates compete by successive halving (``HalvingGridSearchCV``:
-  all on a few rows, the best third on three times as many, ...), as many as
-  the wall-time budget affords, estimated from the first fit's time;
+* the other candidates compete by successive halving (all on a few rows, the
+  best third on three times as many, ...), as many as the wall-time budget
+  affords, estimated from the first fit's time; the clock is read before each
+  candidate, so a machine busier than the estimate cuts the search short
+  instead of stretching the job (the best candidate scored so far wins);
+* the budget bounds the whole of ``train``: the champion's predictions and the
+  challenger's are inside it too;
 * each fit uses one OpenMP thread and the fits run in parallel threads
   instead: on a shared 2-core machine OpenMP threads that wait for a busy core
   made one fit ten times slower, and a 10-class model minutes long.
@@ -58,7 +62,6 @@ from scipy.stats import kstwobign, rankdata
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
-from sklearn.experimental import enable_halving_search_cv  # noqa: F401  (makes HalvingGridSearchCV importable)
 from sklearn.impute import SimpleImputer
 from sklearn.metrics import (
     accuracy_score,
@@ -67,7 +70,7 @@ from sklearn.metrics import (
     mean_squared_error,
     r2_score,
 )
-from sklearn.model_selection import HalvingGridSearchCV, KFold, ParameterSampler, StratifiedKFold
+from sklearn.model_selection import KFold, ParameterSampler, StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 from threadpoolctl import threadpool_limits
@@ -243,7 +246,11 @@ def affordable(n_candidates: int, fit_s: float, remaining_s: float, cv_folds: in
 
 def evaluate(schema: DatasetSchema, model: Any, x: pd.DataFrame, y: pd.Series) -> dict[str, float]:
     """Holdout metrics; the primary one (accuracy or r2) is higher-is-better."""
-    predicted = model.predict(x)
+    return scores(schema, model.predict(x), y)
+
+
+def scores(schema: DatasetSchema, predicted: Any, y: pd.Series) -> dict[str, float]:
+    """The metrics of ``predicted`` against the truth ``y`` (what ``evaluate`` reports)."""
     if schema.task is Task.CLASSIFICATION:
         return {
             "accuracy": float(accuracy_score(y, predicted)),
@@ -284,66 +291,100 @@ class SingleThreaded(Pipeline):  # type: ignore[misc]
             return float(super().score(X, y, **params))
 
 
+def _folds(schema: DatasetSchema, config: TrainingConfig, y: pd.Series) -> KFold | StratifiedKFold:
+    stratify = schema.task is Task.CLASSIFICATION and y.value_counts().min() >= config.cv_folds
+    kind = StratifiedKFold if stratify else KFold
+    return kind(config.cv_folds, shuffle=True, random_state=config.seed)
+
+
 def _search(
     schema: DatasetSchema,
     config: TrainingConfig,
     pipeline: Pipeline,
     tried: list[dict[str, Any]],
-    x: pd.DataFrame,
-    y: pd.Series,
-) -> dict[str, Any]:
-    """The best of ``tried`` by successive halving under cross-validation."""
-    primary = PRIMARY_METRIC[schema.task]
-    classes = y.value_counts()
-    stratify = schema.task is Task.CLASSIFICATION and classes.min() >= config.cv_folds
-    folds = (
-        StratifiedKFold(config.cv_folds, shuffle=True, random_state=config.seed)
-        if stratify
-        else KFold(config.cv_folds, shuffle=True, random_state=config.seed)
-    )
+    xy: tuple[pd.DataFrame, pd.Series],
+    deadline: float,
+    estimate_s: float,
+) -> tuple[int, str]:
+    """The index of the best of ``tried`` by successive halving under cross-validation, and how far it got.
+
+    Round after round the candidates left are cross-validated on HALVING_FACTOR
+    times more rows (a seeded random subset; all rows in the last round), and
+    the best 1/HALVING_FACTOR go on. Before each candidate the clock is read:
+    one that would end after ``deadline`` (its cost estimated from the one
+    before it, ``estimate_s`` for the very first) is not started, and the best
+    of the round so far wins, compared on the same rows. The candidates enter
+    each round best first (the champion's hyperparameters first in the first
+    round), so a search cut short still returns the best one it knows.
+    """
+    x, y = xy
+    n_classes = y.nunique() if schema.task is Task.CLASSIFICATION else 1
     # The first round's rows: enough per class and fold for an early-stopping split to hold every class.
-    floor = config.cv_folds * 20 * (len(classes) if schema.task is Task.CLASSIFICATION else 1)
-    rounds = len(halving_rounds(len(tried)))
-    min_resources = min(len(x), max(floor, len(x) // HALVING_FACTOR ** (rounds - 1)))
-    search = HalvingGridSearchCV(
-        SingleThreaded(pipeline.steps),
-        [{f"model__{k}": [v] for k, v in params.items()} for params in tried],
-        factor=HALVING_FACTOR,
-        resource="n_samples",
-        min_resources=min_resources,
-        scoring=primary,
-        cv=folds,
-        refit=False,
-        random_state=config.seed,
-        n_jobs=config.n_jobs,
-        error_score="raise",
-    )
+    floor = config.cv_folds * 20 * n_classes
+    rounds = halving_rounds(len(tried))
+    order = np.random.default_rng(config.seed).permutation(len(x))
+    alive, best = list(range(len(tried))), 0
+    for i in range(len(rounds)):
+        rows = min(len(x), max(floor, len(x) // HALVING_FACTOR ** (len(rounds) - 1 - i)))
+        subset = np.sort(order[:rows])
+        scored: dict[int, float] = {}
+        for c in alive:
+            if time.monotonic() + estimate_s > deadline:
+                break
+            began = time.monotonic()
+            scored[c] = _cross_validated(
+                schema, config, _with_params(clone(pipeline), tried[c]), x.iloc[subset], y.iloc[subset]
+            )
+            estimate_s = time.monotonic() - began
+        if scored:
+            best = min(scored, key=lambda c: (-scored[c], c))
+        if len(scored) < len(alive):
+            return best, f"cut at the budget in halving round {i + 1}/{len(rounds)} after {len(scored)}/{len(alive)}"
+        if i + 1 < len(rounds):
+            alive = sorted(scored, key=lambda c: (-scored[c], c))[: rounds[i + 1]]
+    return best, f"{len(rounds)} halving rounds"
+
+
+def _cross_validated(
+    schema: DatasetSchema, config: TrainingConfig, pipeline: Pipeline, x: pd.DataFrame, y: pd.Series
+) -> float:
+    """Mean cross-validated primary metric of ``pipeline``, its folds fitted in parallel threads."""
+    model = SingleThreaded(pipeline.steps)
     # Threads, not processes: HistGradientBoosting releases the GIL while it builds trees, and
     # starting worker processes (each importing scikit-learn) took longer than the search itself.
     with parallel_config(backend="threading"):
-        search.fit(x, y)
-    best: dict[str, Any] = {k.removeprefix("model__"): v for k, v in search.best_params_.items()}
-    return best
+        cv = cross_val_score(
+            model, x, y, scoring=PRIMARY_METRIC[schema.task], cv=_folds(schema, config, y),
+            n_jobs=config.n_jobs, error_score="raise",
+        )  # fmt: skip
+    return float(np.mean(cv))
 
 
 def _fit(
-    schema: DatasetSchema, config: TrainingConfig, start: dict[str, Any] | None, x: pd.DataFrame, y: pd.Series
+    schema: DatasetSchema,
+    config: TrainingConfig,
+    start: dict[str, Any] | None,
+    xy: tuple[pd.DataFrame, pd.Series],
+    deadline: float,
 ) -> tuple[Pipeline, dict[str, Any], str]:
-    """The fitted pipeline, its hyperparameters and how the search went, within the time budget."""
+    """The fitted pipeline, its hyperparameters and how the search went, by ``deadline`` (``time.monotonic()``)."""
+    x, y = xy
     started = time.monotonic()
     n_classes = int(y.nunique()) if schema.task is Task.CLASSIFICATION else 1
     base = build_pipeline(schema, config.seed, iteration_cap(config, n_classes))
     tried = candidates(config, start)
-    pipeline = fit_within(_with_params(clone(base), tried[0]), x, y, started + config.time_budget_s)
+    pipeline = fit_within(_with_params(clone(base), tried[0]), x, y, deadline)
     fit_s = time.monotonic() - started
-    tried = tried[: affordable(len(tried), fit_s, config.time_budget_s - fit_s, config.cv_folds, config.n_jobs)]
-    best = tried[0]
+    tried = tried[: affordable(len(tried), fit_s, deadline - time.monotonic(), config.cv_folds, config.n_jobs)]
+    best, how = 0, "no search"
     if len(tried) > 1:
-        best = _search(schema, config, clone(base), tried, x, y)
-        if best != tried[0]:
-            pipeline = _with_params(clone(base), best).fit(x, y)
-    note = f"{len(tried)} candidates in {time.monotonic() - started:.1f}s (first fit {fit_s:.1f}s)"
-    return pipeline, best, note
+        # The winner is refitted on all rows: that fit's time is kept out of the search's.
+        first = config.cv_folds * fit_s / max(1, config.n_jobs)
+        best, how = _search(schema, config, clone(base), tried, xy, deadline - fit_s, first)
+        if best != 0:
+            pipeline = _with_params(clone(base), tried[best]).fit(x, y)
+    note = f"{len(tried)} candidates ({how}) in {time.monotonic() - started:.1f}s (first fit {fit_s:.1f}s)"
+    return pipeline, tried[best], note
 
 
 def fit_within(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series, deadline: float) -> Pipeline:
@@ -374,17 +415,6 @@ def fit_within(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series, deadline: floa
         model.set_params(max_iter=min(cap, model.n_iter_ + more))
     model.set_params(warm_start=False, max_iter=cap)
     return pipeline
-
-
-def _champion_metrics(
-    schema: DatasetSchema, champion: Any | None, x: pd.DataFrame, y: pd.Series
-) -> dict[str, float] | None:
-    if champion is None:
-        return None
-    try:
-        return evaluate(schema, champion, x, y)
-    except (ValueError, KeyError):  # the champion was trained on another schema
-        return None
 
 
 @dataclass(frozen=True)
@@ -420,61 +450,77 @@ def change_point(losses: np.ndarray) -> Change | None:
                   float(np.mean(losses[k + 1 :])))  # fmt: skip
 
 
-def losses(schema: DatasetSchema, model: Any, x: pd.DataFrame, y: pd.Series) -> np.ndarray | None:
-    """Per-row loss of ``model``: 0/1 errors, or squared errors (None when it cannot score these rows)."""
-    try:
-        predicted = model.predict(x)
-    except (ValueError, KeyError):  # trained on another schema
-        return None
+def losses(schema: DatasetSchema, predicted: Any, y: pd.Series) -> np.ndarray:
+    """Per-row loss of ``predicted``: 0/1 errors, or squared errors."""
     if schema.task is Task.CLASSIFICATION:
         return np.asarray(np.asarray(predicted).astype(str) != y.astype(str).to_numpy(), dtype=float)
     return np.asarray((np.asarray(predicted, dtype=float) - y.astype(float).to_numpy()) ** 2, dtype=float)
 
 
-def rows_after_change(
-    schema: DatasetSchema, frame: pd.DataFrame, champion: Any, config: TrainingConfig
-) -> tuple[int, Change | None]:
-    """How many leading rows of ``frame`` predate a significant rise of the champion's errors (0: none)."""
-    x, y = features_frame(schema, frame), frame[schema.target.name]
-    loss = losses(schema, champion, x, y)
-    change = change_point(loss) if loss is not None else None
+def rows_after_change(loss: np.ndarray, config: TrainingConfig) -> tuple[int, Change | None]:
+    """How many leading rows predate a significant rise of the champion's per-row ``loss`` (0: none)."""
+    change = change_point(loss)
     if change is None or change.p_value >= config.change_alpha or change.after <= change.before:
         return 0, change
-    if len(frame) - change.index < config.min_rows_after_change:
+    if len(loss) - change.index < config.min_rows_after_change:
         return 0, change
     return change.index, change
+
+
+def _predict(model: Any | None, x: pd.DataFrame) -> np.ndarray | None:
+    """``model``'s predictions for ``x``; None without a model or when it was trained on another schema."""
+    if model is None:
+        return None
+    try:
+        return np.asarray(model.predict(x))
+    except (ValueError, KeyError):
+        return None
 
 
 def train(
     schema: DatasetSchema, frame: pd.DataFrame, config: TrainingConfig, champion: Any | None = None
 ) -> TrainingResult:
-    """Search, fit and evaluate a challenger (and the champion) on ``frame``, in row order."""
+    """Search, fit and evaluate a challenger (and the champion) on ``frame``, in row order.
+
+    ``time_budget_s`` bounds the whole call, not the search alone: the
+    champion's predictions (for the change point and its holdout figures) come
+    first and are made once, and the time they took is set aside for the
+    challenger's own predictions at the end (train and holdout rows in one call).
+    """
+    deadline = time.monotonic() + config.time_budget_s
     frame = frame.dropna(subset=[schema.target.name]).tail(config.max_rows).reset_index(drop=True)
-    dropped = 0
-    if config.trim_to_change and champion is not None:
-        with threadpool_limits(1, user_api="openmp"):
-            dropped, _ = rows_after_change(schema, frame, champion, config)
-        frame = frame.iloc[dropped:].reset_index(drop=True)
-    holdout_rows = max(1, int(len(frame) * config.holdout_fraction))
-    if len(frame) - holdout_rows < config.cv_folds * 2:
-        raise ValueError(f"too few rows to train: {len(frame)}")
-    train_part, holdout = frame.iloc[:-holdout_rows], frame.iloc[-holdout_rows:]
-    x_train, y_train = features_frame(schema, train_part), train_part[schema.target.name]
-    x_hold, y_hold = features_frame(schema, holdout), holdout[schema.target.name]
+    x_all, y_all = features_frame(schema, frame), frame[schema.target.name]
     if schema.task is Task.REGRESSION:
-        y_train, y_hold = y_train.astype(float), y_hold.astype(float)
+        y_all = y_all.astype(float)
     with threadpool_limits(1, user_api="openmp"):  # one thread per fit: see the module docstring
-        pipeline, params, search = _fit(schema, config, champion_params(champion), x_train, y_train)
-        metrics = evaluate(schema, pipeline, x_hold, y_hold)
-        champion_metrics = _champion_metrics(schema, champion, x_hold, y_hold)
-        train_predictions = pipeline.predict(x_train)
+        began = time.monotonic()
+        champion_predicted = _predict(champion, x_all)
+        reserve = max(time.monotonic() - began, 0.05 * config.time_budget_s)
+        dropped = 0
+        if config.trim_to_change and champion_predicted is not None:
+            dropped, _ = rows_after_change(losses(schema, champion_predicted, y_all), config)
+        x_all, y_all = x_all.iloc[dropped:].reset_index(drop=True), y_all.iloc[dropped:].reset_index(drop=True)
+        holdout_rows = max(1, int(len(x_all) * config.holdout_fraction))
+        if len(x_all) - holdout_rows < config.cv_folds * 2:
+            raise ValueError(f"too few rows to train: {len(x_all)}")
+        x_train, y_train = x_all.iloc[:-holdout_rows], y_all.iloc[:-holdout_rows]
+        x_hold, y_hold = x_all.iloc[-holdout_rows:], y_all.iloc[-holdout_rows:]
+        pipeline, params, search = _fit(
+            schema, config, champion_params(champion), (x_train, y_train), deadline - reserve
+        )
+        predicted = pipeline.predict(x_all)
+    metrics = scores(schema, predicted[-holdout_rows:], y_hold)
+    champion_metrics = None
+    if champion_predicted is not None:
+        champion_metrics = scores(schema, champion_predicted[dropped:][-holdout_rows:], y_hold)
+    train_predictions = predicted[:-holdout_rows]
     return TrainingResult(
         pipeline=pipeline,
         params={**params, "iterations": int(pipeline.named_steps["model"].n_iter_)},
         metrics=metrics,
         champion_metrics=champion_metrics,
         primary_metric=PRIMARY_METRIC[schema.task],
-        training_rows=len(train_part),
+        training_rows=len(x_train),
         holdout_rows=holdout_rows,
         train_frame=x_train,
         train_predictions=train_predictions,
