@@ -10,7 +10,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.base import BaseEstimator
+from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
 from threadpoolctl import threadpool_info, threadpool_limits
 
@@ -30,6 +32,7 @@ from services.trainer.domain.training import (
     change_point,
     halving_rounds,
     iteration_cap,
+    scores,
     train,
 )
 from tests.factories import CHURN
@@ -219,3 +222,24 @@ def test_the_search_fits_with_one_openmp_thread_in_its_worker_threads() -> None:
     if (os.cpu_count() or 1) > 1 and "OMP_NUM_THREADS" not in os.environ:
         with threadpool_limits(1, user_api="openmp"):  # what train() does around the search, in its own thread
             assert fit_in_a_thread(Pipeline([("probe", OpenMPProbe())])) == [os.cpu_count()]
+
+
+def test_the_holdout_figures_are_scikit_learns() -> None:
+    rng = np.random.default_rng(9)
+    truth = pd.Series(rng.choice(["a", "b", "c"], 300))
+    guess = np.where(rng.random(300) < 0.7, truth, rng.choice(["a", "b", "d"], 300))
+    got = scores(CHURN, guess, truth)
+    assert got["accuracy"] == pytest.approx(accuracy_score(truth, guess))
+    assert got["f1_macro"] == pytest.approx(f1_score(truth, guess, average="macro", zero_division=0))
+    regression = DatasetSchema.model_validate(
+        {
+            "features": [{"name": "x", "dtype": "numeric"}],
+            "target": {"name": "y", "dtype": "numeric"},
+            "task": "regression",
+        }
+    )
+    actual, estimate = pd.Series(rng.normal(0, 3, 200)), rng.normal(0, 3, 200)
+    got = scores(regression, estimate, actual)
+    assert got["r2"] == pytest.approx(r2_score(actual, estimate))
+    assert got["rmse"] == pytest.approx(np.sqrt(mean_squared_error(actual, estimate)))
+    assert got["mae"] == pytest.approx(mean_absolute_error(actual, estimate))
