@@ -138,7 +138,7 @@ class InputGuardMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            _check_target(scope)
+            check_target(scope)
         except jsonbody.InvalidJSON as exc:
             await _refuse(exc, send, scope)
             return
@@ -166,7 +166,9 @@ class InputGuardMiddleware:
         await self.app(scope, _replay([body], None, receive), send)
 
 
-def _check_target(scope: Scope) -> None:
+def check_target(scope: Scope) -> None:
+    """Refuse a request whose path or query holds a NUL character (no layer below could store it) with
+    :class:`~libs.common.jsonbody.InvalidJSON` (a 400): the guard's first check, shared with serving's hot path."""
     if "\x00" in scope["path"]:
         raise jsonbody.InvalidJSON("the path holds a NUL character")
     for name, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True):

@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 Key = tuple[str, int, bool]
 """(model, version, shadow): a shadow's predictions are never batched with served ones."""
 
+RECORDS_STEP = 100
+"""Most rows whose records the log builds in one turn of the event loop (about 0.3 ms of work; a
+1,000-row request's records built in one go held the loop for ~3 ms)."""
+
 
 class PredictionLog:
     def __init__(
@@ -72,7 +76,11 @@ class PredictionLog:
     ) -> None:
         """Queue what one request served (or what the shadow predicted for it); cheap (no per-row work)."""
         key = (model, version, shadow)
-        self._served[key].append(served)
+        queue = self._served[key]
+        if served.rows <= RECORDS_STEP:
+            queue.append(served)
+        else:  # the log builds records one queued item per turn of the event loop: keep each turn short
+            queue.extend(served.slice(start, start + RECORDS_STEP) for start in range(0, served.rows, RECORDS_STEP))
         self._buffers.setdefault(key, deque())
         if cause is not None and cause.is_valid:
             self._causes[key].append(cause)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,11 @@ class Served:
     @property
     def rows(self) -> int:
         return len(self.request_ids)
+
+    def slice(self, start: int, stop: int) -> Served:
+        """Rows ``start`` to ``stop`` (views, no copy): the log builds a large request's records a slice at a time."""
+        return Served(self.request_ids[start:stop], self.columns.slice(start, stop),
+                      self.inference.slice(start, stop), self.classes, self.features, self.at)  # fmt: skip
 
     def records(self) -> list[dict[str, Any]]:
         """One prediction record per row, as the monitor reads them (:class:`PredictionRecord`'s fields).
@@ -60,4 +66,8 @@ def probability_dicts(matrix: np.ndarray | None, classes: list[str] | None, rows
     """Class → probability per row, rounded to 6 places (what the API answers and the log records)."""
     if matrix is None or classes is None:
         return [None] * rows
-    return [dict(zip(classes, row, strict=True)) for row in np.round(matrix, 6).tolist()]
+    rounded = np.round(matrix, 6).tolist()
+    if len(classes) == 2:  # the common case, written out: about three times faster than dict(zip()) per row
+        first, second = classes
+        return [{first: a, second: b} for a, b in rounded]
+    return list(map(dict, map(zip, repeat(classes), rounded)))
