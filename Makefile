@@ -24,7 +24,16 @@ help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 .PHONY: setup
-setup: .venv/.synced ## create .venv from the lock file (the other targets do this themselves)
+setup: .venv/.synced browser ## create .venv from the lock file (the other targets do this themselves), and the browser
+
+# The console's browser test drives Debian's Chromium (Playwright with executable_path; never `playwright install`,
+# which downloads a browser). Installed with apt-get when missing and this runs as root; otherwise a hint.
+.PHONY: browser
+browser: ## Debian's headless Chromium and chromedriver for the console's browser test (apt-get, as root)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium chromium-driver) >/dev/null 2>&1; } || \
+		echo "chromium is missing: the console's browser test needs it (Debian: apt-get install chromium chromium-driver)"
 
 .PHONY: demo
 demo: .venv/.synced ## run the main job: the whole loop on the embedded stack
@@ -41,7 +50,7 @@ lint: .venv/.synced ## ruff (lint + format check) and mypy
 	$(PY) -m mypy
 
 .PHONY: test
-test: .venv/.synced ## lint, types, then every test (unit, integration, e2e) on the real stack
+test: .venv/.synced browser ## lint, types, then every test (unit, integration, e2e, the console in a browser)
 	$(MAKE) --no-print-directory lint
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc

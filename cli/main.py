@@ -18,7 +18,7 @@ from rich.table import Table
 
 from cli import ops, tokens
 from cli.demo import Demo, DemoConfig, DemoState
-from cli.supervisor import SERVICES, Supervisor, UpState, pid_alive
+from cli.supervisor import CONSOLE, SERVICES, Supervisor, UpState, pid_alive
 from devstack.embedded import port_open
 from libs.common import auth
 from libs.common.auth import AuthSettings
@@ -58,10 +58,11 @@ def up(
     try:
         state = supervisor.start()
         console.print(_state_table(state))
-        console.print("[bold green]driftloop is up.[/] Ctrl-C stops everything.")
+        console.print(f"[bold green]driftloop is up.[/] Web console: [bold]{state.console}[/]")
+        console.print("Ctrl-C stops everything.")
         while True:
             time.sleep(1)
-            dead = [n for n in SERVICES if n not in supervisor.alive()]
+            dead = [n for n in (*SERVICES, CONSOLE) if n not in supervisor.alive()]
             if dead:
                 console.print(f"[red]service(s) exited: {', '.join(dead)}; stopping[/]")
                 raise typer.Exit(1)
@@ -432,7 +433,7 @@ def _health(state: UpState) -> dict[str, Any]:
         host, _, port = state.kafka_bootstrap.split(",")[0].rpartition(":")
         parts["kafka"] = {"where": state.kafka_bootstrap, "healthy": port_open(host, int(port))}
     with httpx.Client(timeout=2) as client:
-        for name, url in state.services.items():
+        for name, url in [*state.services.items(), *([(CONSOLE, state.console)] if state.console else [])]:
             try:
                 answer = client.get(f"{url}/readyz")
                 parts[name] = {"where": url, "healthy": answer.status_code == 200}
@@ -450,6 +451,8 @@ def _state_table(state: UpState) -> Table:
     table.add_row("artifacts", state.artifacts_root)
     for name, url in state.services.items():
         table.add_row(name, f"{url}  (docs: {url}/docs)")
+    if state.console:
+        table.add_row("console", f"{state.console}  (sign in with the token in {Path(state.home) / 'token'})")
     return table
 
 

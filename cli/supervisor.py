@@ -1,4 +1,4 @@
-"""``driftloop up``: the embedded stack plus the five services as processes.
+"""``driftloop up``: the embedded stack plus the five services as processes, and the web console.
 
 Each service is a separate ``python -m services.<name>`` process, as in
 production; their output is prefixed by service name (or written to one log
@@ -33,7 +33,9 @@ from libs.common.signing import generate_keys
 
 #: Start order: the registry first (serving asks it for champions at start).
 SERVICES: tuple[str, ...] = ("registry", "ingest", "trainer", "serving", "monitor")
-DEFAULT_PORTS = {"ingest": 8001, "trainer": 8002, "registry": 8003, "serving": 8004, "monitor": 8005}
+#: The web console: a front-end over the five services' APIs, started after them (services/console).
+CONSOLE = "console"
+DEFAULT_PORTS = {"ingest": 8001, "trainer": 8002, "registry": 8003, "serving": 8004, "monitor": 8005, CONSOLE: 8006}
 COLOURS = {"ingest": "cyan", "trainer": "magenta", "registry": "yellow", "serving": "green", "monitor": "blue"}
 
 
@@ -52,6 +54,8 @@ class UpState:
     stack_pids: dict[str, int | None] = field(default_factory=dict)
     home: str = ""
     """The state directory; its ``token`` file holds the admin token (mode 0600)."""
+    console: str = ""
+    """The web console's URL (sign in with a token)."""
 
     @classmethod
     def read(cls, home: Path) -> UpState | None:
@@ -83,7 +87,8 @@ class Supervisor:
         echo: IO[str] | None = None,
     ) -> None:
         self.home = home.resolve()
-        self.ports = ports or DEFAULT_PORTS
+        self.ports = dict(ports or DEFAULT_PORTS)
+        self.ports.setdefault(CONSOLE, free_port())  # callers that name only the five services
         self.extra_env = env or {}
         self.log_to_files = log_to_files
         self.json_logs = json_logs
@@ -96,7 +101,7 @@ class Supervisor:
 
     @staticmethod
     def free_ports() -> dict[str, int]:
-        return {name: free_port() for name in SERVICES}
+        return {name: free_port() for name in (*SERVICES, CONSOLE)}
 
     def start(self, timeout: float = 120.0) -> UpState:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -112,7 +117,7 @@ class Supervisor:
             asyncio.run(ensure_topics(kafka))  # once, before five services race to do it
             # Nothing is open: an admin token for the CLI and the demo, readable by this user only.
             asyncio.run(ensure_admin_token(DatabaseSettings(url=endpoints.database_url), self.home))
-            for name in SERVICES:
+            for name in (*SERVICES, CONSOLE):
                 self._spawn(name, env)
             self.state = UpState(
                 pid=os.getpid(),
@@ -124,6 +129,7 @@ class Supervisor:
                 service_pids={n: p.pid for n, p in self.processes.items()},
                 stack_pids=self.stack.processes(),
                 home=str(self.home),
+                console=f"http://127.0.0.1:{self.ports[CONSOLE]}",
             )
             self._wait_ready(timeout)
             (self.home / "up.json").write_text(json.dumps(asdict(self.state), indent=2))
@@ -144,7 +150,9 @@ class Supervisor:
             DRIFTLOOP_SERVING_REGISTRY_URL=f"http://127.0.0.1:{self.ports['registry']}",
             PYTHONUNBUFFERED="1",
         )
-        env.update({f"DRIFTLOOP_{name.upper()}_PORT": str(self.ports[name]) for name in SERVICES})
+        env.update({f"DRIFTLOOP_{name.upper()}_PORT": str(self.ports[name]) for name in (*SERVICES, CONSOLE)})
+        # The console reads the five services' APIs with the signed-in person's token.
+        env.update({f"DRIFTLOOP_CONSOLE_{n.upper()}_URL": f"http://127.0.0.1:{self.ports[n]}" for n in SERVICES})
         env.update({k: v for k, v in self.extra_env.items() if k not in os.environ})
         # Serving tags request ids with this key; kept in the home so restarted services agree.
         env.setdefault("DRIFTLOOP_SERVING_REQUEST_ID_SECRET", self._secret("request-id.secret"))
@@ -205,7 +213,7 @@ class Supervisor:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        pending = set(SERVICES)
+        pending = {*SERVICES, CONSOLE}
         with httpx.Client(timeout=2) as client:
             while pending and time.monotonic() < deadline:
                 for name in sorted(pending):
@@ -267,7 +275,7 @@ class Supervisor:
             process.wait(5)
 
     def stop(self) -> None:
-        for name in reversed(SERVICES):
+        for name in reversed((*SERVICES, CONSOLE)):
             self._terminate(name)
         self.stack.stop()
         for pump in self._pumps:

@@ -224,3 +224,24 @@ def test_nothing_is_open_without_the_token_up_wrote(loop: tuple[UpState, dict[st
         assert httpx.get(f"{url}/healthz").status_code == 200, name
         assert httpx.get(f"{url}{reads[name]}").status_code == 401, name
         assert httpx.get(f"{url}{reads[name]}", headers=_auth(state)).status_code == 200, name
+
+
+def test_the_console_started_by_up_shows_the_loop(loop: tuple[UpState, dict[str, Any]]) -> None:
+    """`up` starts the web console beside the services: signed in with up's token, it shows the
+    retrained champion, the audit of the promotion and the monitor's drift report."""
+    state, result = loop
+    model = result["dataset"]
+    assert state.console
+    with httpx.Client(base_url=state.console, timeout=30) as console:
+        signed = console.post("/login", data={"token": read_token(Path(state.home)), "next": f"/models/{model}"},
+                              headers={"Origin": state.console})  # fmt: skip
+        assert signed.status_code == 303, signed.text
+        assert "HttpOnly" in signed.headers["set-cookie"]
+        page = console.get(f"/models/{model}")
+        assert page.status_code == 200
+        assert 'data-action="promote"' in page.text
+        assert '<span class="badge champion">champion</span>' in page.text
+        report = console.get(f"/models/{model}/drift")
+        assert report.status_code == 200
+        assert '<section class="feature' in report.text
+        assert '<tr class="alarm">' in report.text  # the drift alarm that started the retrain
