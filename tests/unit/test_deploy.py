@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings
 from libs.common.auth import AuthSettings
 from libs.common.settings import ArtifactSettings, DatabaseSettings, KafkaSettings, TelemetrySettings
 from libs.common.signing import SigningSettings
+from services.console.settings import ConsoleSettings
 from services.ingest.settings import IngestSettings
 from services.monitor.settings import MonitorSettings
 from services.registry.settings import RegistrySettings
@@ -33,11 +34,13 @@ SERVICES: dict[str, type[BaseSettings]] = {
 SHARED: list[type[BaseSettings]] = [
     KafkaSettings, DatabaseSettings, ArtifactSettings, TelemetrySettings, AuthSettings, SigningSettings,
 ]  # fmt: skip
+#: Front-ends over the services' APIs: no Kafka user, no database, no metrics of their own.
+FRONTENDS: dict[str, type[BaseSettings]] = {"console": ConsoleSettings}
 
 
 def known_variables() -> set[str]:
     names: set[str] = set()
-    for cls in [*SHARED, *SERVICES.values()]:
+    for cls in [*SHARED, *SERVICES.values(), *FRONTENDS.values()]:
         prefix = str(cls.model_config.get("env_prefix", ""))
         names.update((prefix + field).upper() for field in cls.model_fields)
     return names
@@ -79,6 +82,11 @@ def test_every_driftloop_variable_is_a_real_setting(compose: dict[str, Any]) -> 
         for key in service.get("environment", {}):
             if key.startswith("DRIFTLOOP_"):
                 assert key in known, f"{name}: {key} is not a driftloop setting"
+        if name in FRONTENDS:
+            env = service["environment"]
+            assert env["SERVICE"] == name
+            assert env[f"DRIFTLOOP_{name.upper()}_PORT"] == env["PORT"]
+            assert all(env[f"DRIFTLOOP_{name.upper()}_{s.upper()}_URL"].startswith(f"http://{s}:") for s in SERVICES)
         if name in SERVICES:
             env = service["environment"]
             assert env["SERVICE"] == name

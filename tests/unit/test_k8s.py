@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERLAYS = ("dev", "prod")
 CRD_KINDS = {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ServiceMonitor"}
 K8S_VERSION = "1.31.0"
+#: Deployments that are front-ends over the services' HTTP APIs: no Kafka user, no database.
+FRONTENDS = {"console"}
 
 
 def render(overlay: str) -> list[dict[str, Any]]:
@@ -49,14 +51,18 @@ def test_overlay_renders_and_validates(overlay: str) -> None:
 def test_workloads_are_probed_limited_and_wired(overlay: str) -> None:
     docs = render(overlay)
     deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
-    assert set(deployments) == {"ingest", "trainer", "registry", "serving", "monitor"}
+    assert set(deployments) == {"ingest", "trainer", "registry", "serving", "monitor", *FRONTENDS}
     for name, deployment in deployments.items():
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
         assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert set(container["resources"]) == {"requests", "limits"}
         env = {e["name"]: e for e in container["env"]}
-        assert env["DRIFTLOOP_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "driftloop-database"
+        if name in FRONTENDS:  # no database: it reads the services' APIs, by their in-cluster names
+            assert "DRIFTLOOP_DATABASE_URL" not in env
+            assert env["DRIFTLOOP_CONSOLE_REGISTRY_URL"]["value"] == "http://registry:8003"
+        else:
+            assert env["DRIFTLOOP_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"] == "driftloop-database"
         assert env["SERVICE"]["value"] == name
         assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
     pdbs = {

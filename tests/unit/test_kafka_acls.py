@@ -13,7 +13,7 @@ import pytest
 from cli.main import service_specs
 from libs.common import topics
 from libs.common.service import build
-from tests.unit.test_k8s import OVERLAYS, render
+from tests.unit.test_k8s import FRONTENDS, OVERLAYS, render
 
 Acl = tuple[str, str, str, str]  # resource type, name, pattern type, operation
 #: Services that read every group's committed offsets (consumer lag): Describe on all topics and groups.
@@ -89,7 +89,7 @@ def test_services_log_in_to_kafka_over_tls_with_their_own_user(overlay: str) -> 
     assert config["DRIFTLOOP_KAFKA_CREATE_TOPICS"] == "false"  # the users may not create topics
     port = next(str(listener["port"]) for listener in kafka["listeners"])
     assert config["DRIFTLOOP_KAFKA_BOOTSTRAP"].endswith(f":{port}")
-    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+    for deployment in (d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] not in FRONTENDS):
         name = deployment["metadata"]["name"]
         pod = deployment["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -128,5 +128,8 @@ def test_every_service_has_a_network_policy(overlay: str) -> None:
             policy["spec"]["ingress"]
         )
         egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
-        assert 9093 in egress_ports  # Kafka over TLS
         assert 9092 not in egress_ports  # never the plaintext port
+        if name in FRONTENDS:  # HTTP to the services only: no Kafka, no database
+            assert egress_ports == {53, 8001, 8002, 8003, 8004, 8005}
+        else:
+            assert 9093 in egress_ports  # Kafka over TLS
