@@ -34,7 +34,7 @@ def test_an_operator_rolls_back_and_places_canary_and_shadow() -> None:
 
 def test_admin_may_do_all_and_the_first_champion_is_an_approval() -> None:
     assert offered(2, "admin") == {("rollback", "champion"), ("promote", "canary"), ("promote", "shadow")}
-    first = actions_for(1, {}, ["approver"])
+    first = actions_for(1, {}, ["admin"])  # no champion yet: no canary or shadow beside it either
     assert [(a.kind, a.alias, a.role) for a in first] == [(Kind.APPROVE, "champion", "approver")]
 
 

@@ -48,6 +48,6 @@ def actions_for(version: int, aliases: Mapping[str, int], roles: Iterable[str]) 
     offered += [
         Action(Kind.PROMOTE, alias, version, "operator", f"Make v{version} the {alias}")
         for alias in ("canary", "shadow")
-        if aliases.get(alias) != version and champion != version
+        if champion is not None and champion != version and aliases.get(alias) != version  # the registry's rule
     ]
     return [a for a in offered if may(held, a.role)]
