@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,7 +12,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import orjson
 import pyarrow as pa
 
 from libs.common import outbox
@@ -23,7 +21,7 @@ from libs.common.errors import Conflict, NotFound
 from libs.common.events import ArtifactRef, DataArrived
 from libs.common.jsonbody import off_loop
 from libs.common.schema import DatasetSchema
-from services.ingest.domain.validation import Rejection, ValidationResult
+from services.ingest.domain.validation import Rejection, ValidationResult, rejection
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,7 @@ async def store_submission(
         await conn.copy_records_to_table(
             "rejections",
             columns=["dataset", "submission_id", "row_index", "field", "reason", "record"],
-            records=[(dataset, submission_id, r.row, r.field, r.reason, _as_json(r.record)) for r in rejected],
+            records=[(dataset, submission_id, r.row, r.field, r.reason, r.text) for r in rejected],
         )
     return StoredSubmission(submission_id, len(accepted), len(rejected), version, total, rejected)
 
@@ -167,7 +165,7 @@ async def _refuse_stored_keys(
     stale = [(row, key) for row, key, _ in keys if key not in fresh]
     records = result.originals([row for row, _ in stale])
     refused = [
-        Rejection(row, column, f"duplicate key {key!r}: an earlier submission stored it", record)
+        rejection(row, column, f"duplicate key {key!r}: an earlier submission stored it", record)
         for (row, key), record in zip(stale, records, strict=True)
     ]
     kept = result.accepted.filter(pa.array([key in fresh for _, key, _ in keys]))
@@ -225,21 +223,6 @@ def _entry(row: asyncpg.Record) -> BatchEntry:
         principal=row["principal"],
         trusted=row["trusted"],
     )
-
-
-def _as_json(record: Any) -> str | None:
-    """The rejected record as JSON for the quarantine; text when it holds NaN or infinity."""
-    if record is None:
-        return None
-    if isinstance(record, dict) and not any(type(v) is float and not math.isfinite(v) for v in record.values()):
-        try:
-            return orjson.dumps(record, default=str).decode()
-        except TypeError:  # e.g. an integer beyond 64 bits: the standard library writes it
-            pass
-    try:
-        return json.dumps(record, default=str, allow_nan=False)
-    except ValueError:
-        return json.dumps(str(record))
 
 
 async def declare(pool: asyncpg.Pool, dataset: str, schema: DatasetSchema, text: str) -> bool:

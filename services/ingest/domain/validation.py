@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import json
+import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -44,12 +48,36 @@ class SchemaMismatch(ValidationFailed):
 
 
 class Rejection(NamedTuple):
-    """A rejected row: its index in the request, the first field at fault, why, and the record as sent."""
+    """A rejected row: its index in the request, the first field at fault, why, the record as sent,
+    and that record as the quarantine stores it (JSON, made with the rejection, off the event loop)."""
 
     row: int
     field: str | None
     reason: str
     record: Any = None
+    text: str | None = None
+
+
+def rejection(row: int, field: str | None, reason: str, record: Any = None) -> Rejection:
+    return Rejection(row, field, reason, record, record_json(record))
+
+
+def record_json(record: Any) -> str | None:
+    """The rejected record as JSON for the quarantine; text when it holds NaN or infinity."""
+    if record is None:
+        return None
+    if isinstance(record, dict):
+        try:
+            text = orjson.dumps(record, default=str)
+        except TypeError:  # e.g. an integer beyond 64 bits: the standard library writes it
+            pass
+        else:  # orjson writes NaN and infinity as null: only then is a closer look needed
+            if b"null" not in text or not any(type(v) is float and not math.isfinite(v) for v in record.values()):
+                return text.decode()
+    try:
+        return json.dumps(record, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(str(record))
 
 
 @dataclass
@@ -139,10 +167,15 @@ def validate(
     if problems:
         bad = sorted(problems)
         keep[bad] = False
-        for position, record in zip(bad, source.originals(bad), strict=True):
-            pairs = problems[position]
-            reason = "; ".join(f"{col}: {msg}" for col, msg in pairs)
-            rejected.append(Rejection(index(position), pairs[0][0], reason, record))
+        faults = [problems[p] for p in bad]
+        fields = [pairs[0][0] for pairs in faults]
+        reasons = [
+            f"{pairs[0][0]}: {pairs[0][1]}" if len(pairs) == 1 else "; ".join(f"{c}: {m}" for c, m in pairs)
+            for pairs in faults
+        ]
+        records = source.originals(bad)
+        rows = bad if source.identity else [index(p) for p in bad]
+        rejected.extend(map(Rejection, rows, fields, reasons, records, map(record_json, records)))
     keys: list[tuple[int, str, int]] = []
     if schema.key is not None:
         keys = _keys(schema.key, source, keep, rejected)
@@ -150,7 +183,8 @@ def validate(
     accepted = pa.Table.from_arrays(arrays, schema=pa.schema([target.field(c.name) for c in columns]))
     if not keep.all():
         accepted = accepted.filter(pa.array(keep))
-    rejected.sort(key=lambda r: r.row)
+    if missing or len(rejected) > len(problems):
+        rejected.sort(key=operator.itemgetter(0))
 
     def originals(rows: Sequence[int]) -> list[Any]:
         return source.originals([source.position(r) for r in rows])
@@ -177,7 +211,7 @@ def _keys(column: str, source: _Source, keep: np.ndarray, rejected: list[Rejecti
         positions = [p for p, _ in refused]
         keep[positions] = False
         for (position, reason), record in zip(refused, source.originals(positions), strict=True):
-            rejected.append(Rejection(source.index(position), column, reason, record))
+            rejected.append(rejection(source.index(position), column, reason, record))
     return keys
 
 
@@ -283,6 +317,9 @@ class _Source(abc.ABC):
     def originals(self, positions: Sequence[int]) -> list[Any]:
         """The records as sent at ``positions`` (what a rejection keeps for the quarantine)."""
 
+    identity = True
+    """Positions are row indices (no unreadable record was left out)."""
+
     def index(self, position: int) -> int:
         return position
 
@@ -296,6 +333,7 @@ class _Records(_Source):
     def __init__(self, records: list[dict[str, Any] | None], from_text: bool) -> None:
         self.rows: list[dict[str, Any]] = [r for r in records if r is not None]
         self.rows_index = [i for i, r in enumerate(records) if r is not None] if len(self.rows) < len(records) else None
+        self.identity = self.rows_index is None
         self.positions: dict[int, int] | None = None
         self.n = len(self.rows)
         self.from_text = from_text
