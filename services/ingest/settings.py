@@ -29,3 +29,7 @@ class IngestSettings(ServiceSettings):
     """A segment with fewer rows than this is small …"""
     compact_min_run: int = Field(default=8, ge=2)
     """… and this many consecutive small ones (one sender) are merged into one Parquet file."""
+    switch_interval_s: float = Field(default=0.001, gt=0, le=0.1)
+    """How long a thread may hold the GIL while another waits (``sys.setswitchinterval``) in
+    ``python -m services.ingest``: short, so request validation on worker threads does not hold up
+    the event loop (and ``/healthz``) for the default 5 ms at each hand-over."""
