@@ -317,6 +317,29 @@ class ModelPromoted(Event):
         return self.model.encode()
 
 
+class ModelCompared(Event):
+    """The monitor's live comparison of a canary (or shadow) with the champion, on the labels each received."""
+
+    topic: ClassVar[str] = topics.MODEL_COMPARED
+    event_type: Literal["model.compared"] = "model.compared"
+    model: str
+    alias: str = Field(description="The challenger's alias: canary or shadow.", examples=["canary"])
+    version: int = Field(ge=1, description="The challenger.")
+    champion_version: int = Field(ge=1)
+    metric: str = Field(description="accuracy (classification) or mse (regression).")
+    challenger_labels: int = Field(ge=0)
+    champion_labels: int = Field(ge=0)
+    challenger_value: float
+    champion_value: float
+    difference: float = Field(description="Positive: the challenger is better (for mse, champion minus challenger).")
+    lower: float = Field(description="Lower bound of the 95 % interval on the difference.")
+    upper: float = Field(description="Upper bound of the 95 % interval on the difference.")
+    method: str = Field(description="How the interval was computed.", examples=["newcombe-wilson-95"])
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
 class PredictionRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -408,6 +431,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         ModelExported,
         ModelRejudged,
         ModelPromoted,
+        ModelCompared,
         PredictionsLogged,
         LabelsArrived,
         DriftDetected,

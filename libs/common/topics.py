@@ -20,6 +20,7 @@ DRIFT_DETECTED = "drift.detected"
 REJUDGEMENT_REQUESTED = "rejudgement.requested"
 MODEL_REJUDGED = "model.rejudged"
 MODEL_EXPORTED = "model.exported"
+MODEL_COMPARED = "model.compared"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -48,6 +49,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(REJUDGEMENT_REQUESTED, partitions=3),
     TopicSpec(MODEL_REJUDGED, partitions=3),
     TopicSpec(MODEL_EXPORTED, partitions=3),
+    TopicSpec(MODEL_COMPARED, partitions=3),
 )
 
 

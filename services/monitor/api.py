@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 
 from libs.common.auth import Role, require
 from libs.common.errors import NotFound
+from libs.common.schema import Task
 from libs.common.service import Runtime
-from services.monitor.adapters import repository
+from services.monitor.adapters import repository, versions
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.monitor import ModelMonitor
 from services.monitor.report.render import render
@@ -31,6 +32,25 @@ class MonitoredModel(BaseModel):
     current_window_records: int = Field(description="Predictions in the window being filled.")
     labels_seen: int
     live: LivePerformance | None = Field(description="None until the version's holdout metric is known.")
+
+
+class VersionLive(BaseModel):
+    version: int
+    shadow: bool = Field(description="Scores of the shadow's copies (never served) rather than served answers.")
+    labels: int = Field(description="Labelled predictions scored.")
+    mean: float = Field(description="Mean score: accuracy (classification) or mean squared error (regression).")
+
+
+class VersionsLive(BaseModel):
+    model: str
+    champion: int
+    score: str = Field(description="What a labelled prediction scores.")
+    versions: list[VersionLive]
+    challengers: dict[str, Any] = Field(
+        description="canary/shadow → version, since, and comparison with the champion: metric, labels and value on "
+        "each side, difference (positive: challenger better) with its 95 % interval and method; canary: Newcombe "
+        "(accuracy) or Welch (mse) on each version's own requests; shadow: paired on the same requests."
+    )
 
 
 class Alarm(BaseModel):
@@ -81,6 +101,21 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
         reports = await repository.recent_reports(rt.db, model, windows)
         alarms = await repository.recent_alarms(rt.db, model)
         return HTMLResponse(render(monitor, reports, alarms))
+
+    @router.get("/{model}/versions", summary="Live metrics per version, and the canary's and shadow's comparison "
+                "with the champion", dependencies=[require(Role.READER)])  # fmt: skip
+    async def live_versions(model: str) -> VersionsLive:
+        monitor = await monitors.load(rt.db, model, fresh=True)
+        if monitor is None:
+            raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
+        classification = monitor.schema.task is Task.CLASSIFICATION
+        return VersionsLive(
+            model=model,
+            champion=monitor.version,
+            score="correct (1/0)" if classification else "squared error",
+            versions=[VersionLive(**v) for v in await versions.per_version(rt.db, model)],
+            challengers=await versions.comparisons(rt.db, model, monitor.version, classification),
+        )
 
     app.include_router(router)
 

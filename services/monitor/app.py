@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import DriftDetected, LabelsArrived, ModelPromoted, PredictionsLogged
+from libs.common.events import DriftDetected, LabelsArrived, ModelCompared, ModelPromoted, PredictionsLogged
 from libs.common.kafka import LagExporter, Route, subscribe
 from libs.common.request_ids import RequestIds
 from libs.common.retention import Rule
@@ -48,10 +48,12 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
     def register(rt: Runtime) -> None:
         metrics = MonitorMetrics(rt.telemetry.registry)
         m = monitors(rt)
-        labels = labels_arrived.handler(rt, m, metrics, request_ids(settings))
+        labels = labels_arrived.handler(rt, m, metrics, request_ids(settings), settings.compare_every)
         routes = {
             topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, m), (ModelPromoted,)),
-            topics.PREDICTIONS_LOGGED: Route(predictions_logged.handler(rt, m, metrics), (PredictionsLogged,)),
+            topics.PREDICTIONS_LOGGED: Route(
+                predictions_logged.handler(rt, m, metrics, settings.compare_every), (PredictionsLogged,)
+            ),
             topics.LABELS_ARRIVED: Route(labels, (LabelsArrived,)),
         }
         subscribe(rt.broker, routes, group="monitor", settings=settings.kafka, telemetry=rt.telemetry)
@@ -67,9 +69,11 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
             Rule("predictions", "at", "predictions_days"),
             Rule("pending_labels", "at", "predictions_days"),
             Rule("reports", "at", "reports_days"),
+            Rule("shadow_predictions", "at", "predictions_days"),
+            Rule("outcomes", "at", "predictions_days"),
         ),
         on_start=on_start,
-        publishes=(DriftDetected,),
+        publishes=(DriftDetected, ModelCompared),
         migrations=Path(__file__).parent / "migrations",
         register=register,
         routes=lambda app, rt: api.mount(app, rt, monitors(rt)),

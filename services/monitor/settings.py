@@ -38,6 +38,9 @@ class MonitorSettings(ServiceSettings):
     persistence_n: int = Field(default=3, ge=1)
     decisive_z: float = Field(default=3.29, ge=0)
     """A window whose live metric is below the margin even at this z alarms alone (0: always k of n)."""
+    compare_every: int = Field(default=50, ge=1)
+    """A canary's (or shadow's) comparison with the champion is published on model.compared each time it
+    has this many more scored labels."""
     lag_interval_s: float = Field(default=15.0, gt=0)
     """How often the consumer lag of every driftloop group is measured for /metrics."""
     cooldown_s: float = Field(default=120.0, ge=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import timedelta
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from fastapi import FastAPI
 from libs.common import topics
 from libs.common.events import (
     DriftDetected,
+    ModelCompared,
     ModelExported,
     ModelPromoted,
     ModelRejudged,
@@ -23,8 +26,10 @@ from services.registry import api
 from services.registry.domain.canary import CanaryConfig
 from services.registry.domain.promotion import PromotionConfig
 from services.registry.domain.provenance import TrustConfig
-from services.registry.handlers import drift_detected, model_exported, model_trained
+from services.registry.handlers import drift_detected, model_compared, model_exported, model_trained
 from services.registry.settings import RegistrySettings
+
+log = logging.getLogger(__name__)
 
 
 def spec(settings: RegistrySettings) -> ServiceSpec:
@@ -37,12 +42,16 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
 
     def register(rt: Runtime) -> None:
         trust = TrustConfig(max_untrusted_share=settings.max_untrusted_share)
-        handle = model_trained.handler(rt, config, trust)
+        release = None
+        if settings.drift_retrain == "canary":
+            release = model_trained.CanaryRelease(settings.canary_share, canary.deadline)
+        handle = model_trained.handler(rt, config, trust, release)
         routes = {
             topics.MODEL_TRAINED: Route(handle, (ModelTrained,)),
             topics.MODEL_EXPORTED: Route(model_exported.handler(rt), (ModelExported,)),
             topics.MODEL_REJUDGED: Route(handle, (ModelRejudged,)),
             topics.DRIFT_DETECTED: Route(drift_detected.handler(rt), (DriftDetected,)),
+            topics.MODEL_COMPARED: Route(model_compared.handler(rt, canary), (ModelCompared,)),
         }
         subscribe(rt.broker, routes, group="registry", settings=settings.kafka, telemetry=rt.telemetry)
 
@@ -51,9 +60,23 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
         publishes=(ModelPromoted, RejudgementRequested),
         migrations=Path(__file__).parent / "migrations",
         register=register,
+        on_start=lambda rt: _start_sweeper(rt, canary, settings.canary_sweep_s),
         routes=lambda app, rt: api.mount(app, rt, api.CanaryDefaults(settings.canary_share, canary)),
         description="Registers trained versions, applies the promotion policy, moves aliases, keeps the audit log.",
     )
+
+
+async def _start_sweeper(rt: Runtime, config: CanaryConfig, every_s: float) -> None:
+    async def sweep_forever() -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                for model in await model_compared.sweep(rt, config):
+                    log.warning("canary of %s rolled back: deadline passed with no decision", model)
+            except Exception as exc:  # the database may be restarting: try again next round
+                log.warning("canary deadline sweep failed: %r", exc)
+
+    rt.spawn(sweep_forever(), "canary-deadlines")
 
 
 def create_app(settings: RegistrySettings, telemetry: Telemetry | None = None) -> tuple[FastAPI, Runtime]:

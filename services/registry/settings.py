@@ -27,6 +27,8 @@ class RegistrySettings(ServiceSettings):
     """How much worse than the champion in the live metric a promoted canary may be, at most."""
     canary_deadline_s: float = Field(default=24 * 3600.0, gt=0)
     """An undecided canary is rolled back after this long."""
+    canary_sweep_s: float = Field(default=60.0, gt=0)
+    """How often canaries past their deadline are looked for (one with no labelled traffic gets no comparison)."""
     drift_retrain: str = Field(default="champion", pattern="^(champion|canary)$")
     """Where a drift retrain that wins the promotion policy goes: straight to 'champion' (the fastest
     recovery), or to 'canary' first, to be promoted by the canary policy on live labels."""

@@ -18,14 +18,21 @@ CONSUMES = {
         topics.MODEL_PROMOTED,
         topics.REJUDGEMENT_REQUESTED,
     },
-    "registry": {topics.MODEL_TRAINED, topics.DRIFT_DETECTED, topics.MODEL_REJUDGED, topics.MODEL_EXPORTED},
+    "registry": {
+        topics.MODEL_TRAINED,
+        topics.DRIFT_DETECTED,
+        topics.MODEL_REJUDGED,
+        topics.MODEL_EXPORTED,
+        topics.MODEL_COMPARED,
+    },
     "serving": {topics.MODEL_PROMOTED},
     "monitor": {topics.MODEL_PROMOTED, topics.PREDICTIONS_LOGGED, topics.LABELS_ARRIVED},
 }
 PUBLISHES = {
     "ingest": {topics.DATA_ARRIVED}, "trainer": {topics.MODEL_TRAINED, topics.MODEL_REJUDGED, topics.MODEL_EXPORTED},
     "registry": {topics.MODEL_PROMOTED, topics.REJUDGEMENT_REQUESTED},
-    "serving": {topics.PREDICTIONS_LOGGED, topics.LABELS_ARRIVED}, "monitor": {topics.DRIFT_DETECTED},
+    "serving": {topics.PREDICTIONS_LOGGED, topics.LABELS_ARRIVED},
+    "monitor": {topics.DRIFT_DETECTED, topics.MODEL_COMPARED},
 }  # fmt: skip
 
 

@@ -17,8 +17,9 @@ from libs.common import outbox
 from libs.common.events import LabelsArrived
 from libs.common.kafka import Delivery, EventHandler
 from libs.common.request_ids import RequestIds, UnissuedRequestIds, check_issued
+from libs.common.schema import Task
 from libs.common.service import Runtime
-from services.monitor.adapters import repository
+from services.monitor.adapters import repository, versions
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.monitor import ModelMonitor
@@ -29,7 +30,7 @@ PENDING_LABEL_TTL_S = 24 * 3600.0
 
 
 def handler(
-    rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, ids: RequestIds | None = None
+    rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, ids: RequestIds | None = None, compare_every: int = 50
 ) -> EventHandler[LabelsArrived]:
     async def handle(event: LabelsArrived, delivery: Delivery) -> None:
         """Score each label against the prediction it answers (served by the monitored version)."""
@@ -40,7 +41,9 @@ def handler(
                 metrics.labels_refused.labels(event.model, "unissued").inc(refused.details["unissued"])
                 raise
         labels = {item.request_id: item.label for item in event.labels}
-        matched = await outbox.once(rt.db, CONSUMER, event, lambda conn: _match(conn, monitors, event, labels))
+        matched = await outbox.once(
+            rt.db, CONSUMER, event, lambda conn: _match(conn, monitors, event, labels, compare_every)
+        )
         if matched is None:
             return
         rows, waiting, monitor = matched
@@ -58,12 +61,34 @@ def handler(
 
 
 async def _match(
-    conn: asyncpg.Connection, monitors: Monitors, event: LabelsArrived, labels: dict[str, Any]
+    conn: asyncpg.Connection, monitors: Monitors, event: LabelsArrived, labels: dict[str, Any], compare_every: int
 ) -> tuple[list[asyncpg.Record], list[str], ModelMonitor | None]:
-    """Label the predictions these labels answer and park the rest; (labelled rows, parked ids, monitor)."""
+    """Label the predictions these labels answer and park the rest; (labelled rows, parked ids, monitor).
+    Each labelled prediction is scored for the version that made it (and a shadow's copy of it)."""
     rows = await repository.label_predictions(conn, event.model, list(labels))
     matched = {r["request_id"] for r in rows}
     unmatched = [rid for rid in labels if rid not in matched]
     waiting = await repository.park_labels(conn, event, unmatched, labels) if unmatched else []
     await repository.forget_parked_labels(conn, PENDING_LABEL_TTL_S)
-    return rows, waiting, await monitors.load(conn, event.model)
+    monitor = await monitors.load(conn, event.model)
+    if monitor is not None and rows:
+        scored = [(r["request_id"], r["version"], json.loads(r["prediction"]), labels[r["request_id"]]) for r in rows]
+        await score_live(conn, monitor, scored, compare_every)
+    return rows, waiting, monitor
+
+
+async def score_live(
+    conn: asyncpg.Connection, monitor: ModelMonitor, scored: list[tuple[str, int, Any, Any]], compare_every: int
+) -> None:
+    """Score labelled predictions per version (and the shadow's copies of them), then publish the canary's
+    and shadow's comparisons with the champion that are due."""
+    await versions.score_served(conn, monitor.model, scored, monitor.outcome)
+    await versions.score_shadows(conn, monitor.model, [s[0] for s in scored], monitor.outcome)
+    await publish_comparisons(conn, monitor, compare_every)
+
+
+async def publish_comparisons(conn: asyncpg.Connection, monitor: ModelMonitor, compare_every: int) -> None:
+    classification = monitor.schema.task is Task.CLASSIFICATION
+    for compared in await versions.due_comparisons(conn, monitor.model, monitor.version, classification,
+                                                   compare_every):  # fmt: skip
+        await outbox.add(conn, compared)

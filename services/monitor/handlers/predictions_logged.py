@@ -13,22 +13,28 @@ from libs.common import outbox
 from libs.common.events import DriftDetected, FeatureDrift, PredictionsLogged
 from libs.common.kafka import Delivery, EventHandler
 from libs.common.service import Runtime
-from services.monitor.adapters import repository
+from services.monitor.adapters import repository, versions
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.decision import WindowReport, evaluate_window, should_alarm
 from services.monitor.domain.histograms import window_histograms
 from services.monitor.domain.monitor import ModelMonitor
 from services.monitor.domain.windows import Window
+from services.monitor.handlers import labels_arrived
 
 log = logging.getLogger(__name__)
 CONSUMER = "monitor.predictions-logged"
 
 
-def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> EventHandler[PredictionsLogged]:
+def handler(
+    rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, compare_every: int = 50
+) -> EventHandler[PredictionsLogged]:
     async def handle(event: PredictionsLogged, delivery: Delivery) -> None:
         """Keep the predictions for label matching, then add them to the window."""
-        stored = await outbox.once(rt.db, CONSUMER, event, lambda conn: _store(conn, monitors, event))
+        if event.shadow:  # copies of requests already answered: scored once labelled, never in a window
+            await outbox.once(rt.db, CONSUMER, event, lambda conn: _shadow(conn, monitors, event, compare_every))
+            return
+        stored = await outbox.once(rt.db, CONSUMER, event, lambda conn: _store(conn, monitors, event, compare_every))
         if stored is None:
             return
         early, monitor = stored
@@ -45,10 +51,25 @@ def handler(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics) -> EventHa
 
 
 async def _store(
-    conn: asyncpg.Connection, monitors: Monitors, event: PredictionsLogged
+    conn: asyncpg.Connection, monitors: Monitors, event: PredictionsLogged, compare_every: int
 ) -> tuple[list[repository.EarlyLabel], ModelMonitor | None]:
     early = await repository.store_predictions(conn, event)
-    return early, await monitors.load(conn, event.model, version=event.version)
+    monitor = await monitors.load(conn, event.model, version=event.version)
+    if early and monitor is not None:  # labels that overtook their predictions, scored for this version
+        predicted = {r.request_id: r.prediction for r in event.records}
+        scored = [(e.request_id, event.version, predicted[e.request_id], e.label) for e in early]
+        await labels_arrived.score_live(conn, monitor, scored, compare_every)
+    return early, monitor
+
+
+async def _shadow(conn: asyncpg.Connection, monitors: Monitors, event: PredictionsLogged, compare_every: int) -> None:
+    """Keep a shadow's predictions; those whose request is labelled already are scored now."""
+    await versions.store_shadow(conn, event)
+    monitor = await monitors.load(conn, event.model)
+    if monitor is not None:
+        request_ids = [r.request_id for r in event.records]
+        if await versions.score_shadows(conn, event.model, request_ids, monitor.outcome):
+            await labels_arrived.publish_comparisons(conn, monitor, compare_every)
 
 
 def _score_early_labels(

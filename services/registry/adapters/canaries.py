@@ -71,3 +71,9 @@ async def clear(
     await outbox.add(conn, event.model_copy(update={"move": AliasMove(alias=alias, from_version=previous,
                                                                            to_version=None)}))  # fmt: skip
     return int(previous)
+
+
+async def past_deadline(conn: Conn, now: datetime) -> list[str]:
+    """Models whose judged canary has passed its deadline."""
+    rows = await conn.fetch("SELECT model FROM canaries WHERE judged AND deadline <= $1", now)
+    return [r["model"] for r in rows]

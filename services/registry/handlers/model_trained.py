@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from prometheus_client import Counter
@@ -19,7 +21,7 @@ from libs.common.events import ModelRejudged, ModelTrained, Rejudgement, Rejudge
 from libs.common.kafka import Delivery, EventHandler
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
-from services.registry.adapters import repository
+from services.registry.adapters import canaries, repository
 from services.registry.domain.promotion import Candidate, PromotionConfig, PromotionDecision, decide
 from services.registry.domain.provenance import TrustConfig, hold_reason
 
@@ -29,8 +31,17 @@ CONSUMER = "registry.model-trained"
 MAX_REJUDGEMENTS = 3
 
 
+@dataclass(frozen=True)
+class CanaryRelease:
+    """Send a drift retrain that wins the promotion policy to the canary alias first (not champion)."""
+
+    share: float
+    """Its share of traffic, in percent."""
+    deadline: timedelta
+
+
 def handler(
-    rt: Runtime, config: PromotionConfig, trust: TrustConfig | None = None
+    rt: Runtime, config: PromotionConfig, trust: TrustConfig | None = None, canary: CanaryRelease | None = None
 ) -> EventHandler[ModelTrained | ModelRejudged]:
     trust = trust or TrustConfig()
     decisions = Counter(
@@ -40,7 +51,7 @@ def handler(
 
     async def handle(event: ModelTrained | ModelRejudged, delivery: Delivery) -> None:
         """Register a trained version (or take a re-judgement) and promote it if the policy says so."""
-        outcome = await outbox.once(rt.db, CONSUMER, event, lambda conn: _judge(conn, event, config, trust))
+        outcome = await outbox.once(rt.db, CONSUMER, event, lambda conn: _judge(conn, event, config, trust, canary))
         if outcome is not None:
             decisions.labels(event.model, outcome).inc()
 
@@ -48,11 +59,22 @@ def handler(
 
 
 async def _judge(
-    conn: asyncpg.Connection, event: ModelTrained | ModelRejudged, config: PromotionConfig, trust: TrustConfig
-) -> str | None:
+    conn: asyncpg.Connection, event: ModelTrained | ModelRejudged, config: PromotionConfig, trust: TrustConfig,
+    canary: CanaryRelease | None,
+) -> str | None:  # fmt: skip
     if isinstance(event, ModelRejudged):
-        return await _rejudged(conn, event, config, trust)
-    return await _trained(conn, event, config, trust)
+        return await _rejudged(conn, event, config, trust, canary)
+    return await _trained(conn, event, config, trust, canary)
+
+
+def _via_canary(
+    decision: PromotionDecision, trigger: str, champion: int | None, canary: CanaryRelease | None
+) -> PromotionDecision:
+    """A drift retrain bound for champion goes to the canary first when the registry is set so (and a
+    champion serves to compare it with)."""
+    if canary is None or trigger != "drift" or champion is None or decision.alias != "champion":
+        return decision
+    return PromotionDecision(True, "canary", f"{decision.reason}; drift retrain released as a canary first")
 
 
 async def _held_for_approval(
@@ -92,7 +114,10 @@ async def _trust(
     return PromotionDecision(True, "candidate", f"{decision.reason}; {held}"), "held"
 
 
-async def _trained(conn: asyncpg.Connection, event: ModelTrained, config: PromotionConfig, trust: TrustConfig) -> str:
+async def _trained(
+    conn: asyncpg.Connection, event: ModelTrained, config: PromotionConfig, trust: TrustConfig,
+    canary: CanaryRelease | None,
+) -> str:  # fmt: skip
     await repository.ensure_model(conn, event.model, event.dataset)
     await repository.lock_model(conn, event.model)
     champion = await repository.alias_version(conn, event.model, "champion")
@@ -107,6 +132,7 @@ async def _trained(conn: asyncpg.Connection, event: ModelTrained, config: Promot
         decision = PromotionDecision(False, None, decision.reason + " (no holdout kept to re-judge on: rejected)")
     decision, outcome = await _trust(conn, decision, event.model, event.trigger, event.trigger_event_id,
                                      event.row_sources, trust)  # fmt: skip
+    decision = _via_canary(decision, event.trigger, champion, canary)
     version = await repository.register(conn, event, outcome)
     await repository.keep_holdout(conn, event.model, version, event.holdout, event.row_sources)
     await repository.audit(conn, event.model, "register", "policy", f"trained by job {event.job_id} "
@@ -116,7 +142,7 @@ async def _trained(conn: asyncpg.Connection, event: ModelTrained, config: Promot
         await repository.record_rejudgement(conn, event.model, version, event.rejudged)
         await repository.audit(conn, event.model, "rejudge", "trainer", _figures(event.primary_metric, event.rejudged),
                                "champion", event.rejudged.champion_version, version)  # fmt: skip
-    await _apply(conn, event.model, version, champion, decision, event.correlation_id)
+    await _apply(conn, event.model, version, champion, decision, event.correlation_id, canary)
     if decision.rejudge:
         await _request_rejudgement(conn, event.model, version, champion, event.correlation_id)
     log.info("model %s v%d: %s", event.model, version, decision.reason)
@@ -124,8 +150,9 @@ async def _trained(conn: asyncpg.Connection, event: ModelTrained, config: Promot
 
 
 async def _rejudged(
-    conn: asyncpg.Connection, event: ModelRejudged, config: PromotionConfig, trust: TrustConfig
-) -> str | None:
+    conn: asyncpg.Connection, event: ModelRejudged, config: PromotionConfig, trust: TrustConfig,
+    canary: CanaryRelease | None,
+) -> str | None:  # fmt: skip
     await repository.lock_model(conn, event.model)
     row = await repository.version_row(conn, event.model, event.version)
     if row is None or row["decision"] != "rejudging":
@@ -145,10 +172,11 @@ async def _rejudged(
     sources = [Source.model_validate(s) for s in json.loads(row["row_sources"])] if row["row_sources"] else None
     decision, outcome = await _trust(conn, decision, event.model, row["trigger"], row["trigger_event_id"], sources,
                                      trust)  # fmt: skip
+    decision = _via_canary(decision, row["trigger"], champion, canary)
     await repository.record_rejudgement(conn, event.model, event.version, rejudgement, outcome)
     await repository.audit(conn, event.model, "rejudge", "trainer", _figures(row["primary_metric"], rejudgement),
                            "champion", rejudgement.champion_version, event.version)  # fmt: skip
-    await _apply(conn, event.model, event.version, champion, decision, event.correlation_id)
+    await _apply(conn, event.model, event.version, champion, decision, event.correlation_id, canary)
     if decision.rejudge:
         await _request_rejudgement(conn, event.model, event.version, champion, event.correlation_id)
     log.info("model %s v%d re-judged: %s", event.model, event.version, decision.reason)
@@ -157,9 +185,13 @@ async def _rejudged(
 
 async def _apply(
     conn: asyncpg.Connection, model: str, version: int, champion: int | None, decision: PromotionDecision,
-    correlation_id: str | None,
+    correlation_id: str | None, canary: CanaryRelease | None = None,
 ) -> None:  # fmt: skip
-    if decision.promote and decision.alias:
+    if decision.promote and decision.alias == "canary" and canary is not None:
+        await repository.move_alias(conn, model, "canary", version, actor="policy", reason=decision.reason,
+                                    correlation_id=correlation_id, share=canary.share, judged=True)  # fmt: skip
+        await canaries.start(conn, model, version, canary.share, True, datetime.now(UTC) + canary.deadline)
+    elif decision.promote and decision.alias:
         await repository.move_alias(conn, model, decision.alias, version, actor="policy", reason=decision.reason,
                                     correlation_id=correlation_id)  # fmt: skip
     else:
