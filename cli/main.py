@@ -16,7 +16,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from cli import ops, tokens
+from cli import ops, releases, tokens
 from cli.demo import Demo, DemoConfig, DemoState
 from cli.supervisor import CONSOLE, SERVICES, Supervisor, UpState, pid_alive
 from devstack.embedded import port_open
@@ -470,6 +470,9 @@ def _stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+releases.register(app)  # models, promote, rollback, canary
 
 
 def main() -> None:

@@ -3,12 +3,17 @@ champion on labels, and the registry's canary policy rolls a worse canary back a
 
 from __future__ import annotations
 
+import asyncio
+import json
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
 from cli.churn_stream import FEATURES, ChurnStream
+from cli.main import app
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import Label, LabelsArrived, PredictionRecord, PredictionsLogged
 from services.monitor.app import create_app as create_monitor
@@ -18,6 +23,7 @@ from services.registry.settings import RegistrySettings
 from tests.conftest import Isolation, serve
 from tests.helpers import wait_until
 from tests.integration.test_registry import _has, trained
+from tests.integration.test_serving_runtime import listening
 from tests.integration.test_trainer import publish
 
 pytestmark = pytest.mark.integration
@@ -118,3 +124,44 @@ async def _no_alias(registry: Any, alias: str) -> bool:
 
 async def _champion(registry: Any, version: int) -> bool:
     return bool((await registry.get("/v1/models")).json()[0]["aliases"].get("champion") == version)
+
+
+async def test_the_cli_lists_models_and_moves_aliases(isolated: Isolation, tmp_path: Path) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    registry_app, _ = create_registry(isolated.settings(RegistrySettings))
+    monitor_app, _ = create_monitor(isolated.settings(MonitorSettings))
+    async with (
+        serve(registry_app) as registry, serve(monitor_app),
+        listening(registry_app) as registry_at, listening(monitor_app) as monitor_at,
+    ):  # fmt: skip
+        await publish(isolated, trained(store, 0.7), trained(store, 0.65, 0.7, 1))
+        await wait_until(lambda: _has(registry, 2), message="v2")
+        env = {"DRIFTLOOP_TOKEN": registry.headers["authorization"].removeprefix("Bearer "),
+               "DRIFTLOOP_REGISTRY_URL": f"http://{registry_at}", "DRIFTLOOP_MONITOR_URL": f"http://{monitor_at}",
+               "DRIFTLOOP_HOME": str(tmp_path)}  # fmt: skip
+
+        async def cli(*args: str) -> tuple[int, Any]:
+            run = await asyncio.to_thread(CliRunner().invoke, app, [*args, "--json"], env=env)
+            return run.exit_code, json.loads(run.stdout)
+
+        assert await cli("canary", "churn", "2", "--share", "25") == (
+            0, {"model": "churn", "alias": "canary", "from_version": None, "to_version": 2})  # fmt: skip
+        code, listing = await cli("models")
+        assert code == 0
+        assert (listing[0]["aliases"], listing[0]["canary"]["share"]) == ({"champion": 1, "canary": 2}, 25)
+        assert [v["version"] for v in listing[0]["versions"]] == [2, 1]
+        assert listing[0]["live"]["champion"] == 1  # the monitor's view rides along
+        code, refused = await cli("canary", "churn", "2", "--share", "150")
+        assert (code, refused["status"]) == (1, 422)
+        assert "share" in refused["message"]
+        code, refused = await cli("promote", "churn", "9", "--reason", "typo")
+        assert (code, refused["status"]) == (1, 404)
+        assert await cli("rollback", "churn", "2", "--reason", "enough") == (
+            0, {"model": "churn", "alias": "canary", "from_version": 2})  # fmt: skip
+        assert (await cli("promote", "churn", "2", "--reason", "v2 wins"))[1]["to_version"] == 2
+        assert (await cli("rollback", "churn", "1", "--reason", "v2 misbehaves"))[1]["to_version"] == 1
+        actions = [(a["action"], a["alias"], a["to_version"], a["actor"]) for a in (await audit(registry))[:4]]
+        assert actions == [
+            ("rollback", "champion", 1, "test-admin"), ("promote", "champion", 2, "test-admin"),
+            ("rollback", "canary", None, "test-admin"), ("promote", "canary", 2, "test-admin"),
+        ]  # fmt: skip
