@@ -97,7 +97,7 @@ def counted_sources(counts: Iterable[tuple[BatchEntry, int]]) -> list[Source] | 
 
 
 def arrow_schema(schema: DatasetSchema) -> pa.Schema:
-    columns: list[FeatureSpec] = [*schema.features, schema.target]
+    columns: list[FeatureSpec] = schema.stored_columns
     fields = [pa.field(c.name, _ARROW_TYPES[c.dtype], nullable=True) for c in columns]
     return pa.schema([*fields, pa.field(INGESTED_AT, pa.timestamp("ms", tz="UTC"))])
 

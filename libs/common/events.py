@@ -183,6 +183,21 @@ class Rejudgement(BaseModel):
     champion_version: int = Field(description="The champion at re-judgement time.")
     champion_metrics: dict[str, float] = Field(description="The current champion on the same holdout.")
     metrics: dict[str, float] = Field(description="The challenger on the same holdout.")
+    fairness: dict[str, float] | None = Field(default=None, description="The challenger's group differences.")
+    champion_fairness: dict[str, float] | None = Field(
+        default=None, description="The current champion's group differences on the same holdout."
+    )
+
+
+class Cards(BaseModel):
+    """A version's model card and data card, each as Markdown and as JSON (see docs/cards.md)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model_markdown: ArtifactRef
+    model_json: ArtifactRef
+    data_markdown: ArtifactRef
+    data_json: ArtifactRef
 
 
 class ModelTrained(Event):
@@ -224,6 +239,17 @@ class ModelTrained(Event):
         default=None,
         description="Set when the champion changed while the job trained: champion_* then hold the re-judgement.",
     )
+    fairness: dict[str, float] | None = Field(
+        default=None,
+        description="Group differences on the holdout per declared sensitive feature, lower is fairer "
+        "(None: no sensitive feature declared).",
+        examples=[{"demographic_parity_difference:sex": 0.04, "equalized_odds_difference:sex": 0.06}],
+    )
+    champion_fairness: dict[str, float] | None = Field(
+        default=None, description="The champion's group differences on the same holdout."
+    )
+    cards: Cards | None = Field(default=None, description="The model and data cards (None: see card_error).")
+    card_error: str | None = Field(default=None, description="Why the cards are missing, when they are.")
 
     def key(self) -> bytes:
         return self.model.encode()

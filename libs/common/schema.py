@@ -67,10 +67,26 @@ class DatasetSchema(BaseModel):
         description="Column naming each record (not a feature): ingest refuses a record whose key it has already "
         "stored. Without a key every row is data, identical ones included (repeated observations are normal).",
     )
+    attributes: list[FeatureSpec] = Field(
+        default_factory=list,
+        description="Columns validated and stored with every row but never given to the model (e.g. a sensitive "
+        "attribute the model must not use but its fairness is measured on).",
+    )
+    sensitive: list[str] = Field(
+        default_factory=list,
+        description="Sensitive features: names of features or attributes whose groups the trainer compares on "
+        "the holdout (group metrics, fairness differences) and the promotion gate keeps from getting worse.",
+        examples=[["sex"]],
+    )
+    description: str | None = Field(
+        default=None,
+        max_length=4000,
+        description="What the data is and what models trained on it are for: the model card's intended use.",
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
-        counts = Counter(f.name for f in self.features)
+        counts = Counter(f.name for f in [*self.features, *self.attributes])
         counts[self.target.name] += 1
         duplicates = sorted(n for n, c in counts.items() if c > 1)  # linear: schemas may have 10⁵ features
         if duplicates:
@@ -79,7 +95,21 @@ class DatasetSchema(BaseModel):
             raise ValueError(f"the key {self.key!r} must be a column of its own, not a feature or the target")
         if self.task is Task.REGRESSION and self.target.dtype is DType.CATEGORICAL:
             raise ValueError("a regression target must be numeric")
+        unknown = [name for name in self.sensitive if name not in counts or name == self.target.name]
+        if unknown:
+            raise ValueError(f"sensitive features must be features or attributes of the schema, unknown: {unknown}")
+        if len(set(self.sensitive)) != len(self.sensitive):
+            raise ValueError(f"sensitive features are repeated: {self.sensitive}")
         return self
+
+    @property
+    def stored_columns(self) -> list[FeatureSpec]:
+        """Every column ingest validates and stores: the features, the attributes, then the target."""
+        return [*self.features, *self.attributes, self.target]
+
+    def column(self, name: str) -> FeatureSpec | None:
+        """A feature or an attribute by name."""
+        return next((f for f in [*self.features, *self.attributes] if f.name == name), None)
 
     def feature(self, name: str) -> FeatureSpec | None:
         return next((f for f in self.features if f.name == name), None)

@@ -81,6 +81,20 @@ class Version(BaseModel):
     schema_: dict[str, Any] = Field(alias="schema", description="The dataset schema it was trained on.")
     onnx: dict[str, Any] | None
     runtime: str
+    fairness: dict[str, float] | None = Field(
+        default=None,
+        description="Group differences on the holdout, '<metric>:<sensitive feature>' → value, lower is fairer.",
+        examples=[{"demographic_parity_difference:sex": 0.04}],
+    )
+    champion_fairness: dict[str, float] | None = Field(
+        default=None, description="The champion's group differences on the same holdout (what the gate compared)."
+    )
+    cards: dict[str, Any] | None = Field(
+        default=None,
+        description="Artifact refs of the model and data cards (Markdown and JSON); read them rendered with "
+        "GET /v1/models/{model}/versions/{version}/card. None: see card_error.",
+    )
+    card_error: str | None = Field(default=None, description="Why the version has no cards.")
 
 
 class AliasMoved(BaseModel):

@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 def spec(settings: RegistrySettings) -> ServiceSpec:
     config = PromotionConfig(
-        min_metric=settings.min_metric, min_gain=settings.min_gain, require_approval=settings.require_approval
+        min_metric=settings.min_metric,
+        min_gain=settings.min_gain,
+        require_approval=settings.require_approval,
+        fairness_tolerance=settings.fairness_tolerance,
     )
 
     canary = CanaryConfig(min_labels=settings.canary_min_labels, margin=settings.canary_margin,

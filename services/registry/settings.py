@@ -16,6 +16,9 @@ class RegistrySettings(ServiceSettings):
     """Minimum gain over the champion on the same holdout."""
     require_approval: bool = False
     """Promote winners to the 'candidate' alias only; a person moves 'champion'."""
+    fairness_tolerance: float = Field(default=0.05, ge=0)
+    """How much a challenger may widen any group difference on the holdout (demographic parity, equalized
+    odds, accuracy or MAE gap per declared sensitive feature) over the champion's before it is refused."""
     max_untrusted_share: float = Field(default=0.5, ge=0, le=1)
     """A version whose training rows, or the labels behind the performance alarm that caused it, came
     from untrusted principals (summed) for more than this share is held at 'candidate' for an approver."""

@@ -42,6 +42,12 @@ class TrainerSettings(ServiceSettings):
     """Share of the most recent rows held out to compare challenger and champion."""
     max_training_rows: int = Field(default=50_000, ge=100)
     """Most recent rows a job trains on at most."""
+    min_group_rows: int = Field(default=20, ge=1)
+    """Holdout rows a sensitive group needs for its gap to count in the fairness differences."""
+    importance_rows: int = Field(default=1000, ge=50)
+    """Holdout rows (a seeded subsample) permutation importance and explanation backgrounds use."""
+    importance_repeats: int = Field(default=3, ge=1)
+    """Shuffles per feature in permutation importance."""
     workers: int = Field(default=1, ge=0)
     """Worker processes running jobs; 0 makes this replica queue jobs only (others run them)."""
     job_lease_s: float = Field(default=60.0, gt=0)

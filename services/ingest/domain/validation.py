@@ -152,7 +152,7 @@ def validate(
         source = _TextTable(table) if from_text else _TypedTable(table, schema)
     else:
         source = _Records(records or [], from_text)
-    columns = [*schema.features, schema.target]
+    columns = schema.stored_columns
     arrays: list[pa.Array] = []
     problems: dict[int, list[tuple[str, str]]] = {}
     for spec in columns:
@@ -450,7 +450,7 @@ class _TypedTable(_Table):
     def __init__(self, table: pa.Table, schema: DatasetSchema) -> None:
         super().__init__(table)
         self.normalised: dict[str, pa.Array] = {}
-        for spec in [*schema.features, schema.target]:
+        for spec in schema.stored_columns:
             column = super().column(spec.name)
             if column is None:
                 if not spec.nullable:

@@ -50,6 +50,20 @@ async def register(conn: asyncpg.Connection, event: ModelTrained, decision: str)
     return version
 
 
+async def record_governance(conn: asyncpg.Connection, model: str, version: int, event: ModelTrained) -> None:
+    """The version's group differences (its own and the champion's) and its cards, or why there are none."""
+    await conn.execute(
+        "UPDATE versions SET fairness = $3, champion_fairness = $4, cards = $5, card_error = $6 "
+        "WHERE model = $1 AND version = $2",
+        model, version, _json(event.fairness), _json(event.champion_fairness),
+        event.cards.model_dump_json() if event.cards is not None else None, event.card_error,
+    )  # fmt: skip
+
+
+def _json(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
+
+
 def onnx_export(row: asyncpg.Record) -> OnnxExport | None:
     """The version's ONNX export, if its trainer made one (versions from before exports have none)."""
     return OnnxExport.model_validate_json(row["onnx"]) if row["onnx"] else None
@@ -197,7 +211,17 @@ def version_out(row: asyncpg.Record, aliases: list[str] | None = None) -> dict[s
         "schema": json.loads(row["schema"]),
         "onnx": onnx.model_dump(mode="json") if (onnx := onnx_export(row)) is not None else None,
         "runtime": runtime(onnx),
+        "fairness": _loaded(row, "fairness"),
+        "champion_fairness": _loaded(row, "champion_fairness"),
+        "cards": _loaded(row, "cards"),
+        "card_error": row.get("card_error"),
     }
+
+
+def _loaded(row: asyncpg.Record, column: str) -> Any:
+    """A JSON column of the row, None when unset (or not selected)."""
+    raw = row.get(column)
+    return json.loads(raw) if raw else None
 
 
 async def keep_holdout(

@@ -14,6 +14,15 @@ current champion on the challenger's own holdout (the trainer re-scores
 both), because the champion changing says nothing about whether the
 challenger is better, and throwing a better model away costs a whole
 retrain. Only the re-judged figures decide, under the same rules.
+
+Fairness: when the dataset declares sensitive features, the trainer scores the
+challenger and the champion on the same holdout per group too, and reports
+differences between groups (demographic parity, equalized odds, accuracy or
+MAE gaps), each lower-is-fairer. A challenger that beats the champion overall
+but widens any of these gaps by more than ``fairness_tolerance`` is refused:
+overall accuracy can rise while one group pays for it, and an automatic gate
+would otherwise promote exactly that. A gap the champion was not measured on
+(it predates the declaration) cannot be compared and does not block.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ class PromotionConfig:
     """Minimum improvement over the champion on the same holdout."""
     require_approval: bool = False
     """Stop at the ``candidate`` alias; a person promotes to ``champion``."""
+    fairness_tolerance: float = 0.05
+    """How much a challenger may widen any group difference (absolute) over the champion's."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,10 @@ class Candidate:
     champion_metrics: dict[str, float] | None
     evaluated_against: int | None
     """The champion version the trainer compared with."""
+    fairness: dict[str, float] | None = None
+    """Group differences on the holdout, ``{"<metric>:<feature>": value}``, lower is fairer."""
+    champion_fairness: dict[str, float] | None = None
+    """The champion's on the same holdout."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +99,33 @@ def decide(candidate: Candidate, champion: int | None, config: PromotionConfig) 
         return PromotionDecision(
             False, None, f"{name} {score:.4f} vs champion {baseline:.4f}: gain {gain:+.4f} < {config.min_gain:.4f}"
         )
-    return PromotionDecision(
-        True, target, f"{name} {score:.4f} beats champion v{champion} ({baseline:.4f}) by {gain:+.4f}"
-    )
+    beats = f"{name} {score:.4f} beats champion v{champion} ({baseline:.4f}) by {gain:+.4f}"
+    worse = fairness_regressions(candidate, config.fairness_tolerance)
+    if worse:
+        return PromotionDecision(False, None, f"{beats}, but fairness is worse: {'; '.join(worse)}")
+    return PromotionDecision(True, target, beats + fairness_note(candidate))
+
+
+def fairness_regressions(candidate: Candidate, tolerance: float) -> list[str]:
+    """The group differences the challenger widens by more than ``tolerance`` over the champion, described.
+
+    Every difference is lower-is-fairer, so "worse" is simply larger; only
+    differences measured for both models on the same holdout are compared.
+    """
+    mine, theirs = candidate.fairness or {}, candidate.champion_fairness or {}
+    return [
+        f"{key} {mine[key]:.4f} vs champion {theirs[key]:.4f} ({mine[key] - theirs[key]:+.4f} > tolerance "
+        f"{tolerance:.4f})"
+        for key in sorted(mine.keys() & theirs.keys())
+        if mine[key] - theirs[key] > tolerance
+    ]
+
+
+def fairness_note(candidate: Candidate) -> str:
+    """What the audit says about fairness when it did not block (compared, or why not)."""
+    if not candidate.fairness:
+        return ""
+    compared = candidate.fairness.keys() & (candidate.champion_fairness or {}).keys()
+    if not compared:
+        return "; fairness not compared (the champion has no group metrics on this holdout)"
+    return f"; fairness within tolerance on {len(compared)} group differences"

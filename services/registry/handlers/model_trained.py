@@ -126,6 +126,8 @@ async def _trained(
         metrics=event.metrics,
         champion_metrics=event.champion_metrics,
         evaluated_against=event.champion_version,
+        fairness=event.fairness,
+        champion_fairness=event.champion_fairness,
     )
     decision = decide(candidate, champion, config)
     if decision.rejudge and event.holdout is None:
@@ -134,6 +136,7 @@ async def _trained(
                                      event.row_sources, trust)  # fmt: skip
     decision = _via_canary(decision, event.trigger, champion, canary)
     version = await repository.register(conn, event, outcome)
+    await repository.record_governance(conn, event.model, version, event)
     await repository.keep_holdout(conn, event.model, version, event.holdout, event.row_sources)
     await repository.audit(conn, event.model, "register", "policy", f"trained by job {event.job_id} "
                            f"({event.trigger}) on {event.dataset} v{event.dataset_version}",
@@ -165,6 +168,8 @@ async def _rejudged(
         metrics=rejudgement.metrics,
         champion_metrics=rejudgement.champion_metrics,
         evaluated_against=rejudgement.champion_version,
+        fairness=rejudgement.fairness,
+        champion_fairness=rejudgement.champion_fairness,
     )
     decision = decide(candidate, champion, config)
     if decision.rejudge and await repository.rejudgements(conn, event.model, event.version) >= MAX_REJUDGEMENTS:

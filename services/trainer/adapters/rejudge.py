@@ -20,6 +20,7 @@ from libs.common.artifacts import ArtifactStore
 from libs.common.events import ArtifactRef
 from libs.common.frames import features_frame
 from libs.common.schema import DatasetSchema, Task
+from services.trainer.domain.fairness import fairness_report
 from services.trainer.domain.training import evaluate
 
 
@@ -33,10 +34,14 @@ def rejudge(spec: dict[str, Any]) -> dict[str, Any]:
         y = y.astype(float)
     challenger = models.load(store, ArtifactRef.model_validate(spec["challenger"]))
     champion = models.load(store, ArtifactRef.model_validate(spec["champion"]))
+    mine, theirs = (fairness_report(schema, m, holdout, x, y, spec.get("min_group_rows", 20))
+                    for m in (challenger, champion))  # fmt: skip
     return {
         "metrics": evaluate(schema, challenger, x, y),
         "champion_metrics": evaluate(schema, champion, x, y),
         "holdout_rows": len(holdout),
+        "fairness": mine.differences if mine else None,
+        "champion_fairness": theirs.differences if theirs else None,
     }
 
 

@@ -334,6 +334,13 @@ class JobRunner:
                 # A drift job's rows start where the monitor's window did: leave out those before the change.
                 "trim_to_change": job["trigger"] == "drift",
             },
+            "governance": {
+                "min_group_rows": s.min_group_rows,
+                "importance_rows": s.importance_rows,
+                "importance_repeats": s.importance_repeats,
+                "seed": s.seed,
+            },
+            "job": {"id": str(job["id"]), "model": job["model"], "dataset": job["dataset"], "trigger": job["trigger"]},
         }
 
     async def _rejudge(
@@ -369,8 +376,11 @@ class JobRunner:
                 "champion_version": current["champion_version"],
                 "champion_metrics": scores["champion_metrics"],
                 "metrics": scores["metrics"],
+                "fairness": scores.get("fairness"),
+                "champion_fairness": scores.get("champion_fairness"),
             }
             result["champion_metrics"] = scores["champion_metrics"]
+            result["champion_fairness"] = scores.get("champion_fairness")
             compared = current["champion_version"]
             log.info("re-judged job %s against champion v%s", job["id"], compared, extra=record)
             last = record
@@ -405,6 +415,8 @@ class JobRunner:
             row_sources=result.get("row_sources"),
             holdout=ArtifactRef.model_validate(result["holdout"]) if result.get("holdout") else None,
             rejudged=Rejudgement.model_validate(rejudged) if rejudged else None,
+            fairness=result.get("fairness"),
+            champion_fairness=result.get("champion_fairness"),
         )
         async with self.rt.db.acquire() as conn, conn.transaction():
             # The baseline for "new rows since the last model": the version the job trained on.

@@ -30,6 +30,7 @@ from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.frames import features_frame
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType, Task
+from services.trainer.adapters import governance
 from services.trainer.adapters.rejudge import holdout_parquet
 from services.trainer.domain.export import export
 from services.trainer.domain.training import TrainingConfig, TrainingResult, train
@@ -135,6 +136,10 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
             metrics=result.metrics,
             seed=config.seed,
         )
+    with stage("governance"):
+        holdout = governance.holdout_rows(schema, frame, result)
+        rules = spec.get("governance", {})
+        mine, theirs = governance.fairness(schema, holdout, result, champion, rules.get("min_group_rows", 20))
     with stage("store"):
         model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
         _PIPELINES.clear()
@@ -143,7 +148,6 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         _EXPORTABLE[model_ref.sha256] = (result.pipeline, result.holdout_frame)
         profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
         # The holdout is the newest rows: kept so a stale comparison can be re-judged on the same rows.
-        holdout = frame.dropna(subset=[schema.target.name]).tail(result.holdout_rows)
         holdout_ref = store.put(holdout_parquet(holdout), suffix=".holdout.parquet")
     return {
         "params": result.params,
@@ -160,6 +164,9 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         "search": result.search,
         "row_sources": [s.model_dump() for s in sources] if (sources := counted_sources(counts)) is not None else None,
         "holdout": holdout_ref.model_dump(),
+        "fairness": mine.differences if mine else None,
+        "champion_fairness": theirs.differences if theirs else None,
+        "fairness_groups": mine.to_dict() if mine else None,
     }
 
 

@@ -49,6 +49,8 @@ def handler(rt: Runtime, rescore: Rescore) -> EventHandler[RejudgementRequested]
                 champion_version=champion["champion_version"],
                 champion_metrics=scores["champion_metrics"],
                 metrics=scores["metrics"],
+                fairness=scores.get("fairness"),
+                champion_fairness=scores.get("champion_fairness"),
             ),
         )
         if await outbox.once(rt.db, CONSUMER, event, lambda conn: _answer(conn, answer)) is None:
