@@ -14,6 +14,7 @@ from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.ingest import api
 from services.ingest.adapters import compaction
+from services.ingest.domain import validation
 from services.ingest.handlers import records_submitted
 from services.ingest.settings import IngestSettings
 
@@ -24,6 +25,7 @@ def spec(settings: IngestSettings) -> ServiceSpec:
     stored = asyncio.Event()  # set after each stored submission: the compactor looks at once
 
     async def on_start(rt: Runtime) -> None:
+        await asyncio.to_thread(validation.warm_up)
         consumer = records_submitted.consumer(rt, settings, stored)
         consumer.start()
         batcher.append(consumer)

@@ -109,6 +109,10 @@ _JSON_KINDS: dict[DType, frozenset[type]] = {
 _NUMBER_TEXT = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _TRUE = ["true", "1", "yes", "t", "y"]
 _FALSE = ["false", "0", "no", "f", "n"]
+_WARM_UP = DatasetSchema.model_validate(
+    {"features": [{"name": "x", "dtype": "numeric", "min": 0}], "target": {"name": "y", "dtype": "categorical"},
+     "task": "classification"}
+)  # fmt: skip
 _EXACT = float(2**53)
 """Integers beyond this lose digits as floats: compared with the scalar rule, not in float64."""
 
@@ -123,6 +127,13 @@ def key_text(value: Any) -> str | None:
 def record_key(schema: DatasetSchema, record: dict[str, Any]) -> str | None:
     """The record's key as text (None: the schema has no key, or the record lacks it)."""
     return None if schema.key is None else key_text(record.get(schema.key))
+
+
+def warm_up(schema: DatasetSchema | None = None) -> None:
+    """Validate a tiny CSV-like batch once: the first ``pyarrow.compute`` call with a Python scalar
+    imports pandas (seconds on a busy machine), which should not land on the first request."""
+    table = pa.table({"x": pa.array(["1", ""]), "y": pa.array(["a", ""])})
+    validate(schema or _WARM_UP, table=table, from_text=True)
 
 
 def validate_records(
