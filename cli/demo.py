@@ -77,6 +77,9 @@ class DemoState:
     initial_version: int | None = None
     retrained_version: int | None = None
     serving_version: int | None = None
+    """The champion's version, as the last answer from it said."""
+    canary_versions: Counter[int] = field(default_factory=Counter)
+    """Predictions answered by a canary, per version (a drift retrain released through a canary first)."""
     injected_at: float | None = None
     injected_at_utc: datetime | None = None
     recovered_at: float | None = None
@@ -251,7 +254,10 @@ class Demo:
                 continue
             body = answer.json()
             version = body["version"]
-            self.state.serving_version = version
+            if body.get("alias", "champion") == "champion":  # a canary's answer is not the champion changing
+                self.state.serving_version = version
+            else:
+                self.state.canary_versions[version] += len(rows)
             now = time.monotonic()
             for row, result in zip(rows, body["predictions"], strict=True):
                 correct = result["prediction"] == row[TARGET]
@@ -360,6 +366,7 @@ class Demo:
             "loop_closed": closed,
             "initial_version": s.initial_version,
             "retrained_version": s.retrained_version,
+            "canary_predictions": {str(v): n for v, n in sorted(s.canary_versions.items())},
             "drift_detected_after_rows": s.drift_detected_after_rows,
             "false_drift_events_before_injection": s.false_drift_events,
             "drift_events": len(s.drift_events),

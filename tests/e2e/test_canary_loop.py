@@ -1,0 +1,69 @@
+"""The loop with a canary release: five service processes on the embedded stack, synthetic traffic, injected
+drift; the drift retrain goes to the canary first (DRIFTLOOP_REGISTRY_DRIFT_RETRAIN=canary), takes half
+the traffic, is judged on live labels against the champion, and only then becomes the champion."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cli.demo import Demo, DemoConfig
+from cli.main import DEMO_ENV
+from cli.supervisor import Supervisor
+from cli.tokens import read_token
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+
+CANARY_ENV = {
+    **DEMO_ENV,
+    "DRIFTLOOP_REGISTRY_DRIFT_RETRAIN": "canary",
+    "DRIFTLOOP_REGISTRY_CANARY_SHARE": "50",
+    "DRIFTLOOP_REGISTRY_CANARY_MIN_LABELS": "100",
+    "DRIFTLOOP_MONITOR_COMPARE_EVERY": "25",
+}
+
+
+def test_a_drift_retrain_goes_through_a_canary_before_it_becomes_champion() -> None:
+    home = Path(tempfile.mkdtemp(prefix="driftloop-e2e-canary-"))  # not under pytest's basetemp (see test_loop)
+    supervisor = Supervisor(home, ports=Supervisor.free_ports(), env=CANARY_ENV, log_to_files=True)
+    state = supervisor.start()
+    try:
+        config = DemoConfig(seed=21, stationary_predictions=2500, recovery_predictions=500, timeout_s=300)
+        token = read_token(home)
+        result = asyncio.run(Demo(state.services, state.kafka_bootstrap, config, token=token).run())
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=state.services["registry"], headers=headers, timeout=10) as registry:
+            audit = registry.get(f"/v1/models/{result['dataset']}/audit").json()[::-1]  # oldest first
+            aliases = next(m for m in registry.get("/v1/models").json() if m["model"] == result["dataset"])["aliases"]
+    finally:
+        supervisor.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+    print({k: result[k] for k in ("initial_version", "retrained_version", "canary_predictions", "time_to_recover_s",
+                                  "accuracy_during_drift", "accuracy_after_recovery")})  # fmt: skip
+    assert result["loop_closed"], result["errors"]
+    retrained = result["retrained_version"]
+    assert aliases["champion"] == retrained
+    assert "canary" not in aliases  # the canary ended when it became the champion
+    # The retrained version answered as a canary before it answered as the champion ...
+    assert result["canary_predictions"].get(str(retrained), 0) > 0
+    moves = [(a["action"], a["alias"], a["to_version"], a["actor"]) for a in audit]
+    released = moves.index(("promote", "canary", retrained, "policy"))
+    promoted = moves.index(("promote", "champion", retrained, "policy"))
+    assert released < promoted
+    # ... and was promoted by the canary policy on live labels, with the figures in the audit.
+    reason = _reason(audit, promoted)
+    assert "released as a canary" in _reason(audit, released)
+    assert "canary better" in reason or "not worse" in reason
+    assert "newcombe-wilson-95" in reason
+    assert result["dlq_messages"] == 0, result["dead_letters"]
+
+
+def _reason(audit: list[dict[str, Any]], index: int) -> str:
+    return str(audit[index]["reason"])
