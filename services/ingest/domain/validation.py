@@ -348,19 +348,15 @@ class _Records(_Source):
         self.positions: dict[int, int] | None = None
         self.n = len(self.rows)
         self.from_text = from_text
-        self.columns: dict[str, tuple[Any, ...]] | None = None
-        shapes = set(map(tuple, self.rows)) if self.rows else set()
-        if len(shapes) == 1:  # every record has the same keys in the same order: transposed in C
-            self.columns = dict(zip(shapes.pop(), zip(*map(dict.values, self.rows), strict=True), strict=True))
 
     def fast(self, spec: FeatureSpec) -> tuple[pa.Array, np.ndarray]:
         kind = _ARROW[spec.dtype]
         if self.from_text:  # text in records (the csv module's path): every value through the scalar rule
             return pa.nulls(self.n, kind), np.ones(self.n, dtype=bool)
         column: Sequence[Any]
-        if self.columns is not None:
-            column = self.columns.get(spec.name) or [MISSING] * self.n
-        else:
+        try:  # every record has the column: gathered in C
+            column = list(map(operator.itemgetter(spec.name), self.rows))
+        except KeyError:
             column = [r.get(spec.name, MISSING) for r in self.rows]
         allowed = _JSON_KINDS[spec.dtype]
         suspect = np.zeros(self.n, dtype=bool)
