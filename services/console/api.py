@@ -129,12 +129,27 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
         if not allowed:
             raise Forbidden(f"{who.name} may not move {alias} of {model!r} to version {target} "
                             f"(roles: {', '.join(who.roles) or 'none'})")  # fmt: skip
-        if len(reason) < 3:
-            raise BadRequest("say why in the reason field (at least 3 characters); it goes into the audit trail")
-        await backends.put("registry", f"/v1/models/{m}/aliases/{quote(alias, safe='')}", who.token,
-                           {"version": target, "reason": reason}, form.get("key", ""))  # fmt: skip
+        _check_reason(reason)
+        body: dict[str, Any] = {"version": target, "reason": reason}
+        if alias == "canary" and form.get("share"):
+            body["share"] = _number(form["share"], "share")
+        await backends.put("registry", f"/v1/models/{m}/aliases/{alias}", who.token, body, form.get("key", ""))
         done = urlencode({"done": f"{allowed[0].kind.value}: {alias} is now version {target}"})
         return RedirectResponse(f"/models/{m}?{done}", status_code=303)
+
+    @app.post("/models/{model}/aliases/{alias}/end", include_in_schema=False)
+    async def end(request: Request, model: str, alias: str) -> Response:
+        who = await person(request)
+        form = await _check_form(request, who)
+        if alias not in ("canary", "shadow"):
+            raise NotFound(f"only a canary or a shadow can be ended, not {alias!r}", alias=alias)
+        if not may(who.roles, "operator"):
+            raise Forbidden(f"ending a {alias} needs the role 'operator', which {who.name} lacks")
+        reason = form.get("reason", "").strip()
+        _check_reason(reason)
+        m = quote(model, safe="")
+        await backends.delete("registry", f"/v1/models/{m}/aliases/{alias}", who.token, reason=reason)
+        return RedirectResponse(f"/models/{m}?{urlencode({'done': f'end: the {alias} is ended'})}", status_code=303)
 
     @app.get("/jobs", include_in_schema=False)
     async def jobs(request: Request, model: str | None = None) -> HTMLResponse:
@@ -171,6 +186,18 @@ async def _form(request: Request) -> dict[str, str]:
     if len(body) > MAX_FORM_BYTES:
         raise PayloadTooLarge(f"a console form is at most {MAX_FORM_BYTES} bytes")
     return {k: v[0] for k, v in parse_qs(body.decode(errors="replace"), keep_blank_values=True).items()}
+
+
+def _check_reason(reason: str) -> None:
+    if len(reason) < 3:
+        raise BadRequest("say why in the reason field (at least 3 characters); it goes into the audit trail")
+
+
+def _number(value: str, field: str) -> float:
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise BadRequest(f"{field}: {value!r} is not a number", field=field) from exc
 
 
 def _int(value: str | None, field: str) -> int:

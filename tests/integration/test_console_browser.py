@@ -245,6 +245,20 @@ async def test_a_person_reads_the_console_and_acts_only_as_their_role_allows(run
         await expect(first).to_have_attribute("data-action", "rollback")
         await expect(first).to_contain_text("otto")
         await shot(page, "08-rolled-back")
+        canary = page.locator('tr.version[data-version="2"] form[data-alias="canary"][data-kind="promote"]')
+        await canary.locator('input[name="reason"]').fill("try v2 on a quarter of the traffic")
+        await canary.locator('input[name="share"]').fill("25")
+        await canary.locator("button").click()
+        await expect(page.locator("#done")).to_contain_text("canary is now version 2")
+        end = page.locator('tr.version[data-version="2"] form[data-kind="end"]')
+        await page.click("text=Models")
+        await expect(page.locator('tr.model[data-model="churn"]')).to_contain_text("canary at 25 %")
+        await page.go_back()
+        await end.locator('input[name="reason"]').fill("enough seen")
+        await end.locator("button").click()
+        await expect(page.locator("#done")).to_contain_text("the canary is ended")
+        await expect(page.locator('tr.version[data-version="2"] span.badge.canary')).to_have_count(0)
+        await shot(page, "09-canary-ended")
         session = next(k for k in await context.cookies() if k["name"] == "driftloop_session")["value"]
 
     # The same POST without the form's CSRF value, or from another site, changes nothing.

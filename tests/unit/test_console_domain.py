@@ -17,6 +17,7 @@ def offered(version: int, *roles: str) -> set[tuple[str, str]]:
 
 def test_a_reader_is_offered_nothing() -> None:
     assert all(offered(v, "reader") == set() for v in (1, 3, 4, 5))
+    assert offered(4, "approver") == {("approve", "champion")}  # ending the canary is the operator's
 
 
 def test_an_approver_may_move_champion_forward_only() -> None:
@@ -27,7 +28,7 @@ def test_an_approver_may_move_champion_forward_only() -> None:
 
 def test_an_operator_rolls_back_and_places_canary_and_shadow() -> None:
     assert offered(2, "operator") == {("rollback", "champion"), ("promote", "canary"), ("promote", "shadow")}
-    assert offered(4, "operator") == {("promote", "shadow")}  # already the canary
+    assert offered(4, "operator") == {("promote", "shadow"), ("end", "canary")}  # already the canary
     assert offered(3, "operator") == set()  # the champion itself
     assert ("approve", "champion") not in offered(5, "operator")
 

@@ -66,6 +66,9 @@ class Backends:
         headers = {"Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         return (await self._call("PUT", service, path, token, json=body, headers=headers)).json()
 
+    async def delete(self, service: str, path: str, token: str, **params: Any) -> Any:
+        return (await self._call("DELETE", service, path, token, params=params)).json()
+
     async def _call(
         self, method: str, service: str, path: str, token: str | None, headers: dict[str, str] | None = None,
         **kwargs: Any,

@@ -19,6 +19,8 @@ class Kind(StrEnum):
     APPROVE = "approve"
     ROLLBACK = "rollback"
     PROMOTE = "promote"
+    END = "end"
+    """End a canary or shadow: its traffic returns to the champion."""
 
 
 @dataclass(frozen=True)
@@ -49,5 +51,10 @@ def actions_for(version: int, aliases: Mapping[str, int], roles: Iterable[str]) 
         Action(Kind.PROMOTE, alias, version, "operator", f"Make v{version} the {alias}")
         for alias in ("canary", "shadow")
         if champion is not None and champion != version and aliases.get(alias) != version  # the registry's rule
+    ]
+    offered += [
+        Action(Kind.END, alias, version, "operator", f"End the {alias} (traffic back to the champion)")
+        for alias in ("canary", "shadow")
+        if aliases.get(alias) == version
     ]
     return [a for a in offered if may(held, a.role)]
