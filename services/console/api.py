@@ -105,8 +105,25 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
     @app.get("/models/{model}/versions/{version}", include_in_schema=False)
     async def version(request: Request, model: str, version: int) -> HTMLResponse:
         who = await person(request)
-        found = await backends.get("registry", f"/v1/models/{quote(model, safe='')}/versions/{version}", who.token)
-        return page(request, "version.html", who, model=model, v=found)
+        path = f"/v1/models/{quote(model, safe='')}/versions/{version}"
+        found = await backends.get("registry", path, who.token)
+        cards = (
+            await _optional(backends.get_optional("registry", f"{path}/card", who.token))
+            if found.get("cards")
+            else None
+        )
+        return page(request, "version.html", who, model=model, v=found, cards=cards)
+
+    @app.get("/models/{model}/versions/{version}/card.md", include_in_schema=False)
+    async def card_markdown(request: Request, model: str, version: int) -> Response:
+        """The model card and the data card as one Markdown file, as the registry renders them."""
+        who = await person(request)
+        text = await backends.text(
+            "registry", f"/v1/models/{quote(model, safe='')}/versions/{version}/card.md", who.token
+        )
+        name = f"{model}-v{version}-card.md".replace('"', "")
+        return Response(text, media_type="text/markdown; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
 
     @app.get("/models/{model}/drift", include_in_schema=False)
     async def drift(request: Request, model: str) -> HTMLResponse:

@@ -197,6 +197,12 @@ async def test_a_person_reads_the_console_and_acts_only_as_their_role_allows(run
         await expect(page.locator("tr.job")).to_contain_text("succeeded")
         await expect(page.locator("form.action")).to_have_count(0)
         await shot(page, "03-model-as-reader")
+        await page.click('tr.version[data-version="1"] >> text=v1')
+        await expect(page.locator("#decision")).to_have_text("promoted")
+        await expect(page.locator("#lineage")).to_contain_text("churn version 2")  # the dataset version it learnt
+        await expect(page.locator("#schema")).to_contain_text("monthly_charges")
+        await shot(page, "03b-version")
+        await page.go_back()
         await page.click("#drift-report")
         drifted = page.locator('section.feature[data-drifted="true"]')
         await expect(drifted.first).to_be_visible()
