@@ -22,7 +22,7 @@ from libs.common.events import (
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
-from services.registry import api
+from services.registry import api, api_cards
 from services.registry.domain.canary import CanaryConfig
 from services.registry.domain.promotion import PromotionConfig
 from services.registry.domain.provenance import TrustConfig
@@ -64,9 +64,14 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
         migrations=Path(__file__).parent / "migrations",
         register=register,
         on_start=lambda rt: _start_sweeper(rt, canary, settings.canary_sweep_s),
-        routes=lambda app, rt: api.mount(app, rt, api.CanaryDefaults(settings.canary_share, canary)),
+        routes=lambda app, rt: _routes(app, rt, settings, canary),
         description="Registers trained versions, applies the promotion policy, moves aliases, keeps the audit log.",
     )
+
+
+def _routes(app: FastAPI, rt: Runtime, settings: RegistrySettings, canary: CanaryConfig) -> None:
+    api.mount(app, rt, api.CanaryDefaults(settings.canary_share, canary))
+    api_cards.mount(app, rt, settings.artifacts.root)
 
 
 async def _start_sweeper(rt: Runtime, config: CanaryConfig, every_s: float) -> None:

@@ -61,7 +61,7 @@ async def test_enough_data_trains_a_first_model_and_emits_model_trained(isolated
         # Where the job's time went, step by step, in the order the steps ran (bench/critical_path.py reads it).
         stages = [s["stage"] for s in done["stages"]]
         assert stages == ["hand-over", "worker_wait", "read", "load champion", "search and evaluate", "profile",
-                          "governance", "store", "hand-back"]  # fmt: skip
+                          "governance", "store", "hand-back", "cards"]  # fmt: skip
         assert all(s["seconds"] >= 0 for s in done["stages"])
 
         exported = await wait_until(lambda: _exported(client), timeout=60, message="the job's ONNX export")

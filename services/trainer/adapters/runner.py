@@ -40,7 +40,7 @@ from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from libs.common.signing import Signer
 from libs.common.telemetry import inject_context
-from services.trainer.adapters import repository
+from services.trainer.adapters import governance, repository
 from services.trainer.adapters.processes import JobFailed, WorkerLost, Workers
 from services.trainer.adapters.rejudge import rejudge
 from services.trainer.adapters.worker import export_job, run_job
@@ -394,6 +394,15 @@ class JobRunner:
         compared, rejudged = await self._rejudge(job, result, compared)
         if rejudged is not None:
             _stage(result, "rejudge", time.perf_counter() - started)
+        started = time.perf_counter()
+        cards, card_error = await asyncio.to_thread(
+            governance.store_cards, self.settings.artifacts.root, result, compared
+        )
+        _stage(result, "cards", time.perf_counter() - started)
+        result.pop("card_facts", None)  # in the cards now; the job's record keeps their refs
+        result.update(cards=cards.model_dump(mode="json") if cards else None, card_error=card_error)
+        if card_error:
+            log.warning("training job %s: no cards: %s", job["id"], card_error)
         event = ModelTrained(
             producer="trainer",
             correlation_id=job["correlation_id"],
@@ -419,6 +428,8 @@ class JobRunner:
             rejudged=Rejudgement.model_validate(rejudged) if rejudged else None,
             fairness=result.get("fairness"),
             champion_fairness=result.get("champion_fairness"),
+            cards=cards,
+            card_error=card_error,
         )
         async with self.rt.db.acquire() as conn, conn.transaction():
             # The baseline for "new rows since the last model": the version the job trained on.

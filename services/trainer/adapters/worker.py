@@ -140,6 +140,11 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         holdout = governance.holdout_rows(schema, frame, result)
         rules = spec.get("governance", {})
         mine, theirs = governance.fairness(schema, holdout, result, champion, rules.get("min_group_rows", 20))
+        try:  # a card that cannot be built never blocks the version: it says why instead
+            facts: dict[str, Any] = {"card_facts": governance.card_facts(
+                manifest, frame, result, holdout, profile, mine, spec.get("job", {}), rules)}  # fmt: skip
+        except Exception as exc:  # whatever it was: the version registers, with the reason
+            facts = {"card_error": f"card facts failed: {type(exc).__name__}: {exc}"}
     with stage("store"):
         model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
         _PIPELINES.clear()
@@ -166,7 +171,7 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         "holdout": holdout_ref.model_dump(),
         "fairness": mine.differences if mine else None,
         "champion_fairness": theirs.differences if theirs else None,
-        "fairness_groups": mine.to_dict() if mine else None,
+        **facts,
     }
 
 
