@@ -414,7 +414,8 @@ def _jobs(rows: list[dict[str, Any]]) -> dict[str, Any]:
         ran = j["finished_at"] and j["started_at"]
         seconds = round(_epoch(j["finished_at"]) - _epoch(j["started_at"]), 1) if ran else None
         jobs.append({"trigger": j["trigger"], "status": j["status"], "seconds": seconds, "reason": j["reason"],
-                     "error": j.get("error"), "created_at": j["created_at"]})  # fmt: skip
+                     "error": j.get("error"), "created_at": j["created_at"],
+                     "search": j.get("search"), "stages": j.get("stages")})  # fmt: skip
     retrains = [j for j in jobs[1:] if j["status"] == "succeeded" and j["seconds"] is not None]
     durations = [j["seconds"] for j in retrains]
     return {
