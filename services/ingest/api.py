@@ -55,7 +55,7 @@ _RECORDS_BODY = {
         "description": "A JSON array of records (column → value); also accepted: "
         '{"records": [...]}, NDJSON (application/x-ndjson), CSV with a header line (text/csv), an Arrow IPC '
         "stream (application/vnd.apache.arrow.stream) and Parquet (application/vnd.apache.parquet), each "
-        "optionally with Content-Encoding gzip or deflate.",
+        "optionally with Content-Encoding gzip, deflate or zstd.",
         "content": {
             "application/json": {"schema": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
         },

@@ -228,6 +228,12 @@ def test_compressed_bodies_may_not_expand_past_the_limit() -> None:
         parse_body(gzip.compress(csv), "text/csv", content_encoding="gzip", max_decoded=100_000)
     with pytest.raises(BadRequest, match="not valid gzip"):
         parse_body(b"not gzip", "text/csv", content_encoding="gzip")
+    packed_csv = pa.compress(csv, codec="zstd", asbytes=True)
+    assert parse_body(packed_csv, "text/csv", content_encoding="zstd").count == 100_000
+    with pytest.raises(PayloadTooLarge, match="zstd body expands past the limit"):
+        parse_body(packed_csv, "text/csv", content_encoding="zstd", max_decoded=100_000)
+    with pytest.raises(BadRequest, match="not valid zstd"):
+        parse_body(b"not zstd at all", "text/csv", content_encoding="zstd")
     zeros = pa.table({"x": pa.array([0.0] * 1_000_000)})
     packed = _arrow_stream(zeros, "zstd")
     assert len(packed) < 100_000

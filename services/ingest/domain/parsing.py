@@ -9,7 +9,7 @@ Text formats are parsed by C code: JSON with orjson (through
 and deep nesting), CSV with pyarrow's reader into text columns (so a cell is
 judged exactly as before: ``"42"`` is parsed as a number because it came as
 text). Arrow and Parquet bodies arrive typed and stay columnar. A compressed
-body (``Content-Encoding: gzip`` or ``deflate``, or a Parquet/Arrow body whose
+body (``Content-Encoding: gzip``, ``deflate`` or ``zstd``, or a Parquet/Arrow body whose
 buffers are compressed) may expand to at most ``max_decoded`` bytes.
 """
 
@@ -102,8 +102,10 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
+    if encoding == "zstd":
+        return _zstd(body, limit)
     if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise UnsupportedMediaType(f"unsupported content encoding {encoding!r}: use gzip or deflate")
+        raise UnsupportedMediaType(f"unsupported content encoding {encoding!r}: use gzip, deflate or zstd")
     wbits = 32 + zlib.MAX_WBITS if encoding != "deflate" else zlib.MAX_WBITS
     out: list[bytes] = []
     size, rest = 0, body
@@ -120,6 +122,22 @@ def decode_content(body: bytes, encoding: str, limit: int) -> bytes:
             rest = inflater.unused_data  # gzip allows several members one after the other
     except zlib.error as exc:
         raise BadRequest(f"the body is not valid {encoding}: {exc}") from exc
+    return b"".join(out)
+
+
+def _zstd(body: bytes, limit: int) -> bytes:
+    """A zstd body (RFC 8878), decompressed as a stream and refused once it expands past ``limit`` bytes."""
+    out: list[bytes] = []
+    size = 0
+    try:
+        stream = pa.CompressedInputStream(pa.BufferReader(body), "zstd")
+        while chunk := stream.read(min(1 << 20, limit - size + 1)):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"the zstd body expands past the limit of {limit} bytes", limit=limit)
+            out.append(chunk)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise BadRequest(f"the body is not valid zstd: {exc}") from exc
     return b"".join(out)
 
 
