@@ -161,22 +161,37 @@ def read_rows(
     for entry in reversed(chosen):
         if max_rows is not None and rows >= max_rows:
             break
-        file = pq.ParquetFile(pa.BufferReader(store.get(entry.artifact)))
         # A batch of its own is taken or left whole by its acceptance time; a compacted segment
         # that straddles ``since`` is cut by each row's.
         cut = since if since is not None and entry.compacted and entry.created_at < since else None
-        groups: list[pa.Table] = []
-        for group in reversed(range(file.num_row_groups)):
-            if max_rows is not None and rows >= max_rows:
-                break
-            if cut is not None and _ingested_before(file, group, cut):
-                continue
-            table = _kept(file.read_row_group(group), cut, labelled)
-            groups.append(table)
-            rows += table.num_rows
-        table = pa.concat_tables(groups[::-1]) if groups else file.schema_arrow.empty_table()
+        wanted = None if max_rows is None else max_rows - rows
+        table = _read_segment(store.get(entry.artifact), cut, labelled, wanted)
         read.append((entry, table))
-    read.reverse()
+        rows += table.num_rows
+    return _last(read[::-1], max_rows)
+
+
+def _read_segment(data: bytes, cut: datetime | None, labelled: str | None, wanted: int | None) -> pa.Table:
+    """A segment's rows accepted since ``cut`` (and labelled), read row group by row group from its end
+    until ``wanted`` are in hand."""
+    file = pq.ParquetFile(pa.BufferReader(data))
+    groups: list[pa.Table] = []
+    rows = 0
+    for group in reversed(range(file.num_row_groups)):
+        if wanted is not None and rows >= wanted:
+            break
+        if cut is not None and _ingested_before(file, group, cut):
+            continue
+        table = _kept(file.read_row_group(group), cut, labelled)
+        groups.append(table)
+        rows += table.num_rows
+    return pa.concat_tables(groups[::-1]) if groups else file.schema_arrow.empty_table()
+
+
+def _last(
+    read: list[tuple[BatchEntry, pa.Table]], max_rows: int | None
+) -> tuple[pa.Table, list[tuple[BatchEntry, int]]]:
+    """The segments' rows in order, at most the last ``max_rows``, and how many each segment gave."""
     table = pa.concat_tables([t for _, t in read], promote_options="default")
     counts = [(e, t.num_rows) for e, t in read]
     if max_rows is not None and table.num_rows > max_rows:

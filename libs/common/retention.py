@@ -8,10 +8,18 @@ predictions, pending labels and reports, ingest's rejections). Rows go in batche
 ``driftloop_retention_deleted_total{table}`` counts them.
 
 What is never pruned: outbox rows not yet published, dataset versions and their
-batches, record keys (they are what refuses a row stored before), model versions,
+manifests, record keys (they are what refuses a row stored before), model versions,
 aliases and the audit log. Unset a setting (``DRIFTLOOP_RETENTION_PREDICTIONS_DAYS=``)
 to keep those rows for ever. docs/reliability.md ("Retention") says what each
 setting trades.
+
+The same pass collects the service's unreferenced artifacts (:func:`collect_artifacts`):
+files in its own namespace of the store, of the kinds it writes (:class:`ArtifactUse`),
+that nothing in its database names and that are older than ``artifacts_grace_s``: the
+bytes of a request that failed or of a process killed between writing and committing,
+a training job's files when the job failed or was cancelled, a compacted segment that
+lost a race, and ingest's batch files superseded by compaction once
+``superseded_batches_days`` have passed.
 """
 
 from __future__ import annotations
@@ -19,13 +27,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from prometheus_client import Counter
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from libs.common.artifacts import ArtifactStore, StoredFile
 from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -55,6 +66,15 @@ class RetentionSettings(BaseSettings):
     """The monitor's drift reports."""
     rejections_days: float | None = Field(default=30.0, gt=0)
     """Ingest's rejected rows and their reasons."""
+    artifacts_grace_s: float | None = Field(default=3600.0, gt=0)
+    """Artifacts younger than this are never collected: a file is written before the database
+    row naming it commits, so a young unreferenced file may be a write in flight. None: no
+    artifact is ever collected."""
+    superseded_batches_days: float | None = Field(default=30.0, gt=0)
+    """Ingest's batch files that compaction merged into a larger segment are collected this
+    long after their version: their rows stay in the merged segment, which later versions list,
+    but the versions older than this can no longer be read from their own manifests (nor a
+    training run on them repeated). None: kept for ever (every row is then stored twice)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +127,37 @@ async def prune(pool: asyncpg.Pool, rules: tuple[Rule, ...], settings: Retention
     return deleted
 
 
+@dataclass(frozen=True, slots=True)
+class ArtifactUse:
+    """Which of a service's artifacts its GC may collect: files of the kinds it writes
+    (``suffixes``; any other file, another engineer's new kind included, is left alone)
+    that ``in_use`` (digests its database names) does not name."""
+
+    suffixes: tuple[str, ...]
+    in_use: Callable[[asyncpg.Pool, RetentionSettings], Awaitable[set[str]]]
+
+
+async def collect_artifacts(
+    store: ArtifactStore, use: ArtifactUse, pool: asyncpg.Pool, settings: RetentionSettings
+) -> list[StoredFile]:
+    """Delete the unreferenced artifacts of ``store``'s namespace older than the grace period; what was deleted.
+
+    The store is listed before the database is asked: a file that a transaction references
+    after the listing was young at the listing or is rewritten by ``put`` (which renews its
+    time), and each file's time is checked again just before it goes.
+    """
+    if settings.artifacts_grace_s is None or not store.namespace:
+        return []
+    cutoff = datetime.now(UTC) - timedelta(seconds=settings.artifacts_grace_s)
+    listed = await asyncio.to_thread(store.files)
+    old = [f for f in listed if f.modified < cutoff and f.digest is not None and f.suffix in use.suffixes]
+    if not old:
+        return []
+    used = await use.in_use(pool, settings)
+    doomed = [f for f in old if f.temporary or f.digest not in used]
+    return [f for f in doomed if await asyncio.to_thread(store.remove_if_older, f, cutoff)]
+
+
 class Pruner:
     """Runs :func:`prune` every ``settings.interval_s`` for one service's schema."""
 
@@ -118,13 +169,18 @@ class Pruner:
         telemetry: Telemetry,
         *,
         first_after_s: float = 60.0,
+        store: ArtifactStore | None = None,
+        artifacts: ArtifactUse | None = None,
     ) -> None:
         self.pool = pool
         self.rules = rules
         self.settings = settings
         self.first_after_s = first_after_s
+        self.store = store
+        self.artifacts = artifacts
         self.deleted = Counter(
-            "driftloop_retention_deleted_total", "Rows deleted by the retention pass.", ["table"],
+            "driftloop_retention_deleted_total",
+            "Rows deleted by the retention pass (table 'artifacts': files the artifact GC deleted).", ["table"],
             registry=telemetry.registry,
         )  # fmt: skip
 
@@ -137,6 +193,9 @@ class Pruner:
     async def once(self) -> dict[str, int]:
         try:
             deleted = await prune(self.pool, self.rules, self.settings)
+            if self.store is not None and self.artifacts is not None:
+                collected = await collect_artifacts(self.store, self.artifacts, self.pool, self.settings)
+                deleted["artifacts"] = len(collected)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("retention pass failed, next try in %.0fs: %r", self.settings.interval_s, exc)
             return {}

@@ -13,7 +13,7 @@ from libs.common.retention import Rule
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.ingest import api
-from services.ingest.adapters import compaction
+from services.ingest.adapters import compaction, gc
 from services.ingest.domain import validation
 from services.ingest.handlers import records_submitted
 from services.ingest.settings import IngestSettings
@@ -45,7 +45,11 @@ def spec(settings: IngestSettings) -> ServiceSpec:
 
     return ServiceSpec(
         name="ingest",
-        retention=(Rule("rejections", "created_at", "rejections_days"),),
+        retention=(
+            Rule("rejections", "created_at", "rejections_days"),
+            Rule("superseded_segments", "superseded_at", "superseded_batches_days"),
+        ),
+        artifacts=gc.ARTIFACTS,
         publishes=(DataArrived,),
         migrations=Path(__file__).parent / "migrations",
         routes=lambda app, rt: api.mount(app, rt, settings, stored),

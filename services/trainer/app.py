@@ -22,6 +22,7 @@ from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
 from services.trainer import api, api_schedules
+from services.trainer.adapters import gc
 from services.trainer.adapters.runner import JobRunner
 from services.trainer.handlers import (
     data_arrived,
@@ -74,6 +75,7 @@ def spec(settings: TrainerSettings, clock: Clock = utc_now) -> ServiceSpec:
 
     return ServiceSpec(
         name="trainer",
+        artifacts=gc.ARTIFACTS,
         publishes=(ModelTrained, ModelExported, ModelRejudged),
         migrations=Path(__file__).parent / "migrations",
         register=register,

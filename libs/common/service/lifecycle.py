@@ -26,13 +26,13 @@ log = logging.getLogger(__name__)
 
 def store_for(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry) -> ArtifactStore:
     if not spec.verify_artifacts:
-        return ArtifactStore(settings.artifacts.root)
+        return ArtifactStore(settings.artifacts.root, namespace=spec.name)
     verifier = Verifier.from_settings(settings.signing, telemetry.registry)
     if not verifier.paths:
         log.warning(
             "%s: no public keys configured (DRIFTLOOP_SIGNING_PUBLIC_KEYS): every artifact is refused", spec.name
         )
-    return VerifyingStore(settings.artifacts.root, verifier=verifier)
+    return VerifyingStore(settings.artifacts.root, namespace=spec.name, verifier=verifier)
 
 
 async def start(spec: ServiceSpec, rt: Runtime) -> None:
@@ -63,7 +63,8 @@ async def start(spec: ServiceSpec, rt: Runtime) -> None:
                 await asyncio.sleep(5)
 
         rt.spawn(measure_backlog(), "outbox-backlog")
-        pruner = retention.Pruner(rt.pool, retention.SHARED + spec.retention, rt.settings.retention, rt.telemetry)
+        pruner = retention.Pruner(rt.pool, retention.SHARED + spec.retention, rt.settings.retention, rt.telemetry,
+                                  store=rt.store, artifacts=spec.artifacts)  # fmt: skip
         rt.spawn(pruner.run(), "retention")
     if spec.on_start is not None:
         await spec.on_start(rt)

@@ -20,7 +20,7 @@ from libs.common.auth import Authenticator
 from libs.common.brokerwatch import BrokerWatch
 from libs.common.events import Event
 from libs.common.kafka import BrokerPublisher
-from libs.common.retention import Rule
+from libs.common.retention import ArtifactUse, Rule
 from libs.common.service.settings import ServiceSettings
 from libs.common.telemetry import Telemetry
 
@@ -91,3 +91,6 @@ class ServiceSpec:
     routes there, doing its own token check, limits, metrics and tracing (see services/serving/hotpath.py)."""
     retention: tuple[Rule, ...] = ()
     """The service's own tables that are pruned, besides the shared ones (libs/common/retention.py)."""
+    artifacts: ArtifactUse | None = None
+    """The artifacts the service writes, and which of them are in use: the rest are collected
+    by the retention pass (libs/common/retention.py). None: the service writes none."""

@@ -30,7 +30,7 @@ from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.frames import features_frame
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType, Task
-from services.trainer.adapters import governance
+from services.trainer.adapters import gc, governance
 from services.trainer.adapters.rejudge import holdout_parquet
 from services.trainer.domain.export import export
 from services.trainer.domain.training import TrainingConfig, TrainingResult, train
@@ -110,7 +110,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
-    store = ArtifactStore(spec["artifacts_root"])
+    store = ArtifactStore(spec["artifacts_root"], namespace=gc.NAMESPACE)
     with stage("read"):
         manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(spec["manifest"])))
         since = datetime.fromisoformat(spec["since"]) if spec.get("since") else None
@@ -203,7 +203,7 @@ def export_job(spec: dict[str, Any]) -> dict[str, Any]:
     tracer = _tracer(spec.get("otlp_endpoint"))
     try:
         with tracer.start_as_current_span("onnx export and parity", context=propagate.extract(spec.get("trace", {}))):
-            store = ArtifactStore(spec["artifacts_root"])
+            store = ArtifactStore(spec["artifacts_root"], namespace=gc.NAMESPACE)
             schema = DatasetSchema.model_validate(spec["dataset_schema"])
             artifact = ArtifactRef.model_validate(spec["artifact"])
             kept = _EXPORTABLE.pop(artifact.sha256) if artifact.sha256 in _EXPORTABLE else None
