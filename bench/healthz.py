@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import threading
 import time
@@ -150,8 +151,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             load_after=os.getloadavg(),
         )
     finally:
-        dl.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            dl.stop()
+        except subprocess.TimeoutExpired:
+            print("serving did not stop within 20 s; its log ends with:\n" + dl.log_path.read_text()[-3000:])
+            if dl.process is not None:
+                dl.process.kill()
+            raise
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
     return results
 
 

@@ -27,6 +27,7 @@ from libs.common.telemetry import Telemetry
 from services.serving import api, api_v2, hotpath
 from services.serving.adapters.loader import champions_from_registry, load, registry_client
 from services.serving.adapters.prediction_log import PredictionLog
+from services.serving.admission import Admission, ByteBudget, MemoryTrim
 from services.serving.domain.models import BatchPolicy, LoadedModel, ModelTable
 from services.serving.domain.routing import Splits
 from services.serving.handlers import model_promoted
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 def spec(settings: ServingSettings) -> ServiceSpec:
     gauges: list[tuple[Gauge, Gauge]] = []
+    admission_waiting: list[Gauge] = []
 
     def loaded(count: int) -> None:
         for models_loaded, version_served in gauges:
@@ -73,6 +75,8 @@ def spec(settings: ServingSettings) -> ServiceSpec:
             registry=registry,
         )  # fmt: skip
         gauges.append((models_loaded, version_served))
+        admission_waiting.append(Gauge("driftloop_serving_admission_waiting", "Large requests waiting to be admitted.",
+                                       registry=registry))  # fmt: skip
         batch_requests.append(Histogram(
             "driftloop_inference_batch_requests", "Requests answered by one inference call (micro-batching).",
             ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry,
@@ -103,8 +107,12 @@ def spec(settings: ServingSettings) -> ServiceSpec:
 
     def front(app: ASGIApp) -> ASGIApp:
         rt = runtimes[0]
-        return hotpath.HotPath(app, hot_routes, rt.auth, rt.telemetry, max_body_bytes=settings.max_body_bytes,
-                               traces_per_s=settings.traces_per_s)  # fmt: skip
+        if settings.hot_path:
+            app = hotpath.HotPath(app, hot_routes, rt.auth, rt.telemetry, max_body_bytes=settings.max_body_bytes,
+                                  traces_per_s=settings.traces_per_s)  # fmt: skip
+        budget = ByteBudget(settings.admission_bytes)
+        MemoryTrim(budget)
+        return Admission(app, budget, min_bytes=settings.admission_min_bytes, waiting=admission_waiting[0])
 
     async def registry_token(rt: Runtime) -> tuple[str, str | None]:
         """The configured token, or one issued for the bootstrap only (and its id, to revoke it after)."""
@@ -194,7 +202,7 @@ def spec(settings: ServingSettings) -> ServiceSpec:
         on_start=on_start,
         on_stop=on_stop,
         readiness=readiness,
-        front=front if settings.hot_path else None,
+        front=front,
         description="Serves champion models over HTTP, hot-swaps on promotion, logs predictions and feedback.",
     )
 

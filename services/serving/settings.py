@@ -40,6 +40,13 @@ class ServingSettings(ServiceSettings):
     traces_per_s: float = Field(default=10.0, ge=0)
     """Predict requests traced a second on the hot path (a server span each), besides every request whose
     caller sends a sampled ``traceparent``: all of them under light traffic, a steady sample under load."""
+    admission_bytes: int = Field(default=512 * 1024, ge=1)
+    """Large request bodies (over ``admission_min_bytes``) processed at once share this many bytes (by their
+    Content-Length); the others wait, unread, in arrival order. Keeps /healthz answering and memory flat under
+    a flood of large predicts (services/serving/admission.py). Two or three 1,000-instance predicts: two cores
+    answer no faster with more in hand."""
+    admission_min_bytes: int = Field(default=64 * 1024, ge=0)
+    """Bodies up to this size are never held (single-row predicts are micro-batched instead)."""
     onnx_threads: int = Field(default=1, ge=1)
     """onnxruntime threads per inference call. One suits a 2-core replica, where the other core parses
     HTTP and JSON; raise it on bigger machines that serve large batches."""
