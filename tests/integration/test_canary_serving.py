@@ -142,7 +142,7 @@ async def test_a_shadow_predicts_off_the_request_path_and_its_predictions_are_lo
         shadowed = await latencies(app, client)
         print(
             f"predict p50 {alone[0]:.2f} ms / p90 {alone[1]:.2f} ms alone, p50 {shadowed[0]:.2f} ms / "
-            f"p90 {shadowed[1]:.2f} ms with the shadow predicting each request (300 sequential, 5 rows)"
+            f"p90 {shadowed[1]:.2f} ms with the shadow predicting each request (300 sequential, 5 rows, 10 ms apart)"
         )
         shadow = app.state.splits.get("churn").shadow
         gate = asyncio.Event()
