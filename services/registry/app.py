@@ -21,8 +21,9 @@ from libs.common.events import (
 )
 from libs.common.kafka import Route, subscribe
 from libs.common.service import Runtime, ServiceSpec, build
+from libs.common.signing import Verifier
 from libs.common.telemetry import Telemetry
-from services.registry import api, api_cards
+from services.registry import api, api_cards, api_explain
 from services.registry.domain.canary import CanaryConfig
 from services.registry.domain.promotion import PromotionConfig
 from services.registry.domain.provenance import TrustConfig
@@ -72,6 +73,7 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
 def _routes(app: FastAPI, rt: Runtime, settings: RegistrySettings, canary: CanaryConfig) -> None:
     api.mount(app, rt, api.CanaryDefaults(settings.canary_share, canary))
     api_cards.mount(app, rt, settings.artifacts.root)
+    api_explain.mount(app, rt, settings.artifacts.root, Verifier.from_settings(settings.signing))
 
 
 async def _start_sweeper(rt: Runtime, config: CanaryConfig, every_s: float) -> None:
