@@ -148,6 +148,7 @@ class Supervisor:
             DRIFTLOOP_ARTIFACTS_ROOT=artifacts_root,
             DRIFTLOOP_TELEMETRY_JSON_LOGS="true" if self.json_logs else "false",
             DRIFTLOOP_SERVING_REGISTRY_URL=f"http://127.0.0.1:{self.ports['registry']}",
+            DRIFTLOOP_TRAINER_REGISTRY_URL=f"http://127.0.0.1:{self.ports['registry']}",
             PYTHONUNBUFFERED="1",
         )
         env.update({f"DRIFTLOOP_{name.upper()}_PORT": str(self.ports[name]) for name in (*SERVICES, CONSOLE)})

@@ -446,6 +446,29 @@ class DriftDetected(Event):
         return self.model.encode()
 
 
+class BatchCompleted(Event):
+    """A batch prediction job ended: every input row predicted into one Parquet artifact, or failed for good."""
+
+    topic: ClassVar[str] = topics.BATCH_COMPLETED
+    event_type: Literal["batch.completed"] = "batch.completed"
+    job_id: str = Field(description="The batch job (GET /v1/batch-jobs/{id} on the trainer).")
+    model: str
+    version: int = Field(ge=1, description="The version that predicted (an alias is resolved at submission).")
+    status: Literal["succeeded", "failed"]
+    rows: int = Field(ge=0, description="Rows predicted.")
+    dataset: str | None = Field(default=None, description="The input dataset, when the input was a dataset version.")
+    dataset_version: int | None = Field(default=None, ge=1)
+    upload: ArtifactRef | None = Field(default=None, description="The uploaded Parquet input, when one was sent.")
+    output: ArtifactRef | None = Field(
+        default=None, description="The predictions (Parquet: row_id, prediction, one probability column per class)."
+    )
+    error: str | None = Field(default=None, description="Why it failed.")
+    seconds: float = Field(ge=0, description="From the first claim of the job to its end.")
+
+    def key(self) -> bytes:
+        return self.model.encode()
+
+
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.model_fields["event_type"].default: cls
     for cls in (
@@ -461,6 +484,7 @@ EVENT_CLASSES: dict[str, type[Event]] = {
         PredictionsLogged,
         LabelsArrived,
         DriftDetected,
+        BatchCompleted,
     )
 }
 

@@ -21,6 +21,7 @@ REJUDGEMENT_REQUESTED = "rejudgement.requested"
 MODEL_REJUDGED = "model.rejudged"
 MODEL_EXPORTED = "model.exported"
 MODEL_COMPARED = "model.compared"
+BATCH_COMPLETED = "batch.completed"
 
 DLQ_SUFFIX = ".dlq"
 
@@ -50,6 +51,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(MODEL_REJUDGED, partitions=3),
     TopicSpec(MODEL_EXPORTED, partitions=3),
     TopicSpec(MODEL_COMPARED, partitions=3),
+    TopicSpec(BATCH_COMPLETED, partitions=3),
 )
 
 

@@ -1,6 +1,6 @@
 """Settings of the trainer service (``DRIFTLOOP_TRAINER_*``)."""
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.common.service import ServiceSettings
@@ -65,6 +65,20 @@ class TrainerSettings(ServiceSettings):
     ``{"churn": "0 3 * * *"}``. A schedule set through ``PUT /v1/schedules/{model}`` wins over this."""
     schedule_check_s: float = Field(default=10.0, gt=0)
     """How often due schedules are looked for: a schedule fires at most this late."""
+
+    registry_url: str = "http://127.0.0.1:8003"
+    """Where the registry answers: batch jobs resolve a model's alias or version there."""
+    registry_token: SecretStr | None = None
+    """A ``reader`` token for the registry; when unset, the trainer issues itself a short-lived one."""
+    batch_workers: int = Field(default=1, ge=0)
+    """Worker processes running batch prediction jobs, apart from the training workers (0: this replica
+    queues batch jobs only)."""
+    batch_nice: int = Field(default=10, ge=0, le=19)
+    """How much nicer (lower CPU priority) than the trainer batch workers run, so that on a shared host
+    a batch job yields the CPU to online work."""
+    batch_chunk_rows: int = Field(default=50_000, ge=100)
+    """Rows predicted per chunk: a worker holds one chunk (and the input file it comes from) at a time,
+    and a restarted job resumes after its last finished chunk."""
 
     @field_validator("schedules")
     @classmethod

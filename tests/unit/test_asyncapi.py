@@ -29,7 +29,8 @@ CONSUMES = {
     "monitor": {topics.MODEL_PROMOTED, topics.PREDICTIONS_LOGGED, topics.LABELS_ARRIVED},
 }
 PUBLISHES = {
-    "ingest": {topics.DATA_ARRIVED}, "trainer": {topics.MODEL_TRAINED, topics.MODEL_REJUDGED, topics.MODEL_EXPORTED},
+    "ingest": {topics.DATA_ARRIVED}, "trainer": {topics.MODEL_TRAINED, topics.MODEL_REJUDGED, topics.MODEL_EXPORTED,
+                                                 topics.BATCH_COMPLETED},
     "registry": {topics.MODEL_PROMOTED, topics.REJUDGEMENT_REQUESTED},
     "serving": {topics.PREDICTIONS_LOGGED, topics.LABELS_ARRIVED},
     "monitor": {topics.DRIFT_DETECTED, topics.MODEL_COMPARED},

@@ -1,0 +1,178 @@
+"""Batch predictions on the real stack: a registry resolving the alias, a dataset version of
+100,000 rows, a worker killed mid-job, the Parquet output compared with the model's own predictions."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from threadpoolctl import threadpool_limits
+
+from cli.churn_stream import ChurnStream
+from libs.common import topics
+from libs.common.artifacts import ArtifactStore
+from libs.common.events import ArtifactRef, BatchCompleted, ModelTrained, parse_event
+from libs.common.frames import features_frame
+from libs.common.signing import Verifier
+from services.registry.app import create_app as registry_app
+from services.registry.settings import RegistrySettings
+from services.trainer.app import create_app
+from services.trainer.settings import TrainerSettings
+from tests.conftest import Isolation, serve
+from tests.factories import CHURN, TrainedModel, data_arrived, trained_model
+from tests.helpers import read_topic, wait_until
+from tests.integration.test_serving_runtime import listening
+from tests.integration.test_trainer import _known_rows, publish
+from tests.integration.test_trainer import settings as trainer_settings
+from tests.keys import SIGNER
+
+pytestmark = pytest.mark.integration
+
+
+def settings(isolated: Isolation, **overrides: Any) -> TrainerSettings:
+    """No training workers (these tests train nothing), and batch workers at the trainer's own priority:
+    the tests already run niced on the shared machine, and a worker niced further would starve there."""
+    return trainer_settings(isolated, workers=0, batch_nice=0, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def registered(isolated: Isolation, model: TrainedModel) -> AsyncIterator[str]:
+    """A registry over real HTTP with ``model`` registered as churn v1, the champion; yields its URL."""
+    app, _ = registry_app(isolated.settings(RegistrySettings, min_metric=0.5))
+    trained = ModelTrained(
+        producer="test", model="churn", dataset="churn", dataset_version=1, job_id=str(uuid.uuid4()),
+        trigger="new_data", metrics=model.metrics, primary_metric="accuracy", seed=7, code_version="t",
+        training_rows=2000, artifact=model.artifact, profile=model.profile, dataset_schema=CHURN,
+    )  # fmt: skip
+    async with serve(app) as client, listening(app) as address:
+        await publish(isolated, trained)
+        await wait_until(lambda: _champion(client), message="v1 registered as champion")
+        yield f"http://{address}"
+
+
+async def test_a_batch_job_over_100k_rows_survives_its_worker_being_killed(isolated: Isolation) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    model = trained_model(store, rows=2000)
+    stream = ChurnStream(seed=21)
+    arrived = data_arrived(store, "churn", [stream.batch(25_000) for _ in range(4)])
+    async with registered(isolated, model) as registry:
+        config = settings(isolated, min_rows_first_model=10**6, registry_url=registry, batch_chunk_rows=5_000)
+        app, _ = create_app(config)
+        async with serve(app) as client:
+            await publish(isolated, arrived[-1])
+            await wait_until(lambda: _known_rows(client, 100_000), message="the trainer to see 100k rows")
+            submitted = await client.post("/v1/batch-jobs", json={"model": "churn", "dataset": "churn"})
+            assert submitted.status_code == 202, submitted.text
+            job = submitted.json()
+            assert (job["version"], job["total_rows"], job["chunks"], job["status"]) == (1, 100_000, 20, "queued")
+            assert job["input"] == {"kind": "dataset", "dataset": "churn", "dataset_version": 4}
+
+            running = await wait_until(lambda: _progressed(client, job["id"], 3), timeout=60, message="3 chunks")
+            os.killpg(running["worker_pid"], signal.SIGKILL)  # the worker dies mid-job
+            done = await wait_until(lambda: _finished(client, job["id"]), timeout=120, message="the job to end")
+
+    assert done["status"] == "succeeded", done["error"]
+    assert (done["rows_done"], done["chunks_done"], done["progress"]) == (100_000, 20, 1.0)
+    assert done["attempts"] == 2
+    first, resumed = done["resumed_at_chunk"]
+    assert first == 0
+    assert 3 <= resumed < 20  # the second attempt started after the chunks already done, not from zero
+
+    output = ArtifactRef.model_validate(done["output"])
+    Verifier([SIGNER.private.public_key()]).verify(output)  # signed like every artifact the trainer stores
+    predicted = pq.read_table(io.BytesIO(store.get(output))).to_pandas()
+    rows = pd.concat([pq.read_table(io.BytesIO(store.get(e.batch))).to_pandas() for e in arrived])
+    frame = features_frame(CHURN, rows.reset_index(drop=True))
+    assert list(predicted.columns) == ["row_id", "prediction", "proba_no", "proba_yes"]
+    assert predicted["row_id"].tolist() == list(range(100_000))
+    with threadpool_limits(1, user_api="openmp"):  # as the worker predicts (and fast on a busy machine)
+        labels, probabilities = model.pipeline.predict(frame), model.pipeline.predict_proba(frame)
+    assert (predicted["prediction"].to_numpy() == labels).all()
+    np.testing.assert_allclose(predicted[["proba_no", "proba_yes"]].to_numpy(), probabilities)
+
+    records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.BATCH_COMPLETED), expect=1)
+    event = parse_event(records[0].value)
+    assert isinstance(event, BatchCompleted)
+    assert (event.job_id, event.status, event.rows, event.version) == (job["id"], "succeeded", 100_000, 1)
+    assert (event.dataset, event.dataset_version, event.output) == ("churn", 4, output)
+
+
+async def test_an_uploaded_parquet_file_and_bad_input(isolated: Isolation) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    model = trained_model(store, rows=2000)
+    rows = pd.DataFrame(ChurnStream(seed=5).batch(3000)).drop(columns=["churned"])
+    rows.insert(0, "customer_id", [f"c{i:05d}" for i in range(3000)])
+    upload = _parquet(rows)
+    async with registered(isolated, model) as registry:
+        app, _ = create_app(settings(isolated, registry_url=registry, batch_chunk_rows=1000))
+        async with serve(app) as client:
+            submitted = await client.post(
+                "/v1/batch-jobs", content=upload, headers={"content-type": "application/vnd.apache.parquet"},
+                params={"model": "churn", "version": 1, "id_column": "customer_id"},
+            )  # fmt: skip
+            assert submitted.status_code == 202, submitted.text
+            assert submitted.json()["input"]["kind"] == "upload"
+            done = await wait_until(lambda: _finished(client, submitted.json()["id"]), timeout=60, message="the job")
+            await _refused(client)
+    assert done["status"] == "succeeded", done["error"]
+    predicted = pq.read_table(io.BytesIO(store.get(ArtifactRef.model_validate(done["output"])))).to_pandas()
+    assert predicted["row_id"].tolist() == rows["customer_id"].tolist()
+    assert (predicted["prediction"].to_numpy() == model.pipeline.predict(features_frame(CHURN, rows))).all()
+
+
+async def _refused(client: Any) -> None:
+    """Bad input: a 4xx in the error shape, naming the field at fault; no job queued."""
+    before = len((await client.get("/v1/batch-jobs")).json())
+    parquet = {"content-type": "application/vnd.apache.parquet"}
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        ({"json": {"model": "nope", "dataset": "churn"}}, 404, "model: the registry has no model 'nope'"),
+        ({"json": {"model": "churn", "version": 7, "dataset": "churn"}}, 404, "version: model 'churn' has no version"),
+        ({"json": {"model": "churn", "alias": "canary", "dataset": "churn"}}, 404, "alias: model 'churn' has no"),
+        ({"json": {"model": "churn", "dataset": "ghost"}}, 404, "dataset: the trainer knows no dataset 'ghost'"),
+        ({"json": {"model": "churn", "version": 1, "alias": "champion", "dataset": "churn"}}, 422, "not both"),
+        ({"json": {"model": "churn"}}, 422, "dataset: Field required"),
+        ({"content": b"age,plan\n1,basic\n", "headers": parquet, "params": {"model": "churn"}}, 422,
+         "body: not a Parquet file"),
+        ({"content": _parquet(pd.DataFrame({"age": [40.0]})), "headers": parquet, "params": {"model": "churn"}}, 422,
+         "body: the Parquet file lacks the model's features ['tenure_months'"),
+        ({"content": b"age,plan\n1,basic\n", "headers": {"content-type": "text/csv"}, "params": {"model": "churn"}},
+         415, "content-type: 'text/csv' is not accepted"),
+    ]  # fmt: skip
+    for request, status, says in cases:
+        answer = await client.post("/v1/batch-jobs", **request)
+        assert answer.status_code == status, (request, answer.text)
+        assert set(answer.json()) >= {"error", "message"}
+        assert says in answer.json()["message"], answer.json()
+    assert len((await client.get("/v1/batch-jobs")).json()) == before
+
+
+def _parquet(frame: pd.DataFrame) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
+    return sink.getvalue()
+
+
+async def _champion(client: Any) -> bool:
+    answer = await client.get("/v1/models/churn/aliases/champion")
+    return bool(answer.status_code == 200 and answer.json()["version"] == 1)
+
+
+async def _progressed(client: Any, job_id: str, chunks: int) -> dict[str, Any] | None:
+    job: dict[str, Any] = (await client.get(f"/v1/batch-jobs/{job_id}")).json()
+    assert job["status"] != "succeeded", "the job ended before its worker could be killed"
+    return job if job["chunks_done"] >= chunks and job["worker_pid"] else None
+
+
+async def _finished(client: Any, job_id: str) -> dict[str, Any] | None:
+    job: dict[str, Any] = (await client.get(f"/v1/batch-jobs/{job_id}")).json()
+    return job if job["status"] in ("succeeded", "failed") else None
