@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import json
 import os
 import signal
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from threadpoolctl import threadpool_limits
+from typer.testing import CliRunner
 
 from cli.churn_stream import ChurnStream
+from cli.main import app as cli_app
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import ArtifactRef, BatchCompleted, ModelTrained, parse_event
@@ -77,9 +82,9 @@ async def test_a_batch_job_over_100k_rows_survives_its_worker_being_killed(isola
             assert (job["version"], job["total_rows"], job["chunks"], job["status"]) == (1, 100_000, 20, "queued")
             assert job["input"] == {"kind": "dataset", "dataset": "churn", "dataset_version": 4}
 
-            running = await wait_until(lambda: _progressed(client, job["id"], 3), timeout=60, message="3 chunks")
+            running = await wait_until(lambda: _progressed(client, job["id"], 3), timeout=240, message="3 chunks")
             os.killpg(running["worker_pid"], signal.SIGKILL)  # the worker dies mid-job
-            done = await wait_until(lambda: _finished(client, job["id"]), timeout=120, message="the job to end")
+            done = await wait_until(lambda: _finished(client, job["id"]), timeout=240, message="the job to end")
 
     assert done["status"] == "succeeded", done["error"]
     assert (done["rows_done"], done["chunks_done"], done["progress"]) == (100_000, 20, 1.0)
@@ -107,27 +112,40 @@ async def test_a_batch_job_over_100k_rows_survives_its_worker_being_killed(isola
     assert (event.dataset, event.dataset_version, event.output) == ("churn", 4, output)
 
 
-async def test_an_uploaded_parquet_file_and_bad_input(isolated: Isolation) -> None:
+async def test_an_uploaded_parquet_file_through_the_cli_and_bad_input(isolated: Isolation, tmp_path: Path) -> None:
     store = ArtifactStore(isolated.artifacts_root)
     model = trained_model(store, rows=2000)
     rows = pd.DataFrame(ChurnStream(seed=5).batch(3000)).drop(columns=["churned"])
     rows.insert(0, "customer_id", [f"c{i:05d}" for i in range(3000)])
-    upload = _parquet(rows)
+    upload = tmp_path / "rows.parquet"
+    upload.write_bytes(_parquet(rows))
     async with registered(isolated, model) as registry:
         app, _ = create_app(settings(isolated, registry_url=registry, batch_chunk_rows=1000))
-        async with serve(app) as client:
-            submitted = await client.post(
-                "/v1/batch-jobs", content=upload, headers={"content-type": "application/vnd.apache.parquet"},
-                params={"model": "churn", "version": 1, "id_column": "customer_id"},
-            )  # fmt: skip
-            assert submitted.status_code == 202, submitted.text
-            assert submitted.json()["input"]["kind"] == "upload"
-            done = await wait_until(lambda: _finished(client, submitted.json()["id"]), timeout=60, message="the job")
+        async with serve(app) as client, listening(app) as address:
+            cli = ["--url", f"http://{address}", "--home", str(tmp_path), "--json"]
+            env = {"DRIFTLOOP_TOKEN": client.headers["Authorization"].removeprefix("Bearer ")}
+            submitted = await _driftloop(["batch", "submit", "churn", "--file", str(upload), "--version", "1",
+                                          "--id-column", "customer_id", "--wait", *cli], env)  # fmt: skip
+            assert submitted["status"] == "succeeded", submitted["error"]
+            assert submitted["input"]["kind"] == "upload"
+            shown = await _driftloop(["batch", "status", submitted["id"], *cli], env)
+            assert (shown["id"], shown["rows_done"], shown["output"]) == (submitted["id"], 3000, submitted["output"])
+            refused = await asyncio.to_thread(CliRunner().invoke, cli_app, ["batch", "submit", "nope", "--dataset",
+                                              "churn", *cli], env=env)  # fmt: skip
+            assert refused.exit_code == 1
+            assert "404 model: the registry has no model 'nope'" in refused.stderr
             await _refused(client)
-    assert done["status"] == "succeeded", done["error"]
-    predicted = pq.read_table(io.BytesIO(store.get(ArtifactRef.model_validate(done["output"])))).to_pandas()
+    predicted = pq.read_table(io.BytesIO(store.get(ArtifactRef.model_validate(submitted["output"])))).to_pandas()
     assert predicted["row_id"].tolist() == rows["customer_id"].tolist()
-    assert (predicted["prediction"].to_numpy() == model.pipeline.predict(features_frame(CHURN, rows))).all()
+    with threadpool_limits(1, user_api="openmp"):
+        assert (predicted["prediction"].to_numpy() == model.pipeline.predict(features_frame(CHURN, rows))).all()
+
+
+async def _driftloop(args: list[str], env: dict[str, str]) -> Any:
+    """Run the ``driftloop`` command (in a thread: the services answer on this event loop); its JSON output."""
+    result = await asyncio.to_thread(CliRunner().invoke, cli_app, args, env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 async def _refused(client: Any) -> None:
