@@ -1,13 +1,19 @@
 """python -m services.serving"""
 
 from libs.common.service import run
+from libs.common.telemetry import configure_logging
 from services.serving.app import spec
 from services.serving.settings import ServingSettings
+from services.serving.workers import supervise
 
 
 def main() -> None:
     settings = ServingSettings()
-    run(spec(settings), settings)
+    if settings.workers > 1:
+        configure_logging("serving", settings.telemetry)
+        supervise(settings)
+    else:
+        run(spec(settings), settings, reuse_port=settings.reuse_port)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ class ServingSettings(ServiceSettings):
     one in the shared token table at start (it can write there as every service can)."""
     instance_id: str = Field(default_factory=socket.gethostname)
     """This replica's name (in the principal of the registry token it issues itself)."""
+    workers: int = Field(default=1, ge=1)
+    """Serving processes on the port (``SO_REUSEPORT``, Linux): one event loop uses at most one core, so
+    set it to the cores serving may use (services/serving/workers.py). Each worker is a whole replica."""
+    reuse_port: bool = False
+    """Listen with ``SO_REUSEPORT``; set for each worker by the supervisor (``workers`` > 1)."""
     max_instances: int = Field(default=1000, ge=1)
     """Most instances one predict request may carry."""
     log_batch_size: int = Field(default=200, ge=1)

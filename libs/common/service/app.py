@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import AsyncIterator
 
 import uvicorn
@@ -69,11 +70,24 @@ def build(spec: ServiceSpec, settings: ServiceSettings, telemetry: Telemetry | N
     return app, runtime
 
 
-def run(spec: ServiceSpec, settings: ServiceSettings) -> None:
-    """Serve ``spec`` until SIGINT/SIGTERM: the body of every ``__main__``."""
+def run(spec: ServiceSpec, settings: ServiceSettings, *, reuse_port: bool = False) -> None:
+    """Serve ``spec`` until SIGINT/SIGTERM: the body of every ``__main__``.
+
+    ``reuse_port``: listen with ``SO_REUSEPORT``, so several processes serve one port and the
+    kernel spreads connections over them (a service's worker processes, Linux)."""
     configure_logging(spec.name, settings.telemetry)
     app, _ = build(spec, settings)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on"
     )
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    if not reuse_port:
+        server.run()
+        return
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    server.run(sockets=[sock])
