@@ -534,6 +534,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  driftloop /v1 through FastAPI (hot path off): c=64 {fastapi_load.rps:,.0f} req/s p99 "
               f"{fastapi_load.p99_ms:.2f} ms ({fastapi_load.server_cpu_ms:.2f} CPU-ms/request)",
               flush=True)  # fmt: skip
+        try:
+            results["workers"] = workers_run(workdir, store, dl, v1, v2, v1_bodies, args.duration)
+        except (SystemExit, Exception) as exc:  # the other figures stand on their own
+            print(f"  2 workers: not measured ({exc!r})", flush=True)
         results["batch_1000_ms"] = {
             "driftloop /v1": batch_latency_ms(f"{dl.url}/v1/models/{MODEL}/predict", v1_body(rows), headers=dl.headers),
             "driftloop /v2": batch_latency_ms(f"{dl.url}/v2/models/{MODEL}/infer", v2_body(rows), headers=dl.headers),
@@ -546,6 +550,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dl.stop()
         shutil.rmtree(workdir, ignore_errors=True)
     return results
+
+
+def workers_run(
+    workdir: Path, store: ArtifactStore, dl: Driftloop, v1: Version, v2: Version, bodies: list[str], duration: float
+) -> dict[str, Any]:
+    """The same /v1 load at c=64 on DRIFTLOOP_SERVING_WORKERS=2 (two processes on one port, SO_REUSEPORT),
+    then a hot swap to v2 under that load: each worker swaps on its own event."""
+    two = Driftloop(workdir, store, beside=dl, env={"DRIFTLOOP_SERVING_WORKERS": "2"})
+    two.start()
+    try:
+        path = f"/v1/models/{MODEL}/predict"
+
+        def both_serve_v1() -> bool:  # every worker reads promotions once it listens: announce until all serve v1
+            two.promote(v1)
+            time.sleep(1.0)
+            return all(httpx.post(f"{two.url}{path}", content=bodies[0], headers=two.headers).status_code == 200
+                       for _ in range(16))  # fmt: skip
+
+        wait_for(both_serve_v1, "both workers to serve v1", 120, two.log_path)
+        wrk(two.url, path, bodies, 8, 1.0, headers=dl.headers)  # warm-up
+        server = (two.process.pid, True)  # type: ignore[union-attr]
+        loads = {f"c{c}": asdict(wrk(two.url, path, bodies, c, duration, headers=dl.headers, server=server))
+                 for c in (1, 64)}  # fmt: skip
+        for c, r in loads.items():
+            print(f"  driftloop /v1, 2 workers: {c} {r['rps']:,.0f} req/s p50 {r['p50_ms']:.2f} ms p99 "
+                  f"{r['p99_ms']:.2f} ms ({r['server_cpu_ms']:.2f} CPU-ms/request)", flush=True)  # fmt: skip
+        return {**loads, "swap": hot_swap(two, v2, bodies, duration)}
+    finally:
+        two.stop()
 
 
 def hot_swap(dl: Driftloop, v2: Version, bodies: list[str], duration: float) -> dict[str, Any]:
@@ -609,6 +642,7 @@ def report(r: dict[str, Any]) -> str:
         f"req/s, p99 {slow['p99_ms']:.2f} ms, {slow['server_cpu_ms']:.2f} CPU-ms/request; the hot path: "
         f"{fast['rps'] / max(slow['rps'], 1e-9):.1f}× the throughput, "
         f"{slow['server_cpu_ms'] / max(fast['server_cpu_ms'], 1e-9):.1f}× less CPU per request",
+        *(workers_lines(r["workers"]) if "workers" in r else []),
         "cores: no pinning; serving is one process (one event loop), wrk one thread, both scheduled by the OS "
         "over the 2 cores",
         f"wrk used at most {wrk_cpu:.0%} of one core (one thread): it was not the bottleneck",
@@ -636,6 +670,17 @@ def report(r: dict[str, Any]) -> str:
     ]  # fmt: skip
     lines += [f"  {'met ' if ok else 'MISSED'} {what}: {value:,.2f}" for what, value, ok in checks]
     return "\n".join(lines)
+
+
+def workers_lines(w: dict[str, Any]) -> list[str]:
+    swap = w["swap"]
+    return [
+        f"driftloop /v1 with DRIFTLOOP_SERVING_WORKERS=2 (SO_REUSEPORT): c=1 {w['c1']['rps']:,.0f} req/s p50 "
+        f"{w['c1']['p50_ms']:.2f} ms; c=64 {w['c64']['rps']:,.0f} req/s p50 {w['c64']['p50_ms']:.2f} ms p99 "
+        f"{w['c64']['p99_ms']:.2f} ms, {w['c64']['server_cpu_ms']:.2f} CPU-ms/request; hot swap v1 → v2 under c=64: "
+        f"{swap['requests']:,} requests, {swap['failed']} failed ({swap['answered_by_v1']:,} by v1, "
+        f"{swap['answered_by_v2']:,} by v2), p99 {swap['p99_ms']:.1f} ms",
+    ]
 
 
 def main() -> None:
