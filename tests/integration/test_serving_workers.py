@@ -95,14 +95,14 @@ async def test_two_workers_serve_the_promoted_version_and_accept_each_others_ids
     finally:
         await pool.close()
     headers = {"Authorization": f"Bearer {token}"}
-    await wait_until(lambda: len(children(url)) == 2, timeout=90, message="both workers to listen")
+    await wait_until(lambda: len(children(url)) == 2, timeout=180, message="both workers to listen")
 
     async def swapped(version: int) -> bool:
         # A worker reads promotions from the moment it listens for them: announce until both have it.
         await publish(isolated, promoted("churn", version, model, previous=version - 1 or None))
         return await all_serve(url, headers, version)
 
-    await wait_until(lambda: swapped(1), timeout=90, message="both workers to serve v1")
+    await wait_until(lambda: swapped(1), timeout=180, message="both workers to serve v1")
     answers: list[dict[str, Any]] = []
     for _ in range(16):
         answer = await post(f"{url}/v1/models/churn/predict", {"instances": instances(2)}, headers)
@@ -117,5 +117,5 @@ async def test_two_workers_serve_the_promoted_version_and_accept_each_others_ids
 
     victim = min(children(url))
     os.kill(victim, signal.SIGKILL)
-    await wait_until(lambda: len(children(url) - {victim}) == 2, timeout=90, message="the killed worker's replacement")
-    await wait_until(lambda: swapped(2), timeout=90, message="both workers, the new one too, to serve v2")
+    await wait_until(lambda: len(children(url) - {victim}) == 2, timeout=180, message="the killed worker's replacement")
+    await wait_until(lambda: swapped(2), timeout=180, message="both workers, the new one too, to serve v2")
