@@ -72,7 +72,11 @@ class Version(BaseModel):
     aliases: list[str]
     metrics: dict[str, Any] = Field(description="Holdout metrics.")
     primary_metric: str
-    decision: str = Field(description="The promotion policy's outcome.")
+    decision: str = Field(
+        description="The promotion policy's outcome: promoted, rejected, rejudging, held (at candidate for "
+        "approval), or canary (a drift retrain released as a canary first), which becomes promoted or rolled-back "
+        "when its canary ends."
+    )
     created_at: str
     run: Run
     lineage: Lineage

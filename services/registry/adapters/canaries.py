@@ -18,6 +18,9 @@ async def start(
     conn: asyncpg.Connection, model: str, version: int, share: float, judged: bool, deadline: datetime
 ) -> None:
     """Record the canary (a new version restarts its clock; the same version only changes share or mode)."""
+    replaced = await conn.fetchval("SELECT version FROM canaries WHERE model = $1", model)
+    if replaced is not None and replaced != version:
+        await settle(conn, model, replaced)
     await conn.execute(
         "INSERT INTO canaries (model, version, share, judged, deadline) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT (model) DO UPDATE SET share = $3, judged = $4, "
@@ -64,6 +67,8 @@ async def clear(
         await conn.execute("DELETE FROM canaries WHERE model = $1", model)
     if previous is None:
         return None
+    if alias == "canary":
+        await settle(conn, model, previous)
     row = await repository.version(conn, model, previous)
     assert row is not None  # an alias always points to a registered version
     await repository.audit(conn, model, action, actor, reason, alias, previous, None)
@@ -71,6 +76,19 @@ async def clear(
     await outbox.add(conn, event.model_copy(update={"move": AliasMove(alias=alias, from_version=previous,
                                                                            to_version=None)}))  # fmt: skip
     return int(previous)
+
+
+async def settle(conn: asyncpg.Connection, model: str, version: int) -> None:
+    """Settle the decision of a version the promotion policy released as a canary, now that its canary has
+    ended: "promoted" if it became the champion, "rolled-back" otherwise (the canary policy, a deadline or a
+    person ended it, or another canary replaced it). A version registered with any other decision keeps it:
+    a canary set by hand is not the promotion policy's outcome."""
+    await conn.execute(
+        "UPDATE versions SET decision = CASE WHEN EXISTS (SELECT 1 FROM aliases WHERE model = $1 AND "
+        "alias = 'champion' AND version = $2) THEN 'promoted' ELSE 'rolled-back' END "
+        "WHERE model = $1 AND version = $2 AND decision = 'canary'",
+        model, version,
+    )  # fmt: skip
 
 
 async def past_deadline(conn: Conn, now: datetime) -> list[str]:

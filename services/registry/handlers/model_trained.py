@@ -68,13 +68,14 @@ async def _judge(
 
 
 def _via_canary(
-    decision: PromotionDecision, trigger: str, champion: int | None, canary: CanaryRelease | None
-) -> PromotionDecision:
+    decision: PromotionDecision, outcome: str, trigger: str, champion: int | None, canary: CanaryRelease | None
+) -> tuple[PromotionDecision, str]:
     """A drift retrain bound for champion goes to the canary first when the registry is set so (and a
-    champion serves to compare it with)."""
+    champion serves to compare it with). Its outcome is then "canary", not "promoted": it serves a share
+    only, and the canary policy settles it later (``canaries.settle``)."""
     if canary is None or trigger != "drift" or champion is None or decision.alias != "champion":
-        return decision
-    return PromotionDecision(True, "canary", f"{decision.reason}; drift retrain released as a canary first")
+        return decision, outcome
+    return PromotionDecision(True, "canary", f"{decision.reason}; drift retrain released as a canary first"), "canary"
 
 
 async def _held_for_approval(
@@ -134,7 +135,7 @@ async def _trained(
         decision = PromotionDecision(False, None, decision.reason + " (no holdout kept to re-judge on: rejected)")
     decision, outcome = await _trust(conn, decision, event.model, event.trigger, event.trigger_event_id,
                                      event.row_sources, trust)  # fmt: skip
-    decision = _via_canary(decision, event.trigger, champion, canary)
+    decision, outcome = _via_canary(decision, outcome, event.trigger, champion, canary)
     version = await repository.register(conn, event, outcome)
     await repository.record_governance(conn, event.model, version, event)
     await repository.keep_holdout(conn, event.model, version, event.holdout, event.row_sources)
@@ -177,7 +178,7 @@ async def _rejudged(
     sources = [Source.model_validate(s) for s in json.loads(row["row_sources"])] if row["row_sources"] else None
     decision, outcome = await _trust(conn, decision, event.model, row["trigger"], row["trigger_event_id"], sources,
                                      trust)  # fmt: skip
-    decision = _via_canary(decision, row["trigger"], champion, canary)
+    decision, outcome = _via_canary(decision, outcome, row["trigger"], champion, canary)
     await repository.record_rejudgement(conn, event.model, event.version, rejudgement, outcome)
     await repository.audit(conn, event.model, "rejudge", "trainer", _figures(row["primary_metric"], rejudgement),
                            "champion", rejudgement.champion_version, event.version)  # fmt: skip
