@@ -12,9 +12,10 @@ import json
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from itertools import repeat
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from libs.common import topics
 from libs.common.errors import InvalidEvent
@@ -377,10 +378,19 @@ class PredictionRecord(BaseModel):
 
 
 class PredictionsLogged(Event):
-    """A batch of predictions served by one model version."""
+    """A batch of predictions served by one model version.
+
+    Schema version 2 adds a second wire form of the same batch: instead of ``records``, a producer may
+    send ``columns`` (see :func:`records_from_columns`), one list per field and per feature. Serving
+    does: building a record per row (a dict of features inside a dict per prediction) cost it more
+    CPU than answering the request, on the event loop every response shares. The records are built
+    here, where the event is read, so consumers see ``records`` either way.
+    """
 
     topic: ClassVar[str] = topics.PREDICTIONS_LOGGED
+    current_version: ClassVar[int] = 2
     event_type: Literal["predictions.logged"] = "predictions.logged"
+    schema_version: int = Field(default=2, ge=1, description="Version of this event type's schema.")
     model: str
     version: int = Field(ge=1)
     records: list[PredictionRecord] = Field(min_length=1)
@@ -390,8 +400,53 @@ class PredictionsLogged(Event):
         "ids); never returned to a caller.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _from_columns(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "records" not in data and "columns" in data:
+            return {**data, "records": records_from_columns(data["columns"])}
+        return data
+
     def key(self) -> bytes:
         return self.model.encode()
+
+
+def records_from_columns(columns: Any) -> list[dict[str, Any]]:
+    """The records of ``predictions.logged``'s columnar form, one per row.
+
+    ``columns`` is ``{"request_ids": [...], "at": [...], "predictions": [...], "features": {name: [...]},
+    "probabilities": {class: [...]} or null}``, every list holding one value per row, in row order
+    (``at`` may also be one time for every row). A list of another length is refused (ValueError),
+    so a malformed batch fails validation rather than pairing values with the wrong rows.
+    """
+    if not isinstance(columns, dict) or not isinstance(columns.get("request_ids"), list):
+        raise ValueError("columns: expected an object with a list of request_ids")
+    rows = len(columns["request_ids"])
+    at = columns.get("at")
+    times = at if isinstance(at, list) else [at] * rows
+    features = columns.get("features")
+    probabilities = columns.get("probabilities")
+    if not isinstance(features, dict) or not (probabilities is None or isinstance(probabilities, dict)):
+        raise ValueError("columns: features (and probabilities, unless null) must be objects of lists")
+    lists = {"at": times, "predictions": columns.get("predictions")}
+    lists |= {f"features.{name}": values for name, values in features.items()}
+    lists |= {f"probabilities.{name}": values for name, values in (probabilities or {}).items()}
+    for where, values in lists.items():
+        if not isinstance(values, list) or len(values) != rows:
+            raise ValueError(f"columns.{where}: expected a list of {rows} values, one per request id")
+    names, classes = list(features), list(probabilities or ())
+    by_row = zip(*features.values(), strict=True) if names else repeat((), rows)
+    rows_features = [dict(zip(names, values, strict=True)) for values in by_row]
+    rows_probabilities = (
+        [dict(zip(classes, values, strict=True)) for values in zip(*probabilities.values(), strict=True)]
+        if probabilities else [None] * rows
+    )  # fmt: skip
+    return [
+        {"request_id": request_id, "features": row, "prediction": prediction, "probabilities": probs, "at": when}
+        for request_id, row, prediction, probs, when in zip(
+            columns["request_ids"], rows_features, columns["predictions"], rows_probabilities, times, strict=True
+        )
+    ]
 
 
 class Label(BaseModel):
@@ -506,6 +561,12 @@ def register_upcaster(event_type: str, from_version: int) -> Callable[[Upcaster]
         return fn
 
     return decorate
+
+
+@register_upcaster("predictions.logged", 1)
+def _predictions_logged_v1_v2(payload: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 carried ``records`` only, which version 2 still reads as they are."""
+    return payload
 
 
 def parse_event(raw: bytes | str | dict[str, Any], expected: tuple[type[Event], ...] = ()) -> Event:

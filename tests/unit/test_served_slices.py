@@ -1,4 +1,4 @@
-"""What a request served, sliced for the prediction log, records exactly the rows of the whole."""
+"""What a request served, sliced for the prediction log, logs exactly the rows of the whole."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ import numpy as np
 from cli.churn_stream import FEATURES, ChurnStream
 from services.serving.domain.features import CompiledSchema
 from services.serving.domain.models import Inference
-from services.serving.domain.predictions import Served, probability_dicts
+from services.serving.domain.predictions import Served, log_columns, probability_dicts
 from tests.factories import CHURN
 
 
-def test_the_slices_of_a_request_record_the_same_rows_as_the_whole() -> None:
+def test_the_slices_of_a_request_log_the_same_rows_as_the_whole() -> None:
     rows = [{k: r[k] for k in FEATURES} for r in ChurnStream(seed=3).batch(7)]
     columns = CompiledSchema(CHURN).from_instances(rows)
     probabilities = np.linspace(0, 1, 7)
     inference = Inference(np.array(["no", "yes"] * 3 + ["no"]), np.column_stack([1 - probabilities, probabilities]))
     served = Served([f"{i:032d}" for i in range(7)], columns, inference, ["no", "yes"], list(CHURN.features),
                     datetime(2026, 1, 2, tzinfo=UTC))  # fmt: skip
-    sliced = [record for start in range(0, 7, 3) for record in served.slice(start, start + 3).records()]
-    assert sliced == served.records()
+    assert log_columns([served.slice(start, start + 3) for start in range(0, 7, 3)]) == {
+        **log_columns([served]),
+        "at": [served.at] * 7,
+    }
     assert [served.slice(s, s + 3).rows for s in range(0, 7, 3)] == [3, 3, 1]
 
 

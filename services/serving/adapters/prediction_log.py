@@ -2,8 +2,9 @@
 
 Predictions are buffered per model version and published when a batch is
 full or on a timer, never on the request path. A request hands over what it
-served in columns (:class:`Served`); the records are built here, when the log
-flushes, so a response never waits for them. The log is telemetry for the
+served in columns (:class:`Served`); a flush joins the columns of the requests
+it publishes and sends them as columns (the event's columnar form), so no
+record per row is ever built here. The log is telemetry for the
 monitor: a crash loses at most one unflushed batch, which the monitor's
 windowed statistics tolerate; a full buffer (broker down) drops the oldest
 records and counts them, rather than growing without bound.
@@ -29,15 +30,11 @@ from libs.common.events import PredictionsLogged
 from libs.common.kafka import BrokerPublisher
 from libs.common.tasks import cancel_and_wait
 from libs.common.telemetry import Telemetry
-from services.serving.domain.predictions import Served
+from services.serving.domain.predictions import Served, log_columns
 
 log = logging.getLogger(__name__)
 Key = tuple[str, int, bool]
 """(model, version, shadow): a shadow's predictions are never batched with served ones."""
-
-RECORDS_STEP = 100
-"""Most rows whose records the log builds in one turn of the event loop (about 0.3 ms of work; a
-1,000-row request's records built in one go held the loop for ~3 ms)."""
 
 
 class PredictionLog:
@@ -55,7 +52,6 @@ class PredictionLog:
         self.flush_s = flush_s
         self.max_buffer = max_buffer
         self._served: dict[Key, deque[Served]] = defaultdict(deque)
-        self._buffers: dict[Key, deque[dict[str, Any]]] = defaultdict(deque)
         self._pending = 0
         self._causes: dict[Key, list[trace.SpanContext]] = defaultdict(list)
         self._unsent: deque[tuple[EncodedEvent, list[trace.SpanContext]]] = deque()
@@ -76,12 +72,7 @@ class PredictionLog:
     ) -> None:
         """Queue what one request served (or what the shadow predicted for it); cheap (no per-row work)."""
         key = (model, version, shadow)
-        queue = self._served[key]
-        if served.rows <= RECORDS_STEP:
-            queue.append(served)
-        else:  # the log builds records one queued item per turn of the event loop: keep each turn short
-            queue.extend(served.slice(start, start + RECORDS_STEP) for start in range(0, served.rows, RECORDS_STEP))
-        self._buffers.setdefault(key, deque())
+        self._served[key].append(served)
         if cause is not None and cause.is_valid:
             self._causes[key].append(cause)
         self._pending += served.rows
@@ -92,12 +83,8 @@ class PredictionLog:
 
     def _drop_oldest(self, excess: int) -> None:
         dropped = 0
-        while self._unsent and dropped < excess:  # the oldest first: unsent events, built records, served ones
+        while self._unsent and dropped < excess:  # the oldest first: unsent events, then served rows
             dropped += self._unsent.popleft()[0].rows
-        for records in self._buffers.values():
-            while records and dropped < excess:
-                records.popleft()
-                dropped += 1
         for served in self._served.values():
             while served and dropped < excess:
                 dropped += served.popleft().rows
@@ -114,25 +101,17 @@ class PredictionLog:
                 return
             self._unsent.popleft()
             self._pending -= event.rows
-        # Building records is the log's heaviest work (dicts per row). It runs on the event loop
-        # one request's worth at a time, yielding in between, so requests are answered between the
-        # steps: on a worker thread it would hold the GIL for milliseconds at a stretch instead.
-        for key, queue in list(self._served.items()):
-            buffer = self._buffers[key]
+        for (model, version, shadow), queue in list(self._served.items()):
             while queue:
-                buffer.extend(queue.popleft().records())
-                await asyncio.sleep(0)
-        for (model, version, shadow), buffer in list(self._buffers.items()):
-            while buffer:
-                batch = [buffer.popleft() for _ in range(min(self.batch_size, len(buffer)))]
+                parts, rows = _take(queue, self.batch_size)
                 # One event, many causes: the publish links to every request it carries.
                 key = (model, version, shadow)
                 causes, self._causes[key] = self._causes[key][:128], []
-                event = encode(model, version, batch, shadow=shadow)
+                event = encode(model, version, log_columns(parts), rows, shadow=shadow)
                 if not await self._publish(event, causes):  # broker down: kept, as this event, for the next flush
                     self._unsent.append((event, causes))
                     return
-                self._pending -= len(batch)
+                self._pending -= rows
                 await asyncio.sleep(0)
 
     async def _publish(self, event: EncodedEvent, causes: list[trace.SpanContext]) -> bool:
@@ -183,14 +162,30 @@ class EncodedEvent:
 _EVENT_TYPE: str = PredictionsLogged.model_fields["event_type"].default
 
 
-def encode(model: str, version: int, records: list[dict[str, Any]], *, shadow: bool = False) -> EncodedEvent:
-    """The event carrying ``records`` (:class:`Served.records`, built from validated columns), encoded with
-    orjson in one call: building the pydantic event validates and dumps every record again, about seven
-    times the cost at a thousand records. Consumers parse it as any :class:`PredictionsLogged`."""
+def _take(queue: deque[Served], rows: int) -> tuple[list[Served], int]:
+    """The oldest served requests, up to ``rows`` rows, off ``queue``; a request that does not fit whole
+    is split, its rest left first in line (slices are views: nothing is copied)."""
+    parts: list[Served] = []
+    taken = 0
+    while queue and taken < rows:
+        served = queue.popleft()
+        if taken + served.rows > rows:
+            fits = rows - taken
+            queue.appendleft(served.slice(fits, served.rows))
+            served = served.slice(0, fits)
+        parts.append(served)
+        taken += served.rows
+    return parts, taken
+
+
+def encode(model: str, version: int, columns: dict[str, Any], rows: int, *, shadow: bool = False) -> EncodedEvent:
+    """The event carrying ``rows`` predictions in its columnar form (:func:`log_columns`), encoded with
+    orjson in one call (NumPy-free plain lists; NaN is written as null). Building the pydantic event
+    would validate every value again for nothing. Consumers parse it as any :class:`PredictionsLogged`."""
     event_id = str(uuid.uuid4())
     envelope = {
         "event_id": event_id, "event_type": _EVENT_TYPE, "schema_version": PredictionsLogged.current_version,
         "occurred_at": datetime.now(UTC), "producer": "serving", "correlation_id": None,
-        "model": model, "version": version, "records": records, "shadow": shadow,
+        "model": model, "version": version, "columns": columns, "shadow": shadow,
     }  # fmt: skip
-    return EncodedEvent(event_id, model, version, len(records), orjson.dumps(envelope))
+    return EncodedEvent(event_id, model, version, rows, orjson.dumps(envelope))

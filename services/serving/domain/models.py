@@ -33,6 +33,12 @@ class Inference:
         probs = self.probabilities[start:stop] if self.probabilities is not None else None
         return Inference(self.labels[start:stop], probs)
 
+    @staticmethod
+    def concat(parts: list[Inference]) -> Inference:
+        matrices = [p.probabilities for p in parts if p.probabilities is not None]
+        matrix = np.concatenate(matrices) if len(matrices) == len(parts) else None
+        return Inference(np.concatenate([p.labels for p in parts]), matrix)
+
 
 class ModelRuntime(Protocol):
     """What runs a version: onnxruntime or scikit-learn (``services.serving.adapters.runtimes``)."""
