@@ -465,6 +465,11 @@ class LabelsArrived(Event):
     labels: list[Label] = Field(min_length=1)
     principal: str | None = Field(default=None, description="The authenticated caller who sent the labels.")
     trusted: bool | None = Field(default=None, description="Whether that caller's token is trusted.")
+    attestation: str | None = Field(
+        default=None,
+        description="Serving's MAC over the model, the sender, its trust and the labels (libs/common/request_ids.py): "
+        "proof that serving checked them; the monitor refuses labels without it when it holds serving's key.",
+    )
 
     def key(self) -> bytes:
         return self.model.encode()

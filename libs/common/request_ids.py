@@ -15,6 +15,12 @@ again on ``labels.arrived``, so a client that may write that topic directly (it
 skips the HTTP check) still cannot feed labels for predictions serving never
 made. Both hold the secret; nobody else needs it.
 
+Serving also attests each ``labels.arrived`` it publishes: a MAC under the same
+secret over the model, the sender, its trust level and the labels. The sender
+and its trust decide whether a retrain may promote by itself, so a producer
+writing the topic directly must not be able to name a trusted principal; without
+the secret it cannot make the attestation.
+
 Rotation: mint with the current secret, accept ids tagged with any secret in
 ``previous`` until the labels for them stop mattering (hours), then drop it.
 """
@@ -23,8 +29,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from libs.common.errors import InvalidEvent
 
@@ -43,9 +51,24 @@ class RequestIds:
             raise ValueError("the request-id secret must be at least 16 bytes")
         # Keyed once (BLAKE2b keys are at most 64 bytes: a longer secret is hashed down);
         # copying a keyed state is cheaper than keying one per id.
-        self._macs = tuple(
-            hashlib.blake2b(key=key if len(key) <= 64 else hashlib.sha256(key).digest(), digest_size=TAG_BYTES)
-            for key in (secret, *previous)
+        self._keys = tuple(key if len(key) <= 64 else hashlib.sha256(key).digest() for key in (secret, *previous))
+        self._macs = tuple(hashlib.blake2b(key=key, digest_size=TAG_BYTES) for key in self._keys)
+
+    def attest(self, model: str, principal: str | None, trusted: bool | None, labels: Sequence[tuple[str, Any]]) -> str:
+        """A MAC over who sent which labels for ``model`` (under the current secret)."""
+        return _attestation(self._keys[0], model, principal, trusted, labels)
+
+    def attested(
+        self,
+        tag: str | None,
+        model: str,
+        principal: str | None,
+        trusted: bool | None,
+        labels: Sequence[tuple[str, Any]],
+    ) -> bool:
+        """Whether ``tag`` is the attestation of exactly these labels under one of the secrets."""
+        return tag is not None and any(
+            hmac.compare_digest(tag, _attestation(key, model, principal, trusted, labels)) for key in self._keys
         )
 
     def mint(self, model: str) -> str:
@@ -65,6 +88,15 @@ class RequestIds:
             return False
         nonce, tag = request_id[: 2 * RANDOM_BYTES], request_id[2 * RANDOM_BYTES :]
         return any(hmac.compare_digest(tag, _tag(mac, model, nonce)) for mac in self._macs)
+
+
+def _attestation(
+    key: bytes, model: str, principal: str | None, trusted: bool | None, labels: Sequence[tuple[str, Any]]
+) -> str:
+    # BLAKE2b's personalisation keeps these MACs apart from the request-id tags made with the same key.
+    canonical = json.dumps([model, principal, trusted, [[r, label] for r, label in labels]], sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False)  # fmt: skip
+    return hashlib.blake2b(canonical.encode(), key=key, digest_size=16, person=b"dl-labels-v1").hexdigest()
 
 
 def _tag(keyed: hashlib.blake2b, model: str, nonce: str) -> str:
@@ -117,3 +149,22 @@ def check_issued(ids: RequestIds, model: str, request_ids: Sequence[str]) -> Non
             f"{model!r} ({quoted}): the labels are refused",
             model=model, unissued=len(unissued),
         )  # fmt: skip
+
+
+class UnattestedLabels(InvalidEvent):
+    """A ``labels.arrived`` serving did not attest (or whose sender, trust or labels were changed since)."""
+
+    code = "unattested_labels"
+
+
+def check_attested(ids: RequestIds, model: str, principal: str | None, trusted: bool | None,
+                   labels: Sequence[tuple[str, Any]], attestation: str | None) -> None:  # fmt: skip
+    """Raise :class:`UnattestedLabels` unless serving attested exactly this sender, trust and labels."""
+    if not ids.attested(attestation, model, principal, trusted, labels):
+        missing = "carries no attestation" if attestation is None else "does not match its attestation"
+        raise UnattestedLabels(
+            f"labels.arrived for model {model!r} from {principal!r} {missing}: serving did not publish it as it is; "
+            "the labels are refused",
+            model=model,
+            labels=len(labels),
+        )

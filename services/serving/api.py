@@ -210,8 +210,11 @@ def mount(
             producer="serving", model=body.model, principal=principal.name, trusted=principal.trusted,
             labels=[Label(request_id=body.labels[i].request_id, label=body.labels[i].label) for i in accepted],
         )  # fmt: skip
+        labelled = [(item.request_id, item.label) for item in event.labels]
+        update: dict[str, Any] = {"attestation": ids.attest(body.model, principal.name, principal.trusted, labelled)}
         if key is not None:  # a retried key publishes the same event id: the monitor counts it once
-            event = event.model_copy(update={"event_id": idempotency.event_id("serving.feedback", key)})
+            update["event_id"] = idempotency.event_id("serving.feedback", key)
+        event = event.model_copy(update=update)
         await rt.publisher.publish_event(event)  # acknowledged by the broker before we answer
         answer = {"model": body.model, "accepted": len(accepted), "refused": len(rejected), "problems": problems}
         if key is not None:

@@ -130,7 +130,8 @@ async def test_a_second_label_for_a_prediction_is_counted_and_never_scored(isola
 
 
 async def test_the_monitor_refuses_labels_for_ids_serving_never_issued(isolated: Isolation) -> None:
-    """A producer writing labels.arrived directly skips serving's check; the monitor checks the ids again."""
+    """A producer writing labels.arrived directly skips serving's check; the monitor checks the ids again,
+    and that serving attested the event's sender and trust."""
     store = ArtifactStore(isolated.artifacts_root)
     model = trained_model(store, rows=2000)
     settings = isolated.settings(MonitorSettings, window_size=1000, min_labels=10, request_id_secret=SECRET)
@@ -154,11 +155,20 @@ async def test_the_monitor_refuses_labels_for_ids_serving_never_issued(isolated:
         made_up = [Label(request_id=f"{i:032x}", label="no") for i in range(5)]
         other_model = [Label(request_id=ids.mint("fraud"), label="no")]
 
-        def event(items: list[Label]) -> LabelsArrived:
-            return LabelsArrived(producer="test", model="churn", labels=items, principal="crm", trusted=True)
+        def event(items: list[Label], principal: str = "crm", trusted: bool = True) -> LabelsArrived:
+            """Labels as serving publishes them: attested for who sent them."""
+            tag = ids.attest("churn", principal, trusted, [(i.request_id, i.label) for i in items])
+            return LabelsArrived(producer="test", model="churn", labels=items, principal=principal, trusted=trusted,
+                                 attestation=tag)  # fmt: skip
 
         # Real ids flipped plus one made-up id: refused whole, the real ids' labels included.
         await publish(isolated, logged, event(made_up), event(flipped + made_up[:1]), event(other_model))
+        # Real ids, but the untrusted sender passed off as the trusted upstream account; and no attestation at all.
+        passed_off = event(flipped, principal="mallory", trusted=False).model_copy(
+            update={"principal": "crm", "trusted": True}
+        )
+        unattested = event(flipped).model_copy(update={"attestation": None})
+        await publish(isolated, passed_off, unattested)
         await publish(isolated, event(truth[10:]))
 
         async def counted() -> Any:
@@ -167,6 +177,7 @@ async def test_the_monitor_refuses_labels_for_ids_serving_never_issued(isolated:
 
         text = await wait_until(counted, timeout=120, message="the genuine labels scored")
         assert metric(text, "driftloop_labels_refused_total", model="churn", reason="unissued") == 7
+        assert metric(text, "driftloop_labels_refused_total", model="churn", reason="unattested") == 20
         assert metric(text, "driftloop_labels_total", model="churn", matched="true") == 30
         assert metric(text, "driftloop_labels_total", model="churn", matched="waiting") in (0, 30)  # never the fakes
         state = (await client.get("/v1/models/churn/drift")).json()
@@ -175,13 +186,16 @@ async def test_the_monitor_refuses_labels_for_ids_serving_never_issued(isolated:
         accuracy = sum(answers[item.request_id] == item.label for item in truth[10:]) / 30
         assert state["live"]["value"] == pytest.approx(accuracy)  # the flipped labels were never scored
 
-    dead = await read_topic(isolated.kafka.bootstrap, topics.dlq(isolated.kafka.topic(topics.LABELS_ARRIVED)), expect=3)
+    dead = await read_topic(isolated.kafka.bootstrap, topics.dlq(isolated.kafka.topic(topics.LABELS_ARRIVED)), expect=5)
     headers = [{k: bytes(v).decode() for k, v in r.headers} for r in dead]
-    assert {h[topics.HEADER_DLQ_ERROR_TYPE] for h in headers} == {"UnissuedRequestIds"}
+    types = sorted(h[topics.HEADER_DLQ_ERROR_TYPE] for h in headers)
+    assert types == ["UnattestedLabels"] * 2 + ["UnissuedRequestIds"] * 3
     reasons = sorted(h[topics.HEADER_DLQ_REASON] for h in headers)
     assert reasons[0].startswith("1 of the 1 request ids were never issued by serving for model 'churn'")
     assert reasons[1].startswith("1 of the 11 request ids were never issued")
     assert reasons[2].startswith("5 of the 5 request ids were never issued")
+    assert reasons[3].startswith("labels.arrived for model 'churn' from 'crm' carries no attestation")
+    assert reasons[4].startswith("labels.arrived for model 'churn' from 'crm' does not match its attestation")
 
 
 def _instances(n: int) -> list[dict[str, Any]]:

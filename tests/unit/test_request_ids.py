@@ -6,7 +6,15 @@ import uuid
 
 import pytest
 
-from libs.common.request_ids import ID_LENGTH, RequestIds, UnissuedRequestIds, check_issued, screen
+from libs.common.request_ids import (
+    ID_LENGTH,
+    RequestIds,
+    UnattestedLabels,
+    UnissuedRequestIds,
+    check_attested,
+    check_issued,
+    screen,
+)
 
 SECRET = b"k" * 32
 
@@ -86,3 +94,23 @@ def test_check_issued_refuses_a_batch_with_any_unissued_id_and_names_it() -> Non
         f"2 of the 5 request ids were never issued by serving for model 'churn' ('{'f' * 32}', "
     )
     assert refused.value.retryable is False  # dead-lettered at once, never retried
+
+
+def test_an_attestation_binds_the_sender_its_trust_and_every_label() -> None:
+    ids = RequestIds(b"k" * 32, previous=[b"o" * 32])
+    labels = [(ids.mint("churn"), "yes"), (ids.mint("churn"), 1.5)]
+    tag = ids.attest("churn", "crm", True, labels)
+    assert ids.attested(tag, "churn", "crm", True, labels)
+    assert not ids.attested(tag, "churn", "mallory", True, labels)
+    assert not ids.attested(tag, "churn", "crm", False, labels)
+    assert not ids.attested(tag, "fraud", "crm", True, labels)
+    assert not ids.attested(tag, "churn", "crm", True, [labels[0], (labels[1][0], 2.5)])
+    assert not ids.attested(tag, "churn", "crm", True, labels[:1])
+    assert not ids.attested(None, "churn", "crm", True, labels)
+    assert not RequestIds(b"x" * 32).attested(tag, "churn", "crm", True, labels)  # another key
+    rotated = RequestIds(b"n" * 32, previous=[b"k" * 32])
+    assert rotated.attested(tag, "churn", "crm", True, labels)  # the old key still attests during a rotation
+    with pytest.raises(UnattestedLabels, match="does not match its attestation"):
+        check_attested(ids, "churn", "crm", False, labels, tag)
+    with pytest.raises(UnattestedLabels, match="carries no attestation"):
+        check_attested(ids, "churn", "crm", True, labels, None)

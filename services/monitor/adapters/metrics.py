@@ -33,7 +33,8 @@ class MonitorMetrics:
         )  # fmt: skip
         self.labels_refused = Counter(
             "driftloop_labels_refused_total",
-            "Labels on labels.arrived refused before scoring: request ids serving never issued for the model.",
+            "Labels on labels.arrived refused before scoring: ids serving never issued for the model (unissued), "
+            "or an event serving did not attest (unattested).",
             ["model", "reason"],
             registry=registry,
         )  # fmt: skip

@@ -3,7 +3,9 @@
 Serving publishes labels only for request ids it issued for the model, but a
 client allowed to write the topic directly skips that check; so the ids are
 checked again here (one MAC each, no I/O) and an event carrying any id serving
-never issued is dead-lettered whole, before anything is stored or scored.
+never issued is dead-lettered whole, before anything is stored or scored. So is
+an event serving did not attest: its sender and trust level (which decide
+whether a retrain may promote by itself) would be whatever the writer claimed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import asyncpg
 from libs.common import outbox
 from libs.common.events import LabelsArrived
 from libs.common.kafka import Delivery, EventHandler
-from libs.common.request_ids import RequestIds, UnissuedRequestIds, check_issued
+from libs.common.request_ids import RequestIds, UnattestedLabels, UnissuedRequestIds, check_attested, check_issued
 from libs.common.schema import Task
 from libs.common.service import Runtime
 from services.monitor.adapters import repository, versions
@@ -35,10 +37,15 @@ def handler(
     async def handle(event: LabelsArrived, delivery: Delivery) -> None:
         """Score each label against the prediction it answers (served by the monitored version)."""
         if ids is not None:
+            labelled = [(item.request_id, item.label) for item in event.labels]
             try:
-                check_issued(ids, event.model, [item.request_id for item in event.labels])
+                check_issued(ids, event.model, [request_id for request_id, _ in labelled])
+                check_attested(ids, event.model, event.principal, event.trusted, labelled, event.attestation)
             except UnissuedRequestIds as refused:
                 metrics.labels_refused.labels(event.model, "unissued").inc(refused.details["unissued"])
+                raise
+            except UnattestedLabels:
+                metrics.labels_refused.labels(event.model, "unattested").inc(len(labelled))
                 raise
         labels = {item.request_id: item.label for item in event.labels}
         matched = await outbox.once(
