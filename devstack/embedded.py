@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -63,8 +64,34 @@ def _as_user(user: str | None) -> dict[str, Any]:
     return {"user": user, "group": user, "extra_groups": []} if user else {}
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port free now, for a server that binds it soon.
+
+    Taken below the kernel's ephemeral range: a port the kernel hands out for
+    ``bind(0)`` is also the source port of any outgoing connection, so one
+    picked that way can be taken by a Kafka or HTTP client (of any process)
+    in the seconds before a service binds it ("address already in use").
+    Ports below the range are only ever taken by someone who asks for them.
+    """
+    low, _ = _ephemeral_range()
+    start, stop = (10000, low) if low > 12000 else (low, 65535)
+    for _ in range(200):
+        port = random.randrange(start, stop)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded range: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

@@ -11,7 +11,6 @@ import contextlib
 import functools
 import itertools
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from tritonclient.http import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from cli.churn_stream import FEATURES
+from devstack.embedded import free_port
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, OnnxExport, PredictionsLogged, parse_event
@@ -227,9 +227,7 @@ def _metric(text: str, name: str) -> float:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_port()
 
 
 @contextlib.asynccontextmanager
