@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from libs.common import idempotency
 from libs.common.auth import Principal, Role, require
@@ -20,25 +20,22 @@ from libs.common.ratelimit import RateLimit
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
+from services.ingest.api_models import (
+    DatasetListed,
+    DatasetSummary,
+    DeclaredOut,
+    RejectionOut,
+    RejectionsPage,
+    SubmissionOut,
+    VersionOut,
+)
 from services.ingest.domain.parsing import ParsedBody, parse_body
-from services.ingest.domain.validation import ValidationResult, validate
+from services.ingest.domain.validation import Rejection, ValidationResult, validate
 from services.ingest.settings import IngestSettings
 
 RECORDS_SCOPE = "ingest.records"
 DatasetName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="Dataset name.")]
 VersionNumber = Annotated[int, Path(ge=0, le=INT4_MAX, description="Dataset version.")]
-
-
-class RejectionOut(BaseModel):
-    row: int
-    field: str | None
-    reason: str
-
-
-class DeclaredOut(BaseModel):
-    dataset: str
-    created: bool
-    dataset_schema: DatasetSchema = Field(alias="schema")
 
 
 _SCHEMA_BODY = {
@@ -83,28 +80,21 @@ def _declared(dataset: str, text: str, *, created: bool) -> Response:
     return Response(f'{head}, "schema": {text}}}', status_code=201 if created else 200, media_type="application/json")
 
 
-class SubmissionOut(BaseModel):
-    dataset: str
-    submission_id: str
-    received: int
-    accepted: int
-    rejected: int
-    version: int | None
-    total_rows: int
-    rejections: list[RejectionOut]
-
-
 def mount(app: FastAPI, rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None = None) -> None:
     """The dataset routes; ``stored`` is set after each submission that stored rows (the compactor waits on it)."""
-    limit = RateLimit("records", settings.records_rate_per_s, settings.records_burst,
-                      shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
     router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+    _mount_declare(router, rt)
+    _mount_reads(router, rt)
+    _mount_records(router, rt, settings, stored)
+    app.include_router(router)
 
+
+def _mount_declare(router: APIRouter, rt: Runtime) -> None:
     @router.put(
         "/{dataset}", status_code=201, response_model=DeclaredOut, summary="Declare (or confirm) a dataset's schema",
         openapi_extra=_SCHEMA_BODY,
-        responses={**errors(409), 200: {"model": DeclaredOut, "description": "Already declared: confirmed, or "
-                                        "replaced while the dataset holds no data."}},
+        responses={**errors(400, 409), 200: {"model": DeclaredOut, "description": "Already declared: confirmed, or "
+                                             "replaced while the dataset holds no data."}},
         dependencies=[require(Role.ADMIN)],
     )  # fmt: skip
     async def declare(dataset: DatasetName, request: Request) -> Response:
@@ -114,22 +104,40 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings, stored: asyncio.E
         created = await repository.declare(rt.db, dataset, schema, text)
         return _declared(dataset, text, created=created)
 
+
+def _mount_reads(router: APIRouter, rt: Runtime) -> None:
     @router.get("", summary="List datasets", dependencies=[require(Role.READER)])
-    async def list_datasets() -> list[dict[str, Any]]:
-        return await repository.list_datasets(rt.db)
+    async def list_datasets() -> list[DatasetListed]:
+        return [DatasetListed(**row) for row in await repository.list_datasets(rt.db)]
 
     @router.get("/{dataset}", summary="A dataset: schema, latest version and submission counts",
-                dependencies=[require(Role.READER)])  # fmt: skip
-    async def show(dataset: DatasetName) -> dict[str, Any]:
-        return await repository.summary(rt.db, dataset)
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
+    async def show(dataset: DatasetName) -> DatasetSummary:
+        return DatasetSummary.model_validate(await repository.summary(rt.db, dataset))
 
     @router.get("/{dataset}/versions/{version}", summary="The manifest of one dataset version",
-                dependencies=[require(Role.READER)])  # fmt: skip
-    async def version(dataset: DatasetName, version: VersionNumber) -> dict[str, Any]:
-        return await repository.version(rt.db, dataset, version)
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
+    async def version(dataset: DatasetName, version: VersionNumber) -> VersionOut:
+        return VersionOut.model_validate(await repository.version(rt.db, dataset, version))
+
+    @router.get("/{dataset}/rejections", summary="Rejected rows with their reasons, newest first",
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
+    async def rejections(
+        dataset: DatasetName,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        before_id: Annotated[
+            int | None, Query(ge=1, le=INT8_MAX, description="Page: rejections older than this id")
+        ] = None,
+    ) -> RejectionsPage:
+        return RejectionsPage.model_validate(await repository.rejections(rt.db, dataset, before_id, limit))
+
+
+def _mount_records(router: APIRouter, rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None) -> None:
+    limit = RateLimit("records", settings.records_rate_per_s, settings.records_burst,
+                      shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
 
     @router.post(
-        "/{dataset}/records", response_model=SubmissionOut, responses=errors(409, 415),
+        "/{dataset}/records", response_model=SubmissionOut, responses=errors(400, 404, 409, 415, 429),
         summary="Submit records: JSON array, NDJSON, CSV, Arrow IPC stream or Parquet", openapi_extra=_RECORDS_BODY,
     )  # fmt: skip
     async def submit(
@@ -142,58 +150,64 @@ def mount(app: FastAPI, rt: Runtime, settings: IngestSettings, stored: asyncio.E
         ] = "partial",
         key: IdempotencyKey = None,
     ) -> Response:
-        body = await request.body()
-        content_type = request.headers.get("content-type", "application/json")
-        encoding = request.headers.get("content-encoding", "")
+        body, content_type = await request.body(), request.headers.get("content-type", "application/json")
         schema = await repository.get_schema(rt.db, dataset)
         # parsed and validated on a worker thread (pyarrow and orjson release the GIL for the bulk of it)
+        encoding = request.headers.get("content-encoding", "")
         parsed, result = await off_loop(len(body), _read, body, content_type, encoding, schema, settings)
         await limit.charge(principal.name, parsed.count)  # every row costs, accepted or not
         if mode == "strict" and result.rejected:
-            first = result.rejected[0]
-            raise ValidationFailed(
-                f"row {first.row}: {first.reason}"
-                + (f" (and {len(result.rejected) - 1} more rows)" if len(result.rejected) > 1 else ""),
-                row=first.row,
-                field=first.field,
-                rejections=[{"row": r.row, "field": r.field, "reason": r.reason} for r in result.rejected[:100]],
-            )
-        request_print = await off_loop(len(body), fingerprint, principal.name, dataset, mode, content_type, body)
-        async with rt.db.acquire() as conn, conn.transaction(), repository.discard_on_error(rt.store) as written:
-            if key is not None and (replay := await idempotency.claim(conn, RECORDS_SCOPE, key, request_print)):
-                return replay.response()
-            saved = await repository.store_submission(
-                conn, rt.store, dataset=dataset, result=result, source="http", principal=principal.name,
-                trusted=principal.trusted, written=written,
-            )  # fmt: skip
-            answer = SubmissionOut(
-                dataset=dataset,
-                submission_id=str(saved.submission_id),
-                received=parsed.count,
-                accepted=saved.accepted,
-                rejected=saved.rejected,
-                version=saved.version,
-                total_rows=saved.total_rows,
-                rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in saved.rejections[:100]],
-            ).model_dump_json()
-            if key is not None:
-                await idempotency.remember(conn, RECORDS_SCOPE, key, 200, answer.encode())
-        if stored is not None and saved.version is not None:
+            raise _all_or_nothing(result.rejected)
+        claim = None
+        if key is not None:
+            claim = (key, await off_loop(len(body), fingerprint, principal.name, dataset, mode, content_type, body))
+        answer, version = await _store(rt, dataset, principal, parsed.count, result, claim)
+        if stored is not None and version is not None:
             stored.set()
-        return Response(answer, media_type="application/json")
+        return answer
 
-    @router.get("/{dataset}/rejections", summary="Rejected rows with their reasons, newest first",
-                dependencies=[require(Role.READER)])  # fmt: skip
-    async def rejections(
-        dataset: DatasetName,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before_id: Annotated[
-            int | None, Query(ge=1, le=INT8_MAX, description="Page: rejections older than this id")
-        ] = None,
-    ) -> dict[str, Any]:
-        return await repository.rejections(rt.db, dataset, before_id, limit)
 
-    app.include_router(router)
+async def _store(
+    rt: Runtime, dataset: str, principal: Principal, received: int, result: ValidationResult,
+    claim: tuple[str, str] | None,
+) -> tuple[Response, int | None]:  # fmt: skip
+    """Store a submission (the answer, and the version it made) in one transaction with its idempotency
+    key and request fingerprint (``claim``): a retry with the key gets the first answer and stores nothing."""
+    async with rt.db.acquire() as conn, conn.transaction(), repository.discard_on_error(rt.store) as written:
+        if claim is not None and (replay := await idempotency.claim(conn, RECORDS_SCOPE, *claim)):
+            return replay.response(), None
+        saved = await repository.store_submission(
+            conn, rt.store, dataset=dataset, result=result, source="http", principal=principal.name,
+            trusted=principal.trusted, written=written,
+        )  # fmt: skip
+        answer = _submitted(dataset, received, saved).model_dump_json()
+        if claim is not None:
+            await idempotency.remember(conn, RECORDS_SCOPE, claim[0], 200, answer.encode())
+    return Response(answer, media_type="application/json"), saved.version
+
+
+def _all_or_nothing(rejected: list[Rejection]) -> ValidationFailed:
+    """The refusal of a strict submission with rejected rows: the first named, up to 100 listed."""
+    first = rejected[0]
+    return ValidationFailed(
+        f"row {first.row}: {first.reason}" + (f" (and {len(rejected) - 1} more rows)" if len(rejected) > 1 else ""),
+        row=first.row,
+        field=first.field,
+        rejections=[{"row": r.row, "field": r.field, "reason": r.reason} for r in rejected[:100]],
+    )
+
+
+def _submitted(dataset: str, received: int, saved: repository.StoredSubmission) -> SubmissionOut:
+    return SubmissionOut(
+        dataset=dataset,
+        submission_id=str(saved.submission_id),
+        received=received,
+        accepted=saved.accepted,
+        rejected=saved.rejected,
+        version=saved.version,
+        total_rows=saved.total_rows,
+        rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in saved.rejections[:100]],
+    )
 
 
 def _read(

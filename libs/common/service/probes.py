@@ -10,7 +10,7 @@ import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.asyncapi import document
 from libs.common.auth import Principal, Role, require
@@ -33,6 +33,27 @@ class WhoAmI(BaseModel):
     principal: str = Field(description="The token's principal (the audit's actor).", examples=["alice"])
     roles: list[str] = Field(description="Its roles; admin implies every other.", examples=[["operator"]])
     trusted: bool = Field(description="Whether its data may retrain and promote without an approver.")
+
+
+class AsyncApiDocument(BaseModel):
+    """An AsyncAPI 3.0 document (https://www.asyncapi.com/docs/reference/specification/v3.0.0): the parts
+    named here are checked, the rest of the specification's members pass through as generated."""
+
+    model_config = ConfigDict(extra="allow")
+
+    info: dict[str, Any] = Field(description="Title, version and description of the service.")
+    asyncapi: str = Field(description="The AsyncAPI version.", examples=["3.0.0"])
+    default_content_type: str | None = Field(default=None, alias="defaultContentType", description="Of the messages.")
+    servers: dict[str, Any] | None = Field(default=None, description="The Kafka brokers.")
+    channels: dict[str, Any] | None = Field(default=None, description="Each topic the service consumes or publishes.")
+    operations: dict[str, Any] | None = Field(default=None, description="What it does on each channel.")
+    components: dict[str, Any] | None = Field(default=None, description="The events' messages and JSON schemas.")
+
+
+class PrometheusText(Response):
+    """The Prometheus text exposition format."""
+
+    media_type = CONTENT_TYPE_LATEST
 
 
 def install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
@@ -65,12 +86,14 @@ def install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
 
-    @app.get("/asyncapi.json", tags=["ops"], summary="AsyncAPI document: the topics consumed and published")
-    async def asyncapi() -> dict[str, Any]:
-        return document(spec.name, rt.broker, spec.publishes, spec.description)
+    @app.get("/asyncapi.json", tags=["ops"], summary="AsyncAPI document: the topics consumed and published",
+             response_model_exclude_unset=True)  # fmt: skip
+    async def asyncapi() -> AsyncApiDocument:
+        return AsyncApiDocument.model_validate(document(spec.name, rt.broker, spec.publishes, spec.description))
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
-    async def metrics(request: Request) -> Response:
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PrometheusText,
+             include_in_schema=False)  # fmt: skip
+    async def metrics(request: Request) -> PrometheusText:
         if rt.settings.auth.metrics_token:
             await rt.auth.authorise(request.headers.get("authorization"), Role.READER)
-        return Response(generate_latest(rt.telemetry.registry), media_type=CONTENT_TYPE_LATEST)
+        return PrometheusText(generate_latest(rt.telemetry.registry))

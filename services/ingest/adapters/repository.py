@@ -53,6 +53,21 @@ def _parse_cached(raw: str) -> DatasetSchema:
     return DatasetSchema.model_validate_json(raw)
 
 
+@dataclass(frozen=True)
+class _NewVersion:
+    """A dataset version about to be stored: the accepted rows of one submission and who sent them."""
+
+    dataset: str
+    number: int
+    schema: DatasetSchema
+    rows: pa.Table
+    total_rows: int
+    """The dataset's rows once this version is stored."""
+    created_at: datetime
+    principal: str | None
+    trusted: bool | None
+
+
 async def store_submission(
     conn: asyncpg.Connection,
     store: ArtifactStore,
@@ -75,73 +90,108 @@ async def store_submission(
     appended to ``written`` (see :func:`discard_on_error`).
     """
     written = [] if written is None else written
+    head = await _lock_dataset(conn, dataset)
+    schema = await parse_schema(head["schema"])
+    accepted, rejected = await _refuse_stored_keys(conn, dataset, schema.key, result)
+    submission_id = uuid.uuid4()
+    version: int | None = None
+    total = int(head["total_rows"])
+    if accepted:
+        new = _NewVersion(dataset, head["last_version"] + 1, schema, accepted, total + len(accepted),
+                          datetime.now(UTC), principal, trusted)  # fmt: skip
+        batch, manifest = await _write_version_files(conn, store, new, written)
+        await _insert_version(conn, new, batch, manifest)
+        arrived = _arrived(new, batch, manifest, len(rejected), producer, correlation_id or str(submission_id))
+        await outbox.add(conn, arrived)
+        version, total = new.number, new.total_rows
     received = result.accepted.num_rows + len(result.rejected)
+    await _record_submission(conn, submission_id, dataset, source, received, len(accepted), rejected, version)
+    return StoredSubmission(submission_id, len(accepted), len(rejected), version, total, rejected)
+
+
+async def _lock_dataset(conn: asyncpg.Connection, dataset: str) -> asyncpg.Record:
+    """The dataset's schema, last version and rows, its row locked until the transaction ends
+    (so concurrent submissions get consecutive versions)."""
     head = await conn.fetchrow(
         "SELECT schema, last_version, total_rows FROM datasets WHERE name = $1 FOR UPDATE", dataset
     )
     if head is None:
         raise NotFound(f"dataset {dataset!r} is not declared", dataset=dataset)
-    schema = await parse_schema(head["schema"])
-    accepted, rejected = result.accepted, result.rejected
-    if result.keys:
-        accepted, rejected = await _refuse_stored_keys(conn, dataset, schema.key, result)
-    submission_id = uuid.uuid4()
-    version: int | None = None
-    total = int(head["total_rows"])
-    if accepted:
-        version = head["last_version"] + 1
-        now = datetime.now(UTC)
-        data = await off_loop(accepted.nbytes, table_to_parquet, schema, accepted, now)
-        batch = await off_loop(len(data), store.put, data, suffix=".parquet")
-        written.append(batch)
-        entry = BatchEntry(seq=version, artifact=batch, rows=len(accepted), created_at=now, principal=principal,
-                           trusted=trusted)  # fmt: skip
-        manifest_doc = DatasetManifest(
-            dataset=dataset, version=version, dataset_schema=schema, batches=[*await segments(conn, dataset), entry],
-            parent=await manifest_ref(conn, dataset, version - 1),
-        )  # fmt: skip
-        text = manifest_doc.model_dump_json().encode()
-        manifest = await off_loop(len(text), store.put, text, suffix=".manifest.json")
-        written.append(manifest)
-        await conn.execute(
-            "INSERT INTO segments (dataset, first_seq, last_seq, uri, sha256, size, rows, created_at, until, "
-            "principal, trusted) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
-            dataset, version, batch.uri, batch.sha256, batch.size, len(accepted), now, principal, trusted,
-        )  # fmt: skip
-        total += len(accepted)
-        await conn.execute(
-            "INSERT INTO versions (dataset, version, batch_uri, batch_sha256, batch_size, rows, manifest_uri, "
-            "manifest_sha256, manifest_size, total_rows, created_at, principal, trusted) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-            dataset, version, batch.uri, batch.sha256, batch.size, len(accepted),
-            manifest.uri, manifest.sha256, manifest.size, total, now, principal, trusted,
-        )  # fmt: skip
-        await conn.execute(
-            "UPDATE datasets SET last_version = $2, total_rows = $3, updated_at = now() WHERE name = $1",
-            dataset, version, total,
-        )  # fmt: skip
-        await outbox.add(
-            conn,
-            DataArrived(
-                occurred_at=now,  # the batch's acceptance time: what "rows since" is counted by
-                producer=producer,
-                correlation_id=correlation_id or str(submission_id),
-                dataset=dataset,
-                version=version,
-                batch=batch,
-                manifest=manifest,
-                rows_accepted=len(accepted),
-                rows_rejected=len(rejected),
-                total_rows=total,
-                dataset_schema=schema,
-                principal=principal,
-                trusted=trusted,
-            ),
-        )
+    return head
+
+
+async def _write_version_files(
+    conn: asyncpg.Connection, store: ArtifactStore, new: _NewVersion, written: list[ArtifactRef]
+) -> tuple[ArtifactRef, ArtifactRef]:
+    """Write the version's batch (Parquet) and manifest to the store; both are appended to ``written``."""
+    data = await off_loop(new.rows.nbytes, table_to_parquet, new.schema, new.rows, new.created_at)
+    batch = await off_loop(len(data), store.put, data, suffix=".parquet")
+    written.append(batch)
+    entry = BatchEntry(seq=new.number, artifact=batch, rows=len(new.rows), created_at=new.created_at,
+                       principal=new.principal, trusted=new.trusted)  # fmt: skip
+    manifest_doc = DatasetManifest(
+        dataset=new.dataset, version=new.number, dataset_schema=new.schema,
+        batches=[*await segments(conn, new.dataset), entry],
+        parent=await manifest_ref(conn, new.dataset, new.number - 1),
+    )  # fmt: skip
+    text = manifest_doc.model_dump_json().encode()
+    manifest = await off_loop(len(text), store.put, text, suffix=".manifest.json")
+    written.append(manifest)
+    return batch, manifest
+
+
+async def _insert_version(
+    conn: asyncpg.Connection, new: _NewVersion, batch: ArtifactRef, manifest: ArtifactRef
+) -> None:
+    """The version's segment and version rows, and the dataset's new head."""
+    rows = len(new.rows)
+    await conn.execute(
+        "INSERT INTO segments (dataset, first_seq, last_seq, uri, sha256, size, rows, created_at, until, "
+        "principal, trusted) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
+        new.dataset, new.number, batch.uri, batch.sha256, batch.size, rows, new.created_at, new.principal, new.trusted,
+    )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO versions (dataset, version, batch_uri, batch_sha256, batch_size, rows, manifest_uri, "
+        "manifest_sha256, manifest_size, total_rows, created_at, principal, trusted) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        new.dataset, new.number, batch.uri, batch.sha256, batch.size, rows, manifest.uri, manifest.sha256,
+        manifest.size, new.total_rows, new.created_at, new.principal, new.trusted,
+    )  # fmt: skip
+    await conn.execute(
+        "UPDATE datasets SET last_version = $2, total_rows = $3, updated_at = now() WHERE name = $1",
+        new.dataset, new.number, new.total_rows,
+    )  # fmt: skip
+
+
+def _arrived(
+    new: _NewVersion, batch: ArtifactRef, manifest: ArtifactRef, rejected: int, producer: str, correlation_id: str
+) -> DataArrived:
+    return DataArrived(
+        occurred_at=new.created_at,  # the batch's acceptance time: what "rows since" is counted by
+        producer=producer,
+        correlation_id=correlation_id,
+        dataset=new.dataset,
+        version=new.number,
+        batch=batch,
+        manifest=manifest,
+        rows_accepted=len(new.rows),
+        rows_rejected=rejected,
+        total_rows=new.total_rows,
+        dataset_schema=new.schema,
+        principal=new.principal,
+        trusted=new.trusted,
+    )
+
+
+async def _record_submission(
+    conn: asyncpg.Connection, submission_id: uuid.UUID, dataset: str, source: str, received: int, accepted: int,
+    rejected: list[Rejection], version: int | None,
+) -> None:  # fmt: skip
+    """The submission's counts, and its rejected rows with their reasons."""
     await conn.execute(
         "INSERT INTO submissions (id, dataset, source, received, accepted, rejected, version) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        submission_id, dataset, source, received, len(accepted), len(rejected), version,
+        submission_id, dataset, source, received, accepted, len(rejected), version,
     )  # fmt: skip
     if rejected:
         await conn.copy_records_to_table(
@@ -149,7 +199,6 @@ async def store_submission(
             columns=["dataset", "submission_id", "row_index", "field", "reason", "record"],
             records=[(dataset, submission_id, r.row, r.field, r.reason, r.text) for r in rejected],
         )
-    return StoredSubmission(submission_id, len(accepted), len(rejected), version, total, rejected)
 
 
 async def _refuse_stored_keys(
@@ -157,6 +206,8 @@ async def _refuse_stored_keys(
 ) -> tuple[pa.Table, list[Rejection]]:
     """Record the keys of the accepted rows; rows whose key an earlier submission stored become rejections."""
     keys = result.keys
+    if not keys:  # the schema names no key column
+        return result.accepted, result.rejected
     fresh = {r["key"] for r in await conn.fetch(
         "INSERT INTO record_keys (dataset, key) SELECT $1, k FROM unnest($2::text[]) AS k ON CONFLICT DO NOTHING "
         "RETURNING key", dataset, [key for _, key, _ in keys])}  # fmt: skip
@@ -262,7 +313,7 @@ async def summary(pool: asyncpg.Pool, dataset: str) -> dict[str, Any]:
         raise NotFound(f"dataset {dataset!r} is not declared")
     return {
         "dataset": dataset,
-        "schema": schema.model_dump(mode="json"),
+        "schema": schema,  # the parsed model: the answer serialises it once
         "version": row["last_version"],
         "total_rows": row["total_rows"],
         "records": {"received": row["received"], "accepted": row["accepted"], "rejected": row["rejected"]},
