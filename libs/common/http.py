@@ -91,12 +91,20 @@ def declare_errors(app: FastAPI) -> None:
                 for status in statuses:
                     responses.setdefault(str(status), {"description": _WHY[status]})
                 for status, response in responses.items():
-                    if status.startswith(("4", "5")):
+                    if status.startswith(("4", "5")) and not _own_body(response):
                         response["content"] = v2_error if path == "/v2" or path.startswith("/v2/") else error
         app.openapi_schema = doc
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _own_body(response: dict[str, Any]) -> bool:
+    """Whether an error status is declared with a body of the route's own (``/readyz``'s 503 is its
+    checks), rather than the shared error body or FastAPI's ``{"detail"}`` one."""
+    schema = response.get("content", {}).get("application/json", {}).get("schema", {})
+    name = str(schema.get("$ref", "")).rsplit("/", 1)[-1]
+    return bool(name) and name not in ("ErrorBody", "HTTPValidationError")
 
 
 JSON_BODY = "driftloop.json_body"

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from opentelemetry import trace
 from prometheus_client import Counter, Histogram
 from pydantic import BaseModel, Field
@@ -28,10 +29,22 @@ from libs.common.http import NO_BODY, errors, json_body
 from libs.common.idempotency import IdempotencyKey, RecentKeys, fingerprint
 from libs.common.ratelimit import RateLimit
 from libs.common.request_ids import RequestIds, screen
+from libs.common.schema import FeatureSpec
 from libs.common.service import Runtime
 from libs.common.validation import InvalidValue, coerce
 from services.serving.adapters.prediction_log import PredictionLog
 from services.serving.adapters.shadow import ShadowCopies
+from services.serving.api_models import (
+    Batching,
+    CanaryServed,
+    FeedbackAccepted,
+    FeedbackProblem,
+    PredictResponse,
+    ServedModel,
+    ServedModelSplit,
+    ShadowServed,
+    Split,
+)
 from services.serving.domain.features import Columns, InvalidInstance
 from services.serving.domain.models import Inference, LoadedModel, ModelTable
 from services.serving.domain.predictions import Served, plain_list, probability_dicts
@@ -142,29 +155,40 @@ def mount(
     app: FastAPI, rt: Runtime, settings: ServingSettings, table: ModelTable, plog: PredictionLog, ids: RequestIds,
     splits: Splits[LoadedModel] | None = None,
 ) -> Predictor:  # fmt: skip
+    predictor = _predictor(rt, settings, table, plog, ids, splits or Splits())
     router = APIRouter(tags=["predictions"])
+    _mount_predict(router, predictor)
+    _mount_feedback(router, rt, settings, predictor)
+    _mount_models(router, predictor)
+    app.include_router(router)
+    return predictor
+
+
+def _predictor(
+    rt: Runtime, settings: ServingSettings, table: ModelTable, plog: PredictionLog, ids: RequestIds,
+    splits: Splits[LoadedModel],
+) -> Predictor:  # fmt: skip
+    """The predictor every predict route shares, with its metrics registered."""
     registry = rt.telemetry.registry
     latency = Histogram(
         "driftloop_prediction_latency_seconds", "Model inference time per request (with its micro-batch wait).",
         ["model"], registry=registry, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     )  # fmt: skip
     predictions = Counter("driftloop_predictions_total", "Predictions served.", ["model", "version"], registry=registry)
-    refused = Counter(
-        "driftloop_feedback_refused_total", "Feedback labels refused at the API (never scored), by reason.",
-        ["model", "reason"], registry=registry,
-    )  # fmt: skip
     shadow_copies = Counter(
         "driftloop_shadow_predictions_total", "Rows copied to a shadow version, by outcome (logged, dropped, failed).",
         ["model", "outcome"], registry=registry,
     )  # fmt: skip
-    predictor = Predictor(latency, predictions, plog, ids, table, settings.max_instances, splits or Splits(),
-                          ShadowCopies(plog, shadow_copies))  # fmt: skip
-    limit = RateLimit("feedback", settings.feedback_rate_per_s, settings.feedback_burst,
-                      shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
-    serving = predictor.serving
+    return Predictor(latency, predictions, plog, ids, table, settings.max_instances, splits,
+                     ShadowCopies(plog, shadow_copies))  # fmt: skip
 
+
+def _mount_predict(router: APIRouter, predictor: Predictor) -> None:
+    # Answered by the hot path (services/serving/hotpath.py) unless it is switched off; either way the
+    # answer is bytes made by orjson, which PredictResponse documents.
     @router.post(
-        "/v1/models/{model}/predict", summary="Predict for a batch of instances", response_class=Response,
+        "/v1/models/{model}/predict", summary="Predict for a batch of instances", response_class=JSONResponse,
+        response_model=PredictResponse, responses=errors(400, 404, 413, 422),
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
             "schema": PredictRequest.model_json_schema()}}}},
         dependencies=[require(Role.PREDICTOR)],
@@ -173,65 +197,86 @@ def mount(
         key = request.headers.get(ROUTING_HEADER)
         return Response(await predictor.answer_v1(model, await request_json(request), key), media_type=JSON)
 
-    feedback_keys = RecentKeys()
+
+def _mount_feedback(router: APIRouter, rt: Runtime, settings: ServingSettings, predictor: Predictor) -> None:
+    refused = Counter(
+        "driftloop_feedback_refused_total", "Feedback labels refused at the API (never scored), by reason.",
+        ["model", "reason"], registry=rt.telemetry.registry,
+    )  # fmt: skip
+    limit = RateLimit("feedback", settings.feedback_rate_per_s, settings.feedback_burst,
+                      shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
+    answered = RecentKeys()
 
     @router.post(
-        "/v1/feedback", status_code=202, responses=errors(404, 409), summary="True labels for earlier predictions"
-    )
+        "/v1/feedback", status_code=202, responses=errors(404, 409, 422, 429),
+        summary="True labels for earlier predictions",
+    )  # fmt: skip
     async def feedback(
         body: FeedbackRequest, principal: Annotated[Principal, require(Role.PRODUCER)], key: IdempotencyKey = None
-    ) -> dict[str, Any]:
+    ) -> FeedbackAccepted:
         """Labels are accepted only for request ids this service issued for ``model``; the others are
         refused (listed in the answer, counted in ``driftloop_feedback_refused_total``) and never scored."""
         await limit.charge(principal.name, len(body.labels))
-        target = serving(body.model).schema.target
-        for index, item in enumerate(body.labels):  # one bad label refuses the request, never the batch downstream
-            try:
-                coerce(target, item.label, from_text=False)
-            except InvalidValue as exc:
-                raise ValidationFailed(f"labels.{index}.label: {exc}", row=index, field="label") from exc
+        _check_labels(predictor.serving(body.model).schema.target, body.labels)
         request = fingerprint(principal.name, body.model_dump_json())
-        if key is not None and (answered := feedback_keys.check(key, request)) is not None:
-            return answered  # published already
-        accepted, rejected = screen(ids, body.model, [item.request_id for item in body.labels])
+        if key is not None and (earlier := answered.check(key, request)) is not None:
+            return FeedbackAccepted.model_validate(earlier)  # published already
+        accepted, rejected = screen(predictor.ids, body.model, [item.request_id for item in body.labels])
         for _, reason in rejected:
             refused.labels(body.model, reason).inc()
         problems = [
-            {"field": f"labels.{i}.request_id", "request_id": body.labels[i].request_id, "reason": _REFUSALS[why]}
+            FeedbackProblem(field=f"labels.{i}.request_id", request_id=body.labels[i].request_id,
+                            reason=_REFUSALS[why])
             for i, why in rejected[:20]
-        ]
+        ]  # fmt: skip
         if not accepted:
             raise ValidationFailed(
                 f"none of the {len(body.labels)} labels answers a prediction served for {body.model!r}: "
-                f"{problems[0]['field']}: {problems[0]['reason']}",
-                problems=problems,
+                f"{problems[0].field}: {problems[0].reason}",
+                problems=[p.model_dump() for p in problems],
             )
-        event = LabelsArrived(
-            producer="serving", model=body.model, principal=principal.name, trusted=principal.trusted,
-            labels=[Label(request_id=body.labels[i].request_id, label=body.labels[i].label) for i in accepted],
-        )  # fmt: skip
-        labelled = [(item.request_id, item.label) for item in event.labels]
-        update: dict[str, Any] = {"attestation": ids.attest(body.model, principal.name, principal.trusted, labelled)}
-        if key is not None:  # a retried key publishes the same event id: the monitor counts it once
-            update["event_id"] = idempotency.event_id("serving.feedback", key)
-        event = event.model_copy(update=update)
+        event = _labels_arrived(predictor.ids, body, principal, accepted, key)
         await rt.publisher.publish_event(event)  # acknowledged by the broker before we answer
-        answer = {"model": body.model, "accepted": len(accepted), "refused": len(rejected), "problems": problems}
+        answer = FeedbackAccepted(model=body.model, accepted=len(accepted), refused=len(rejected), problems=problems)
         if key is not None:
-            feedback_keys.add(key, request, answer)
+            answered.add(key, request, answer.model_dump())
         return answer
 
+
+def _check_labels(target: FeatureSpec, labels: list[LabelIn]) -> None:
+    """Refuse the request for one label the target column cannot hold: never the batch downstream."""
+    for index, item in enumerate(labels):
+        try:
+            coerce(target, item.label, from_text=False)
+        except InvalidValue as exc:
+            raise ValidationFailed(f"labels.{index}.label: {exc}", row=index, field="label") from exc
+
+
+def _labels_arrived(
+    ids: RequestIds, body: FeedbackRequest, principal: Principal, accepted: list[int], key: str | None
+) -> LabelsArrived:
+    """The event of the accepted labels, attested under the request-id secret (the monitor checks it)."""
+    event = LabelsArrived(
+        producer="serving", model=body.model, principal=principal.name, trusted=principal.trusted,
+        labels=[Label(request_id=body.labels[i].request_id, label=body.labels[i].label) for i in accepted],
+    )  # fmt: skip
+    labelled = [(item.request_id, item.label) for item in event.labels]
+    update: dict[str, Any] = {"attestation": ids.attest(body.model, principal.name, principal.trusted, labelled)}
+    if key is not None:  # a retried key publishes the same event id: the monitor counts it once
+        update["event_id"] = idempotency.event_id("serving.feedback", key)
+    return event.model_copy(update=update)
+
+
+def _mount_models(router: APIRouter, predictor: Predictor) -> None:
     @router.get("/v1/models", summary="Models served by this replica", dependencies=[require(Role.READER)])
-    async def list_models() -> list[dict[str, Any]]:
-        return [_describe(m) for m in sorted(table.all(), key=lambda m: m.model)]
+    async def list_models() -> list[ServedModel]:
+        return [_describe(m) for m in sorted(predictor.table.all(), key=lambda m: m.model)]
 
     @router.get("/v1/models/{model}", summary="The version served for a model, with its canary and shadow",
-                dependencies=[require(Role.READER)])  # fmt: skip
-    async def show_model(model: str) -> dict[str, Any]:
-        return {**_describe(serving(model)), "split": _split(predictor.splits, model)}
-
-    app.include_router(router)
-    return predictor
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
+    async def show_model(model: str) -> ServedModelSplit:
+        served = _describe(predictor.serving(model))
+        return ServedModelSplit(**dict(served), split=_split(predictor.splits, model))
 
 
 _REFUSALS = {
@@ -265,29 +310,29 @@ def parse_instances(payload: Any, limit: int) -> list[Any]:
     return instances
 
 
-def _split(splits: Splits[LoadedModel], model: str) -> dict[str, Any]:
+def _split(splits: Splits[LoadedModel], model: str) -> Split:
     """The model's canary (version, share in percent) and shadow (version), each None when absent."""
     split = splits.get(model)
     canary = split.canary if split is not None else None
     shadow = split.shadow if split is not None else None
-    return {
-        "canary": {"version": canary.version, "share": split.share} if canary is not None and split else None,
-        "shadow": {"version": shadow.version} if shadow is not None else None,
-    }
+    return Split(
+        canary=CanaryServed(version=canary.version, share=split.share) if canary is not None and split else None,
+        shadow=ShadowServed(version=shadow.version) if shadow is not None else None,
+    )
 
 
-def _describe(m: LoadedModel) -> dict[str, Any]:
-    return {
-        "model": m.model,
-        "version": m.version,
-        "artifact": m.artifact.model_dump(),
-        "loaded_at": m.loaded_at.isoformat(),
-        "task": m.schema.task.value,
-        "features": [f.name for f in m.schema.features],
-        "runtime": m.runtime.name,
-        "runtime_reason": m.choice.reason,
-        "onnx": m.onnx.model_dump(mode="json") if m.onnx is not None else None,
-        "memory_bytes": m.memory_bytes,
-        "batching": {"enabled": m.batching.enabled, "max_rows": m.batching.max_rows,
-                     "max_wait_s": m.batching.max_wait_s},
-    }  # fmt: skip
+def _describe(m: LoadedModel) -> ServedModel:
+    return ServedModel(
+        model=m.model,
+        version=m.version,
+        artifact=m.artifact,
+        loaded_at=m.loaded_at.isoformat(),
+        task=m.schema.task.value,
+        features=[f.name for f in m.schema.features],
+        runtime=m.runtime.name,
+        runtime_reason=m.choice.reason,
+        onnx=m.onnx,
+        memory_bytes=m.memory_bytes,
+        batching=Batching(enabled=m.batching.enabled, max_rows=m.batching.max_rows,
+                          max_wait_s=m.batching.max_wait_s),
+    )  # fmt: skip

@@ -16,11 +16,14 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from libs.common import jsonbody
 from libs.common.auth import Role, require
+from libs.common.http import errors
 from libs.common.service import Runtime
 from services.serving.api import JSON, ROUTING_HEADER, Predictor, json_response, request_json
+from services.serving.api_models import InferResponse, Live, ModelMetadata, ModelReady, Ready, ServerMetadata
 from services.serving.domain import v2
 from services.serving.domain.features import InvalidInstance
 from services.serving.domain.models import LoadedModel, ModelTable
@@ -50,58 +53,78 @@ def error(message: str, status: int) -> Response:
 
 def mount(app: FastAPI, rt: Runtime, table: ModelTable, predictor: Predictor) -> None:
     router = APIRouter(tags=["open inference protocol (v2)"])
+    _mount_health(router, rt)
+    _mount_metadata(router, table)
+    _mount_infer(router, predictor)
+    app.include_router(router)
 
+
+def _mount_health(router: APIRouter, rt: Runtime) -> None:
     @router.get("/v2", summary="Server metadata", dependencies=[require(Role.READER)])
-    async def server_metadata() -> dict[str, Any]:
-        return {"name": "driftloop-serving", "version": _version(), "extensions": []}
+    async def server_metadata() -> ServerMetadata:
+        return ServerMetadata(name="driftloop-serving", version=_version(), extensions=[])
 
     @router.get("/v2/health/live", summary="Liveness")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
+    async def live() -> Live:
+        return Live(live=True)
 
-    @router.get("/v2/health/ready", summary="Readiness: started and able to serve")
+    @router.get(
+        "/v2/health/ready", summary="Readiness: started and able to serve", response_model=Ready,
+        responses={503: {"model": Ready, "description": "Not ready yet."}},
+    )  # fmt: skip
     async def ready() -> Response:
         return json_response({"ready": rt.ready}, 200 if rt.ready else 503)
 
-    @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs", dependencies=[require(Role.READER)])
-    async def model_metadata(model: str) -> Response:
+
+def _mount_metadata(router: APIRouter, table: ModelTable) -> None:
+    @router.get("/v2/models/{model}", summary="Model metadata: inputs and outputs", response_model=ModelMetadata,
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
+    async def model_metadata(model: str) -> ModelMetadata | Response:
         loaded = table.get(model)
         if loaded is None:
             return _not_found(model)
-        return json_response(v2.metadata(model, loaded.version, loaded.schema, loaded.runtime.name, loaded.classes))
+        return ModelMetadata.model_validate(
+            v2.metadata(model, loaded.version, loaded.schema, loaded.runtime.name, loaded.classes)
+        )
 
-    @router.get("/v2/models/{model}/ready", summary="Whether the model is loaded", dependencies=[require(Role.READER)])
-    async def model_ready(model: str) -> Response:
-        loaded = table.get(model)
-        if loaded is None:
+    @router.get("/v2/models/{model}/ready", summary="Whether the model is loaded", response_model=ModelReady,
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
+    async def model_ready(model: str) -> ModelReady | Response:
+        if table.get(model) is None:
             return _not_found(model)
-        return json_response({"name": model, "ready": True})
+        return ModelReady(name=model, ready=True)
 
-    @router.post("/v2/models/{model}/infer", summary="Inference", response_class=Response, openapi_extra=_INFER_BODY,
-                 dependencies=[require(Role.PREDICTOR)])  # fmt: skip
+
+def _mount_infer(router: APIRouter, predictor: Predictor) -> None:
+    # Answered by the hot path (services/serving/hotpath.py) unless it is switched off; either way the
+    # answer is bytes made by orjson, which InferResponse documents.
+    @router.post(
+        "/v2/models/{model}/infer", summary="Inference", response_class=JSONResponse, response_model=InferResponse,
+        responses=errors(400, 404, 413, 422), openapi_extra=_INFER_BODY, dependencies=[require(Role.PREDICTOR)],
+    )  # fmt: skip
     async def infer(model: str, request: Request) -> Response:
-        return await _infer(model, None, request)
+        return await _infer(predictor, model, None, request)
 
     @router.post(
         "/v2/models/{model}/versions/{version}/infer", summary="Inference on a given version",
-        response_class=Response, openapi_extra=_INFER_BODY, dependencies=[require(Role.PREDICTOR)],
+        response_class=JSONResponse, response_model=InferResponse, responses=errors(400, 404, 413, 422),
+        openapi_extra=_INFER_BODY, dependencies=[require(Role.PREDICTOR)],
     )  # fmt: skip
     async def infer_version(model: str, version: str, request: Request) -> Response:
-        return await _infer(model, version, request)
+        return await _infer(predictor, model, version, request)
 
-    async def _infer(model: str, version: str | None, request: Request) -> Response:
-        try:
-            if BINARY_HEADER in request.headers:
-                raise v2.ProtocolError(BINARY_REFUSED)
-            document = await request_json(request)
-            key = request.headers.get(ROUTING_HEADER)
-            return Response(await answer(predictor, model, version, document, key), media_type=JSON)
-        except v2.ProtocolError as exc:
-            return error(exc.message, exc.status)
-        except jsonbody.InvalidJSON as exc:
-            return error(exc.message, 400)
 
-    app.include_router(router)
+async def _infer(predictor: Predictor, model: str, version: str | None, request: Request) -> Response:
+    try:
+        if BINARY_HEADER in request.headers:
+            raise v2.ProtocolError(BINARY_REFUSED)
+        document = await request_json(request)
+        key = request.headers.get(ROUTING_HEADER)
+        return Response(await answer(predictor, model, version, document, key), media_type=JSON)
+    except v2.ProtocolError as exc:
+        return error(exc.message, exc.status)
+    except jsonbody.InvalidJSON as exc:
+        return error(exc.message, 400)
 
 
 BINARY_HEADER = "inference-header-content-length"
