@@ -34,7 +34,8 @@ async def test_a_due_schedule_retrains_once_and_survives_a_restart(isolated: Iso
     arrived = data_arrived(store, "churn", [ChurnStream(seed=3).batch(700)])
     clock = Clock(datetime(2026, 11, 23, 2, 59, 50, tzinfo=UTC))
     # Too few rows for a first model by the data policy: only the schedule can start this job.
-    config = settings(isolated, min_rows_first_model=10**6, schedules={"churn": "0 3 * * *"}, schedule_check_s=0.05)
+    config = settings(isolated, min_rows_first_model=10**6, schedules={"churn": "0 3 * * *"}, schedule_check_s=0.05,
+                      batch_workers=0)  # fmt: skip
     app, _ = create_app(config, clock=clock)
     async with serve(app) as client:
         await publish(isolated, arrived[0])
@@ -54,9 +55,10 @@ async def test_a_due_schedule_retrains_once_and_survives_a_restart(isolated: Iso
         assert fired["last_run_at"] == "2026-11-23T03:00:01+00:00"
         await wait_until(lambda: _status(client, job["id"], "succeeded"), timeout=120, message="the job to succeed")
 
-    # A restart at the same moment neither fires the schedule again nor resets it.
+    # A restart at the same moment neither fires the schedule again nor resets it (a queue-only replica:
+    # a job it queued would show in the list all the same, and it starts no worker process to import).
     clock.now += timedelta(seconds=5)
-    again, _ = create_app(config, clock=clock)
+    again, _ = create_app(config.model_copy(update={"workers": 0}), clock=clock)
     async with serve(again) as client:
         await wait_until(lambda: _checks(again) >= 3, message="the restarted scheduler to check a few times")
         assert len(await jobs(client)) == 1
@@ -65,7 +67,8 @@ async def test_a_due_schedule_retrains_once_and_survives_a_restart(isolated: Iso
 
 async def test_schedules_through_the_api(isolated: Isolation) -> None:
     clock = Clock(datetime(2026, 11, 23, 12, 0, tzinfo=UTC))
-    app, _ = create_app(settings(isolated, schedules={"churn": "@daily"}, schedule_check_s=0.05), clock=clock)
+    config = settings(isolated, schedules={"churn": "@daily"}, schedule_check_s=0.05, workers=0, batch_workers=0)
+    app, _ = create_app(config, clock=clock)  # no job runs here: no worker process to start
     async with serve(app) as client:
         put = await client.put("/v1/schedules/churn", json={"cron": "*/30 * * * 1-5"})
         assert put.status_code == 200, put.text
