@@ -1,4 +1,4 @@
-"""``driftloop batch``: batch predictions on the trainer — submit, status, wait (each with ``--json``).
+"""``driftloop batch``: batch predictions on the trainer — submit, status, wait, cancel (each with ``--json``).
 
 The token is the CLI's (``$DRIFTLOOP_TOKEN``, else the one ``driftloop up`` wrote); the trainer's
 address is ``--url``, ``$DRIFTLOOP_TRAINER_URL``, else the one ``driftloop up`` started.
@@ -27,7 +27,7 @@ HomeOption = Annotated[Path, typer.Option("--home", envvar="DRIFTLOOP_HOME", hel
 UrlOption = Annotated[str | None, typer.Option("--url", envvar="DRIFTLOOP_TRAINER_URL", help="The trainer's URL.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 PARQUET = "application/vnd.apache.parquet"
-ENDED = ("succeeded", "failed")
+ENDED = ("succeeded", "failed", "cancelled")
 
 
 def _client(home: Path, url: str | None) -> httpx.Client:
@@ -61,7 +61,9 @@ def _show(job: dict[str, Any], as_json: bool) -> None:
                   f"chunk {job['chunks_done']}/{job['chunks']}, attempts {job['attempts']}")  # fmt: skip
     if job["output"]:
         console.print(f"  output: {job['output']['uri']} (sha256 {job['output']['sha256'][:12]}…)")
-    if job["error"]:
+    if job.get("cancel_reason"):
+        console.print(f"  [yellow]{job['cancel_reason']}[/]")
+    elif job["error"]:
         console.print(f"  [red]error:[/] {job['error']}")
 
 
@@ -113,7 +115,7 @@ def submit(
         if wait:
             job = _wait(client, job["id"], timeout, as_json)
     _show(job, as_json)
-    if job["status"] == "failed":
+    if job["status"] in ("failed", "cancelled"):
         raise typer.Exit(1)
 
 
@@ -153,5 +155,20 @@ def wait_for(
     with _client(home, url) as client:
         job = _wait(client, job_id, timeout, as_json)
     _show(job, as_json)
-    if job["status"] == "failed":
+    if job["status"] in ("failed", "cancelled"):
         raise typer.Exit(1)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job.")],
+    reason: Annotated[str | None, typer.Option(help="Why; kept with the job.")] = None,
+    home: HomeOption = Path(".driftloop"),
+    url: UrlOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Cancel a queued or running batch job (its worker stops at once). Cancelling a cancelled job again
+    shows it as it is; exit code 1 if the job had already succeeded or failed (409) or does not exist (404)."""
+    with _client(home, url) as client:
+        params = {"reason": reason} if reason else {}
+        _show(_answer(client.post(f"/v1/batch-jobs/{job_id}/cancel", params=params)), as_json)

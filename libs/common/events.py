@@ -507,14 +507,17 @@ class DriftDetected(Event):
 
 
 class BatchCompleted(Event):
-    """A batch prediction job ended: every input row predicted into one Parquet artifact, or failed for good."""
+    """A batch prediction job ended: every input row predicted into one Parquet artifact, failed for good, or
+    was cancelled."""
 
     topic: ClassVar[str] = topics.BATCH_COMPLETED
     event_type: Literal["batch.completed"] = "batch.completed"
     job_id: str = Field(description="The batch job (GET /v1/batch-jobs/{id} on the trainer).")
     model: str
     version: int = Field(ge=1, description="The version that predicted (an alias is resolved at submission).")
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "cancelled"] = Field(
+        description="cancelled: through the API (POST /v1/batch-jobs/{id}/cancel); error says who and why."
+    )
     rows: int = Field(ge=0, description="Rows predicted.")
     dataset: str | None = Field(default=None, description="The input dataset, when the input was a dataset version.")
     dataset_version: int | None = Field(default=None, ge=1)

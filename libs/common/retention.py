@@ -66,6 +66,9 @@ class RetentionSettings(BaseSettings):
     """The monitor's drift reports."""
     rejections_days: float | None = Field(default=30.0, gt=0)
     """Ingest's rejected rows and their reasons."""
+    batch_jobs_days: float | None = Field(default=30.0, gt=0)
+    """The trainer's finished batch jobs (succeeded, failed, cancelled), counted from their end; the
+    output file of a succeeded one is collected with its row (GET /v1/batch-jobs/{id} is then a 404)."""
     artifacts_grace_s: float | None = Field(default=3600.0, gt=0)
     """Artifacts younger than this are never collected: a file is written before the database
     row naming it commits, so a young unreferenced file may be a write in flight. None: no

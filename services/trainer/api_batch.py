@@ -11,9 +11,9 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from libs.common import idempotency
+from libs.common import idempotency, outbox
 from libs.common.auth import Principal, Role, require
-from libs.common.errors import DriftloopError, NotFound
+from libs.common.errors import Conflict, DriftloopError, NotFound
 from libs.common.events import ArtifactRef
 from libs.common.http import INT4_MAX, errors
 from libs.common.idempotency import IdempotencyKey, fingerprint
@@ -21,7 +21,7 @@ from libs.common.jsonbody import off_loop
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.trainer.adapters import batch_inputs, batch_jobs
-from services.trainer.adapters.batch_runner import BatchRunner
+from services.trainer.adapters.batch_runner import BatchRunner, batch_event
 from services.trainer.adapters.registry import Registry
 from services.trainer.domain.batch import chunk_count
 from services.trainer.settings import TrainerSettings
@@ -69,7 +69,7 @@ class BatchJob(BaseModel):
     version: int = Field(description="The version predicting (an alias was resolved when the job was submitted).")
     alias: str | None
     input: dict[str, Any] = Field(description="kind (dataset or upload), dataset and dataset_version, or upload.")
-    status: str = Field(examples=["queued", "running", "succeeded", "failed"])
+    status: str = Field(examples=["queued", "running", "succeeded", "failed", "cancelled"])
     total_rows: int
     rows_done: int
     chunks: int
@@ -80,12 +80,15 @@ class BatchJob(BaseModel):
     resumed_at_chunk: list[int] = Field(description="Per attempt, the chunk it started at (a resumed job: > 0).")
     output: dict[str, Any] | None = Field(description="The predictions' Parquet artifact (uri, sha256, size).")
     error: str | None
+    cancel_reason: str | None = Field(default=None, description="Who cancelled the job, and why.")
     worker_pid: int | None
     requested_by: str
     created_at: str
     started_at: str | None
     finished_at: str | None
 
+
+CancelReason = Annotated[str | None, Query(max_length=500, description="Why; kept with the job.")]
 
 _BODY = {
     "requestBody": {
@@ -158,7 +161,7 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, runner: BatchRun
     @router.get("", summary="Batch jobs, newest first", dependencies=[require(Role.READER)])
     async def list_jobs(
         model: str | None = None,
-        status: Literal["queued", "running", "succeeded", "failed"] | None = None,
+        status: Literal["queued", "running", "succeeded", "failed", "cancelled"] | None = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> list[BatchJob]:
         rows = await batch_jobs.jobs(rt.db, model=model, status=status, limit=limit)
@@ -172,7 +175,49 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, runner: BatchRun
             raise NotFound(f"no batch job {job_id}")
         return await _out(rt, row)
 
+    _mount_cancel(router, rt, runner)
     app.include_router(router)
+
+
+def _mount_cancel(router: APIRouter, rt: Runtime, runner: BatchRunner) -> None:
+    """``DELETE /v1/batch-jobs/{id}`` and ``POST /v1/batch-jobs/{id}/cancel``: the same cancel."""
+
+    @router.delete("/{job_id}", response_model=BatchJob, responses=errors(404, 409, 422),
+                   summary="Cancel a queued or running batch job (the job is kept, status cancelled)")  # fmt: skip
+    async def delete_job(
+        job_id: uuid.UUID, principal: Annotated[Principal, require(Role.OPERATOR)], reason: CancelReason = None
+    ) -> BatchJob:
+        return await _cancel(rt, runner, job_id, principal, reason)
+
+    @router.post("/{job_id}/cancel", response_model=BatchJob, responses=errors(404, 409, 422),
+                 summary="Cancel a queued or running batch job")  # fmt: skip
+    async def cancel_job(
+        job_id: uuid.UUID, principal: Annotated[Principal, require(Role.OPERATOR)], reason: CancelReason = None
+    ) -> BatchJob:
+        return await _cancel(rt, runner, job_id, principal, reason)
+
+
+async def _cancel(
+    rt: Runtime, runner: BatchRunner, job_id: uuid.UUID, principal: Principal, reason: str | None
+) -> BatchJob:
+    """Cancel the job; the replica running it kills its worker at once (NOTIFY after the commit).
+
+    Idempotent: cancelling a cancelled job answers it as it is (the first reason kept, no second
+    event). A job that succeeded or failed is a 409 naming its status; an unknown one a 404."""
+    why = f"cancelled by {principal.name}" + (f": {reason}" if reason else "")
+    async with rt.db.acquire() as conn, conn.transaction():
+        row = await batch_jobs.cancel(conn, job_id, why)
+        if row is None:
+            row = await batch_jobs.job(conn, job_id)
+            if row is None:
+                raise NotFound(f"job_id: no batch job {job_id}", field="job_id")
+            if row["status"] != "cancelled":
+                raise Conflict(f"job_id: batch job {job_id} already ended: it is {row['status']}, it cannot be "
+                               "cancelled", field="job_id", status=row["status"])  # fmt: skip
+            return await _out(rt, row)
+        await outbox.add(conn, batch_event(row, "cancelled", 0, error=why))
+    runner.jobs_total.labels("cancelled").inc()
+    return await _out(rt, row)
 
 
 async def _source(

@@ -87,6 +87,7 @@ def spec(settings: TrainerSettings, clock: Clock = utc_now) -> ServiceSpec:
     return ServiceSpec(
         name="trainer",
         artifacts=gc.ARTIFACTS,
+        retention=gc.RULES,
         publishes=(ModelTrained, ModelExported, ModelRejudged, BatchCompleted),
         migrations=Path(__file__).parent / "migrations",
         register=register,

@@ -24,18 +24,21 @@ from typer.testing import CliRunner
 
 from cli.churn_stream import ChurnStream
 from cli.main import app as cli_app
-from libs.common import topics
+from libs.common import retention, topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import ArtifactRef, BatchCompleted, ModelTrained, parse_event
 from libs.common.frames import features_frame
+from libs.common.retention import RetentionSettings
 from libs.common.signing import Verifier
 from services.registry.app import create_app as registry_app
 from services.registry.settings import RegistrySettings
+from services.trainer.adapters import gc as trainer_gc
 from services.trainer.app import create_app
 from services.trainer.settings import TrainerSettings
 from tests.conftest import Isolation, serve
 from tests.factories import CHURN, TrainedModel, data_arrived, trained_model
 from tests.helpers import read_topic, wait_until
+from tests.integration.test_artifact_gc import _age
 from tests.integration.test_serving_runtime import listening
 from tests.integration.test_trainer import _known_rows, publish
 from tests.integration.test_trainer import settings as trainer_settings
@@ -194,3 +197,104 @@ async def _progressed(client: Any, job_id: str, chunks: int) -> dict[str, Any] |
 async def _finished(client: Any, job_id: str) -> dict[str, Any] | None:
     job: dict[str, Any] = (await client.get(f"/v1/batch-jobs/{job_id}")).json()
     return job if job["status"] in ("succeeded", "failed") else None
+
+
+async def test_batch_jobs_are_cancelled_queued_or_running_and_the_gc_collects_batch_files(
+    isolated: Isolation, tmp_path: Path
+) -> None:
+    store = ArtifactStore(isolated.artifacts_root)
+    model = trained_model(store, rows=600)
+    files: dict[str, Path] = {}
+    for name, seed, rows in (("small", 5, 1000), ("large", 6, 40_000), ("waiting", 7, 500)):
+        files[name] = tmp_path / f"{name}.parquet"
+        files[name].write_bytes(_parquet(pd.DataFrame(ChurnStream(seed=seed).batch(rows)).drop(columns=["churned"])))
+    async with registered(isolated, model) as registry:
+        app, rt = create_app(settings(isolated, registry_url=registry, batch_chunk_rows=500))
+        async with serve(app) as client, listening(app) as address:
+            cli = ["--url", f"http://{address}", "--home", str(tmp_path), "--json"]
+            env = {"DRIFTLOOP_TOKEN": client.headers["Authorization"].removeprefix("Bearer ")}
+            kept = await _driftloop(["batch", "submit", "churn", "--file", str(files["small"]), "--wait", *cli], env)
+            assert kept["status"] == "succeeded", kept["error"]
+            job = await _driftloop(["batch", "submit", "churn", "--file", str(files["large"]), *cli], env)
+            running = await wait_until(lambda: _progressed(client, job["id"], 2), timeout=120, message="2 chunks")
+
+            # A job behind it (the only batch worker is busy) is cancelled while queued, twice: the same answer.
+            parquet = {"content-type": "application/vnd.apache.parquet"}
+            waiting = files["waiting"].read_bytes()
+            queued = (await client.post("/v1/batch-jobs", params={"model": "churn"}, content=waiting,
+                                        headers=parquet)).json()  # fmt: skip
+            first = await client.delete(f"/v1/batch-jobs/{queued['id']}", params={"reason": "not needed"})
+            assert first.status_code == 200, first.text
+            again = await client.post(f"/v1/batch-jobs/{queued['id']}/cancel", params={"reason": "other"})
+            assert again.status_code == 200, again.text
+            for answer in (first.json(), again.json()):
+                assert (answer["status"], answer["cancel_reason"], answer["attempts"], answer["started_at"]) == (
+                    "cancelled", "cancelled by test-admin: not needed", 0, None)  # fmt: skip
+
+            cancelled = await _driftloop(["batch", "cancel", job["id"], "--reason", "wrong file", *cli], env)
+            assert (cancelled["status"], cancelled["cancel_reason"]) == ("cancelled", "cancelled by test-admin: "
+                                                                                      "wrong file")  # fmt: skip
+            await wait_until(lambda: _dead(running["worker_pid"]), timeout=10, message="its worker stopped")
+            stopped = (await client.get(f"/v1/batch-jobs/{job['id']}")).json()
+            assert (stopped["status"], stopped["attempts"], stopped["output"]) == ("cancelled", 1, None)
+            assert 2 <= stopped["chunks_done"] < stopped["chunks"] == 80
+            listed = (await client.get("/v1/batch-jobs", params={"status": "cancelled"})).json()
+            assert {j["id"] for j in listed} == {job["id"], queued["id"]}
+            for job_id, status, says in (
+                (kept["id"], 409, "already ended: it is succeeded"), (str(uuid.uuid4()), 404, "job_id: no batch job"),
+                ("not-a-job", 422, "job_id"),
+            ):  # fmt: skip
+                for answer in (await client.post(f"/v1/batch-jobs/{job_id}/cancel"),
+                               await client.delete(f"/v1/batch-jobs/{job_id}")):  # fmt: skip
+                    assert answer.status_code == status, answer.text
+                    assert set(answer.json()) >= {"error", "message"}
+                    assert says in answer.json()["message"], answer.json()
+            refused = await asyncio.to_thread(CliRunner().invoke, cli_app, ["batch", "cancel", kept["id"], *cli],
+                                              env=env)  # fmt: skip
+            assert refused.exit_code == 1
+            assert "409" in refused.stderr
+            assert "already ended: it is succeeded" in " ".join(refused.stderr.split())  # rich wraps lines
+            assert (await client.get(f"/v1/batch-jobs/{queued['id']}")).json()["status"] == "cancelled"  # never run
+
+            # The GC (a grace period later): a succeeded job's output and upload stay, its chunks go (the
+            # output holds their rows); every file of the cancelled jobs goes.
+            chunks: dict[str, set[str]] = {kept["id"]: set(), job["id"]: set()}
+            for row in await rt.db.fetch("SELECT job_id, artifact FROM batch_chunks"):
+                chunks[str(row["job_id"])].add(json.loads(row["artifact"])["uri"])
+            trainer_store = ArtifactStore(isolated.artifacts_root, namespace=trainer_gc.NAMESPACE)
+            _age(trainer_store)
+            gone = await retention.collect_artifacts(trainer_store, trainer_gc.ARTIFACTS, rt.db, RetentionSettings())
+            collected = {f"{trainer_store.root}/{f.path}" for f in gone}
+            uploads = {j["input"]["upload"]["uri"] for j in (job, queued)}
+            assert chunks[kept["id"]] | chunks[job["id"]] | uploads <= collected
+            assert _batch_files(trainer_store) == {kept["output"]["uri"], kept["input"]["upload"]["uri"]}
+
+            # Finished jobs are pruned DRIFTLOOP_RETENTION_BATCH_JOBS_DAYS after they ended, and their files follow.
+            short = RetentionSettings(batch_jobs_days=1e-9)
+            assert await retention.prune(rt.db, trainer_gc.RULES, short) == {"batch_jobs": 3}
+            await retention.collect_artifacts(trainer_store, trainer_gc.ARTIFACTS, rt.db, short)
+            assert _batch_files(trainer_store) == set()
+            assert (await client.get(f"/v1/batch-jobs/{kept['id']}")).status_code == 404
+
+    events = [parse_event(r.value) for r in await read_topic(
+        isolated.kafka.bootstrap, isolated.kafka.topic(topics.BATCH_COMPLETED), expect=3)]  # fmt: skip
+    ended = sorted((e.job_id, e.status, e.error) for e in events if isinstance(e, BatchCompleted))
+    assert ended == sorted([
+        (kept["id"], "succeeded", None),
+        (job["id"], "cancelled", "cancelled by test-admin: wrong file"),
+        (queued["id"], "cancelled", "cancelled by test-admin: not needed"),
+    ])  # fmt: skip
+
+
+def _batch_files(store: ArtifactStore) -> set[str]:
+    """The URIs of the batch files in ``store``'s namespace."""
+    return {f"{store.root}/{f.path}" for f in store.files() if f.suffix in (".predictions.parquet",
+                                                                            ".batch-input.parquet")}  # fmt: skip
+
+
+def _dead(pid: int) -> bool:
+    """The process is gone (or a zombie: killed, not reaped yet)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True

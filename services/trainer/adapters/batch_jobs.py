@@ -83,6 +83,19 @@ async def fail(conn: Conn, job_id: uuid.UUID, error: str, *, retry: bool) -> asy
     return row
 
 
+async def cancel(conn: asyncpg.Connection, job_id: uuid.UUID, reason: str) -> asyncpg.Record | None:
+    """Cancel a queued or running job and tell the runners (NOTIFY ``cancel:<id>``: the one running it kills
+    its worker at once); None when the job is not queued or running (the caller says why)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "UPDATE batch_jobs SET status = 'cancelled', cancel_reason = $2, finished_at = now(), worker_pid = NULL "
+        "WHERE id = $1 AND status IN ('queued', 'running') RETURNING *",
+        job_id, reason[:500],
+    )  # fmt: skip
+    if row is not None:
+        await conn.execute("SELECT pg_notify('driftloop_batch_' || current_schema(), $1)", f"cancel:{job_id}")
+    return row
+
+
 async def hand_back(conn: Conn, job_ids: list[uuid.UUID]) -> None:
     """Jobs interrupted by a stop go back to the queue at once (the attempt does not count)."""
     await conn.execute(
@@ -144,6 +157,7 @@ def job_out(row: asyncpg.Record, chunks_done: int, rows_done: int) -> dict[str, 
         "resumed_at_chunk": list(row["resumed_at"]),
         "output": output,
         "error": row["error"],
+        "cancel_reason": row["cancel_reason"],
         "worker_pid": row["worker_pid"],
         "requested_by": row["requested_by"],
         "created_at": row["created_at"].isoformat(),

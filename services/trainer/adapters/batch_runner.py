@@ -84,12 +84,29 @@ class BatchRunner:
         schema = await self.rt.db.fetchval("SELECT current_schema()")
         conn: asyncpg.Connection = await self.rt.db.acquire()
         try:
-            await conn.add_listener(f"driftloop_batch_{schema}", lambda *_: self._wake.set())
+            await conn.add_listener(f"driftloop_batch_{schema}", lambda *args: self._notified(args[-1]))
             await asyncio.Event().wait()
         finally:
             with contextlib.suppress(Exception):
                 await conn.reset()
             await self.rt.db.release(conn)
+
+    def _notified(self, payload: str) -> None:
+        """A job was queued (wake a runner) or cancelled (kill its worker if it runs here)."""
+        if payload.startswith("cancel:"):
+            with contextlib.suppress(ValueError):
+                self.cancel(uuid.UUID(payload.removeprefix("cancel:")))
+            return
+        self._wake.set()
+
+    def cancel(self, job_id: uuid.UUID) -> bool:
+        """Kill the worker of ``job_id`` if this replica runs it (the database already says ``cancelled``;
+        the heartbeat would find it within a quarter of the lease otherwise)."""
+        if job_id not in self._running:
+            return False
+        self.workers.kill(job_id)
+        log.warning("batch job %s cancelled: worker stopped", job_id)
+        return True
 
     async def _watch(self) -> None:
         """Re-queue jobs whose runner went silent; a job lost too often fails, with its event."""
@@ -183,23 +200,26 @@ class BatchRunner:
             row = await batch_jobs.succeed(conn, job["id"], output.model_dump(mode="json"))
             if row is None:
                 return
-            await outbox.add(conn, _event(row, "succeeded", rows, output=output))
+            await outbox.add(conn, batch_event(row, "succeeded", rows, output=output))
         self.jobs_total.labels("succeeded").inc()
         log.info("batch job %s succeeded: %d rows", job["id"], rows, extra={"model": job["model"]})
 
     async def _failed(self, job: asyncpg.Record, exc: Exception) -> None:
         retry = job["attempts"] < self.settings.max_job_attempts and not isinstance(exc, ArtifactError)
-        log.warning("batch job %s failed (%s): %s", job["id"], "will retry" if retry else "for good", exc)
         async with self.rt.db.acquire() as conn, conn.transaction():
             row = await batch_jobs.fail(conn, job["id"], str(exc), retry=retry)
-            if row is not None and not retry:
-                await outbox.add(conn, _event(row, "failed", 0, error=str(exc)))
+            if row is None:  # cancelled (its worker was killed for it) or re-queued after a lost lease
+                log.info("batch job %s stopped: no longer running here (%s)", job["id"], exc)
+            elif not retry:
+                await outbox.add(conn, batch_event(row, "failed", 0, error=str(exc)))
                 self.jobs_total.labels("failed").inc()
+        if row is not None:
+            log.warning("batch job %s failed (%s): %s", job["id"], "will retry" if retry else "for good", exc)
         self._wake.set()
 
     async def _publish_failed(self, row: asyncpg.Record) -> None:
         async with self.rt.db.acquire() as conn, conn.transaction():
-            await outbox.add(conn, _event(row, "failed", 0, error=row["error"]))
+            await outbox.add(conn, batch_event(row, "failed", 0, error=row["error"]))
         self.jobs_total.labels("failed").inc()
 
     async def _heartbeat(self, job_id: uuid.UUID) -> None:
@@ -211,9 +231,10 @@ class BatchRunner:
                     return
 
 
-def _event(
+def batch_event(
     row: asyncpg.Record, status: str, rows: int, *, output: ArtifactRef | None = None, error: str | None = None
 ) -> BatchCompleted:
+    """The ``batch.completed`` of a job that ended (``row``: its batch_jobs row)."""
     source = json.loads(row["input"])
     started = row["started_at"] or row["created_at"]
     return BatchCompleted(

@@ -27,6 +27,7 @@ from libs.common.artifacts import ArtifactStore
 from libs.common.events import ArtifactRef
 from libs.common.frames import features_frame
 from libs.common.schema import DatasetSchema, Task
+from services.trainer.adapters import gc
 from services.trainer.domain.batch import PREDICTION, ROW_ID, chunk_pieces, probability_column
 
 _MODEL: dict[str, Any] = {}
@@ -52,7 +53,7 @@ def _lower_priority(increment: int) -> None:
 def predict_chunk(spec: dict[str, Any]) -> dict[str, Any]:
     """Predict chunk ``spec["chunk"]`` of the job's input; store it as Parquet; return its ref and rows."""
     _lower_priority(spec.get("nice", 0))
-    store = ArtifactStore(spec["artifacts_root"])
+    store = ArtifactStore(spec["artifacts_root"], namespace=gc.NAMESPACE)
     schema = DatasetSchema.model_validate(spec["schema"])
     pipeline = _model(store, ArtifactRef.model_validate(spec["artifact"]))
     segments = [(ArtifactRef.model_validate(s["artifact"]), int(s["rows"])) for s in spec["segments"]]
@@ -93,7 +94,7 @@ def _predict(pipeline: Any, schema: DatasetSchema, table: pa.Table, ids: pa.Chun
 
 def assemble(spec: dict[str, Any]) -> dict[str, Any]:
     """The chunks' predictions, in order, as one Parquet artifact (one row group per chunk)."""
-    store = ArtifactStore(spec["artifacts_root"])
+    store = ArtifactStore(spec["artifacts_root"], namespace=gc.NAMESPACE)
     sink = io.BytesIO()
     writer: pq.ParquetWriter | None = None
     rows = 0
