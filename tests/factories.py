@@ -23,21 +23,23 @@ from tests.keys import signed
 CHURN = DatasetSchema.model_validate(SCHEMA)
 
 
-def data_arrived(store: ArtifactStore, dataset: str, batches: list[list[dict[str, Any]]]) -> list[DataArrived]:
+def data_arrived(
+    store: ArtifactStore, dataset: str, batches: list[list[dict[str, Any]]], schema: DatasetSchema = CHURN
+) -> list[DataArrived]:
     """One data.arrived per batch, with real Parquet batches and manifests in ``store``."""
     entries: list[BatchEntry] = []
     events = []
     total = 0
     for seq, rows in enumerate(batches, start=1):
         now = datetime.now(UTC)
-        ref = store.put(batch_to_parquet(CHURN, rows, now), suffix=".parquet")
+        ref = store.put(batch_to_parquet(schema, rows, now), suffix=".parquet")
         entries.append(BatchEntry(seq=seq, artifact=ref, rows=len(rows), created_at=now))
         total += len(rows)
-        manifest = DatasetManifest(dataset=dataset, version=seq, dataset_schema=CHURN, batches=list(entries))
+        manifest = DatasetManifest(dataset=dataset, version=seq, dataset_schema=schema, batches=list(entries))
         manifest_ref = store.put(manifest.model_dump_json().encode(), suffix=".manifest.json")
         events.append(DataArrived(
             producer="test", dataset=dataset, version=seq, batch=ref, manifest=manifest_ref, rows_accepted=len(rows),
-            rows_rejected=0, total_rows=total, dataset_schema=CHURN,
+            rows_rejected=0, total_rows=total, dataset_schema=schema,
         ))  # fmt: skip
     return events
 

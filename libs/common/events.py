@@ -454,6 +454,12 @@ class Label(BaseModel):
 
     request_id: str
     label: Any
+    attributes: dict[str, Any] | None = Field(
+        default=None,
+        description="Sensitive attributes of the labelled case that are not model inputs (declared in the dataset "
+        "schema), sent with the label so the monitor can compute live group metrics; never given to the model.",
+        examples=[{"sex": "f"}],
+    )
 
 
 class LabelsArrived(Event):
@@ -470,6 +476,12 @@ class LabelsArrived(Event):
         description="Serving's MAC over the model, the sender, its trust and the labels (libs/common/request_ids.py): "
         "proof that serving checked them; the monitor refuses labels without it when it holds serving's key.",
     )
+
+    def attested_labels(self) -> list[tuple[Any, ...]]:
+        """What serving's attestation covers per label: (request id, label), and the sensitive attributes
+        when a label carries them (so a writer on the topic cannot move a label to another group)."""
+        return [(i.request_id, i.label) if i.attributes is None else (i.request_id, i.label, i.attributes)
+                for i in self.labels]  # fmt: skip
 
     def key(self) -> bytes:
         return self.model.encode()

@@ -54,7 +54,7 @@ class RequestIds:
         self._keys = tuple(key if len(key) <= 64 else hashlib.sha256(key).digest() for key in (secret, *previous))
         self._macs = tuple(hashlib.blake2b(key=key, digest_size=TAG_BYTES) for key in self._keys)
 
-    def attest(self, model: str, principal: str | None, trusted: bool | None, labels: Sequence[tuple[str, Any]]) -> str:
+    def attest(self, model: str, principal: str | None, trusted: bool | None, labels: Sequence[tuple[Any, ...]]) -> str:
         """A MAC over who sent which labels for ``model`` (under the current secret)."""
         return _attestation(self._keys[0], model, principal, trusted, labels)
 
@@ -64,7 +64,7 @@ class RequestIds:
         model: str,
         principal: str | None,
         trusted: bool | None,
-        labels: Sequence[tuple[str, Any]],
+        labels: Sequence[tuple[Any, ...]],
     ) -> bool:
         """Whether ``tag`` is the attestation of exactly these labels under one of the secrets."""
         return tag is not None and any(
@@ -91,10 +91,10 @@ class RequestIds:
 
 
 def _attestation(
-    key: bytes, model: str, principal: str | None, trusted: bool | None, labels: Sequence[tuple[str, Any]]
+    key: bytes, model: str, principal: str | None, trusted: bool | None, labels: Sequence[tuple[Any, ...]]
 ) -> str:
     # BLAKE2b's personalisation keeps these MACs apart from the request-id tags made with the same key.
-    canonical = json.dumps([model, principal, trusted, [[r, label] for r, label in labels]], sort_keys=True,
+    canonical = json.dumps([model, principal, trusted, [list(item) for item in labels]], sort_keys=True,
                            separators=(",", ":"), ensure_ascii=False)  # fmt: skip
     return hashlib.blake2b(canonical.encode(), key=key, digest_size=16, person=b"dl-labels-v1").hexdigest()
 
@@ -158,7 +158,7 @@ class UnattestedLabels(InvalidEvent):
 
 
 def check_attested(ids: RequestIds, model: str, principal: str | None, trusted: bool | None,
-                   labels: Sequence[tuple[str, Any]], attestation: str | None) -> None:  # fmt: skip
+                   labels: Sequence[tuple[Any, ...]], attestation: str | None) -> None:  # fmt: skip
     """Raise :class:`UnattestedLabels` unless serving attested exactly this sender, trust and labels."""
     if not ids.attested(attestation, model, principal, trusted, labels):
         missing = "carries no attestation" if attestation is None else "does not match its attestation"

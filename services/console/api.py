@@ -91,16 +91,19 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
     async def model(request: Request, model: str, done: str | None = None) -> HTMLResponse:
         who = await person(request)
         m = quote(model, safe="")
-        versions, audit, drift, jobs = await asyncio.gather(
+        versions, audit, drift, jobs, groups = await asyncio.gather(
             backends.get("registry", f"/v1/models/{m}/versions", who.token),
             backends.get("registry", f"/v1/models/{m}/audit", who.token, limit=100),
             _optional(backends.get_optional("monitor", f"/v1/models/{m}/drift", who.token), missing=False),
             _optional(backends.get("trainer", "/v1/training-jobs", who.token, model=model, limit=20)),
+            _optional(backends.get_optional("monitor", f"/v1/models/{m}/groups", who.token)),
         )
         aliases = {a: v["version"] for v in versions for a in v["aliases"]}
         actions = {v["version"]: actions_for(v["version"], aliases, who.roles) for v in versions}
+        champion: dict[str, Any] = next((v for v in versions if v["version"] == (groups or {}).get("champion")), {})
         return page(request, "model.html", who, model=model, versions=versions, audit=audit, drift=drift, jobs=jobs,
-                    aliases=aliases, actions=actions, done=done, key=uuid.uuid4().hex)  # fmt: skip
+                    aliases=aliases, actions=actions, done=done, key=uuid.uuid4().hex, groups=groups,
+                    champion_fairness=champion.get("fairness"))  # fmt: skip
 
     @app.get("/models/{model}/versions/{version}", include_in_schema=False)
     async def version(request: Request, model: str, version: int) -> HTMLResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query
@@ -14,6 +15,7 @@ from libs.common.schema import Task
 from libs.common.service import Runtime
 from services.monitor.adapters import repository, versions
 from services.monitor.adapters.state import Monitors
+from services.monitor.domain.groups import LiveGroups
 from services.monitor.domain.monitor import ModelMonitor
 from services.monitor.report.render import render
 
@@ -68,7 +70,11 @@ class DriftState(MonitoredModel):
     alarms: list[Alarm] = Field(description="The latest alarms, newest first.")
 
 
-def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
+#: The live group metrics of a monitored model's champion, for its drift report (None: not computed).
+LiveGroupsOf = Callable[[ModelMonitor], Awaitable[LiveGroups | None]]
+
+
+def mount(app: FastAPI, rt: Runtime, monitors: Monitors, groups: LiveGroupsOf | None = None) -> None:
     router = APIRouter(prefix="/v1/models", tags=["drift"])
 
     @router.get("", summary="Models being monitored", dependencies=[require(Role.READER)])
@@ -100,7 +106,8 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors) -> None:
             raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
         reports = await repository.recent_reports(rt.db, model, windows)
         alarms = await repository.recent_alarms(rt.db, model)
-        return HTMLResponse(render(monitor, reports, alarms))
+        live = await groups(monitor) if groups is not None else None
+        return HTMLResponse(render(monitor, reports, alarms, groups=live))
 
     @router.get("/{model}/versions", summary="Live metrics per version, and the canary's and shadow's comparison "
                 "with the champion", dependencies=[require(Role.READER)])  # fmt: skip

@@ -15,7 +15,8 @@ from libs.common.request_ids import RequestIds
 from libs.common.retention import Rule
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
-from services.monitor import api
+from services.monitor import api, api_groups, group_metrics
+from services.monitor.adapters.group_gauges import GroupGauges
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.decision import DriftConfig
@@ -37,6 +38,7 @@ def drift_config(s: MonitorSettings) -> DriftConfig:
 
 def spec(settings: MonitorSettings) -> ServiceSpec:
     holder: list[Monitors] = []
+    gauges: list[GroupGauges] = []
 
     def monitors(rt: Runtime) -> Monitors:
         if not holder:
@@ -44,6 +46,16 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
                                    label_window=settings.label_window, sample_size=settings.sample_size,
                                    window_step=settings.window_step))  # fmt: skip
         return holder[0]
+
+    def group_gauges(rt: Runtime) -> GroupGauges:
+        if not gauges:
+            gauges.append(GroupGauges(rt.telemetry.registry, settings.group_gauges))
+        return gauges[0]
+
+    def routes(app: FastAPI, rt: Runtime) -> None:
+        api.mount(app, rt, monitors(rt), lambda m: group_metrics.compute(rt, m, settings, m.version,
+                                                                            settings.group_window))  # fmt: skip
+        api_groups.mount(app, rt, monitors(rt), settings, group_gauges(rt))
 
     def register(rt: Runtime) -> None:
         metrics = MonitorMetrics(rt.telemetry.registry)
@@ -61,6 +73,7 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
     async def on_start(rt: Runtime) -> None:
         # The monitor watches the plumbing too: consumer lag of every driftloop group.
         rt.spawn(LagExporter(settings.kafka, rt.telemetry, settings.lag_interval_s).run(), "consumer-lag")
+        rt.spawn(group_metrics.export(rt, monitors(rt), settings, group_gauges(rt)), "group-metrics")
 
     return ServiceSpec(
         name="monitor",
@@ -71,12 +84,13 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
             Rule("reports", "at", "reports_days"),
             Rule("shadow_predictions", "at", "predictions_days"),
             Rule("outcomes", "at", "predictions_days"),
+            Rule("group_outcomes", "at", "predictions_days"),
         ),
         on_start=on_start,
         publishes=(DriftDetected, ModelCompared),
         migrations=Path(__file__).parent / "migrations",
         register=register,
-        routes=lambda app, rt: api.mount(app, rt, monitors(rt)),
+        routes=routes,
         description="Compares live prediction windows with reference profiles; raises drift.detected.",
     )
 

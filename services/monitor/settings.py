@@ -41,6 +41,14 @@ class MonitorSettings(ServiceSettings):
     compare_every: int = Field(default=50, ge=1)
     """A canary's (or shadow's) comparison with the champion is published on model.compared each time it
     has this many more scored labels."""
+    group_window: int = Field(default=1000, ge=10, le=100_000)
+    """Latest labelled predictions the live group metrics are computed over (per version)."""
+    min_group_rows: int = Field(default=20, ge=1)
+    """Smallest group compared in the live fairness differences (as the trainer's holdout figures)."""
+    group_gauges: int = Field(default=10, ge=1, le=100)
+    """Largest groups per sensitive feature exported as Prometheus gauges (bounds label cardinality)."""
+    group_interval_s: float = Field(default=30.0, gt=0)
+    """How often the live group metrics of every monitored model are recomputed for /metrics."""
     lag_interval_s: float = Field(default=15.0, gt=0)
     """How often the consumer lag of every driftloop group is measured for /metrics."""
     cooldown_s: float = Field(default=120.0, ge=0)

@@ -29,7 +29,7 @@ from libs.common.http import NO_BODY, errors, json_body
 from libs.common.idempotency import IdempotencyKey, RecentKeys, fingerprint
 from libs.common.ratelimit import RateLimit
 from libs.common.request_ids import RequestIds, screen
-from libs.common.schema import FeatureSpec
+from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from libs.common.validation import InvalidValue, coerce
 from services.serving.adapters.prediction_log import PredictionLog
@@ -49,6 +49,7 @@ from services.serving.domain.features import Columns, InvalidInstance
 from services.serving.domain.models import Inference, LoadedModel, ModelTable
 from services.serving.domain.predictions import Served, plain_list, probability_dicts
 from services.serving.domain.routing import Splits
+from services.serving.feedback import check_attributes
 from services.serving.settings import ServingSettings
 
 
@@ -61,6 +62,12 @@ class PredictRequest(BaseModel):
 class LabelIn(BaseModel):
     request_id: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7e]+$")
     label: str | int | float | bool = Field(description="The true value; checked against the model's target column.")
+    attributes: dict[str, str | int | float | bool | None] | None = Field(
+        default=None, max_length=32,
+        description="Values of the schema's declared sensitive columns, typically attributes that are not model "
+        "inputs (e.g. sex), for the monitor's live group metrics; never given to the model.",
+        examples=[{"sex": "f"}],
+    )  # fmt: skip
 
 
 class FeedbackRequest(BaseModel):
@@ -217,7 +224,7 @@ def _mount_feedback(router: APIRouter, rt: Runtime, settings: ServingSettings, p
         """Labels are accepted only for request ids this service issued for ``model``; the others are
         refused (listed in the answer, counted in ``driftloop_feedback_refused_total``) and never scored."""
         await limit.charge(principal.name, len(body.labels))
-        _check_labels(predictor.serving(body.model).schema.target, body.labels)
+        _check_labels(predictor.serving(body.model).schema, body.labels)
         request = fingerprint(principal.name, body.model_dump_json())
         if key is not None and (earlier := answered.check(key, request)) is not None:
             return FeedbackAccepted.model_validate(earlier)  # published already
@@ -243,13 +250,15 @@ def _mount_feedback(router: APIRouter, rt: Runtime, settings: ServingSettings, p
         return answer
 
 
-def _check_labels(target: FeatureSpec, labels: list[LabelIn]) -> None:
-    """Refuse the request for one label the target column cannot hold: never the batch downstream."""
+def _check_labels(schema: DatasetSchema, labels: list[LabelIn]) -> None:
+    """Refuse the request for one label the target column cannot hold, or one attribute the schema does
+    not declare sensitive: never the batch downstream."""
     for index, item in enumerate(labels):
         try:
-            coerce(target, item.label, from_text=False)
+            coerce(schema.target, item.label, from_text=False)
         except InvalidValue as exc:
             raise ValidationFailed(f"labels.{index}.label: {exc}", row=index, field="label") from exc
+        check_attributes(schema, index, item.attributes)
 
 
 def _labels_arrived(
@@ -258,9 +267,10 @@ def _labels_arrived(
     """The event of the accepted labels, attested under the request-id secret (the monitor checks it)."""
     event = LabelsArrived(
         producer="serving", model=body.model, principal=principal.name, trusted=principal.trusted,
-        labels=[Label(request_id=body.labels[i].request_id, label=body.labels[i].label) for i in accepted],
+        labels=[Label(request_id=body.labels[i].request_id, label=body.labels[i].label,
+                      attributes=body.labels[i].attributes) for i in accepted],
     )  # fmt: skip
-    labelled = [(item.request_id, item.label) for item in event.labels]
+    labelled = event.attested_labels()  # the attributes too: no one moves a label to another group
     update: dict[str, Any] = {"attestation": ids.attest(body.model, principal.name, principal.trusted, labelled)}
     if key is not None:  # a retried key publishes the same event id: the monitor counts it once
         update["event_id"] = idempotency.event_id("serving.feedback", key)

@@ -83,6 +83,15 @@ async def test_every_version_gets_cards_that_match_the_registry(isolated: Isolat
     assert sum(r["count"] for r in model["fairness"]["groups"]["sex"]) == 160
     assert {f["feature"] for f in model["importance"]["features"]} == {f["name"] for f in SCHEMA["features"]}
     assert model["champion"] is None
+    assert version["run"]["champion_version"] is None  # nothing to compare with: the registry agrees
+    assert (model["model"], model["version"]) == (version["model"], version["version"]) == ("churn", 1)
+    assert model["training_data"]["dataset"] == version["lineage"]["dataset"] == "churn"
+    assert model["training_data"]["trigger"] == version["lineage"]["trigger"]
+    assert model["primary_metric"] == version["primary_metric"]
+    primary = version["primary_metric"]
+    assert f"| {primary} | {version['metrics'][primary]:.4f} |" in cards["model_markdown"]
+    assert f"version {version['lineage']['dataset_version']}, trigger `{version['lineage']['trigger']}`" in (
+        cards["model_markdown"])  # fmt: skip
     # What changed after training comes from the registry's audit when the card is read.
     assert model["aliases"] == cards["aliases"] == ["champion"]
     assert [(a["action"], a["alias"], a["to_version"]) for a in model["alias_trail"]] == [("promote", "champion", 1)]
@@ -95,6 +104,11 @@ async def test_every_version_gets_cards_that_match_the_registry(isolated: Isolat
     assert columns["sex"]["sensitive"]
     assert 0.03 < columns["sex"]["missing_rate"] < 0.2
     assert data["rows"]["in_version"] == 800
+    assert (data["dataset"], data["dataset_version"]) == (version["lineage"]["dataset"], 2)
+    assert data["rows"]["training"] == version["run"]["training_rows"]
+    assert {c["name"]: c["dtype"] for c in data["columns"] if c["role"] == "feature"} == {
+        f["name"]: f["dtype"] for f in version["schema"]["features"]}  # fmt: skip
+    assert [c["name"] for c in data["columns"] if c["sensitive"]] == ["region", "sex"]
     assert data["lineage"]["batches"] == 2
     assert sum(b["rows"] for b in data["lineage"]["listed"]) == 800
     assert set(data["distributions"]) == {f["name"] for f in SCHEMA["features"]}

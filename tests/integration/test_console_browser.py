@@ -25,11 +25,12 @@ import uvicorn
 from fastapi import FastAPI
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
-from cli.churn_stream import ChurnStream
+from cli.churn_stream import SCHEMA, ChurnStream
 from devstack.embedded import free_port
 from libs.common import auth
 from libs.common.artifacts import ArtifactStore
 from libs.common.auth import Role
+from libs.common.schema import DatasetSchema
 from services.console.app import create_app as console_app
 from services.console.settings import ConsoleSettings
 from services.monitor.app import create_app as monitor_app
@@ -48,6 +49,7 @@ from tests.integration.test_trainer import settings as trainer_settings
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 CHROMIUM = "/usr/bin/chromium"
+GOVERNED = DatasetSchema.model_validate(SCHEMA | {"sensitive": ["region"]})  # live group metrics by region
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "console-screenshots"
@@ -90,7 +92,8 @@ async def running(isolated: Isolation) -> AsyncIterator[Stack]:
         async with httpx.AsyncClient(headers=admin, timeout=10) as client:
             # version 1: trained by the trainer from real data, promoted by the registry's policy
             stream = ChurnStream(seed=3)
-            await publish(isolated, *data_arrived(store, "churn", [stream.batch(400), stream.batch(400)]))
+            batches = [stream.batch(400), stream.batch(400)]
+            await publish(isolated, *data_arrived(store, "churn", batches, schema=GOVERNED))
             await wait_until(lambda: _champion(client, r), timeout=150, message="v1 trained and promoted")
             await wait_until(lambda: _monitored(client, m), timeout=30, message="the monitor to take v1")
             # version 2: a weak challenger the policy rejects (an approver may still approve it by hand)
@@ -196,6 +199,11 @@ async def test_a_person_reads_the_console_and_acts_only_as_their_role_allows(run
         await expect(page.locator("tr.job")).to_have_count(1)
         await expect(page.locator("tr.job")).to_contain_text("succeeded")
         await expect(page.locator("form.action")).to_have_count(0)
+        # live group metrics by region from the monitor's labels, beside the champion's holdout figure
+        live_dp = page.locator('tr.live-difference[data-key="demographic_parity_difference:region"]')
+        await expect(live_dp).to_be_visible()
+        assert "–" not in await live_dp.locator("td").nth(2).inner_text()  # the trainer measured v1's holdout
+        await expect(page.locator('table.live-groups[data-feature="region"] tr.live-group')).to_have_count(4)
         await shot(page, "03-model-as-reader")
         await expect(page.locator('tr.version[data-version="1"] a.card-link')).to_be_visible()
         await page.click('tr.version[data-version="1"] >> text=v1')

@@ -13,6 +13,7 @@ from libs.common.artifacts import ArtifactStore
 from libs.common.auth import Role
 from libs.common.events import DriftDetected, Label, LabelsArrived, ModelTrained, Source, parse_event
 from libs.common.request_ids import RequestIds
+from libs.common.schema import DatasetSchema
 from services.ingest.app import create_app as create_ingest
 from services.ingest.settings import IngestSettings
 from services.monitor.app import create_app as create_monitor
@@ -30,6 +31,9 @@ from tests.integration.test_trainer import publish
 
 pytestmark = pytest.mark.integration
 SECRET = "s" * 32
+GOVERNED = DatasetSchema.model_validate(  # sex: sensitive, not a model input, sent with labels
+    SCHEMA | {"attributes": [{"name": "sex", "dtype": "categorical", "nullable": True}], "sensitive": ["sex"]}
+)
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -47,7 +51,8 @@ async def test_feedback_is_accepted_only_for_ids_serving_issued_for_the_model(is
     settings = isolated.settings(ServingSettings, registry_url="http://127.0.0.1:9", request_id_secret=SECRET)
     app, _ = create_serving(settings)
     async with serve(app) as client:
-        await publish(isolated, promoted("churn", 1, trained_model(store, rows=600)))
+        governed = promoted("churn", 1, trained_model(store, rows=600)).model_copy(update={"dataset_schema": GOVERNED})
+        await publish(isolated, governed)
 
         async def predicted() -> Any:
             answer = await client.post("/v1/models/churn/predict", json={"instances": _instances(2)})
@@ -61,7 +66,7 @@ async def test_feedback_is_accepted_only_for_ids_serving_issued_for_the_model(is
             {"request_id": "0123456789abcdef0123456789abcdef", "label": "no"},
             {"request_id": elsewhere, "label": "no"},
             {"request_id": issued[0], "label": "no"},
-            {"request_id": issued[1], "label": "no"},
+            {"request_id": issued[1], "label": "no", "attributes": {"sex": "f"}},
         ]}  # fmt: skip
         answer = await client.post("/v1/feedback", json=body)
         assert answer.status_code == 202
@@ -86,6 +91,12 @@ async def test_feedback_is_accepted_only_for_ids_serving_issued_for_the_model(is
     assert len(events) == 1  # the all-forged request published nothing
     assert isinstance(events[0], LabelsArrived)
     assert [(label.request_id, label.label) for label in events[0].labels] == [(issued[0], "yes"), (issued[1], "no")]
+    assert [label.attributes for label in events[0].labels] == [None, {"sex": "f"}]
+    # the attestation covers the attribute: the same label moved to another group no longer matches it
+    ids, event = RequestIds(SECRET.encode()), events[0]
+    assert ids.attested(event.attestation, "churn", event.principal, event.trusted, event.attested_labels())
+    moved = [(issued[0], "yes"), (issued[1], "no", {"sex": "m"})]
+    assert not ids.attested(event.attestation, "churn", event.principal, event.trusted, moved)
 
 
 async def test_a_second_label_for_a_prediction_is_counted_and_never_scored(isolated: Isolation) -> None:

@@ -125,3 +125,7 @@ async def test_bad_requests_name_the_instance_and_field(isolated: Isolation) -> 
             "/v1/feedback", json={"model": "other", "labels": [{"request_id": "x", "label": 1}]}
         )
         assert feedback.status_code == 404
+        attributed = await client.post("/v1/feedback", json={"model": "churn", "labels": [
+            {"request_id": "x", "label": "yes", "attributes": {"sex": "f"}}]})  # fmt: skip
+        assert attributed.status_code == 422  # only the schema's sensitive columns travel with a label
+        assert attributed.json()["message"].startswith("labels.0.attributes.sex: not a sensitive column")

@@ -6,6 +6,7 @@ import uuid
 
 import pytest
 
+from libs.common.events import Label, LabelsArrived
 from libs.common.request_ids import (
     ID_LENGTH,
     RequestIds,
@@ -114,3 +115,17 @@ def test_an_attestation_binds_the_sender_its_trust_and_every_label() -> None:
         check_attested(ids, "churn", "crm", False, labels, tag)
     with pytest.raises(UnattestedLabels, match="carries no attestation"):
         check_attested(ids, "churn", "crm", True, labels, None)
+
+
+def test_an_attestation_binds_the_sensitive_attributes_sent_with_a_label() -> None:
+    ids = RequestIds(b"k" * 32)
+    rid = ids.mint("churn")
+    event = LabelsArrived(producer="serving", model="churn", labels=[
+        Label(request_id=rid, label="yes", attributes={"sex": "f"}), Label(request_id=rid, label="no")])  # fmt: skip
+    tag = ids.attest("churn", "crm", True, event.attested_labels())
+    moved = event.model_copy(update={"labels": [Label(request_id=rid, label="yes", attributes={"sex": "m"}),
+                                                event.labels[1]]})  # fmt: skip
+    assert ids.attested(tag, "churn", "crm", True, event.attested_labels())
+    assert not ids.attested(tag, "churn", "crm", True, moved.attested_labels())  # another group: refused
+    # a label without attributes is attested as before they existed: (request id, label)
+    assert event.attested_labels()[1] == (rid, "no")

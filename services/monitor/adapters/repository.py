@@ -33,6 +33,8 @@ class EarlyLabel:
     request_id: str
     label: Any
     source: tuple[str, bool] | None
+    attributes: dict[str, Any] | None = None
+    """Sensitive attributes sent with the label (not model inputs)."""
 
 
 async def monitored_reference(conn: Conn, model: str) -> Reference | None:
@@ -67,10 +69,11 @@ async def monitor_version(conn: asyncpg.Connection, event: ModelPromoted) -> int
 
 
 async def label_predictions(conn: asyncpg.Connection, model: str, request_ids: list[str]) -> list[asyncpg.Record]:
-    """Mark the unlabelled predictions among ``request_ids`` labelled; their request_id, version, prediction."""
+    """Mark the unlabelled predictions among ``request_ids`` labelled; their request_id, version, prediction
+    and the groups of their sensitive inputs (``sensitive``, None when the model has none)."""
     rows: list[asyncpg.Record] = await conn.fetch(
         "UPDATE predictions SET labelled = true WHERE request_id = ANY($1::text[]) AND model = $2 "
-        "AND NOT labelled RETURNING request_id, version, prediction",
+        "AND NOT labelled RETURNING request_id, version, prediction, sensitive",
         request_ids, model,
     )  # fmt: skip
     return rows
@@ -88,10 +91,13 @@ async def park_labels(
     fresh = [rid for rid in request_ids if rid not in done]
     if not fresh:
         return []
+    attributes = {item.request_id: item.attributes for item in event.labels if item.attributes}
     parked = await conn.fetch(
-        "INSERT INTO pending_labels (request_id, model, label, principal, trusted) SELECT r, $2, l, $4, $5 "
-        "FROM unnest($1::text[], $3::jsonb[]) AS u (r, l) ON CONFLICT DO NOTHING RETURNING request_id",
+        "INSERT INTO pending_labels (request_id, model, label, principal, trusted, attributes) "
+        "SELECT r, $2, l, $4, $5, a FROM unnest($1::text[], $3::jsonb[], $6::jsonb[]) AS u (r, l, a) "
+        "ON CONFLICT DO NOTHING RETURNING request_id",
         fresh, event.model, [json.dumps(labels[rid]) for rid in fresh], event.principal, event.trusted,
+        [json.dumps(attributes[rid]) if rid in attributes else None for rid in fresh],
     )  # fmt: skip
     return [r["request_id"] for r in parked]
 
@@ -101,16 +107,23 @@ async def forget_parked_labels(conn: asyncpg.Connection, older_than_s: float) ->
     await conn.execute("DELETE FROM pending_labels WHERE at < now() - make_interval(secs => $1)", older_than_s)
 
 
-async def store_predictions(conn: asyncpg.Connection, event: PredictionsLogged) -> list[EarlyLabel]:
-    """Keep the predictions for label matching; return the parked labels they answer (now matched)."""
+async def store_predictions(
+    conn: asyncpg.Connection, event: PredictionsLogged, sensitive: list[dict[str, str] | None] | None = None
+) -> list[EarlyLabel]:
+    """Keep the predictions for label matching, each with the groups of its sensitive inputs (``sensitive``,
+    one per record, when the model declares any); return the parked labels they answer (now matched)."""
+    groups = [json.dumps(g) if g is not None else None for g in sensitive or [None] * len(event.records)]
     await conn.copy_records_to_table(
         "predictions",
-        columns=["request_id", "model", "version", "prediction", "at"],
-        records=[(r.request_id, event.model, event.version, json.dumps(r.prediction), r.at) for r in event.records],
+        columns=["request_id", "model", "version", "prediction", "at", "sensitive"],
+        records=[
+            (r.request_id, event.model, event.version, json.dumps(r.prediction), r.at, g)
+            for r, g in zip(event.records, groups, strict=True)
+        ],
     )
     early = await conn.fetch(
         "DELETE FROM pending_labels WHERE request_id = ANY($1::text[]) AND model = $2 "
-        "RETURNING request_id, label, principal, trusted",
+        "RETURNING request_id, label, principal, trusted, attributes",
         [r.request_id for r in event.records], event.model,
     )  # fmt: skip
     if early:
@@ -118,7 +131,10 @@ async def store_predictions(conn: asyncpg.Connection, event: PredictionsLogged) 
             "UPDATE predictions SET labelled = true WHERE request_id = ANY($1::text[])",
             [r["request_id"] for r in early],
         )
-    return [EarlyLabel(r["request_id"], json.loads(r["label"]), _source(r)) for r in early]
+    return [
+        EarlyLabel(r["request_id"], json.loads(r["label"]), _source(r), json.loads(r["attributes"] or "null"))
+        for r in early
+    ]
 
 
 def _source(row: asyncpg.Record) -> tuple[str, bool] | None:

@@ -21,9 +21,11 @@ from libs.common.kafka import Delivery, EventHandler
 from libs.common.request_ids import RequestIds, UnattestedLabels, UnissuedRequestIds, check_attested, check_issued
 from libs.common.schema import Task
 from libs.common.service import Runtime
+from services.monitor.adapters import groups as group_window
 from services.monitor.adapters import repository, versions
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
+from services.monitor.domain.groups import row_groups
 from services.monitor.domain.monitor import ModelMonitor
 
 CONSUMER = "monitor.labels-arrived"
@@ -37,9 +39,9 @@ def handler(
     async def handle(event: LabelsArrived, delivery: Delivery) -> None:
         """Score each label against the prediction it answers (served by the monitored version)."""
         if ids is not None:
-            labelled = [(item.request_id, item.label) for item in event.labels]
+            labelled = event.attested_labels()
             try:
-                check_issued(ids, event.model, [request_id for request_id, _ in labelled])
+                check_issued(ids, event.model, [item.request_id for item in event.labels])
                 check_attested(ids, event.model, event.principal, event.trusted, labelled, event.attestation)
             except UnissuedRequestIds as refused:
                 metrics.labels_refused.labels(event.model, "unissued").inc(refused.details["unissued"])
@@ -80,16 +82,36 @@ async def _match(
     monitor = await monitors.load(conn, event.model)
     if monitor is not None and rows:
         scored = [(r["request_id"], r["version"], json.loads(r["prediction"]), labels[r["request_id"]]) for r in rows]
-        await score_live(conn, monitor, scored, compare_every)
+        await score_live(conn, monitor, scored, compare_every, _groups(monitor, event, rows))
     return rows, waiting, monitor
 
 
+def _groups(monitor: ModelMonitor, event: LabelsArrived, rows: list[asyncpg.Record]) -> dict[str, dict[str, str]]:
+    """Request id → its group per sensitive feature: inputs as logged with the prediction, attributes as sent
+    with the label (empty when the model declares no sensitive feature)."""
+    if not monitor.schema.sensitive:
+        return {}
+    attributes = {item.request_id: item.attributes for item in event.labels}
+    return {
+        r["request_id"]: row_groups(monitor.schema, json.loads(r["sensitive"] or "null"),
+                                    attributes.get(r["request_id"]))
+        for r in rows
+    }  # fmt: skip
+
+
 async def score_live(
-    conn: asyncpg.Connection, monitor: ModelMonitor, scored: list[tuple[str, int, Any, Any]], compare_every: int
+    conn: asyncpg.Connection,
+    monitor: ModelMonitor,
+    scored: list[tuple[str, int, Any, Any]],
+    compare_every: int,
+    groups: dict[str, dict[str, str]] | None = None,
 ) -> None:
-    """Score labelled predictions per version (and the shadow's copies of them), then publish the canary's
-    and shadow's comparisons with the champion that are due."""
+    """Score labelled predictions per version (and the shadow's copies of them), keep them with their
+    ``groups`` (request id → sensitive feature → group) for the live group metrics, then publish the
+    canary's and shadow's comparisons with the champion that are due."""
     await versions.score_served(conn, monitor.model, scored, monitor.outcome)
+    if groups:
+        await group_window.store(conn, monitor.model, [(*s, groups[s[0]]) for s in scored if s[0] in groups])
     await versions.score_shadows(conn, monitor.model, [s[0] for s in scored], monitor.outcome)
     await publish_comparisons(conn, monitor, compare_every)
 

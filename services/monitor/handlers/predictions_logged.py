@@ -17,6 +17,7 @@ from services.monitor.adapters import repository, versions
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.decision import WindowReport, evaluate_window, should_alarm
+from services.monitor.domain.groups import input_groups, row_groups
 from services.monitor.domain.histograms import window_histograms
 from services.monitor.domain.monitor import ModelMonitor
 from services.monitor.domain.windows import Window
@@ -53,12 +54,19 @@ def handler(
 async def _store(
     conn: asyncpg.Connection, monitors: Monitors, event: PredictionsLogged, compare_every: int
 ) -> tuple[list[repository.EarlyLabel], ModelMonitor | None]:
-    early = await repository.store_predictions(conn, event)
     monitor = await monitors.load(conn, event.model, version=event.version)
+    inputs = None
+    if monitor is not None and monitor.schema.sensitive:
+        inputs = [input_groups(monitor.schema, r.features) for r in event.records]
+    early = await repository.store_predictions(conn, event, inputs)
     if early and monitor is not None:  # labels that overtook their predictions, scored for this version
         predicted = {r.request_id: r.prediction for r in event.records}
         scored = [(e.request_id, event.version, predicted[e.request_id], e.label) for e in early]
-        await labels_arrived.score_live(conn, monitor, scored, compare_every)
+        groups = {}
+        if inputs is not None:
+            logged = {r.request_id: g for r, g in zip(event.records, inputs, strict=True)}
+            groups = {e.request_id: row_groups(monitor.schema, logged[e.request_id], e.attributes) for e in early}
+        await labels_arrived.score_live(conn, monitor, scored, compare_every, groups)
     return early, monitor
 
 

@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from services.monitor.adapters.repository import StoredReport
+from services.monitor.domain.groups import LiveGroups
 from services.monitor.domain.histograms import reference_histograms
 from services.monitor.domain.monitor import ModelMonitor
 from services.monitor.report import charts
@@ -28,6 +29,8 @@ _env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
+GROUP_ROWS = 20
+"""Largest groups per sensitive feature shown in the report (the API lists them all)."""
 _env.filters["num"] = lambda v: charts.fmt(float(v)) if isinstance(v, int | float) else v
 
 
@@ -45,9 +48,15 @@ class FeatureSection:
 
 
 def render(
-    monitor: ModelMonitor, reports: list[StoredReport], alarms: list[dict[str, Any]], *, now: datetime | None = None
+    monitor: ModelMonitor,
+    reports: list[StoredReport],
+    alarms: list[dict[str, Any]],
+    *,
+    now: datetime | None = None,
+    groups: LiveGroups | None = None,
 ) -> str:
-    """The report page of ``monitor``'s model (``reports`` oldest first, ``alarms`` newest first)."""
+    """The report page of ``monitor``'s model (``reports`` oldest first, ``alarms`` newest first, ``groups``
+    the live group metrics when the dataset declares sensitive features)."""
     judged = [r for r in reports if r.report.get("evaluated") and "histograms" in r.report]
     latest = judged[-1] if judged else None
     alarm_times = {a["at"] for a in alarms}
@@ -71,6 +80,8 @@ def render(
         performance=monitor.performance(),
         alarms=alarms,
         generated_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        groups=groups,
+        max_rows=GROUP_ROWS,
     )
 
 
