@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 
 async def wait_until(
@@ -64,3 +64,13 @@ async def outbox_drained(pool: object) -> None:
         return await outbox.pending_count(pool) == 0
 
     await wait_until(empty, timeout=30, message="the outbox to drain")
+
+
+async def send_raw(bootstrap: str, topic: str, body: bytes, key: bytes = b"churn") -> None:
+    """Write ``body`` as it is to ``topic`` (a message no consumer can parse, say)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, body, key=key)
+    finally:
+        await producer.stop()

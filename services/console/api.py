@@ -186,7 +186,11 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
         lag = ops.lag_by_topic(ops.consumer_lag(texts[names.index("monitor")] or ""))
         dead = [row for name, text in zip(names, texts, strict=True) if text for row in ops.dead_lettered(name, text)]
         down = [name for name, text in zip(names, texts, strict=True) if text is None]
-        return page(request, "ops.html", who, lag=lag, dead=dead, down=down, operator=may(who.roles, "operator"))
+        operator = may(who.roles, "operator")
+        letters = None
+        if operator:  # reasons and body previews: an operator's view (a reader sees the counts above)
+            letters = await _optional(backends.get("monitor", "/v1/dead-letters", who.token, per_topic=5))
+        return page(request, "ops.html", who, lag=lag, dead=dead, down=down, operator=operator, letters=letters)
 
     async def _check_form(request: Request, who: Person) -> dict[str, str]:
         _check_origin(request)

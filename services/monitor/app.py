@@ -15,7 +15,7 @@ from libs.common.request_ids import RequestIds
 from libs.common.retention import Rule
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
-from services.monitor import api, api_groups, group_metrics
+from services.monitor import api, api_dead_letters, api_groups, group_metrics
 from services.monitor.adapters.group_gauges import GroupGauges
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
@@ -56,6 +56,7 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
         api.mount(app, rt, monitors(rt), lambda m: group_metrics.compute(rt, m, settings, m.version,
                                                                             settings.group_window))  # fmt: skip
         api_groups.mount(app, rt, monitors(rt), settings, group_gauges(rt))
+        api_dead_letters.mount(app, settings.kafka)
 
     def register(rt: Runtime) -> None:
         metrics = MonitorMetrics(rt.telemetry.registry)

@@ -27,7 +27,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from cli.churn_stream import SCHEMA, ChurnStream
 from devstack.embedded import free_port
-from libs.common import auth
+from libs.common import auth, topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.auth import Role
 from libs.common.schema import DatasetSchema
@@ -40,7 +40,7 @@ from services.registry.settings import RegistrySettings
 from services.trainer.app import create_app as trainer_app
 from tests.conftest import Isolation
 from tests.factories import data_arrived, trained_model
-from tests.helpers import wait_until
+from tests.helpers import send_raw, wait_until
 from tests.integration.test_monitor import traffic
 from tests.integration.test_registry import trained
 from tests.integration.test_trainer import publish
@@ -50,6 +50,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 CHROMIUM = "/usr/bin/chromium"
 GOVERNED = DatasetSchema.model_validate(SCHEMA | {"sensitive": ["region"]})  # live group metrics by region
+POISON = b"not an event <b>bold</b>"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 SHOTS = Path(__file__).resolve().parents[2] / "build" / "console-screenshots"
@@ -106,6 +107,9 @@ async def running(isolated: Isolation) -> AsyncIterator[Stack]:
             for i in (1, 2):
                 await publish(isolated, *traffic(model, live, 300, i * 300))
             await wait_until(lambda: _alarmed(client, m), timeout=60, message="the drift alarm")
+            # a message no consumer can read: the monitor dead-letters it, with the reason
+            await send_raw(isolated.kafka.bootstrap, isolated.kafka.topic(topics.LABELS_ARRIVED), POISON)
+            await wait_until(lambda: _dead_lettered(client, m), timeout=30, message="the poison dead-lettered")
         settings = ConsoleSettings(registry_url=r, trainer_url=t, monitor_url=m, ingest_url=_closed(),
                                    serving_url=_closed(), session_cache_s=0)  # fmt: skip
         async with http_server(console_app(settings)) as console:
@@ -129,6 +133,10 @@ async def _versions(client: httpx.AsyncClient, registry: str, n: int) -> bool:
 
 async def _monitored(client: httpx.AsyncClient, monitor: str) -> bool:
     return (await client.get(f"{monitor}/v1/models/churn/drift")).status_code == 200
+
+
+async def _dead_lettered(client: httpx.AsyncClient, monitor: str) -> bool:
+    return "driftloop_dlq_messages_total{" in (await client.get(f"{monitor}/metrics")).text
 
 
 async def _alarmed(client: httpx.AsyncClient, monitor: str) -> bool:
@@ -229,7 +237,8 @@ async def test_a_person_reads_the_console_and_acts_only_as_their_role_allows(run
         await expect(page.locator("tr.job")).to_have_count(1)
         await page.click("text=Operations")
         await expect(page.locator("tr.lag").first).to_be_visible()  # the monitor's lag measurement
-        await expect(page.locator("#no-dead-letters")).to_be_visible()
+        await expect(page.locator("tr.dead-letter")).to_contain_text("labels.arrived")  # counted
+        await expect(page.locator("#letters")).to_contain_text("An operator sees")  # reasons: not a reader's
         await expect(page.locator("p.error")).to_contain_text("ingest, serving")  # not running here
         await shot(page, "05-operations")
         answer = await page.goto(f"{c}/models/nope")
@@ -278,6 +287,12 @@ async def test_a_person_reads_the_console_and_acts_only_as_their_role_allows(run
         await expect(page.locator("#done")).to_contain_text("the canary is ended")
         await expect(page.locator('tr.version[data-version="2"] span.badge.canary')).to_have_count(0)
         await shot(page, "09-canary-ended")
+        await page.click("text=Operations")  # an operator reads the dead letters with their reasons
+        letter = page.locator("table.letters tr.letter").first
+        await expect(letter).to_contain_text("labels.arrived")
+        await expect(letter.locator("td.reason")).not_to_be_empty()
+        await expect(letter.locator("code.preview")).to_have_text(POISON.decode())  # shown as text, not markup
+        await shot(page, "10-dead-letters")
         session = next(k for k in await context.cookies() if k["name"] == "driftloop_session")["value"]
 
     # The same POST without the form's CSRF value, or from another site, changes nothing.
