@@ -43,7 +43,8 @@ async def done_chunks(conn: Conn, job_id: uuid.UUID) -> dict[int, ArtifactRef]:
 
 async def chunk_done(conn: Conn, job_id: uuid.UUID, seq: int, rows: int, artifact: dict[str, Any]) -> bool:
     """Record a finished chunk and renew the lease, in one statement; False when the job is no longer
-    running (cancelled by a lost lease: another runner owns it now, and this chunk is not recorded)."""
+    running (cancelled through the API, or its lease lost: another runner owns it now); this chunk is
+    then not recorded."""
     return bool(await conn.fetchval(
         "WITH live AS (UPDATE batch_jobs SET heartbeat_at = now() WHERE id = $1 AND status = 'running' RETURNING id), "
         "added AS (INSERT INTO batch_chunks (job_id, seq, rows, artifact) SELECT id, $2, $3, $4 FROM live "

@@ -172,7 +172,7 @@ class BatchRunner:
                 continue
             answer = await worker.run(predict_chunk, {**spec, "chunk": seq})
             if not await batch_jobs.chunk_done(self.rt.db, job_id, seq, answer["rows"], answer["artifact"]):
-                log.warning("batch job %s is no longer ours (lease lost): stopped at chunk %d", job_id, seq)
+                log.warning("batch job %s no longer ours (cancelled or lease lost), stopped at chunk %d", job_id, seq)
                 return
             self.rows_total.inc(answer["rows"])
             done[seq] = ArtifactRef.model_validate(answer["artifact"])
