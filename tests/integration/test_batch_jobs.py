@@ -33,7 +33,7 @@ from libs.common.signing import Verifier
 from services.registry.app import create_app as registry_app
 from services.registry.settings import RegistrySettings
 from services.trainer.adapters import gc as trainer_gc
-from services.trainer.app import create_app
+from services.trainer.app import create_app, spec
 from services.trainer.settings import TrainerSettings
 from tests.conftest import Isolation, serve
 from tests.factories import CHURN, TrainedModel, data_arrived, trained_model
@@ -209,7 +209,10 @@ async def test_batch_jobs_are_cancelled_queued_or_running_and_the_gc_collects_ba
         files[name] = tmp_path / f"{name}.parquet"
         files[name].write_bytes(_parquet(pd.DataFrame(ChurnStream(seed=seed).batch(rows)).drop(columns=["churned"])))
     async with registered(isolated, model) as registry:
-        app, rt = create_app(settings(isolated, registry_url=registry, batch_chunk_rows=500))
+        config = settings(isolated, registry_url=registry, batch_chunk_rows=500)
+        app, rt = create_app(config)
+        trainer = spec(config)  # what the service's own retention pass prunes and collects
+        assert trainer.artifacts is not None
         async with serve(app) as client, listening(app) as address:
             cli = ["--url", f"http://{address}", "--home", str(tmp_path), "--json"]
             env = {"DRIFTLOOP_TOKEN": client.headers["Authorization"].removeprefix("Bearer ")}
@@ -263,7 +266,7 @@ async def test_batch_jobs_are_cancelled_queued_or_running_and_the_gc_collects_ba
                 chunks[str(row["job_id"])].add(json.loads(row["artifact"])["uri"])
             trainer_store = ArtifactStore(isolated.artifacts_root, namespace=trainer_gc.NAMESPACE)
             _age(trainer_store)
-            gone = await retention.collect_artifacts(trainer_store, trainer_gc.ARTIFACTS, rt.db, RetentionSettings())
+            gone = await retention.collect_artifacts(trainer_store, trainer.artifacts, rt.db, RetentionSettings())
             collected = {f"{trainer_store.root}/{f.path}" for f in gone}
             uploads = {j["input"]["upload"]["uri"] for j in (job, queued)}
             assert chunks[kept["id"]] | chunks[job["id"]] | uploads <= collected
@@ -271,8 +274,8 @@ async def test_batch_jobs_are_cancelled_queued_or_running_and_the_gc_collects_ba
 
             # Finished jobs are pruned DRIFTLOOP_RETENTION_BATCH_JOBS_DAYS after they ended, and their files follow.
             short = RetentionSettings(batch_jobs_days=1e-9)
-            assert await retention.prune(rt.db, trainer_gc.RULES, short) == {"batch_jobs": 3}
-            await retention.collect_artifacts(trainer_store, trainer_gc.ARTIFACTS, rt.db, short)
+            assert await retention.prune(rt.db, trainer.retention, short) == {"batch_jobs": 3}
+            await retention.collect_artifacts(trainer_store, trainer.artifacts, rt.db, short)
             assert _batch_files(trainer_store) == set()
             assert (await client.get(f"/v1/batch-jobs/{kept['id']}")).status_code == 404
 
