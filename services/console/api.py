@@ -182,15 +182,15 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
     async def operations(request: Request) -> HTMLResponse:
         who = await person(request)
         names = list(backends.urls)
-        texts = await asyncio.gather(*(_optional(backends.text(n, "/metrics", who.token)) for n in names))
+        letters_read = _optional(backends.get("monitor", "/v1/dead-letters", who.token, per_topic=5))
+        *texts, letters = await asyncio.gather(
+            *(_optional(backends.text(n, "/metrics", who.token)) for n in names), letters_read
+        )
         lag = ops.lag_by_topic(ops.consumer_lag(texts[names.index("monitor")] or ""))
         dead = [row for name, text in zip(names, texts, strict=True) if text for row in ops.dead_lettered(name, text)]
         down = [name for name, text in zip(names, texts, strict=True) if text is None]
-        operator = may(who.roles, "operator")
-        letters = None
-        if operator:  # reasons and body previews: an operator's view (a reader sees the counts above)
-            letters = await _optional(backends.get("monitor", "/v1/dead-letters", who.token, per_topic=5))
-        return page(request, "ops.html", who, lag=lag, dead=dead, down=down, operator=operator, letters=letters)
+        return page(request, "ops.html", who, lag=lag, dead=dead, down=down, operator=may(who.roles, "operator"),
+                    letters=letters)  # fmt: skip
 
     async def _check_form(request: Request, who: Person) -> dict[str, str]:
         _check_origin(request)

@@ -1,7 +1,8 @@
 """HTTP API of the dead letters: the latest messages of every dead-letter topic, with why they failed.
 
 On the monitor because it already watches the plumbing (consumer lag) with Kafka credentials the
-console never holds. Read-only: no group is joined, nothing is committed or replayed here
+console never holds. Readable by a reader, as ingest's rejected rows with their reasons are (docs/security.md:
+a reader reads everything). Read-only: no group is joined, nothing is committed or replayed here
 (``driftloop dlq replay REF`` does that); bodies are never returned, only their size and a short preview.
 """
 
@@ -55,7 +56,7 @@ def mount(app: FastAPI, kafka: KafkaSettings) -> None:
     router = APIRouter(prefix="/v1", tags=["operations"])
 
     @router.get("/dead-letters", summary="The latest dead letters of every dead-letter topic, with their reasons",
-                dependencies=[require(Role.OPERATOR)], responses=errors(503))  # fmt: skip
+                dependencies=[require(Role.READER)], responses=errors(503))  # fmt: skip
     async def dead_letters(
         per_topic: Annotated[int, Query(ge=1, le=50, description="Latest messages per topic.")] = 10,
     ) -> DeadLetters:
