@@ -24,7 +24,7 @@ async def compute(
     rt: Runtime, monitor: ModelMonitor, settings: MonitorSettings, version: int, window: int
 ) -> LiveGroups:
     """The live group figures of ``version`` over its latest ``window`` labelled predictions (computed off
-    the event loop: fairlearn's tables take milliseconds per feature)."""
+    the event loop: fairlearn's MetricFrame costs tens of milliseconds per feature)."""
     rows = await group_window.window(rt.db, monitor.model, version, window) if monitor.schema.sensitive else []
     return await asyncio.to_thread(live_groups, monitor.schema, version, rows, settings.min_group_rows)
 
