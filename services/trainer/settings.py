@@ -36,6 +36,10 @@ class TrainerSettings(ServiceSettings):
     """Jobs that train on the rows since a drift weigh each row by its recency: its weight halves every this
     share of the rows back from the newest (0.25: a quarter of them). A concept still moving (gradual drift)
     is then learnt as it is now rather than as the average of the transition. 0: all rows weigh alike."""
+    reuse_earlier: int = Field(default=3, ge=0)
+    """Earlier champions a drift job scores on its holdout (the newest rows), the most recently promoted
+    first: when one beats the model the job trained, its pipeline is registered again as the job's model (a
+    concept that recurs is served at once by the model that learnt it on more rows). 0: never."""
     search_jobs: int = Field(default=2, ge=1)
     """Fits run in parallel during the search, one thread each (size it to the cores)."""
     max_trees: int = Field(default=1500, ge=10)
@@ -52,6 +56,9 @@ class TrainerSettings(ServiceSettings):
     """Holdout rows (a seeded subsample) permutation importance and explanation backgrounds use."""
     importance_repeats: int = Field(default=3, ge=1)
     """Shuffles per feature in permutation importance."""
+    export_defer_s: float = Field(default=60.0, ge=0)
+    """A version's ONNX export waits up to this long for the model's training queue to be idle (it serves on
+    its pipeline meanwhile), so that the refreshes after a drift have the cores to themselves. 0: at once."""
     workers: int = Field(default=1, ge=0)
     """Worker processes running jobs; 0 makes this replica queue jobs only (others run them)."""
     job_lease_s: float = Field(default=60.0, gt=0)

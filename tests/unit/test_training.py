@@ -26,6 +26,7 @@ from services.trainer.domain.training import (
     TrainingConfig,
     _search,
     affordable,
+    best_earlier,
     build_pipeline,
     candidates,
     champion_params,
@@ -267,3 +268,30 @@ def test_recent_rows_weigh_more_after_a_drift_so_a_moving_concept_is_learnt_as_i
     recent = train(schema, frame, replace(config, recency_half_life=0.05))
     assert alike.metrics["accuracy"] < 0.3  # the holdout is the newest rows: the average concept is wrong there
     assert recent.metrics["accuracy"] > 0.9
+
+
+def test_an_earlier_champion_that_beats_the_new_model_on_the_holdout_is_reused() -> None:
+    config = TrainingConfig(n_iter=1, time_budget_s=0, n_jobs=1)
+    learnt_a = train(TWO, two_concepts(3000, 0, seed=1), config).pipeline  # v1: concept A on many rows
+    learnt_b = train(TWO, two_concepts(0, 3000, seed=4), config).pipeline  # v2: concept B, the champion
+    back_to_a = two_concepts(600, 0, seed=5)  # A returns: a drift job has a few hundred rows of it
+    result = train(TWO, back_to_a, config, learnt_b, [(1, learnt_a)])
+    assert result.reused_version == 1
+    assert result.pipeline is learnt_a
+    assert result.params["reused_version"] == 1
+    assert "earlier champion v1 reused" in result.search
+    assert result.metrics["accuracy"] > result.champion_metrics["accuracy"] + 0.3  # type: ignore[index]
+    assert len(result.train_predictions) == result.training_rows
+    # A concept no earlier champion knows: the new model stays.
+    fresh = train(TWO, two_concepts(0, 600, seed=6), config, learnt_a, [(1, learnt_a)])
+    assert fresh.reused_version is None
+    assert "reused_version" not in fresh.params
+
+
+def test_only_a_strictly_better_earlier_champion_is_chosen_the_best_of_them() -> None:
+    new = {"accuracy": 0.90}
+    assert best_earlier("accuracy", new, []) is None
+    assert best_earlier("accuracy", new, [(1, {"accuracy": 0.90})]) is None  # a tie keeps the new model
+    picked = best_earlier("accuracy", new, [(1, {"accuracy": 0.95}), (3, {"accuracy": 0.97}), (2, {"accuracy": 0.8})])
+    assert picked == (3, {"accuracy": 0.97})
+    assert best_earlier("r2", {"r2": 0.5}, [(4, {"r2": 0.7}), (5, {"r2": 0.7})]) == (5, {"r2": 0.7})

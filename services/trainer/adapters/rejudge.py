@@ -15,11 +15,11 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from libs.common import models
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import ArtifactRef
 from libs.common.frames import features_frame
 from libs.common.schema import DatasetSchema, Task
+from services.trainer.adapters import pipelines
 from services.trainer.domain.fairness import fairness_report
 from services.trainer.domain.training import evaluate
 
@@ -32,8 +32,9 @@ def rejudge(spec: dict[str, Any]) -> dict[str, Any]:
     x, y = features_frame(schema, holdout), holdout[schema.target.name]
     if schema.task is Task.REGRESSION:
         y = y.astype(float)
-    challenger = models.load(store, ArtifactRef.model_validate(spec["challenger"]))
-    champion = models.load(store, ArtifactRef.model_validate(spec["champion"]))
+    # Usually in the worker that trained the challenger, and the champion too: both still in memory.
+    challenger = pipelines.load(store, ArtifactRef.model_validate(spec["challenger"]))
+    champion = pipelines.load(store, ArtifactRef.model_validate(spec["champion"]))
     mine, theirs = (fairness_report(schema, m, holdout, x, y, spec.get("min_group_rows", 20))
                     for m in (challenger, champion))  # fmt: skip
     return {

@@ -251,6 +251,19 @@ async def finish(
     return True
 
 
+async def export_state(conn: Conn, model: str, job_id: uuid.UUID, sha256: str) -> tuple[bool, bool]:
+    """Whether ``model`` has a training job queued or running, and whether job ``job_id``'s model (``sha256``)
+    is superseded: a job queued after it succeeded and the champion is another artifact."""
+    row = await conn.fetchrow(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE model = $1 AND status IN ('queued', 'running')) AS busy, "
+        "(EXISTS (SELECT 1 FROM jobs WHERE model = $1 AND status = 'succeeded' "
+        "         AND created_at > (SELECT created_at FROM jobs WHERE id = $2)) "
+        " AND (SELECT champion_artifact->>'sha256' FROM models WHERE name = $1) IS DISTINCT FROM $3) AS superseded",
+        model, job_id, sha256,
+    )  # fmt: skip
+    return bool(row["busy"]), bool(row["superseded"])
+
+
 async def record_export(conn: Conn, job_id: uuid.UUID, onnx: dict[str, Any], seconds: float | None) -> None:
     """The ONNX export made after the job's model.trained, and how long it took, in the job's result."""
     await conn.execute(
@@ -274,6 +287,25 @@ async def set_champion(conn: Conn, model: str, version: int, artifact: ArtifactR
         "UPDATE models SET champion_version = $2, champion_artifact = $3, updated_at = now() WHERE name = $1",
         model, version, artifact.model_dump_json(),
     )  # fmt: skip
+    await conn.execute(
+        "INSERT INTO champions (model, version, artifact) VALUES ($1, $2, $3) "
+        "ON CONFLICT (model, version) DO UPDATE SET artifact = $3, promoted_at = now()",
+        model, version, artifact.model_dump_json(),
+    )  # fmt: skip
+
+
+async def earlier_champions(conn: Conn, model: str, current: int | None, limit: int) -> list[dict[str, Any]]:
+    """The ``limit`` most recently promoted champions of ``model`` other than ``current``, newest first,
+    each with a pipeline of its own (a version that reused an earlier one's pipeline is that pipeline)."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (artifact->>'sha256') version, artifact, promoted_at FROM champions "
+        "WHERE model = $1 AND version IS DISTINCT FROM $2 "
+        "AND artifact->>'sha256' IS DISTINCT FROM (SELECT champion_artifact->>'sha256' FROM models WHERE name = $1) "
+        "ORDER BY artifact->>'sha256', promoted_at DESC",
+        model, current,
+    )  # fmt: skip
+    newest = sorted(rows, key=lambda r: r["promoted_at"], reverse=True)[:limit]
+    return [{"version": r["version"], "artifact": json.loads(r["artifact"])} for r in newest]
 
 
 async def mark_drift(
@@ -306,6 +338,7 @@ def job_out(row: asyncpg.Record) -> dict[str, Any]:
         "training_rows": result.get("training_rows") if result else None,
         "holdout_rows": result.get("holdout_rows") if result else None,
         "search": result.get("search") if result else None,
+        "reused_version": result.get("reused_version") if result else None,
         "stages": result.get("stages") if result else None,
         "onnx": result.get("onnx") if result else None,
         "export_seconds": result.get("export_seconds") if result else None,

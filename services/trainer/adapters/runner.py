@@ -87,7 +87,11 @@ class JobRunner:
         self._tasks: list[asyncio.Task[Any]] = []
         self._running: set[uuid.UUID] = set()
         self._exports: set[asyncio.Task[None]] = set()
-        """ONNX exports under way (each after its job's model.trained)."""
+        """ONNX exports under way or waiting (each after its job's model.trained)."""
+        self._replanned: dict[uuid.UUID, asyncio.Event] = {}
+        """Per finished job: set once the policy was re-applied after it (its export waits for that)."""
+        self._exporting = asyncio.Lock()
+        """One export at a time: they are background work, never the critical path."""
         registry = rt.telemetry.registry
         self.jobs_total = Counter(
             "driftloop_training_jobs_total", "Training jobs finished.", ["status", "trigger"], registry=registry
@@ -190,6 +194,8 @@ class JobRunner:
             if self.replan is not None:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await self.replan(job["model"])
+            if (replanned := self._replanned.pop(job["id"], None)) is not None:
+                replanned.set()  # the job's export may look at the queue now: a refresh is in it if one is due
 
     async def _execute(self, job: asyncpg.Record) -> None:
         job_id: uuid.UUID = job["id"]
@@ -217,6 +223,11 @@ class JobRunner:
                     "SELECT champion_version, champion_artifact FROM models WHERE name = $1", job["model"]
                 )
                 spec = self._spec(job, champion)
+                if job["trigger"] == "drift" and self.settings.reuse_earlier:
+                    spec["earlier_champions"] = await repository.earlier_champions(
+                        self.rt.db, job["model"], champion["champion_version"] if champion else None,
+                        self.settings.reuse_earlier,
+                    )  # fmt: skip
                 # A routine job may be cancelled for drift: a spare warm worker then waits for the drift job.
                 result = await self._in_worker(job_id, run_job, spec, spare=job["trigger"] in ROUTINE_TRIGGERS)
                 log.info("training job trained", extra={"job_id": str(job_id), "model": job["model"]})
@@ -242,16 +253,52 @@ class JobRunner:
 
     def _export_later(self, job: asyncpg.Record, result: dict[str, Any]) -> None:
         """Export the published version to ONNX in the background: the next job need not wait for it."""
+        self._replanned[job["id"]] = asyncio.Event()
         task = asyncio.create_task(self._export(job, result), name=f"trainer-export-{job['id']}")
         self._exports.add(task)
         task.add_done_callback(self._exports.discard)
 
     async def _export(self, job: asyncpg.Record, result: dict[str, Any]) -> None:
-        """ONNX export and parity of a published version, then ``model.exported`` (serving switches runtime)."""
+        """ONNX export and parity of a published version, then ``model.exported`` (serving switches runtime).
+
+        The export waits until the model has no training job queued or running (at most
+        ``export_defer_s``): after a drift, refreshes follow one another, and an export beside
+        them took a share of the cores they needed to land before the stream moved on; the
+        version serves on its pipeline meanwhile. A version superseded by then (a newer job
+        succeeded and the champion is another model) is not exported: it no longer serves.
+        """
         with self.rt.telemetry.tracer.start_as_current_span(
             "onnx export", attributes={"driftloop.job_id": str(job["id"])}
         ):
-            await self._export_in_worker(job, result)
+            if not await self._export_due(job, result):
+                return
+            async with self._exporting:
+                await self._export_in_worker(job, result)
+
+    async def _export_due(self, job: asyncpg.Record, result: dict[str, Any]) -> bool:
+        """Wait for the model's training queue to be idle; whether the version still needs its export."""
+        deadline = time.monotonic() + self.settings.export_defer_s
+        sha = result["artifact"]["sha256"]
+        replanned = self._replanned.get(job["id"])
+        if replanned is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.export_defer_s):
+                    await replanned.wait()
+        while True:
+            try:
+                busy, superseded = await repository.export_state(self.rt.db, job["model"], job["id"], sha)
+            except (OSError, asyncpg.PostgresError):
+                busy, superseded = False, False
+            if not busy or time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(0.5)
+        if superseded:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                detail = "not exported: a newer model was trained and the champion is another one before it was due"
+                await repository.record_export(self.rt.db, job["id"], {"artifact": None, "parity": False,
+                                                                       "detail": detail}, None)  # fmt: skip
+            log.info("training job %s: export skipped, superseded", job["id"])
+        return not superseded
 
     async def _export_in_worker(self, job: asyncpg.Record, result: dict[str, Any]) -> None:
         spec = {

@@ -30,15 +30,12 @@ from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.frames import features_frame
 from libs.common.profile import build_profile
 from libs.common.schema import DatasetSchema, DType, Task
-from services.trainer.adapters import gc, governance
+from services.trainer.adapters import gc, governance, pipelines
 from services.trainer.adapters.rejudge import holdout_parquet
 from services.trainer.domain.export import export
 from services.trainer.domain.training import TrainingConfig, TrainingResult, train
 
 _PROVIDER: Any = None
-#: The last pipeline this process trained or loaded, by the sha256 of its skops bytes. A worker runs
-#: job after job: the champion of the next job is most often the model the previous one trained.
-_PIPELINES: dict[str, Any] = {}
 #: The pipeline this process trained last and its holdout's features, for the export that follows.
 _EXPORTABLE: dict[str, tuple[Any, pd.DataFrame]] = {}
 
@@ -121,9 +118,13 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         frame = table.to_pandas()
     with stage("load champion"):
         champion = _champion(store, spec.get("champion_artifact"))
+    earlier: list[tuple[int, Any]] = []
+    if spec.get("earlier_champions"):
+        with stage("load earlier champions"):
+            earlier = [(e["version"], _champion(store, e["artifact"])) for e in spec["earlier_champions"]]
     config = TrainingConfig(**spec["config"])
     with stage("search and evaluate", **{"driftloop.rows": len(frame)}):
-        result = train(schema, frame, config, champion)
+        result = train(schema, frame, config, champion, earlier)
     with stage("profile"):
         kinds: dict[str, Literal["numeric", "categorical"]] = {
             f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in schema.features
@@ -146,9 +147,12 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         except Exception as exc:  # whatever it was: the version registers, with the reason
             facts = {"card_error": f"card facts failed: {type(exc).__name__}: {exc}"}
     with stage("store"):
-        model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
-        _PIPELINES.clear()
-        _PIPELINES[model_ref.sha256] = result.pipeline
+        if result.reused_version is not None:  # the earlier champion's own bytes, not a re-serialisation
+            model_ref = next(ArtifactRef.model_validate(e["artifact"]) for e in spec["earlier_champions"]
+                             if e["version"] == result.reused_version)  # fmt: skip
+        else:
+            model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
+        pipelines.keep(model_ref.sha256, result.pipeline)
         _EXPORTABLE.clear()
         _EXPORTABLE[model_ref.sha256] = (result.pipeline, result.holdout_frame)
         profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
@@ -167,6 +171,7 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         "artifact": model_ref.model_dump(),
         "profile": profile_ref.model_dump(),
         "search": result.search,
+        "reused_version": result.reused_version,
         "row_sources": [s.model_dump() for s in sources] if (sources := counted_sources(counts)) is not None else None,
         "holdout": holdout_ref.model_dump(),
         "fairness": mine.differences if mine else None,
@@ -185,14 +190,8 @@ def read_training_rows(
 
 
 def _champion(store: ArtifactStore, artifact: dict[str, Any] | None) -> Any:
-    """The champion's pipeline: from this process's memory when it trained or loaded it last, else the store."""
-    if not artifact:
-        return None
-    ref = ArtifactRef.model_validate(artifact)
-    if ref.sha256 not in _PIPELINES:  # the same bytes, so the same object the store would give
-        _PIPELINES.clear()
-        _PIPELINES[ref.sha256] = models.load(store, ref)
-    return _PIPELINES[ref.sha256]
+    """The champion's pipeline (kept in this process's memory: see ``pipelines``)."""
+    return pipelines.load(store, ArtifactRef.model_validate(artifact)) if artifact else None
 
 
 def export_job(spec: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +220,7 @@ def _exportable(
 ) -> tuple[Any, pd.DataFrame]:
     """The pipeline and its holdout's features from the store (another process trained it)."""
     holdout = pq.read_table(io.BytesIO(store.get(ArtifactRef.model_validate(spec["holdout"])))).to_pandas()
-    return models.load(store, artifact), features_frame(schema, holdout)
+    return pipelines.load(store, artifact), features_frame(schema, holdout)
 
 
 def export_onnx(store: ArtifactStore, schema: DatasetSchema, result: TrainingResult) -> OnnxExport:

@@ -55,12 +55,21 @@ way through a transition already leans to where it is heading. On the loop
 benchmark's gradual stream this took a model on 8,000 rows since the alarm
 from 0.874 to 0.910 accuracy on the last rows (0.921 for one trained only on
 the settled concept), and cost 0.003 on a stationary stretch.
+
+Concepts recur (seasons, regimes, a promotion that ends): the concept a drift
+job meets may be one an earlier champion already learnt, on more rows than
+the drift job has. So a drift job also scores the earlier champions it is
+given (``earlier``) on its holdout, the newest labelled rows, and when one of
+them beats the model it just trained there, that earlier pipeline is the
+job's model (``reused_version``), unchanged: it is registered as a new version
+and judged against the champion like any other challenger.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,6 +157,8 @@ class TrainingResult:
     """How the search went (candidates, rounds, seconds), for the job's record."""
     dropped_rows: int = 0
     """Rows before a change in the champion's errors, left out (``trim_to_change``)."""
+    reused_version: int | None = None
+    """The earlier champion whose pipeline this is, when it beat the new model on the holdout."""
 
 
 def numeric_columns(schema: DatasetSchema) -> list[str]:
@@ -497,6 +508,18 @@ def recency_weights(rows: int, half_life: float) -> np.ndarray | None:
     return np.asarray(0.5 ** (age / (half_life * rows)))
 
 
+def best_earlier(
+    primary: str, challenger: dict[str, float], earlier: list[tuple[int, dict[str, float]]]
+) -> tuple[int, dict[str, float]] | None:
+    """The earlier champion (version, holdout metrics) that beats ``challenger`` on ``primary``, if any.
+
+    Strictly better only: on a tie the model trained on the newest rows wins.
+    Among several, the best; among equals, the newest version.
+    """
+    ahead = [(v, m) for v, m in earlier if m[primary] > challenger[primary]]
+    return max(ahead, key=lambda vm: (vm[1][primary], vm[0])) if ahead else None
+
+
 def _predict(model: Any | None, x: pd.DataFrame) -> np.ndarray | None:
     """``model``'s predictions for ``x``; None without a model or when it was trained on another schema."""
     if model is None:
@@ -508,7 +531,11 @@ def _predict(model: Any | None, x: pd.DataFrame) -> np.ndarray | None:
 
 
 def train(
-    schema: DatasetSchema, frame: pd.DataFrame, config: TrainingConfig, champion: Any | None = None
+    schema: DatasetSchema,
+    frame: pd.DataFrame,
+    config: TrainingConfig,
+    champion: Any | None = None,
+    earlier: Sequence[tuple[int, Any]] = (),
 ) -> TrainingResult:
     """Search, fit and evaluate a challenger (and the champion) on ``frame``, in row order.
 
@@ -516,6 +543,9 @@ def train(
     champion's predictions (for the change point and its holdout figures) come
     first and are made once, and the time they took is set aside for the
     challenger's own predictions at the end (train and holdout rows in one call).
+
+    ``earlier``: (version, pipeline) of earlier champions; one that beats the
+    challenger on the holdout is returned instead (see the module docstring).
     """
     deadline = time.monotonic() + config.time_budget_s
     frame = frame.dropna(subset=[schema.target.name]).tail(config.max_rows).reset_index(drop=True)
@@ -540,11 +570,19 @@ def train(
             schema, config, champion_params(champion), (x_train, y_train, weights), deadline - reserve
         )
         predicted = pipeline.predict(x_all)
-    metrics = scores(schema, predicted[-holdout_rows:], y_hold)
+        metrics = scores(schema, predicted[-holdout_rows:], y_hold)
+        reused = _reuse(schema, earlier, x_all, y_hold, metrics)
+    if dropped:
+        search = f"{search}; {dropped} rows before the change left out"
+    if reused is not None:
+        version, pipeline, predicted, earlier_metrics = reused
+        primary = PRIMARY_METRIC[schema.task]
+        search = f"{search}; earlier champion v{version} reused ({primary} {earlier_metrics[primary]:.4f} " \
+                 f"on the holdout, the new model {metrics[primary]:.4f})"  # fmt: skip
+        params, metrics = {**(champion_params(pipeline) or {}), "reused_version": version}, earlier_metrics
     champion_metrics = None
     if champion_predicted is not None:
         champion_metrics = scores(schema, champion_predicted[dropped:][-holdout_rows:], y_hold)
-    train_predictions = predicted[:-holdout_rows]
     return TrainingResult(
         pipeline=pipeline,
         params={**params, "iterations": int(pipeline.named_steps["model"].n_iter_)},
@@ -554,8 +592,27 @@ def train(
         training_rows=len(x_train),
         holdout_rows=holdout_rows,
         train_frame=x_train,
-        train_predictions=train_predictions,
+        train_predictions=predicted[:-holdout_rows],
         holdout_frame=x_hold,
-        search=search if not dropped else f"{search}; {dropped} rows before the change left out",
+        search=search,
         dropped_rows=dropped,
+        reused_version=reused[0] if reused is not None else None,
     )
+
+
+def _reuse(
+    schema: DatasetSchema,
+    earlier: Sequence[tuple[int, Any]],
+    x_all: pd.DataFrame,
+    y_hold: pd.Series,
+    challenger: dict[str, float],
+) -> tuple[int, Any, np.ndarray, dict[str, float]] | None:
+    """The earlier champion that beats the challenger on the holdout: (version, pipeline, its predictions
+    on all rows, its holdout metrics); None when none does (or none predicts this schema)."""
+    x_hold = x_all.iloc[-len(y_hold) :]
+    scored = [(v, scores(schema, guess, y_hold)) for v, m in earlier if (guess := _predict(m, x_hold)) is not None]
+    best = best_earlier(PRIMARY_METRIC[schema.task], challenger, scored)
+    if best is None:
+        return None
+    model = dict(earlier)[best[0]]
+    return best[0], model, np.asarray(model.predict(x_all)), best[1]
