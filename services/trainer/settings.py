@@ -29,9 +29,11 @@ class TrainerSettings(ServiceSettings):
     """Wall seconds the hyperparameter search may take. The first candidate is always fitted; successive
     halving tries as many others as the budget affords, estimated from that first fit. 0 = no search."""
     drift_time_budget_s: float = Field(default=1.5, ge=0)
-    """The search budget of a drift-triggered job, the first model on post-drift rows: kept short so that a
-    better model serves within seconds of an alarm; the post-drift refreshes that follow (as the post-drift
-    data grows) search with ``time_budget_s``. The first candidate is always fitted, cut short at the budget."""
+    """The search budget of a drift-triggered job, the first model on post-drift rows, and of the post-drift
+    refreshes that follow while those rows are fewer than ``min_new_rows``: kept short so that a better model
+    serves within seconds of an alarm, and each refresh lands sooner and the next one starts on more rows
+    (rows matter more than search then). Later jobs search with ``time_budget_s``. The first candidate is
+    always fitted, cut short at the budget."""
     recency_half_life: float = Field(default=0.25, ge=0)
     """Jobs that train on the rows since a drift weigh each row by its recency: its weight halves every this
     share of the rows back from the newest (0.25: a quarter of them). A concept still moving (gradual drift)

@@ -155,3 +155,19 @@ def test_after_a_drift_jobs_train_from_its_start_and_refresh_as_post_drift_data_
 def test_requests_train_whenever_possible() -> None:
     assert decide_on_request(view(total_rows=10)).trigger is Trigger.REQUEST
     assert not decide_on_request(view(total_rows=0)).train
+
+
+def test_jobs_answering_a_drift_search_briefly_and_later_ones_at_the_routine_budget() -> None:
+    horizon = NOW - timedelta(minutes=3)
+    drifted = view(total_rows=9000, last_trained_rows=8000, drift_since=horizon, rows_since_drift=600)
+    first = decide_on_data(drifted, CONFIG, NOW)
+    assert first.trigger is Trigger.DRIFT
+    assert first.quick
+    refresh = view(total_rows=9200, last_trained_rows=8600, horizon=horizon, rows_since_horizon=1200)
+    assert decide_on_data(refresh, CONFIG, NOW).quick
+    # Once the post-drift rows reach the routine cadence, and without any drift, jobs search at length.
+    large = view(total_rows=40_000, last_trained_rows=35_000, horizon=horizon, rows_since_horizon=12_000)
+    assert not decide_on_data(large, CONFIG, NOW).quick
+    assert not decide_on_data(view(total_rows=20_000, last_trained_rows=10_000), CONFIG, NOW).quick
+    assert not decide_on_data(view(total_rows=2000), CONFIG, NOW).quick  # the first model
+    assert not decide_on_request(large).quick

@@ -144,10 +144,10 @@ async def enqueue(
     job_id = uuid.uuid4()
     inserted = await conn.fetchval(
         "INSERT INTO jobs (id, model, dataset, dataset_version, manifest, trigger, trigger_event_id, reason, since, "
-        "correlation_id, trace_headers) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) "
+        "correlation_id, trace_headers, quick) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) "
         "ON CONFLICT (model) WHERE status IN ('queued', 'running') DO NOTHING RETURNING true",
         job_id, model, dataset_name, version, manifest_ref.model_dump_json(), decision.trigger.value,
-        trigger_event_id, decision.reason, decision.since, correlation_id, json.dumps(trace_headers),
+        trigger_event_id, decision.reason, decision.since, correlation_id, json.dumps(trace_headers), decision.quick,
     )  # fmt: skip
     if not inserted:
         return None
@@ -328,6 +328,7 @@ def job_out(row: asyncpg.Record) -> dict[str, Any]:
         "trigger": row["trigger"],
         "reason": row["reason"],
         "since": row["since"].isoformat() if row["since"] else None,
+        "quick": row["quick"],
         "status": row["status"],
         "attempts": row["attempts"],
         "error": row["error"],

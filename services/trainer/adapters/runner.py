@@ -375,7 +375,10 @@ class JobRunner:
                 "cv_folds": s.cv_folds,
                 "holdout_fraction": s.holdout_fraction,
                 "max_rows": s.max_training_rows,
-                "time_budget_s": s.drift_time_budget_s if job["trigger"] == "drift" else s.time_budget_s,
+                # A job answering a drift (its first model, the refreshes while post-drift rows are few): short.
+                "time_budget_s": s.drift_time_budget_s
+                if job["quick"] or job["trigger"] == "drift"
+                else s.time_budget_s,
                 "n_jobs": s.search_jobs,
                 "max_trees": s.max_trees,
                 # A drift job's rows start where the monitor's window did: leave out those before the change.

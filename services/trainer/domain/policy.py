@@ -23,7 +23,7 @@ explicit request. Drift is special:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -93,6 +93,11 @@ class Decision:
     """Cancel the model's queued or running routine job first (drift outranks it)."""
     clear_drift: bool = False
     """The kept alarm was answered by a newer champion: forget it."""
+    quick: bool = False
+    """The job answers a drift (its first model, or a refresh while the post-drift rows are few): it searches
+    with the short drift budget. Then rows matter more than search, and a job that lands sooner lets the next
+    refresh start sooner, on more rows (offline, covariate stream: 9,000 post-drift rows scored 0.897 on the
+    last rows with a 1.5 s budget and with a 6 s one; 3,000 rows 0.877 and 0.883)."""
 
 
 class DriftVerdict(StrEnum):
@@ -131,7 +136,7 @@ def decide_on_data(view: ModelView, config: PolicyConfig, now: datetime | None =
             return Decision(False, f"drift kept: cool-down after the last drift retrain ({wait:.0f}s left)")
         return _drift_decision(view, config, cancel=False)
     decision = _routine(view, config)
-    return Decision(decision.train, decision.reason, decision.trigger, decision.since, clear_drift=answered)
+    return replace(decision, clear_drift=answered)
 
 
 def decide_on_request(view: ModelView) -> Decision:
@@ -167,6 +172,7 @@ def _drift_decision(view: ModelView, config: PolicyConfig, *, cancel: bool) -> D
             Trigger.DRIFT,
             since=view.drift_since,
             cancel_routine=cancel,
+            quick=True,
         )
     return Decision(
         False,
@@ -189,6 +195,7 @@ def _routine(view: ModelView, config: PolicyConfig) -> Decision:
                 f"post-drift refresh: {view.rows_since_horizon} rows since the drift, the last model saw {seen}",
                 Trigger.NEW_DATA,
                 since=view.horizon,
+                quick=True,
             )
     if new_rows >= config.min_new_rows:
         return Decision(True, f"{new_rows} new rows since the last model", Trigger.NEW_DATA, since=view.horizon)

@@ -7,3 +7,7 @@ CREATE TABLE champions (
     promoted_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (model, version)
 );
+
+-- A job answering a drift (its first model, or a post-drift refresh while those rows are few) searches
+-- with the short drift budget (services/trainer/domain/policy.py, Decision.quick).
+ALTER TABLE jobs ADD COLUMN quick boolean NOT NULL DEFAULT false;
