@@ -415,7 +415,9 @@ def _jobs(rows: list[dict[str, Any]]) -> dict[str, Any]:
         seconds = round(_epoch(j["finished_at"]) - _epoch(j["started_at"]), 1) if ran else None
         jobs.append({"trigger": j["trigger"], "status": j["status"], "seconds": seconds, "reason": j["reason"],
                      "error": j.get("error"), "created_at": j["created_at"],
-                     "search": j.get("search"), "stages": j.get("stages")})  # fmt: skip
+                     "search": j.get("search"), "stages": j.get("stages"), "cancel_reason": j.get("cancel_reason"),
+                     "quick": j.get("quick"), "reused_version": j.get("reused_version"),
+                     "export_seconds": j.get("export_seconds"), "finished_at": j.get("finished_at")})  # fmt: skip
     retrains = [j for j in jobs[1:] if j["status"] == "succeeded" and j["seconds"] is not None]
     durations = [j["seconds"] for j in retrains]
     return {

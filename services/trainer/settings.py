@@ -58,6 +58,9 @@ class TrainerSettings(ServiceSettings):
     """Holdout rows (a seeded subsample) permutation importance and explanation backgrounds use."""
     importance_repeats: int = Field(default=3, ge=1)
     """Shuffles per feature in permutation importance."""
+    quick_importance_rows: int = Field(default=250, ge=50)
+    """Holdout rows, at most, of the permutation importance of a job answering a drift (one shuffle per
+    feature): its model is replaced within seconds, and a full importance took longer than its search."""
     export_defer_s: float = Field(default=60.0, ge=0)
     """A version's ONNX export waits up to this long for the model's training queue to be idle (it serves on
     its pipeline meanwhile), so that the refreshes after a drift have the cores to themselves. 0: at once."""
