@@ -84,10 +84,12 @@ def test_drift_cancels_a_routine_job_and_starts_at_once() -> None:
     assert decision.train
     assert decision.trigger is Trigger.DRIFT
     assert decision.since == since
-    # Too few post-drift rows yet: the routine job still goes (it trains on obsolete data), the drift job waits.
+    # Too few post-drift rows yet: the drift job waits, and the routine job runs on until it can start (if
+    # rows stopped arriving, its work would be lost for a drift job that never comes).
     early = decide_on_data(replace(routine, rows_since_drift=100), CONFIG, NOW)
-    assert early.cancel_routine
+    assert not early.cancel_routine
     assert not early.train
+    assert "drift pending" in early.reason
     # A request or another drift job is not routine: the alarm waits for it, kept.
     for trigger in ("request", "drift"):
         kept = decide_on_data(replace(routine, active_trigger=trigger), CONFIG, NOW)
