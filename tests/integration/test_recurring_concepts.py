@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import pytest
@@ -10,7 +12,8 @@ from cli.churn_stream import ChurnStream
 from libs.common import topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import DatasetManifest
-from libs.common.events import DriftDetected, ModelTrained, parse_event
+from libs.common.events import ArtifactRef, DriftDetected, ModelTrained, parse_event
+from services.trainer.adapters import repository
 from services.trainer.app import create_app
 from tests.conftest import Isolation, serve
 from tests.factories import data_arrived, promoted, trained_model
@@ -29,7 +32,8 @@ async def test_a_drift_back_to_an_earlier_concept_registers_the_champion_that_le
     stream = ChurnStream(seed=15)
     arrived = data_arrived(store, "churn", [stream.batch(700), stream.batch(300)])
     post_drift = DatasetManifest.model_validate_json(store.get(arrived[1].manifest)).batches[1].created_at
-    app, _ = create_app(settings(isolated, min_rows_first_model=10**6, drift_min_rows=300, search_iterations=1))
+    app, _ = create_app(settings(isolated, min_rows_first_model=10**6, drift_min_rows=300, search_iterations=1,
+                                    quick_importance_rows=50))  # fmt: skip
     async with serve(app) as client:
         await publish(isolated, promoted("churn", 1, learnt_a), promoted("churn", 2, learnt_b, previous=1), *arrived)
 
@@ -57,3 +61,40 @@ async def test_a_drift_back_to_an_earlier_concept_registers_the_champion_that_le
     assert event.artifact.sha256 == learnt_a.artifact.sha256  # v1's pipeline, unchanged
     assert event.params["reused_version"] == 1
     assert event.champion_version == 2
+    # A job answering a drift measures its card's permutation importance briefly: few rows, one shuffle.
+    assert event.cards is not None
+    card = json.loads(store.get(event.cards.model_json))
+    assert card["importance"]["repeats"] == 1
+    assert card["importance"]["rows"] <= 50
+
+
+def _ref(n: int) -> ArtifactRef:
+    return ArtifactRef(uri=f"file:///a/{n}.skops", sha256=f"{n:064x}", size=1)
+
+
+async def test_earlier_champions_keep_each_concepts_last_model_and_never_a_newer_version(isolated: Isolation) -> None:
+    app, runtime = create_app(settings(isolated, min_rows_first_model=10**6))
+    async with serve(app), runtime.db.acquire() as conn:
+
+        async def promote(version: int, artifact: int) -> None:
+            await repository.set_champion(conn, "m", version, _ref(artifact), "m")
+
+        async def drift_job() -> None:
+            await conn.execute(
+                "INSERT INTO jobs (id, model, dataset, dataset_version, manifest, trigger, reason, status) "
+                "VALUES ($1, 'm', 'm', 1, '{}', 'drift', 'test', 'succeeded')", uuid.uuid4(),
+            )  # fmt: skip
+
+        await promote(1, 1)  # concept A, its last model: a drift job was queued while it served
+        await drift_job()
+        for version in (2, 3, 4, 5):  # concept B: its drift model and three post-drift refreshes
+            await promote(version, version)
+        await promote(6, 1)  # v1's pipeline reused (a drift back to A was answered by it)
+        await promote(7, 7)  # a newer version, rolled back below: it may have trained on the newest rows
+        await promote(5, 5)  # the rollback: v5 serves again
+        await drift_job()
+        picked = await repository.earlier_champions(conn, "m", 5, 3)
+    # v1's pipeline first (it ended a concept; as v1, v6 not being older than the champion), then B's newest;
+    # never the champion's own pipeline, nor v7 or v6.
+    assert [e["version"] for e in picked] == [1, 4, 3]
+    assert picked[0]["artifact"]["sha256"] == _ref(1).sha256

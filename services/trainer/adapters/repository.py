@@ -295,17 +295,41 @@ async def set_champion(conn: Conn, model: str, version: int, artifact: ArtifactR
 
 
 async def earlier_champions(conn: Conn, model: str, current: int | None, limit: int) -> list[dict[str, Any]]:
-    """The ``limit`` most recently promoted champions of ``model`` other than ``current``, newest first,
-    each with a pipeline of its own (a version that reused an earlier one's pipeline is that pipeline)."""
+    """Up to ``limit`` earlier champions of ``model`` for a drift job to score, each a pipeline of its own.
+
+    Only versions older than ``current`` (the champion now): a newer one (before a rollback) may have
+    trained on the rows the drift job holds out, and would win there unfairly. One entry per pipeline (a
+    version that reused an earlier one's pipeline is that pipeline), and never the current champion's.
+    Those that were serving when a drift job was queued come first, newest first: each is the fullest
+    model of a concept that then changed, the one to serve if that concept returns; after a drift the
+    post-drift refreshes of one concept would otherwise fill every place. Then the rest, newest first.
+    """
     rows = await conn.fetch(
-        "SELECT DISTINCT ON (artifact->>'sha256') version, artifact, promoted_at FROM champions "
-        "WHERE model = $1 AND version IS DISTINCT FROM $2 "
-        "AND artifact->>'sha256' IS DISTINCT FROM (SELECT champion_artifact->>'sha256' FROM models WHERE name = $1) "
-        "ORDER BY artifact->>'sha256', promoted_at DESC",
+        "SELECT c.version, c.artifact, c.promoted_at, EXISTS ("
+        "  SELECT 1 FROM jobs j WHERE j.model = $1 AND j.trigger = 'drift' AND j.created_at > c.promoted_at"
+        "  AND NOT EXISTS (SELECT 1 FROM champions n WHERE n.model = $1"
+        "                  AND n.promoted_at > c.promoted_at AND n.promoted_at < j.created_at)"
+        ") AS ended FROM champions c "
+        "WHERE c.model = $1 AND ($2::int IS NULL OR c.version < $2) "
+        "AND c.artifact->>'sha256' IS DISTINCT FROM (SELECT champion_artifact->>'sha256' FROM models WHERE name = $1)",
         model, current,
     )  # fmt: skip
-    newest = sorted(rows, key=lambda r: r["promoted_at"], reverse=True)[:limit]
-    return [{"version": r["version"], "artifact": json.loads(r["artifact"])} for r in newest]
+    return [{"version": r["version"], "artifact": json.loads(r["artifact"])} for r in pick_earlier(rows, limit)]
+
+
+def pick_earlier(rows: list[Any], limit: int) -> list[Any]:
+    """``earlier_champions``'s choice among its rows (version, artifact, promoted_at, ended): the newest
+    row per pipeline, ended if any of its versions ended a concept; the ended first, each group newest first."""
+    newest: dict[str, Any] = {}
+    ended: set[str] = set()
+    for row in rows:
+        sha = json.loads(row["artifact"])["sha256"]
+        if sha not in newest or row["promoted_at"] > newest[sha]["promoted_at"]:
+            newest[sha] = row
+        if row["ended"]:
+            ended.add(sha)
+    ranked = sorted(newest.items(), key=lambda kv: (kv[0] in ended, kv[1]["promoted_at"]), reverse=True)
+    return [row for _, row in ranked[:limit]]
 
 
 async def mark_drift(

@@ -7,6 +7,10 @@ CREATE TABLE champions (
     promoted_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (model, version)
 );
+-- The champions known before this table existed (their promotion time is unknown: now).
+INSERT INTO champions (model, version, artifact)
+SELECT name, champion_version, champion_artifact FROM models
+WHERE champion_version IS NOT NULL AND champion_artifact IS NOT NULL;
 
 -- A job answering a drift (its first model, or a post-drift refresh while those rows are few) searches
 -- with the short drift budget (services/trainer/domain/policy.py, Decision.quick).
