@@ -42,6 +42,7 @@ class Job(BaseModel):
     trigger: str = Field(examples=["new_data", "drift", "request"])
     reason: str
     since: str | None = Field(description="Drift jobs: the first row time they train from (ISO 8601).")
+    quick: bool = Field(default=False, description="The job answers a drift: it searched with the short drift budget.")
     status: str = Field(examples=["queued", "running", "succeeded", "failed", "cancelled"])
     attempts: int
     error: str | None
@@ -52,6 +53,9 @@ class Job(BaseModel):
     training_rows: int | None
     holdout_rows: int | None
     search: str | None = Field(description="How the hyper-parameters were searched.")
+    reused_version: int | None = Field(
+        default=None, description="A drift job: the earlier champion whose pipeline it registered again, if any."
+    )
     stages: list[dict[str, Any]] | None = Field(description="Each step of the job with its seconds, in order.")
     onnx: dict[str, Any] | None = Field(
         default=None, description="The ONNX export made after model.trained (model.exported), once it is done."
