@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -25,24 +26,26 @@ pytestmark = pytest.mark.integration
 
 async def test_a_drift_back_to_an_earlier_concept_registers_the_champion_that_learnt_it(isolated: Isolation) -> None:
     store = ArtifactStore(isolated.artifacts_root)
-    learnt_a = trained_model(store, seed=5, rows=3000)  # v1: the first concept, on many rows
-    learnt_b = trained_model(store, seed=6, rows=3000, drifted=True)  # v2: the second one, serving now
+    learnt_a = trained_model(store, seed=5, rows=3000)  # v2: the first concept, on many rows
+    learnt_b = trained_model(store, seed=6, rows=3000, drifted=True)  # v3: the second one, serving now
+    gone = replace(learnt_a, artifact=_ref(99))  # v1: its file is gone; the drift job goes on without it
     # The first concept is back. Seeded: on these 300 rows (no search, so no clock in the outcome) the model
-    # v1 learnt on 3,000 rows beats one trained on the 240 non-holdout rows (0.85 vs 0.67 offline).
+    # v2 learnt on 3,000 rows beats one trained on the 240 non-holdout rows (0.85 vs 0.67 offline).
     stream = ChurnStream(seed=15)
     arrived = data_arrived(store, "churn", [stream.batch(700), stream.batch(300)])
     post_drift = DatasetManifest.model_validate_json(store.get(arrived[1].manifest)).batches[1].created_at
     app, _ = create_app(settings(isolated, min_rows_first_model=10**6, drift_min_rows=300, search_iterations=1,
                                     quick_importance_rows=50))  # fmt: skip
     async with serve(app) as client:
-        await publish(isolated, promoted("churn", 1, learnt_a), promoted("churn", 2, learnt_b, previous=1), *arrived)
+        await publish(isolated, promoted("churn", 1, gone), promoted("churn", 2, learnt_a, previous=1),
+                      promoted("churn", 3, learnt_b, previous=2), *arrived)  # fmt: skip
 
         async def seen() -> bool:
             state = (await client.get("/v1/models/churn")).json()
-            return bool(state.get("total_rows") == 1000 and state.get("champion_version") == 2)
+            return bool(state.get("total_rows") == 1000 and state.get("champion_version") == 3)
 
         await wait_until(seen, message="the trainer to see both champions and the rows")
-        drift = DriftDetected(producer="monitor", model="churn", version=2, dataset="churn", kinds=["performance"],
+        drift = DriftDetected(producer="monitor", model="churn", version=3, dataset="churn", kinds=["performance"],
                               window_size=300, window_started_at=post_drift, summary="live accuracy fell")  # fmt: skip
         await publish(isolated, drift)
 
@@ -52,15 +55,15 @@ async def test_a_drift_back_to_an_earlier_concept_registers_the_champion_that_le
             return next((j for j in found if j["status"] == "succeeded"), None)
 
         done = await wait_until(drift_done, timeout=120, message="the drift job")
-    assert done["reused_version"] == 1, done["search"]
-    assert "earlier champion v1 reused" in done["search"]
+    assert done["reused_version"] == 2, done["search"]
+    assert "earlier champion v2 reused" in done["search"]
     assert done["metrics"]["accuracy"] > done["champion_metrics"]["accuracy"] + 0.2  # judged like any challenger
     records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_TRAINED), expect=1)
     event = parse_event(records[0].value)
     assert isinstance(event, ModelTrained)
-    assert event.artifact.sha256 == learnt_a.artifact.sha256  # v1's pipeline, unchanged
-    assert event.params["reused_version"] == 1
-    assert event.champion_version == 2
+    assert event.artifact.sha256 == learnt_a.artifact.sha256  # v2's pipeline, unchanged
+    assert event.params["reused_version"] == 2
+    assert event.champion_version == 3
     # A job answering a drift measures its card's permutation importance briefly: few rows, one shuffle.
     assert event.cards is not None
     card = json.loads(store.get(event.cards.model_json))

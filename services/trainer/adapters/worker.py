@@ -13,6 +13,7 @@ export too, from the pipeline and holdout still in its memory.
 from __future__ import annotations
 
 import io
+import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,7 +122,7 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
     earlier: list[tuple[int, Any]] = []
     if spec.get("earlier_champions"):
         with stage("load earlier champions"):
-            earlier = [(e["version"], _champion(store, e["artifact"])) for e in spec["earlier_champions"]]
+            earlier = _earlier(store, spec["earlier_champions"])
     config = TrainingConfig(**spec["config"])
     with stage("search and evaluate", **{"driftloop.rows": len(frame)}):
         result = train(schema, frame, config, champion, earlier)
@@ -192,6 +193,18 @@ def read_training_rows(
 def _champion(store: ArtifactStore, artifact: dict[str, Any] | None) -> Any:
     """The champion's pipeline (kept in this process's memory: see ``pipelines``)."""
     return pipelines.load(store, ArtifactRef.model_validate(artifact)) if artifact else None
+
+
+def _earlier(store: ArtifactStore, entries: list[dict[str, Any]]) -> list[tuple[int, Any]]:
+    """(version, pipeline) of the earlier champions a drift job scores. One that no longer loads (its
+    file gone, its signature refused) is left out: it is an option to weigh, and the drift job must land."""
+    loaded = []
+    for entry in entries:
+        try:
+            loaded.append((entry["version"], _champion(store, entry["artifact"])))
+        except Exception as exc:  # whatever it was: the job goes on without that version
+            logging.getLogger(__name__).warning("earlier champion v%s left out: %s", entry["version"], exc)
+    return loaded
 
 
 def export_job(spec: dict[str, Any]) -> dict[str, Any]:
