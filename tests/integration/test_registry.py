@@ -158,6 +158,34 @@ async def test_versions_record_their_onnx_export_and_the_runtime_that_serves_the
     assert onnx_by_move[(1, "test-admin")] == exported.onnx  # the caller: the token principal of serve()
 
 
+async def test_an_export_that_overtakes_its_version_is_kept_and_registered_with_it(isolated: Isolation) -> None:
+    """model.exported and model.trained travel on different topics: the export may be read first."""
+    store = ArtifactStore(isolated.artifacts_root)
+    model = trained_model(store, rows=600, onnx=True)
+    assert model.onnx is not None
+    first = trained(store, 0.7)
+    early = ModelExported(producer="test", model="churn", job_id=first.job_id, artifact=first.artifact,
+                          onnx=model.onnx)  # fmt: skip
+    app, runtime = create_app(isolated.settings(RegistrySettings, min_metric=0.6, min_gain=0.01))
+    async with serve(app) as client:
+        await publish(isolated, early, early)  # and a redelivery
+
+        async def kept() -> bool:
+            return bool(await runtime.db.fetchval("SELECT count(*) FROM pending_exports") == 1)
+
+        await wait_until(kept, message="the early export to be kept")
+        await publish(isolated, first)
+        await wait_until(lambda: _has(client, 1), message="v1")
+        version = (await client.get("/v1/models/churn/versions/1")).json()
+        assert version["runtime"] == "onnxruntime"
+        audit = (await client.get("/v1/models/churn/audit")).json()
+        assert [(a["action"], a["to_version"]) for a in audit] == [("promote", 1), ("export", 1), ("register", 1)]
+        assert await runtime.db.fetchval("SELECT count(*) FROM pending_exports") == 0
+        await outbox_drained(runtime.db)
+    promotions = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=1)
+    assert _promoted(promotions[0]).onnx == model.onnx  # serving loads it on onnxruntime from the start
+
+
 async def test_an_export_after_the_version_switches_its_runtime_where_it_serves(isolated: Isolation) -> None:
     """The trainer publishes a version first and its ONNX export after: the champion is announced again."""
     store = ArtifactStore(isolated.artifacts_root)

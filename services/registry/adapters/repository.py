@@ -160,6 +160,24 @@ async def record_export(conn: asyncpg.Connection, event: ModelExported) -> async
     return row
 
 
+async def keep_pending_export(conn: asyncpg.Connection, event: ModelExported) -> None:
+    """Keep an export whose version is not registered yet, for ``take_pending_export`` (a redelivery: once)."""
+    await conn.execute(
+        "INSERT INTO pending_exports (model, job_id, sha256, onnx) VALUES ($1, $2, $3, $4) "
+        "ON CONFLICT (model, job_id, sha256) DO NOTHING",
+        event.model, event.job_id, event.artifact.sha256, event.onnx.model_dump_json(),
+    )  # fmt: skip
+
+
+async def take_pending_export(conn: asyncpg.Connection, model: str, job_id: str, sha256: str) -> OnnxExport | None:
+    """The export that arrived before the version ``job_id`` trained from these bytes, if one did (removed)."""
+    onnx = await conn.fetchval(
+        "DELETE FROM pending_exports WHERE model = $1 AND job_id = $2 AND sha256 = $3 RETURNING onnx",
+        model, job_id, sha256,
+    )  # fmt: skip
+    return OnnxExport.model_validate_json(onnx) if onnx is not None else None
+
+
 async def announce_runtime(
     conn: asyncpg.Connection, row: asyncpg.Record, *, reason: str, correlation_id: str | None
 ) -> list[str]:

@@ -24,6 +24,7 @@ from libs.common.service import Runtime
 from services.registry.adapters import canaries, repository
 from services.registry.domain.promotion import Candidate, PromotionConfig, PromotionDecision, decide
 from services.registry.domain.provenance import TrustConfig, hold_reason
+from services.registry.handlers.model_exported import runs_on
 
 log = logging.getLogger(__name__)
 CONSUMER = "registry.model-trained"
@@ -136,12 +137,17 @@ async def _trained(
     decision, outcome = await _trust(conn, decision, event.model, event.trigger, event.trigger_event_id,
                                      event.row_sources, trust)  # fmt: skip
     decision, outcome = _via_canary(decision, outcome, event.trigger, champion, canary)
+    early = await repository.take_pending_export(conn, event.model, event.job_id, event.artifact.sha256)
+    if early is not None:  # the export overtook its version: registered with it, so a promotion carries it
+        event = event.model_copy(update={"onnx": early})
     version = await repository.register(conn, event, outcome)
     await repository.record_governance(conn, event.model, version, event)
     await repository.keep_holdout(conn, event.model, version, event.holdout, event.row_sources)
     await repository.audit(conn, event.model, "register", "policy", f"trained by job {event.job_id} "
                            f"({event.trigger}) on {event.dataset} v{event.dataset_version}",
                            to_version=version)  # fmt: skip
+    if early is not None:
+        await repository.audit(conn, event.model, "export", "trainer", runs_on(early), to_version=version)
     if event.rejudged is not None:
         await repository.record_rejudgement(conn, event.model, version, event.rejudged)
         await repository.audit(conn, event.model, "rejudge", "trainer", _figures(event.primary_metric, event.rejudged),
