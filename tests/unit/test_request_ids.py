@@ -29,6 +29,14 @@ def test_a_minted_id_is_issued_for_its_model_only() -> None:
     assert not RequestIds(b"x" * 32).issued(rid, "churn")  # another secret
 
 
+def test_ids_minted_in_a_batch_are_issued_like_single_ones() -> None:
+    ids = RequestIds(SECRET)
+    batch = ids.mint_many("churn", 50)
+    assert len(set(batch)) == 50
+    assert all(len(rid) == ID_LENGTH and ids.issued(rid, "churn") for rid in batch)
+    assert not any(ids.issued(rid, "churnx") or ids.issued(rid, "chur") for rid in batch)
+
+
 @pytest.mark.parametrize(
     "forged",
     ["", "x", uuid.uuid4().hex, "0" * ID_LENGTH, "g" * ID_LENGTH, "A" * ID_LENGTH, "0" * (ID_LENGTH + 1)],

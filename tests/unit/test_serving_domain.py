@@ -249,3 +249,15 @@ async def test_batches_keep_flowing_when_full_batches_interleave_with_gathering(
     assert answers == [[2 * (i * 100 + j) for j in range(20)] for i in range(7)]
     assert sum(calls) == 140
     assert max(calls) <= 5
+
+
+def test_a_one_feature_schema_reads_many_rows() -> None:
+    schema = DatasetSchema.model_validate(
+        {
+            "features": [{"name": "x", "dtype": "numeric"}],
+            "target": {"name": "y", "dtype": "categorical", "categories": ["no", "yes"]},
+            "task": "classification",
+        }
+    )
+    columns = CompiledSchema(schema).from_instances([{"x": float(i), "extra": "ignored"} for i in range(3 * FEW_ROWS)])
+    assert columns.arrays["x"].tolist() == [float(i) for i in range(3 * FEW_ROWS)]
