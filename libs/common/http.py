@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,6 +48,13 @@ _WHY = {
     429: "Too many requests; retry later.",
     503: "A dependency (database, broker) is unavailable; retry after Retry-After seconds.",
 }
+
+
+class MarkdownResponse(PlainTextResponse):
+    """A Markdown document (``text/markdown; charset=utf-8``): a route's ``response_class`` makes the
+    OpenAPI document say so."""
+
+    media_type = "text/markdown"
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

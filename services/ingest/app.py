@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from libs.common.events import DataArrived
+from libs.common.events import DataArrived, RecordsSubmitted
 from libs.common.kafka import MicroBatchConsumer
 from libs.common.retention import Rule
 from libs.common.service import Runtime, ServiceSpec, build
@@ -20,7 +20,7 @@ from services.ingest.settings import IngestSettings
 
 
 def spec(settings: IngestSettings) -> ServiceSpec:
-    batcher: list[MicroBatchConsumer] = []
+    batcher: list[MicroBatchConsumer[RecordsSubmitted]] = []
     background: list[asyncio.Task[None]] = []
     stored = asyncio.Event()  # set after each stored submission: the compactor looks at once
 

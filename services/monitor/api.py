@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, FastAPI, Query
 from fastapi.responses import HTMLResponse
@@ -11,13 +11,28 @@ from pydantic import BaseModel, Field
 
 from libs.common.auth import Role, require
 from libs.common.errors import NotFound
+from libs.common.http import errors
 from libs.common.schema import Task
 from libs.common.service import Runtime
 from services.monitor.adapters import repository, versions
+from services.monitor.adapters.repository import StoredReport
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.groups import LiveGroups
 from services.monitor.domain.monitor import ModelMonitor
-from services.monitor.report.render import render
+
+
+class Render(Protocol):
+    """Renders a model's drift report page from its monitor, judged windows (oldest first) and alarms (newest
+    first): :func:`services.monitor.report.render.render`, handed in by the app (a view sits above the API)."""
+
+    def __call__(
+        self,
+        monitor: ModelMonitor,
+        reports: list[StoredReport],
+        alarms: list[dict[str, Any]],
+        *,
+        groups: LiveGroups | None = None,
+    ) -> str: ...
 
 
 class LivePerformance(BaseModel):
@@ -74,7 +89,14 @@ class DriftState(MonitoredModel):
 LiveGroupsOf = Callable[[ModelMonitor], Awaitable[LiveGroups | None]]
 
 
-def mount(app: FastAPI, rt: Runtime, monitors: Monitors, groups: LiveGroupsOf | None = None) -> None:
+REPORT_PAGE = {
+    "content": {"text/html": {}},
+    "description": "The report: per feature the reference against the current window with its statistics, the live "
+    "metric over time and the alarms; inline SVG, no external resource.",
+}
+
+
+def mount(app: FastAPI, rt: Runtime, monitors: Monitors, render: Render, groups: LiveGroupsOf | None = None) -> None:
     router = APIRouter(prefix="/v1/models", tags=["drift"])
 
     @router.get("", summary="Models being monitored", dependencies=[require(Role.READER)])
@@ -82,7 +104,7 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors, groups: LiveGroupsOf | 
         return [_summary(m) for m in sorted(monitors.all(), key=lambda m: m.model)]
 
     @router.get("/{model}/drift", summary="The latest drift report of a model, with its recent alarms",
-                dependencies=[require(Role.READER)])  # fmt: skip
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
     async def drift(model: str) -> DriftState:
         monitor = await monitors.load(rt.db, model, fresh=True)
         if monitor is None:
@@ -95,9 +117,7 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors, groups: LiveGroupsOf | 
 
     @router.get("/{model}/drift/report", summary="The drift report of a model as a self-contained HTML page",
                 response_class=HTMLResponse, dependencies=[require(Role.READER)],
-                responses={200: {"content": {"text/html": {}}, "description": "The report: per feature the "
-                                 "reference against the current window with its statistics, the live metric "
-                                 "over time and the alarms; inline SVG, no external resource."}})  # fmt: skip
+                responses={**errors(404), 200: REPORT_PAGE})  # fmt: skip
     async def drift_report(
         model: str, windows: Annotated[int, Query(ge=1, le=1000, description="Judged windows on the timeline.")] = 200
     ) -> HTMLResponse:
@@ -110,7 +130,7 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors, groups: LiveGroupsOf | 
         return HTMLResponse(render(monitor, reports, alarms, groups=live))
 
     @router.get("/{model}/versions", summary="Live metrics per version, and the canary's and shadow's comparison "
-                "with the champion", dependencies=[require(Role.READER)])  # fmt: skip
+                "with the champion", responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
     async def live_versions(model: str) -> VersionsLive:
         monitor = await monitors.load(rt.db, model, fresh=True)
         if monitor is None:

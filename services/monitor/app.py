@@ -21,6 +21,7 @@ from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.decision import DriftConfig
 from services.monitor.handlers import labels_arrived, model_promoted, predictions_logged
+from services.monitor.report.render import render
 from services.monitor.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
         return gauges[0]
 
     def routes(app: FastAPI, rt: Runtime) -> None:
-        api.mount(app, rt, monitors(rt), lambda m: group_metrics.compute(rt, m, settings, m.version,
+        api.mount(app, rt, monitors(rt), render, lambda m: group_metrics.compute(rt, m, settings, m.version,
                                                                             settings.group_window))  # fmt: skip
         api_groups.mount(app, rt, monitors(rt), settings, group_gauges(rt))
         api_dead_letters.mount(app, settings.kafka)

@@ -175,23 +175,23 @@ def _mount_reads(router: APIRouter, rt: Runtime) -> None:
             for m in await repository.models_out(rt.db)
         ]
 
-    @router.get("/{model}/versions", summary="Versions of a model, newest first", dependencies=[require(Role.READER)])
+    @router.get("/{model}/versions", summary="Versions of a model, newest first", responses=errors(404),
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def list_versions(model: ModelName) -> list[Version]:
         await _require(rt, model)
         aliases = await repository.aliases_by_version(rt.db, model)
         return [_version(r, aliases.get(r["version"])) for r in await repository.versions(rt.db, model)]
 
     @router.get("/{model}/versions/{version}", summary="One version: metrics, run, lineage, artifacts",
-                dependencies=[require(Role.READER)])  # fmt: skip
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
     async def show_version(model: ModelName, version: VersionNumber) -> Version:
         row = await repository.version(rt.db, model, version)
         if row is None:
             raise NotFound(f"model {model!r} has no version {version}", model=model, version=version)
         return _version(row, (await repository.aliases_by_version(rt.db, model)).get(version))
 
-    @router.get(
-        "/{model}/aliases/{alias}", summary="The version an alias points to", dependencies=[require(Role.READER)]
-    )
+    @router.get("/{model}/aliases/{alias}", summary="The version an alias points to", responses=errors(404),
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def show_alias(model: ModelName, alias: str) -> Version:
         await _require(rt, model)
         version = await repository.alias_version(rt.db, model, alias)
@@ -200,7 +200,7 @@ def _mount_reads(router: APIRouter, rt: Runtime) -> None:
         return await show_version(model, version)
 
     @router.get("/{model}/audit", summary="Every registration, promotion, rejection and rollback",
-                dependencies=[require(Role.READER)])  # fmt: skip
+                responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
     async def audit(model: ModelName, limit: Annotated[int, Query(ge=1, le=1000)] = 200) -> list[AuditEntry]:
         await _require(rt, model)
         return [AuditEntry.model_validate(a) for a in await repository.audit_out(rt.db, model, limit)]
@@ -208,7 +208,7 @@ def _mount_reads(router: APIRouter, rt: Runtime) -> None:
 
 def _mount_alias_move(router: APIRouter, rt: Runtime, canary: CanaryDefaults) -> None:
     @router.put(
-        "/{model}/aliases/{alias}", response_model=AliasMoved, responses=errors(409),
+        "/{model}/aliases/{alias}", response_model=AliasMoved, responses=errors(403, 404, 409, 422),
         summary="Move an alias by hand (promote or roll back)",
         description="canary and shadow, and rolling champion back to an older version, need `operator`; "
         "moving champion forward (the human approval step) needs `approver`. The audit records the caller.",
@@ -282,7 +282,7 @@ async def _after_move(
 
 def _mount_alias_clear(router: APIRouter, rt: Runtime) -> None:
     @router.delete(
-        "/{model}/aliases/{alias}", response_model=AliasCleared, responses=errors(409),
+        "/{model}/aliases/{alias}", response_model=AliasCleared, responses=errors(404, 409, 422),
         summary="End a canary or shadow (its traffic returns to the champion)", dependencies=[require(Role.OPERATOR)],
     )  # fmt: skip
     async def clear(

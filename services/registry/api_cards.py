@@ -8,14 +8,14 @@ import asyncio
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Path, Response
+from fastapi import APIRouter, FastAPI, Path
 from pydantic import BaseModel, Field
 
 from libs.common.artifacts import ArtifactStore
 from libs.common.auth import Role, require
 from libs.common.errors import NotFound
 from libs.common.events import ArtifactRef
-from libs.common.http import INT4_MAX
+from libs.common.http import INT4_MAX, MarkdownResponse, errors
 from libs.common.service import Runtime
 from services.registry.adapters import repository
 
@@ -61,16 +61,17 @@ def mount(app: FastAPI, rt: Runtime, artifacts_root: str) -> None:
         )  # fmt: skip
 
     @router.get("/{model}/versions/{version}/card", summary="The version's model card and data card (JSON and "
-                "Markdown), with its alias trail", dependencies=[require(Role.READER)])  # fmt: skip
+                "Markdown), with its alias trail", responses=errors(404),
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def show_cards(model: ModelName, version: VersionNumber) -> VersionCards:
         return await cards(model, version)
 
     @router.get("/{model}/versions/{version}/card.md", summary="The model card then the data card, as Markdown",
-                response_class=Response, dependencies=[require(Role.READER)],
-                responses={200: {"content": {"text/markdown": {}}}})  # fmt: skip
-    async def show_markdown(model: ModelName, version: VersionNumber) -> Response:
+                response_class=MarkdownResponse, responses=errors(404),
+                dependencies=[require(Role.READER)])  # fmt: skip
+    async def show_markdown(model: ModelName, version: VersionNumber) -> MarkdownResponse:
         found = await cards(model, version)
-        return Response(found.model_markdown + "\n" + found.data_markdown, media_type="text/markdown; charset=utf-8")
+        return MarkdownResponse(found.model_markdown + "\n" + found.data_markdown)
 
     app.include_router(router)
 

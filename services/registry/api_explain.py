@@ -26,7 +26,7 @@ from libs.common.auth import Role, require
 from libs.common.errors import NotFound, ValidationFailed
 from libs.common.events import ArtifactRef
 from libs.common.frames import features_frame
-from libs.common.http import INT4_MAX
+from libs.common.http import INT4_MAX, errors
 from libs.common.schema import DatasetSchema, Task
 from libs.common.service import Runtime
 from libs.common.signing import Verifier
@@ -79,7 +79,7 @@ def mount(app: FastAPI, rt: Runtime, artifacts_root: str, verifier: Verifier) ->
         return loaded[ref.sha256]
 
     @router.post("/{model}/explain", summary="Per-feature contributions to the predictions of a few instances",
-                 dependencies=[require(Role.PREDICTOR)])  # fmt: skip
+                 responses=errors(404, 422), dependencies=[require(Role.PREDICTOR)])  # fmt: skip
     async def explain_route(model: ModelName, body: ExplainRequest) -> ExplainResponse:
         version = body.version or await repository.alias_version(rt.db, model, "champion")
         row = await repository.version(rt.db, model, version) if version else None

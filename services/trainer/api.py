@@ -126,14 +126,15 @@ def _mount_reads(router: APIRouter, rt: Runtime) -> None:
         rows = await repository.jobs(rt.db, model=model, status=status, limit=limit)
         return [Job.model_validate(repository.job_out(r)) for r in rows]
 
-    @router.get("/v1/training-jobs/{job_id}", summary="One job", dependencies=[require(Role.READER)])
+    @router.get("/v1/training-jobs/{job_id}", summary="One job", responses=errors(404),
+                dependencies=[require(Role.READER)])  # fmt: skip
     async def get_job(job_id: uuid.UUID) -> Job:
         row = await repository.job(rt.db, job_id)
         if row is None:
             raise NotFound(f"no training job {job_id}")
         return Job.model_validate(repository.job_out(row))
 
-    @router.get("/v1/models/{model}", summary="The retrain policy's view of a model",
+    @router.get("/v1/models/{model}", summary="The retrain policy's view of a model", responses=errors(404),
                 dependencies=[require(Role.READER)])  # fmt: skip
     async def model_state(model: str) -> ModelState:
         async with rt.db.acquire() as conn, conn.transaction():

@@ -103,7 +103,7 @@ _BODY = {
 def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, runner: BatchRunner, registry: Registry) -> None:
     router = APIRouter(prefix="/v1/batch-jobs", tags=["batch predictions"])
 
-    @router.post("", status_code=202, response_model=BatchJob, responses=errors(404, 409, 415),
+    @router.post("", status_code=202, response_model=BatchJob, responses=errors(404, 409, 415, 422),
                  summary="Predict every row of a dataset version or of an uploaded Parquet file",
                  openapi_extra=_BODY)  # fmt: skip
     async def submit(

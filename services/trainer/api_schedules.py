@@ -73,11 +73,10 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, clock: Callable[
         return Schedule.model_validate(schedules.out(row))
 
     @router.delete("/{model}", status_code=204, summary="Remove a model's retrain schedule", responses=errors(404),
-                   dependencies=[require(Role.OPERATOR)])  # fmt: skip
-    async def delete_schedule(model: ModelName) -> Response:
+                   response_class=Response, dependencies=[require(Role.OPERATOR)])  # fmt: skip
+    async def delete_schedule(model: ModelName) -> None:
         if not await schedules.delete(rt.db, model):
             raise NotFound(f"model {model!r} has no retrain schedule", model=model)
-        return Response(status_code=204)
 
     app.include_router(router)
 

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -24,11 +24,12 @@ from libs.common.tasks import cancel_and_wait, shielded
 from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=Event)
 
 
 @dataclass(frozen=True, slots=True)
-class _Item:
-    event: Event | None
+class _Item(Generic[E]):
+    event: E | None
     delivery: Delivery
     raw: bytes
 
@@ -43,7 +44,7 @@ def rewind_offsets(records: Iterable[Any]) -> dict[TopicPartition, int]:
     return earliest
 
 
-class MicroBatchConsumer:
+class MicroBatchConsumer(Generic[E]):
     """Consumes ``topic`` in micro-batches: up to ``max_records`` or ``max_wait_s``
     after the first record, whichever comes first, then one handler call.
 
@@ -54,6 +55,9 @@ class MicroBatchConsumer:
     poison message goes to the DLQ and its neighbours are still stored. A batch
     has many causes, so its span links to every message's trace instead of
     choosing one parent.
+
+    The handler receives only the event types in ``accepts`` (a message of another type is
+    dead-lettered), so it is typed for them and needs no ``isinstance`` check.
     """
 
     def __init__(
@@ -61,8 +65,8 @@ class MicroBatchConsumer:
         *,
         topic: str,
         group: str,
-        handler: BatchHandler,
-        accepts: tuple[type[Event], ...],
+        handler: BatchHandler[E],
+        accepts: tuple[type[E], ...],
         settings: KafkaSettings,
         telemetry: Telemetry,
         broker: KafkaBroker,
@@ -132,12 +136,13 @@ class MicroBatchConsumer:
             await shielded(consumer.stop())  # aiokafka's close swallows a cancel: see libs.common.tasks
 
     async def _process(self, records: list[Any]) -> None:
-        items: list[_Item] = []
+        items: list[_Item[E]] = []
         links = []
         for record in records:
             delivery = Delivery.of(record)
             try:
-                items.append(_Item(parse_event(record.value, self.accepts), delivery, record.value))
+                event = cast(E, parse_event(record.value, self.accepts))  # one of ``accepts``, or refused
+                items.append(_Item(event, delivery, record.value))
             except InvalidEvent as exc:
                 await self._dead_letter(_Item(None, delivery, record.value), exc, attempts=0)
                 continue
@@ -157,7 +162,7 @@ class MicroBatchConsumer:
                 if error is not None:
                     await self._dead_letter(item, error, attempts=self.settings.max_attempts)
 
-    async def _attempt(self, items: list[_Item], *, attempts: int) -> Exception | None:
+    async def _attempt(self, items: list[_Item[E]], *, attempts: int) -> Exception | None:
         """Run the handler on ``items`` with backoff; the last error, or None on success
         (items the handler refused are dead-lettered here, and count as handled)."""
         delay = self.settings.retry_backoff_s
@@ -177,7 +182,7 @@ class MicroBatchConsumer:
                 delay = min(delay * 2, self.settings.retry_backoff_max_s)
         return None  # pragma: no cover - the loop always returns
 
-    async def _dead_letter(self, item: _Item, error: Exception, *, attempts: int) -> None:
+    async def _dead_letter(self, item: _Item[E], error: Exception, *, attempts: int) -> None:
         log.error("message dead-lettered", extra={"topic": self.topic, "error": repr(error)})
         await dead_letter(self.broker, item.raw, item.delivery, group=self.group, error=error, attempts=attempts,
                           metrics=self.metrics)  # fmt: skip

@@ -55,6 +55,6 @@ class Route:
         self.accepts: tuple[type[Event], ...] = accepts
 
 
-BatchHandler = Callable[[list[tuple[Event, Delivery]]], Awaitable[dict[int, DriftloopError] | None]]
-"""Handles a batch; returns the positions of items it refuses for good (they are
-dead-lettered with the error) while the rest of the batch stands."""
+BatchHandler = Callable[[list[tuple[E, Delivery]]], Awaitable[dict[int, DriftloopError] | None]]
+"""Handles a batch of events of type ``E`` (``BatchHandler[RecordsSubmitted]``); returns the positions of
+items it refuses for good (they are dead-lettered with the error) while the rest of the batch stands."""

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from libs.common import outbox, topics
 from libs.common.errors import DriftloopError, NotFound
-from libs.common.events import Event, RecordsSubmitted
+from libs.common.events import RecordsSubmitted
 from libs.common.jsonbody import off_loop
 from libs.common.kafka import Delivery, MicroBatchConsumer
 from libs.common.service import Runtime
@@ -20,8 +20,10 @@ CONSUMER = "ingest.records-submitted"
 UPSTREAM = "kafka:records.submitted"
 
 
-def consumer(rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None = None) -> MicroBatchConsumer:
-    async def handle(items: list[tuple[Event, Delivery]]) -> dict[int, DriftloopError]:
+def consumer(
+    rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None = None
+) -> MicroBatchConsumer[RecordsSubmitted]:
+    async def handle(items: list[tuple[RecordsSubmitted, Delivery]]) -> dict[int, DriftloopError]:
         """Validate and store the buffered records, one dataset version per dataset.
 
         Events for a dataset that is not declared are refused (dead-lettered)
@@ -29,7 +31,6 @@ def consumer(rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None
         """
         by_dataset: dict[str, list[tuple[int, RecordsSubmitted]]] = defaultdict(list)
         for position, (event, _) in enumerate(items):
-            assert isinstance(event, RecordsSubmitted)
             by_dataset[event.dataset].append((position, event))
         refused: dict[int, DriftloopError] = {}
         async with rt.db.acquire() as conn, conn.transaction():

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from libs.common.events import Event, ModelPromoted
-from libs.common.kafka import Delivery, Handler
+from libs.common.events import ModelPromoted
+from libs.common.kafka import Delivery, EventHandler
 from libs.common.service import Runtime
 from services.serving.domain.models import LoadedModel, ModelTable
 from services.serving.domain.routing import CANARY, SHADOW, Splits
@@ -24,10 +24,11 @@ log = logging.getLogger(__name__)
 Loader = Callable[[ModelPromoted], Awaitable[LoadedModel]]
 
 
-def handler(rt: Runtime, table: ModelTable, load: Loader, splits: Splits[LoadedModel] | None = None) -> Handler:
-    async def handle(event: Event, delivery: Delivery) -> None:
+def handler(
+    rt: Runtime, table: ModelTable, load: Loader, splits: Splits[LoadedModel] | None = None
+) -> EventHandler[ModelPromoted]:
+    async def handle(event: ModelPromoted, delivery: Delivery) -> None:
         """Load and verify the promoted artifact, then swap it in atomically."""
-        assert isinstance(event, ModelPromoted)
         if event.move.alias in (CANARY, SHADOW):
             if splits is not None:
                 await _split(event, splits, load)
