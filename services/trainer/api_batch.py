@@ -6,7 +6,7 @@ import json
 import uuid
 from typing import Annotated, Any, Literal, TypeVar
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -89,6 +89,15 @@ class BatchJob(BaseModel):
 
 
 CancelReason = Annotated[str | None, Query(max_length=500, description="Why; kept with the job.")]
+# The query of a Parquet upload (a JSON body names them itself).
+UploadModel = Annotated[str | None, Query(description="With a Parquet body: the model.")]
+UploadVersion = Annotated[int | None, Query(ge=1, le=INT4_MAX, description="With a Parquet body.")]
+UploadAlias = Annotated[str | None, Query(description="With a Parquet body (champion when no version).")]
+UploadIdColumn = Annotated[
+    str | None,
+    Query(max_length=128, description="With a Parquet body: the column copied to the output's row_id (default: "
+          "the row's position)."),
+]  # fmt: skip
 
 _BODY = {
     "requestBody": {
@@ -102,44 +111,35 @@ _BODY = {
 
 def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, runner: BatchRunner, registry: Registry) -> None:
     router = APIRouter(prefix="/v1/batch-jobs", tags=["batch predictions"])
+    _mount_submit(router, rt, settings, runner, registry)
+    _mount_reads(router, rt)
+    _mount_cancel(router, rt, runner)
+    app.include_router(router)
 
+
+def _mount_submit(
+    router: APIRouter, rt: Runtime, settings: TrainerSettings, runner: BatchRunner, registry: Registry
+) -> None:
     @router.post("", status_code=202, response_model=BatchJob, responses=errors(404, 409, 415, 422),
                  summary="Predict every row of a dataset version or of an uploaded Parquet file",
                  openapi_extra=_BODY)  # fmt: skip
     async def submit(
         request: Request,
         principal: Annotated[Principal, require(Role.OPERATOR)],
-        model: Annotated[str | None, Query(description="With a Parquet body: the model.")] = None,
-        version: Annotated[int | None, Query(ge=1, le=INT4_MAX, description="With a Parquet body.")] = None,
-        alias: Annotated[str | None, Query(description="With a Parquet body (champion when no version).")] = None,
-        id_column: Annotated[
-            str | None,
-            Query(
-                max_length=128,
-                description="With a Parquet body: the column "
-                "copied to the output's row_id (default: the row's position).",
-            ),
-        ] = None,
+        model: UploadModel = None,
+        version: UploadVersion = None,
+        alias: UploadAlias = None,
+        id_column: UploadIdColumn = None,
         key: IdempotencyKey = None,
-    ) -> Any:
+    ) -> dict[str, Any] | Response:
         body = await request.body()
         kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
-        if kind == PARQUET:
-            target = _parsed(Target, {"model": model, "version": version, "alias": alias}, "query")
-            dataset: BatchJobRequest | None = None
-        elif kind == "application/json":
-            dataset = _parsed(BatchJobRequest, body, "body")
-            target = dataset
-        else:
-            raise UnsupportedMediaType(f"content-type: {kind!r} is not accepted; send application/json or {PARQUET}",
-                                       field="content-type")  # fmt: skip
+        target, dataset = _request(kind, body, {"model": model, "version": version, "alias": alias})
         record = await registry.version(target.model, version=target.version,
                                         alias=None if target.version else target.alias or "champion")  # fmt: skip
         artifact = ArtifactRef.model_validate(record["artifact"])
         runner.verifier.verify(artifact, "model")
-        schema = DatasetSchema.model_validate(record["schema"])
-        features = [f.name for f in schema.features]
-        job_id = uuid.uuid4()
+        features = [f.name for f in DatasetSchema.model_validate(record["schema"]).features]
         async with rt.db.acquire() as conn, conn.transaction():
             request_print = fingerprint(principal.name, kind, request.url.query, body)
             if key is not None and (replay := await idempotency.claim(conn, BATCH_SCOPE, key, request_print)):
@@ -147,17 +147,19 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, runner: BatchRun
             source = await _source(conn, rt, dataset, body, features, id_column)
             total = sum(int(segment["rows"]) for segment in source["segments"])
             row = await batch_jobs.enqueue(conn, {
-                "id": job_id, "model": target.model, "version": record["version"], "alias": target.alias,
+                "id": uuid.uuid4(), "model": target.model, "version": record["version"], "alias": target.alias,
                 "artifact": artifact.model_dump(mode="json"), "dataset_schema": record["schema"], "input": source,
                 "total_rows": total, "chunk_rows": settings.batch_chunk_rows,
                 "chunks": chunk_count(total, settings.batch_chunk_rows), "requested_by": principal.name,
             })  # fmt: skip
-            answer = jsonable_encoder(batch_jobs.job_out(row, 0, 0))
+            answer: dict[str, Any] = jsonable_encoder(batch_jobs.job_out(row, 0, 0))
             if key is not None:
                 await idempotency.remember(conn, BATCH_SCOPE, key, 202, json.dumps(answer).encode())
         runner.wake()
         return answer
 
+
+def _mount_reads(router: APIRouter, rt: Runtime) -> None:
     @router.get("", summary="Batch jobs, newest first", dependencies=[require(Role.READER)])
     async def list_jobs(
         model: str | None = None,
@@ -175,8 +177,17 @@ def mount(app: FastAPI, rt: Runtime, settings: TrainerSettings, runner: BatchRun
             raise NotFound(f"no batch job {job_id}")
         return await _out(rt, row)
 
-    _mount_cancel(router, rt, runner)
-    app.include_router(router)
+
+def _request(kind: str, body: bytes, query: dict[str, Any]) -> tuple[Target, BatchJobRequest | None]:
+    """Which version predicts what: a Parquet upload names its target in the query, a JSON body names
+    the target and the dataset; any other media type is a 415."""
+    if kind == PARQUET:
+        return _parsed(Target, query, "query"), None
+    if kind == "application/json":
+        dataset = _parsed(BatchJobRequest, body, "body")
+        return dataset, dataset
+    raise UnsupportedMediaType(f"content-type: {kind!r} is not accepted; send application/json or {PARQUET}",
+                               field="content-type")  # fmt: skip
 
 
 def _mount_cancel(router: APIRouter, rt: Runtime, runner: BatchRunner) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -43,20 +43,44 @@ GROUP = "trainer"
 
 def spec(settings: TrainerSettings, clock: Clock = utc_now) -> ServiceSpec:
     """The trainer; ``clock`` tells scheduled retraining the time (tests move it instead of waiting)."""
-    runners: list[JobRunner] = []
-    batch: list[tuple[BatchRunner, Registry]] = []
+    workers = _Workers(settings, clock)
+    return ServiceSpec(
+        name="trainer",
+        artifacts=gc.ARTIFACTS,
+        retention=gc.RULES,
+        publishes=(ModelTrained, ModelExported, ModelRejudged, BatchCompleted),
+        migrations=Path(__file__).parent / "migrations",
+        register=workers.register,
+        routes=workers.routes,
+        on_start=workers.start,
+        on_stop=workers.stop,
+        description="Decides when to retrain, runs durable training jobs in worker processes, emits model.trained; "
+        "runs scheduled retrains and batch prediction jobs (batch.completed).",
+    )
 
-    def wake() -> None:
-        for runner in runners:
+
+@dataclass
+class _Workers:
+    """The trainer's job runners and batch runners: built with the runtime, started and stopped with the service."""
+
+    settings: TrainerSettings
+    clock: Clock
+    runners: list[JobRunner] = field(default_factory=list)
+    batch: list[tuple[BatchRunner, Registry]] = field(default_factory=list)
+
+    def wake(self) -> None:
+        for runner in self.runners:
             runner.wake()
 
-    def register(rt: Runtime) -> None:
+    def register(self, rt: Runtime) -> None:
+        settings, wake = self.settings, self.wake
+
         async def replan(model: str) -> None:
             await planning.replan(rt, settings, model, wake)
 
         runner = JobRunner(rt, settings, replan=replan)
-        runners.append(runner)
-        batch.append((BatchRunner(rt, settings), Registry(rt, settings)))
+        self.runners.append(runner)
+        self.batch.append((BatchRunner(rt, settings), Registry(rt, settings)))
         routes = {
             topics.DATA_ARRIVED: Route(data_arrived.handler(rt, settings, wake), (DataArrived,)),
             topics.DRIFT_DETECTED: Route(drift_detected.handler(rt, settings, wake), (DriftDetected,)),
@@ -68,44 +92,27 @@ def spec(settings: TrainerSettings, clock: Clock = utc_now) -> ServiceSpec:
         }
         subscribe(rt.broker, routes, group=GROUP, settings=settings.kafka, telemetry=rt.telemetry)
 
-    async def on_start(rt: Runtime) -> None:
-        for runner in runners:
-            runner.start()
-        for batch_runner, _ in batch:
-            batch_runner.start()
-        rt.spawn(Scheduler(rt, settings, wake, clock).run(), "scheduler")
+    def routes(self, app: FastAPI, rt: Runtime) -> None:
+        batch_runner, registry = self.batch[-1]
+        api.mount(app, rt, self.settings, self.wake)
+        api_schedules.mount(app, rt, self.settings, self.clock)
+        api_batch.mount(app, rt, self.settings, batch_runner, registry)
 
-    async def on_stop(rt: Runtime) -> None:
-        for runner in runners:
+    async def start(self, rt: Runtime) -> None:
+        for runner in self.runners:
+            runner.start()
+        for batch_runner, _ in self.batch:
+            batch_runner.start()
+        rt.spawn(Scheduler(rt, self.settings, self.wake, self.clock).run(), "scheduler")
+
+    async def stop(self, rt: Runtime) -> None:
+        for runner in self.runners:
             await runner.stop()
-        runners.clear()
-        for batch_runner, registry in batch:
+        self.runners.clear()
+        for batch_runner, registry in self.batch:
             await batch_runner.stop()
             await registry.close()
-        batch.clear()
-
-    return ServiceSpec(
-        name="trainer",
-        artifacts=gc.ARTIFACTS,
-        retention=gc.RULES,
-        publishes=(ModelTrained, ModelExported, ModelRejudged, BatchCompleted),
-        migrations=Path(__file__).parent / "migrations",
-        register=register,
-        routes=lambda app, rt: _routes(app, rt, settings, wake, clock, *batch[-1]),
-        on_start=on_start,
-        on_stop=on_stop,
-        description="Decides when to retrain, runs durable training jobs in worker processes, emits model.trained; "
-        "runs scheduled retrains and batch prediction jobs (batch.completed).",
-    )
-
-
-def _routes(
-    app: FastAPI, rt: Runtime, settings: TrainerSettings, wake: Callable[[], None], clock: Clock,
-    batch_runner: BatchRunner, registry: Registry,
-) -> None:  # fmt: skip
-    api.mount(app, rt, settings, wake)
-    api_schedules.mount(app, rt, settings, clock)
-    api_batch.mount(app, rt, settings, batch_runner, registry)
+        self.batch.clear()
 
 
 def create_app(

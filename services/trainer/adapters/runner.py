@@ -35,7 +35,7 @@ from opentelemetry import propagate, trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from libs.common import outbox
-from libs.common.events import ArtifactRef, ModelExported, ModelTrained, OnnxExport, Rejudgement
+from libs.common.events import ArtifactRef, Cards, ModelExported, ModelTrained, OnnxExport, Rejudgement
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from libs.common.signing import Signer
@@ -445,6 +445,23 @@ class JobRunner:
         compared, rejudged = await self._rejudge(job, result, compared)
         if rejudged is not None:
             _stage(result, "rejudge", time.perf_counter() - started)
+        cards = await self._cards(job, result, compared)
+        event = self._trained(job, result, compared, rejudged, cards)
+        async with self.rt.db.acquire() as conn, conn.transaction():
+            # The baseline for "new rows since the last model": the version the job trained on.
+            if not await repository.finish(conn, job["id"], result, result["dataset_rows"], job["model"]):
+                log.warning("training job %s was cancelled meanwhile: its result is not registered", job["id"])
+                return "cancelled"
+            await outbox.add(conn, event)
+        log.info(
+            "training job succeeded",
+            extra={"job_id": str(job["id"]), "model": job["model"], "metrics": result["metrics"]},
+        )
+        return "succeeded"
+
+    async def _cards(self, job: asyncpg.Record, result: dict[str, Any], compared: int | None) -> Cards | None:
+        """Store the version's model and data cards (off the loop) and note them, or why there are none, in
+        ``result``."""
         started = time.perf_counter()
         cards, card_error = await asyncio.to_thread(
             governance.store_cards, self.settings.artifacts.root, result, compared
@@ -454,7 +471,14 @@ class JobRunner:
         result.update(cards=cards.model_dump(mode="json") if cards else None, card_error=card_error)
         if card_error:
             log.warning("training job %s: no cards: %s", job["id"], card_error)
-        event = ModelTrained(
+        return cards
+
+    def _trained(
+        self, job: asyncpg.Record, result: dict[str, Any], compared: int | None, rejudged: dict[str, Any] | None,
+        cards: Cards | None,
+    ) -> ModelTrained:  # fmt: skip
+        """The model.trained event of a finished job: its artifacts signed, the champion it was compared with."""
+        return ModelTrained(
             producer="trainer",
             correlation_id=job["correlation_id"],
             model=job["model"],
@@ -480,19 +504,8 @@ class JobRunner:
             fairness=result.get("fairness"),
             champion_fairness=result.get("champion_fairness"),
             cards=cards,
-            card_error=card_error,
+            card_error=result["card_error"],
         )
-        async with self.rt.db.acquire() as conn, conn.transaction():
-            # The baseline for "new rows since the last model": the version the job trained on.
-            if not await repository.finish(conn, job["id"], result, result["dataset_rows"], job["model"]):
-                log.warning("training job %s was cancelled meanwhile: its result is not registered", job["id"])
-                return "cancelled"
-            await outbox.add(conn, event)
-        log.info(
-            "training job succeeded",
-            extra={"job_id": str(job["id"]), "model": job["model"], "metrics": result["metrics"]},
-        )
-        return "succeeded"
 
     def _signed(self, ref: ArtifactRef) -> ArtifactRef:
         return self.signer.sign(ref) if self.signer is not None else ref

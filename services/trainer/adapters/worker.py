@@ -29,11 +29,12 @@ from libs.common.artifacts import ArtifactStore
 from libs.common.datasets import BatchEntry, DatasetManifest, counted_sources, read_rows
 from libs.common.events import ArtifactRef, OnnxExport
 from libs.common.frames import features_frame
-from libs.common.profile import build_profile
+from libs.common.profile import ReferenceProfile, build_profile
 from libs.common.schema import DatasetSchema, DType, Task
 from services.trainer.adapters import gc, governance, pipelines
 from services.trainer.adapters.rejudge import holdout_parquet
 from services.trainer.domain.export import export
+from services.trainer.domain.fairness import FairnessReport
 from services.trainer.domain.training import TrainingConfig, TrainingResult, train
 
 _PROVIDER: Any = None
@@ -110,13 +111,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
     store = ArtifactStore(spec["artifacts_root"], namespace=gc.NAMESPACE)
     with stage("read"):
-        manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(spec["manifest"])))
-        since = datetime.fromisoformat(spec["since"]) if spec.get("since") else None
+        manifest, frame, counts = _read(store, spec)
         schema = manifest.dataset_schema
-        if not (manifest.since(since) if since else manifest.batches):
-            raise ValueError(f"no batches of {manifest.dataset} v{manifest.version} since {since}")
-        table, counts = read_training_rows(store, manifest, since, spec["config"].get("max_rows"))
-        frame = table.to_pandas()
     with stage("load champion"):
         champion = _champion(store, spec.get("champion_artifact"))
     earlier: list[tuple[int, Any]] = []
@@ -127,38 +123,14 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
     with stage("search and evaluate", **{"driftloop.rows": len(frame)}):
         result = train(schema, frame, config, champion, earlier)
     with stage("profile"):
-        kinds: dict[str, Literal["numeric", "categorical"]] = {
-            f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in schema.features
-        }
-        profile = build_profile(
-            {name: result.train_frame[name].to_numpy() for name in kinds},
-            kinds,
-            result.train_predictions,
-            prediction_kind="categorical" if schema.task is Task.CLASSIFICATION else "numeric",
-            metrics=result.metrics,
-            seed=config.seed,
-        )
+        profile = _profile(schema, result, config.seed)
     with stage("governance"):
         holdout = governance.holdout_rows(schema, frame, result)
         rules = spec.get("governance", {})
         mine, theirs = governance.fairness(schema, holdout, result, champion, rules.get("min_group_rows", 20))
-        try:  # a card that cannot be built never blocks the version: it says why instead
-            facts: dict[str, Any] = {"card_facts": governance.card_facts(
-                manifest, frame, result, holdout, profile, mine, spec.get("job", {}), rules)}  # fmt: skip
-        except Exception as exc:  # whatever it was: the version registers, with the reason
-            facts = {"card_error": f"card facts failed: {type(exc).__name__}: {exc}"}
+        facts = _card_facts(spec, manifest, frame, result, holdout, profile, mine)
     with stage("store"):
-        if result.reused_version is not None:  # the earlier champion's own bytes, not a re-serialisation
-            model_ref = next(ArtifactRef.model_validate(e["artifact"]) for e in spec["earlier_champions"]
-                             if e["version"] == result.reused_version)  # fmt: skip
-        else:
-            model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
-        pipelines.keep(model_ref.sha256, result.pipeline)
-        _EXPORTABLE.clear()
-        _EXPORTABLE[model_ref.sha256] = (result.pipeline, result.holdout_frame)
-        profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
-        # The holdout is the newest rows: kept so a stale comparison can be re-judged on the same rows.
-        holdout_ref = store.put(holdout_parquet(holdout), suffix=".holdout.parquet")
+        model_ref, profile_ref, holdout_ref = _store(store, spec, result, profile, holdout)
     return {
         "params": result.params,
         "metrics": result.metrics,
@@ -179,6 +151,64 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         "champion_fairness": theirs.differences if theirs else None,
         **facts,
     }
+
+
+def _read(
+    store: ArtifactStore, spec: dict[str, Any]
+) -> tuple[DatasetManifest, pd.DataFrame, list[tuple[BatchEntry, int]]]:
+    """The job's dataset version and its training rows (a drift job's only from ``since`` on)."""
+    manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(spec["manifest"])))
+    since = datetime.fromisoformat(spec["since"]) if spec.get("since") else None
+    if not (manifest.since(since) if since else manifest.batches):
+        raise ValueError(f"no batches of {manifest.dataset} v{manifest.version} since {since}")
+    table, counts = read_training_rows(store, manifest, since, spec["config"].get("max_rows"))
+    return manifest, table.to_pandas(), counts
+
+
+def _card_facts(
+    spec: dict[str, Any], manifest: DatasetManifest, frame: pd.DataFrame, result: TrainingResult,
+    holdout: pd.DataFrame, profile: ReferenceProfile, fairness: FairnessReport | None,
+) -> dict[str, Any]:  # fmt: skip
+    """What the cards will say (``card_facts``), or why there will be none (``card_error``)."""
+    try:  # a card that cannot be built never blocks the version: it says why instead
+        return {"card_facts": governance.card_facts(manifest, frame, result, holdout, profile, fairness,
+                                                    spec.get("job", {}), spec.get("governance", {}))}  # fmt: skip
+    except Exception as exc:  # whatever it was: the version registers, with the reason
+        return {"card_error": f"card facts failed: {type(exc).__name__}: {exc}"}
+
+
+def _profile(schema: DatasetSchema, result: TrainingResult, seed: int) -> ReferenceProfile:
+    """The reference profile the monitor compares live windows with: the training rows and predictions."""
+    kinds: dict[str, Literal["numeric", "categorical"]] = {
+        f.name: "categorical" if f.dtype is DType.CATEGORICAL else "numeric" for f in schema.features
+    }
+    return build_profile(
+        {name: result.train_frame[name].to_numpy() for name in kinds},
+        kinds,
+        result.train_predictions,
+        prediction_kind="categorical" if schema.task is Task.CLASSIFICATION else "numeric",
+        metrics=result.metrics,
+        seed=seed,
+    )
+
+
+def _store(
+    store: ArtifactStore, spec: dict[str, Any], result: TrainingResult, profile: ReferenceProfile,
+    holdout: pd.DataFrame,
+) -> tuple[ArtifactRef, ArtifactRef, ArtifactRef]:  # fmt: skip
+    """Store the pipeline, the profile and the holdout; keep the pipeline for the export that follows."""
+    if result.reused_version is not None:  # the earlier champion's own bytes, not a re-serialisation
+        model_ref = next(ArtifactRef.model_validate(e["artifact"]) for e in spec["earlier_champions"]
+                         if e["version"] == result.reused_version)  # fmt: skip
+    else:
+        model_ref = store.put(models.dumps(result.pipeline), suffix=".skops")
+    pipelines.keep(model_ref.sha256, result.pipeline)
+    _EXPORTABLE.clear()
+    _EXPORTABLE[model_ref.sha256] = (result.pipeline, result.holdout_frame)
+    profile_ref = store.put(profile.to_bytes(), suffix=".profile.json")
+    # The holdout is the newest rows: kept so a stale comparison can be re-judged on the same rows.
+    holdout_ref = store.put(holdout_parquet(holdout), suffix=".holdout.parquet")
+    return model_ref, profile_ref, holdout_ref
 
 
 def read_training_rows(
