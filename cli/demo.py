@@ -29,9 +29,14 @@ from cli.churn_stream import FEATURES, SCHEMA, TARGET, ChurnStream, corrupt
 from libs.common import topics
 from libs.common.events import parse_event
 from libs.common.idempotency import HEADER
+from libs.common.retry import Backoff, GaveUp, retry
 
 STREAM_DRAIN_S = 120.0
 """How long the demo waits, as it stops, for the stream's request in flight (four attempts of 30 s at most)."""
+
+
+class _ServerError(Exception):
+    """A 5xx answer, retried like a lost one (the Idempotency-Key keeps the retry from storing twice)."""
 
 
 @dataclass
@@ -231,16 +236,18 @@ class Demo:
     async def _post_retried(self, url: str, body: Any, attempts: int = 4) -> httpx.Response:
         """POST with an Idempotency-Key, retried on a lost answer or a 5xx: stored once either way."""
         headers = {HEADER: uuid.uuid4().hex}
-        for attempt in range(1, attempts + 1):
-            try:
-                answer = await self.http.post(url, json=body, headers=headers)
-                if answer.status_code < 500 or attempt == attempts:
-                    return answer
-            except httpx.HTTPError:
-                if attempt == attempts:
-                    raise
-            await asyncio.sleep(0.2 * 2**attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        async def post(attempt: int) -> httpx.Response:
+            answer = await self.http.post(url, json=body, headers=headers)
+            if answer.status_code >= 500 and attempt < attempts:
+                raise _ServerError(answer.status_code)
+            return answer  # the last try's answer, whatever its status
+
+        try:
+            return await retry(post, backoff=Backoff(0.4, 1.6), errors=(httpx.HTTPError, _ServerError),
+                               attempts=attempts)  # fmt: skip
+        except GaveUp as gave_up:
+            raise gave_up.error from None  # only a transport error reaches the last try
 
     async def _traffic(self, *, until: Callable[[], bool], phase: str) -> None:
         url = f"{self.services['serving']}/v1/models/{self.dataset}/predict"

@@ -13,6 +13,8 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from libs.common.retry import Backoff
+
 
 class KafkaSettings(BaseSettings):
     """How to reach Kafka (``DRIFTLOOP_KAFKA_*``)."""
@@ -69,6 +71,11 @@ class KafkaSettings(BaseSettings):
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ValueError("ssl_certfile and ssl_keyfile go together (mutual TLS)")
         return self
+
+    @property
+    def backoff(self) -> Backoff:
+        """The consumers' wait between tries of a message."""
+        return Backoff(self.retry_backoff_s, self.retry_backoff_max_s)
 
     def topic(self, name: str) -> str:
         """The real name of topic ``name`` on the cluster."""

@@ -13,12 +13,13 @@ from aiokafka.errors import KafkaError
 from faststream.kafka import KafkaBroker
 from opentelemetry import propagate, trace
 
-from libs.common.errors import DriftloopError, InvalidEvent
+from libs.common.errors import InvalidEvent
 from libs.common.events import Event, parse_event
 from libs.common.kafka.broker import METADATA_MAX_AGE_MS
 from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead_letter
 from libs.common.kafka.delivery import BatchHandler, Delivery
 from libs.common.kafka_security import client_options
+from libs.common.retry import GaveUp, permanent, retry
 from libs.common.settings import KafkaSettings
 from libs.common.tasks import cancel_and_wait, shielded
 from libs.common.telemetry import Telemetry
@@ -165,22 +166,20 @@ class MicroBatchConsumer(Generic[E]):
     async def _attempt(self, items: list[_Item[E]], *, attempts: int) -> Exception | None:
         """Run the handler on ``items`` with backoff; the last error, or None on success
         (items the handler refused are dead-lettered here, and count as handled)."""
-        delay = self.settings.retry_backoff_s
-        for attempt in range(1, attempts + 1):
-            try:
-                refused = await self.handler([(i.event, i.delivery) for i in items if i.event is not None])
-                for position, error in (refused or {}).items():
-                    await self._dead_letter(items[position], error, attempts=attempt)
-                return None
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if (isinstance(exc, DriftloopError) and not exc.retryable) or attempt == attempts:
-                    return exc
-                self.metrics.retried.labels(self.topic, self.group).inc()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_backoff_max_s)
-        return None  # pragma: no cover - the loop always returns
+
+        async def once(attempt: int) -> None:
+            refused = await self.handler([(i.event, i.delivery) for i in items if i.event is not None])
+            for position, error in (refused or {}).items():
+                await self._dead_letter(items[position], error, attempts=attempt)
+
+        def retrying(exc: Exception, attempt: int, delay: float) -> None:
+            self.metrics.retried.labels(self.topic, self.group).inc()
+
+        try:
+            await retry(once, backoff=self.settings.backoff, attempts=attempts, give_up=permanent, on_retry=retrying)
+        except GaveUp as gave_up:
+            return gave_up.error
+        return None
 
     async def _dead_letter(self, item: _Item[E], error: Exception, *, attempts: int) -> None:
         log.error("message dead-lettered", extra={"topic": self.topic, "error": repr(error)})

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from faststream import AckPolicy
@@ -29,10 +30,11 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import LogicSubscriber
 
-from libs.common.errors import DriftloopError, InvalidEvent
-from libs.common.events import Event, parse_event
+from libs.common.errors import InvalidEvent
+from libs.common.events import parse_event
 from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead_letter
-from libs.common.kafka.delivery import Delivery, Handler, Route
+from libs.common.kafka.delivery import Delivery, Route
+from libs.common.retry import GaveUp, permanent, retry
 from libs.common.settings import KafkaSettings
 from libs.common.telemetry import Telemetry
 
@@ -67,7 +69,6 @@ def subscribe(
     start must come from elsewhere (serving asks the registry), after
     :func:`positioned`.
     """
-    metrics = ConsumerMetrics.on(telemetry)
     real = {settings.topic(topic): route for topic, route in routes.items()}
     group_id = settings.group(group) if group is not None else None
     name = group_id or f"{settings.client_id}-{telemetry.service}-every-replica"
@@ -80,20 +81,10 @@ def subscribe(
         title=name,
         description=description or ", ".join(sorted(routes)),
     )
+    policy = _Policy(real, name, group_id is not None, settings, broker, ConsumerMetrics.on(telemetry))
 
     async def on_message(msg: KafkaMessage) -> None:
-        record = msg.raw_message
-        assert not isinstance(record, tuple)  # not a batch subscriber
-        delivery = Delivery.of(record)
-        route = real[record.topic]
-        try:
-            await _handle(msg.body, delivery, route.handler, route.accepts, name, settings, broker, metrics)
-        except DeadLetterFailed:
-            await asyncio.sleep(settings.retry_backoff_max_s)
-            await msg.nack()  # seek back: delivered again, never skipped
-            return
-        if group_id is not None:  # without a group there is no offset to commit
-            await msg.ack()
+        await policy.consume(msg)
 
     on_message.__name__ = name.replace(".", "_").replace("-", "_")
     subscriber(on_message)
@@ -113,45 +104,58 @@ async def positioned(subscriber: LogicSubscriber[Any]) -> None:
         await consumer.position(partition)
 
 
-async def _handle(
-    body: bytes,
-    delivery: Delivery,
-    handler: Handler,
-    accepts: tuple[type[Event], ...],
-    group: str,
-    settings: KafkaSettings,
-    broker: KafkaBroker,
-    metrics: ConsumerMetrics,
-) -> None:
-    try:
-        event = parse_event(body, accepts)
-    except InvalidEvent as exc:
-        await dead_letter(broker, body, delivery, group=group, error=exc, attempts=0, metrics=metrics)
-        return
-    delay = settings.retry_backoff_s
-    for attempt in range(1, settings.max_attempts + 1):
+@dataclass(frozen=True, slots=True)
+class _Policy:
+    """The policy above, applied to the messages of one subscriber."""
+
+    routes: dict[str, Route]
+    """By topic name as the broker knows it (prefixed)."""
+    group: str
+    """The consumer group, or the replica's name when there is none (the DLQ records it)."""
+    commits: bool
+    """Whether offsets are committed: only in a group."""
+    settings: KafkaSettings
+    broker: KafkaBroker
+    metrics: ConsumerMetrics
+
+    async def consume(self, msg: KafkaMessage) -> None:
+        record = msg.raw_message
+        assert not isinstance(record, tuple)  # not a batch subscriber
+        delivery = Delivery.of(record)
         try:
-            await handler(event, delivery)
+            await self.handle(msg.body, delivery, self.routes[record.topic])
+        except DeadLetterFailed:
+            await asyncio.sleep(self.settings.retry_backoff_max_s)
+            await msg.nack()  # seek back: delivered again, never skipped
             return
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            permanent = isinstance(exc, DriftloopError) and not exc.retryable
-            if permanent or attempt == settings.max_attempts:
-                log.error(
-                    "message dead-lettered",
-                    extra={"topic": delivery.topic, "offset": delivery.offset, "error": repr(exc)},
-                    exc_info=not permanent,
-                )
-                await dead_letter(broker, body, delivery, group=group, error=exc, attempts=attempt, metrics=metrics)
-                return
-            metrics.retried.labels(delivery.topic, group).inc()
-            log.warning(
-                "handler failed, retrying in %.2fs (attempt %d/%d)",
-                delay,
-                attempt,
-                settings.max_attempts,
-                extra={"topic": delivery.topic, "offset": delivery.offset, "error": repr(exc)},
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.retry_backoff_max_s)
+        if self.commits:  # without a group there is no offset to commit
+            await msg.ack()
+
+    async def handle(self, body: bytes, delivery: Delivery, route: Route) -> None:
+        try:
+            event = parse_event(body, route.accepts)
+        except InvalidEvent as exc:
+            await self.dead_letter(body, delivery, exc, attempts=0)
+            return
+        try:
+            await retry(lambda _: route.handler(event, delivery), backoff=self.settings.backoff,
+                        attempts=self.settings.max_attempts, give_up=permanent,
+                        on_retry=lambda exc, attempt, delay: self.retrying(delivery, exc, attempt, delay))  # fmt: skip
+        except GaveUp as gave_up:
+            error = gave_up.error
+            log.error("message dead-lettered", extra={**_where(delivery), "error": repr(error)},
+                      exc_info=None if permanent(error) else error)  # fmt: skip
+            await self.dead_letter(body, delivery, error, attempts=gave_up.attempts)
+
+    def retrying(self, delivery: Delivery, error: Exception, attempt: int, delay: float) -> None:
+        self.metrics.retried.labels(delivery.topic, self.group).inc()
+        log.warning("handler failed, retrying in %.2fs (attempt %d/%d)", delay, attempt, self.settings.max_attempts,
+                    extra={**_where(delivery), "error": repr(error)})  # fmt: skip
+
+    async def dead_letter(self, body: bytes, delivery: Delivery, error: Exception, *, attempts: int) -> None:
+        await dead_letter(self.broker, body, delivery, group=self.group, error=error, attempts=attempts,
+                          metrics=self.metrics)  # fmt: skip
+
+
+def _where(delivery: Delivery) -> dict[str, object]:
+    return {"topic": delivery.topic, "offset": delivery.offset}
