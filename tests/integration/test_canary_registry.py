@@ -74,8 +74,9 @@ async def test_canary_moves_carry_their_share_and_bad_ones_move_nothing(isolated
         ]  # fmt: skip
         assert "share 15%" in audit[3]["reason"]
         assert "share 40%, A/B" in audit[2]["reason"]
-
-    records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=5)
+        # Read while the registry runs: its outbox relays the moves after they commit, and a move not yet
+        # relayed when it stops waits in the outbox for the next start.
+        records = await read_topic(isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=5)
     moves = [(e.move.alias, e.move.to_version, e.share, e.judged) for e in map(_promoted, records)]
     assert moves == [("champion", 2, None, None), ("canary", 3, 15, True), ("canary", 3, 40, False),
                      ("shadow", 1, None, None), ("canary", None, None, None)]  # fmt: skip

@@ -24,6 +24,20 @@ async def put(
     return row
 
 
+async def put_from_settings(conn: Conn, *, model: str, dataset: str, cron: str, next_run_at: datetime) -> bool:
+    """Create ``model``'s schedule from the settings, or replace one that came from them with another
+    expression; one registered through the API is left alone, in the same statement (a PUT that lands
+    while the settings are applied is never overwritten). Whether anything was written."""
+    written = await conn.fetchval(
+        "INSERT INTO schedules (model, dataset, cron, source, next_run_at, updated_by) "
+        "VALUES ($1, $2, $3, 'setting', $4, 'settings') "
+        "ON CONFLICT (model) DO UPDATE SET dataset = $2, cron = $3, next_run_at = $4, updated_at = now() "
+        "WHERE schedules.source = 'setting' AND schedules.cron <> $3 RETURNING true",
+        model, dataset, cron, next_run_at,
+    )  # fmt: skip
+    return bool(written)
+
+
 async def get(conn: Conn, model: str) -> asyncpg.Record | None:
     return await conn.fetchrow("SELECT * FROM schedules WHERE model = $1", model)
 

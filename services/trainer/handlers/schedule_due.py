@@ -39,11 +39,8 @@ async def apply_settings(rt: Runtime, settings: TrainerSettings, now: datetime) 
     restart neither resets nor repeats its next run)."""
     async with rt.db.acquire() as conn, conn.transaction():
         for model, cron in settings.schedules.items():
-            row = await schedules.get(conn, model)
-            if row is not None and (row["source"] == "api" or row["cron"] == cron):
-                continue
-            await schedules.put(conn, model=model, dataset=dataset_for(settings, model), cron=cron,
-                                next_run_at=next_run(cron, now), source="setting", actor="settings")  # fmt: skip
+            await schedules.put_from_settings(conn, model=model, dataset=dataset_for(settings, model), cron=cron,
+                                              next_run_at=next_run(cron, now))  # fmt: skip
 
 
 async def fire_due(rt: Runtime, now: datetime) -> list[tuple[str, uuid.UUID | None]]:
