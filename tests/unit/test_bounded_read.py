@@ -72,7 +72,7 @@ def test_only_the_newest_segments_are_read_even_when_rows_lack_labels(tmp_path: 
 def test_a_compacted_segment_is_read_from_its_last_row_groups(tmp_path: Path) -> None:
     store = _store(tmp_path)
     small = [_batch(store, seq, 500) for seq in range(1, 41)]
-    merged = compacted_entry(small, store.put(compact(store, small), suffix=".parquet"))
+    merged = compacted_entry(small, store.put(compact(store, small, group_rows=500), suffix=".parquet"))
     newest = _batch(store, 41, 100)
     assert pq.ParquetFile(pa.BufferReader(store.get(merged.artifact))).num_row_groups == 40
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -10,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from libs.common.artifacts import ArtifactStore
-from libs.common.datasets import BatchEntry, batch_to_parquet, compact, compacted_entry
+from libs.common.datasets import INGESTED_AT, BatchEntry, batch_to_parquet, compact, compacted_entry
 from libs.common.schema import DatasetSchema
 from services.ingest.domain.compaction import Segment, runs_to_compact
 
@@ -76,7 +77,7 @@ def test_mixed_batch_sizes_keep_the_segment_count_bounded() -> None:
     assert sum(s.rows for s in segments) == total
 
 
-def test_merging_merged_segments_keeps_one_row_group_per_batch(tmp_path: Path) -> None:
+def test_merging_merged_segments_keeps_the_rows_in_order_in_bounded_row_groups(tmp_path: Path) -> None:
     schema = DatasetSchema.model_validate(
         {"features": [{"name": "x", "dtype": "numeric"}], "target": {"name": "y", "dtype": "categorical"},
          "task": "classification"}
@@ -88,11 +89,14 @@ def test_merging_merged_segments_keeps_one_row_group_per_batch(tmp_path: Path) -
         rows = [{"x": float(s * 100 + i), "y": "a"} for i in range(s)]
         ref = store.put(batch_to_parquet(schema, rows, at=t0 + timedelta(minutes=s)), suffix=".parquet")
         batches.append(BatchEntry(seq=s, artifact=ref, rows=s, created_at=t0 + timedelta(minutes=s)))
-    low = compacted_entry(batches[:3], store.put(compact(store, batches[:3]), suffix=".parquet"))
-    high = compacted_entry(batches[3:], store.put(compact(store, batches[3:]), suffix=".parquet"))
-    both = compacted_entry([low, high], store.put(compact(store, [low, high]), suffix=".parquet"))
+    low = compacted_entry(batches[:3], store.put(compact(store, batches[:3], group_rows=4), suffix=".parquet"))
+    high = compacted_entry(batches[3:], store.put(compact(store, batches[3:], group_rows=4), suffix=".parquet"))
+    both = compacted_entry([low, high], store.put(compact(store, [low, high], group_rows=4), suffix=".parquet"))
 
     file = pq.ParquetFile(pa.BufferReader(store.get(both.artifact)))
-    assert [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)] == [1, 2, 3, 4, 5, 6]
+    assert [file.metadata.row_group(g).num_rows for g in range(file.num_row_groups)] == [4, 4, 4, 4, 4, 1]
     assert file.read().column("x").to_pylist() == [float(s * 100 + i) for s in range(1, 7) for i in range(s)]
     assert (both.first_seq, both.seq, both.rows) == (1, 6, 21)
+    # each row group covers one stretch of ingestion time, so a reader can skip groups by statistics
+    stamps = [file.read_row_group(g).column(INGESTED_AT).to_pylist() for g in range(file.num_row_groups)]
+    assert all(max(a) <= min(b) for a, b in itertools.pairwise(stamps))
