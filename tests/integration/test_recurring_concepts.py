@@ -55,6 +55,7 @@ async def test_a_drift_back_to_an_earlier_concept_registers_the_champion_that_le
             return next((j for j in found if j["status"] == "succeeded"), None)
 
         done = await wait_until(drift_done, timeout=120, message="the drift job")
+    assert done["quick"] is True  # a drift answer: the short search budget, brief importance
     assert done["reused_version"] == 2, done["search"]
     assert "earlier champion v2 reused" in done["search"]
     assert done["metrics"]["accuracy"] > done["champion_metrics"]["accuracy"] + 0.2  # judged like any challenger
