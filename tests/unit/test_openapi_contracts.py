@@ -15,12 +15,15 @@ from fastapi import FastAPI
 
 from services.ingest.app import create_app as ingest_app
 from services.ingest.settings import IngestSettings
+from services.monitor.app import create_app as monitor_app
+from services.monitor.settings import MonitorSettings
 from services.serving.app import create_app as serving_app
 from services.serving.settings import ServingSettings
 
 APPS: dict[str, Callable[[], FastAPI]] = {
     "ingest": lambda: ingest_app(IngestSettings())[0],
     "serving": lambda: serving_app(ServingSettings(registry_url="http://127.0.0.1:9"))[0],
+    "monitor": lambda: monitor_app(MonitorSettings())[0],
 }
 NO_BODY = {"204", "304"}
 
