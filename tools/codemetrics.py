@@ -20,7 +20,10 @@ Also counted, because issue 14 names them: SQL calls outside ``adapters/``
 (``fetch``, ``fetchrow``, ``fetchval``, ``execute``, ``executemany`` on a
 connection or pool), ``assert isinstance`` in handlers, and routes whose answer
 the OpenAPI does not describe (no ``response_model`` and a return annotation that
-is missing, a ``dict``/``list``/``Any`` or a bare response class).
+is missing, a ``dict``/``list``/``Any`` or a bare response class). A route left
+out of the OpenAPI document (``include_in_schema=False``: the console's HTML
+pages, whose app publishes no document) is counted apart, as
+``routes_outside_openapi``: there is no document to describe its answer.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ PACKAGES = ("libs", "services", "cli", "devstack")
 TOP_LAYERS = {"libs": 0, "devstack": 1, "services": 2, "cli": 3}
 SERVICE_LAYERS = {"settings": 0, "domain": 0, "adapters": 1, "handlers": 2, "api": 3, "app": 4, "__main__": 5}
 SMELLS = ("sql_outside_adapters", "assert_isinstance_in_handlers", "routes_without_response_model")
+COUNTS = (*SMELLS, "routes_outside_openapi")
 SQL_METHODS = {"fetch", "fetchrow", "fetchval", "execute", "executemany"}
 
 
@@ -129,6 +133,16 @@ def is_route(node: ast.AsyncFunctionDef | ast.FunctionDef) -> bool:
     return False
 
 
+def in_openapi(node: ast.AsyncFunctionDef | ast.FunctionDef) -> bool:
+    """Whether the route is in its app's OpenAPI document (not declared ``include_in_schema=False``)."""
+    for deco in node.decorator_list:
+        if isinstance(deco, ast.Call):
+            for k in deco.keywords:
+                if k.arg == "include_in_schema" and isinstance(k.value, ast.Constant) and k.value.value is False:
+                    return False
+    return True
+
+
 def described(node: ast.AsyncFunctionDef | ast.FunctionDef) -> bool:
     """Whether the OpenAPI describes the route's answer: a ``response_model`` or a model return annotation."""
     for deco in node.decorator_list:
@@ -164,8 +178,11 @@ def smells(tree: ast.AST, module: str) -> Counter[str]:
             and ".handlers" in module
         ):
             found["assert_isinstance_in_handlers"] += 1
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and is_route(node) and not described(node):
-            found["routes_without_response_model"] += 1
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and is_route(node):
+            if not in_openapi(node):
+                found["routes_outside_openapi"] += 1
+            elif not described(node):
+                found["routes_without_response_model"] += 1
     return found
 
 
@@ -197,7 +214,7 @@ def measure(root: Path, top: int) -> dict[str, object]:
         "longest_modules": [f"{n:4d}  {m}" for m, n in longest_modules],
         "import_edges": len(edges),
         "layer_violations": violations,
-        **{k: counted[k] for k in SMELLS},
+        **{k: counted[k] for k in COUNTS},
     }
 
 

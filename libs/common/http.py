@@ -50,6 +50,18 @@ _WHY = {
 }
 
 
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+    service: str = Field(examples=["registry"])
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ok, or unavailable (answered with 503).", examples=["ok"])
+    checks: dict[str, str] = Field(
+        description="Each check: ok, or why not.", examples=[{"started": "ok", "database": "ok", "broker": "ok"}]
+    )
+
+
 class MarkdownResponse(PlainTextResponse):
     """A Markdown document (``text/markdown; charset=utf-8``): a route's ``response_class`` makes the
     OpenAPI document say so."""

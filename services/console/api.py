@@ -13,13 +13,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from markupsafe import escape
 
 from libs.common.errors import BadRequest, DriftloopError, Forbidden, NotFound, PayloadTooLarge, Unauthorized
+from libs.common.http import MarkdownResponse
 from services.console.adapters.backends import Backends
+from services.console.adapters.pages import page
 from services.console.adapters.sessions import Person, Sessions
 from services.console.domain import ops
 from services.console.domain.actions import actions_for, may
 from services.console.domain.session import COOKIE, CSRF_FIELD, csrf_ok, csrf_value, safe_next, same_origin
 from services.console.settings import ConsoleSettings
-from services.console.views import page
 
 MOVABLE = ("champion", "canary", "shadow")
 MAX_FORM_BYTES = 16 * 1024
@@ -34,16 +35,34 @@ class LoginRequired(Exception):
 
 
 def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: ConsoleSettings) -> None:
-    async def person(request: Request) -> Person:
+    people = _People(sessions)
+    _mount_session(app, people, settings)
+    _mount_models(app, backends, people)
+    _mount_versions(app, backends, people)
+    _mount_moves(app, backends, people)
+    _mount_operations(app, backends, people)
+
+
+class _People:
+    """Who a request comes from: the session cookie's token, checked with the services."""
+
+    def __init__(self, sessions: Sessions) -> None:
+        self.sessions = sessions
+
+    async def person(self, request: Request) -> Person:
         token = request.cookies.get(COOKIE)
         if not token:
             raise LoginRequired(request.url.path)
         try:
-            who = await sessions.person(token)
+            who = await self.sessions.person(token)
         except Unauthorized as exc:
             raise LoginRequired(request.url.path) from exc
         request.state.who = who  # an error page still shows who is signed in, and the way out
         return who
+
+
+def _mount_session(app: FastAPI, people: _People, settings: ConsoleSettings) -> None:
+    """Sign in with a token (kept in an HttpOnly, SameSite=Strict cookie) and out."""
 
     @app.get("/", include_in_schema=False)
     async def home() -> RedirectResponse:
@@ -61,7 +80,7 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
         try:
             if not token:
                 raise Unauthorized("paste a driftloop token (driftloop token create --name you --role reader)")
-            await sessions.person(token)
+            await people.sessions.person(token)
         except Unauthorized as exc:
             return page(request, "login.html", None, status=401, next=target, error=exc.message)
         answer = RedirectResponse(target, status_code=303)
@@ -69,17 +88,21 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
         return answer
 
     @app.post("/logout", include_in_schema=False)
-    async def logout(request: Request) -> Response:
-        who = await person(request)
+    async def logout(request: Request) -> RedirectResponse:
+        who = await people.person(request)
         await _check_form(request, who)
-        sessions.forget(who.token)
+        people.sessions.forget(who.token)
         answer = RedirectResponse("/login", status_code=303)
         answer.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=settings.cookie_secure)
         return answer
 
+
+def _mount_models(app: FastAPI, backends: Backends, people: _People) -> None:
+    """The models and a model's page (versions, aliases, audit, drift, jobs, live group metrics)."""
+
     @app.get("/models", include_in_schema=False)
     async def models(request: Request) -> HTMLResponse:
-        who = await person(request)
+        who = await people.person(request)
         listed, monitored = await asyncio.gather(
             backends.get("registry", "/v1/models", who.token),
             _optional(backends.get("monitor", "/v1/models", who.token)),
@@ -89,7 +112,7 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
 
     @app.get("/models/{model}", include_in_schema=False)
     async def model(request: Request, model: str, done: str | None = None) -> HTMLResponse:
-        who = await person(request)
+        who = await people.person(request)
         m = quote(model, safe="")
         versions, audit, drift, jobs, groups = await asyncio.gather(
             backends.get("registry", f"/v1/models/{m}/versions", who.token),
@@ -105,9 +128,13 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
                     aliases=aliases, actions=actions, done=done, key=uuid.uuid4().hex, groups=groups,
                     champion_fairness=champion.get("fairness"))  # fmt: skip
 
+
+def _mount_versions(app: FastAPI, backends: Backends, people: _People) -> None:
+    """A version with its model and data cards (and the cards as Markdown), and a model's drift report."""
+
     @app.get("/models/{model}/versions/{version}", include_in_schema=False)
     async def version(request: Request, model: str, version: int) -> HTMLResponse:
-        who = await person(request)
+        who = await people.person(request)
         path = f"/v1/models/{quote(model, safe='')}/versions/{version}"
         found = await backends.get("registry", path, who.token)
         cards = (
@@ -118,26 +145,29 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
         return page(request, "version.html", who, model=model, v=found, cards=cards)
 
     @app.get("/models/{model}/versions/{version}/card.md", include_in_schema=False)
-    async def card_markdown(request: Request, model: str, version: int) -> Response:
+    async def card_markdown(request: Request, model: str, version: int) -> MarkdownResponse:
         """The model card and the data card as one Markdown file, as the registry renders them."""
-        who = await person(request)
+        who = await people.person(request)
         text = await backends.text(
             "registry", f"/v1/models/{quote(model, safe='')}/versions/{version}/card.md", who.token
         )
         name = f"{model}-v{version}-card.md".replace('"', "")
-        return Response(text, media_type="text/markdown; charset=utf-8",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
+        return MarkdownResponse(text, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     @app.get("/models/{model}/drift", include_in_schema=False)
     async def drift(request: Request, model: str) -> HTMLResponse:
-        who = await person(request)
+        who = await people.person(request)
         report = await backends.text("monitor", f"/v1/models/{quote(model, safe='')}/drift/report", who.token)
         back = f'<p><a href="/models/{escape(quote(model, safe=""))}">&larr; {escape(model)} in the console</a></p>'
         return HTMLResponse(report.replace("<body>", "<body>\n" + back, 1))
 
+
+def _mount_moves(app: FastAPI, backends: Backends, people: _People) -> None:
+    """The alias moves a person's roles allow (promote, approve, canary, shadow, end), from CSRF-checked forms."""
+
     @app.post("/models/{model}/aliases/{alias}", include_in_schema=False)
-    async def move(request: Request, model: str, alias: str) -> Response:
-        who = await person(request)
+    async def move(request: Request, model: str, alias: str) -> RedirectResponse:
+        who = await people.person(request)
         form = await _check_form(request, who)
         if alias not in MOVABLE:
             raise NotFound(f"the console moves {', '.join(MOVABLE)}, not {alias!r}", alias=alias)
@@ -158,8 +188,8 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
         return RedirectResponse(f"/models/{m}?{done}", status_code=303)
 
     @app.post("/models/{model}/aliases/{alias}/end", include_in_schema=False)
-    async def end(request: Request, model: str, alias: str) -> Response:
-        who = await person(request)
+    async def end(request: Request, model: str, alias: str) -> RedirectResponse:
+        who = await people.person(request)
         form = await _check_form(request, who)
         if alias not in ("canary", "shadow"):
             raise NotFound(f"only a canary or a shadow can be ended, not {alias!r}", alias=alias)
@@ -171,16 +201,20 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
         await backends.delete("registry", f"/v1/models/{m}/aliases/{alias}", who.token, reason=reason)
         return RedirectResponse(f"/models/{m}?{urlencode({'done': f'end: the {alias} is ended'})}", status_code=303)
 
+
+def _mount_operations(app: FastAPI, backends: Backends, people: _People) -> None:
+    """Training jobs, and the operations page: consumer lag, dead letters with their reasons, services down."""
+
     @app.get("/jobs", include_in_schema=False)
     async def jobs(request: Request, model: str | None = None) -> HTMLResponse:
-        who = await person(request)
+        who = await people.person(request)
         params: dict[str, Any] = {"limit": 100} | ({"model": model} if model else {})
         listed = await backends.get("trainer", "/v1/training-jobs", who.token, **params)
         return page(request, "jobs.html", who, jobs=listed, model=model)
 
     @app.get("/ops", include_in_schema=False)
     async def operations(request: Request) -> HTMLResponse:
-        who = await person(request)
+        who = await people.person(request)
         names = list(backends.urls)
         letters_read = _optional(backends.get("monitor", "/v1/dead-letters", who.token, per_topic=5))
         *texts, letters = await asyncio.gather(
@@ -192,12 +226,13 @@ def mount(app: FastAPI, backends: Backends, sessions: Sessions, settings: Consol
         return page(request, "ops.html", who, lag=lag, dead=dead, down=down, operator=may(who.roles, "operator"),
                     letters=letters)  # fmt: skip
 
-    async def _check_form(request: Request, who: Person) -> dict[str, str]:
-        _check_origin(request)
-        form = await _form(request)
-        if not csrf_ok(who.token, form.get(CSRF_FIELD)):
-            raise Forbidden("the form's CSRF value is missing or wrong: reload the page and try again")
-        return form
+
+async def _check_form(request: Request, who: Person) -> dict[str, str]:
+    _check_origin(request)
+    form = await _form(request)
+    if not csrf_ok(who.token, form.get(CSRF_FIELD)):
+        raise Forbidden("the form's CSRF value is missing or wrong: reload the page and try again")
+    return form
 
 
 def _check_origin(request: Request) -> None:

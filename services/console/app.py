@@ -14,16 +14,17 @@ from collections.abc import AsyncIterator
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.common.errors import DriftloopError
+from libs.common.http import Health, Readiness
 from services.console import api
 from services.console.adapters.backends import Backends
+from services.console.adapters.pages import page
 from services.console.adapters.sessions import Person, Sessions
 from services.console.domain.session import COOKIE, safe_next
 from services.console.settings import ConsoleSettings
-from services.console.views import page
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +44,17 @@ def create_app(settings: ConsoleSettings, transport: httpx.AsyncBaseTransport | 
     _install_errors(app)
 
     @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok", "service": "console"}
+    async def healthz() -> Health:
+        return Health(status="ok", service="console")
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz() -> JSONResponse:
+    async def readyz(response: Response) -> Readiness:
         try:
             await backends.get("registry", "/healthz", None)
         except DriftloopError as exc:
-            return JSONResponse({"status": "unavailable", "checks": {"registry": exc.message}}, 503)
-        return JSONResponse({"status": "ok", "checks": {"registry": "ok"}})
+            response.status_code = 503
+            return Readiness(status="unavailable", checks={"registry": exc.message})
+        return Readiness(status="ok", checks={"registry": "ok"})
 
     api.mount(app, backends, sessions, settings)
     return app

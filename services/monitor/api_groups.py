@@ -13,10 +13,10 @@ from libs.common.errors import NotFound
 from libs.common.http import errors
 from libs.common.service import Runtime
 from services.monitor.adapters.group_gauges import GroupGauges
+from services.monitor.adapters.group_metrics import compute
 from services.monitor.adapters.state import Monitors
 from services.monitor.domain.groups import GroupFigures, LiveGroups
 from services.monitor.domain.monitor import ModelMonitor
-from services.monitor.group_metrics import compute
 from services.monitor.settings import MonitorSettings
 
 

@@ -15,7 +15,8 @@ from libs.common.request_ids import RequestIds
 from libs.common.retention import Rule
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
-from services.monitor import api, api_dead_letters, api_groups, group_metrics
+from services.monitor import api, api_dead_letters, api_groups
+from services.monitor.adapters import group_metrics
 from services.monitor.adapters.group_gauges import GroupGauges
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors

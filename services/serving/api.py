@@ -46,10 +46,10 @@ from services.serving.api_models import (
     Split,
 )
 from services.serving.domain.features import Columns, InvalidInstance
+from services.serving.domain.feedback import check_attributes
 from services.serving.domain.models import Inference, LoadedModel, ModelTable
 from services.serving.domain.predictions import Served, plain_list, probability_dicts
 from services.serving.domain.routing import Splits
-from services.serving.feedback import check_attributes
 from services.serving.settings import ServingSettings
 
 

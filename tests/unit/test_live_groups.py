@@ -16,7 +16,7 @@ from libs.common.groups import MISSING_GROUP, UNKNOWN_GROUP
 from libs.common.schema import DatasetSchema
 from services.monitor.adapters.group_gauges import GroupGauges
 from services.monitor.domain.groups import Labelled, input_groups, live_groups, row_groups
-from services.serving.feedback import check_attributes
+from services.serving.domain.feedback import check_attributes
 
 SCHEMA = DatasetSchema.model_validate({
     "features": [

@@ -14,19 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from libs.common.asyncapi import document
 from libs.common.auth import Principal, Role, require
+from libs.common.http import Health, Readiness
 from libs.common.service.runtime import Runtime, ServiceSpec
-
-
-class Health(BaseModel):
-    status: str = Field(examples=["ok"])
-    service: str = Field(examples=["registry"])
-
-
-class Readiness(BaseModel):
-    status: str = Field(description="ok, or unavailable (answered with 503).", examples=["ok"])
-    checks: dict[str, str] = Field(
-        description="Each check: ok, or why not.", examples=[{"started": "ok", "database": "ok", "broker": "ok"}]
-    )
 
 
 class WhoAmI(BaseModel):

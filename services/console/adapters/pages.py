@@ -13,7 +13,7 @@ from services.console.adapters.sessions import Person
 from services.console.domain.session import CSRF_FIELD, csrf_value
 
 _env = Environment(
-    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    loader=FileSystemLoader(Path(__file__).parent.parent / "templates"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     trim_blocks=True,
     lstrip_blocks=True,
