@@ -61,15 +61,19 @@ async def test_a_job_that_may_be_cancelled_keeps_a_warm_spare_for_the_job_replac
         with pytest.raises(WorkerLost, match="killed"):
             await task
         workers.release("routine")
-        await wait_until(spare.warmed, timeout=30, message="the spare to finish importing")
+        spares = list(workers._idle)
+        # Which spare the drift job gets depends on which finished importing last (the most recently
+        # warmed is preferred): on a loaded machine the two finish in either order.
+        await wait_until(lambda: all(w.warmed() for w in spares), timeout=60, message="the spares to finish importing")
         drift = workers.take("drift")
-        assert drift is spare
+        assert drift in spares
+        assert drift is not routine
         assert len(workers._idle) == 1  # the second spare, for a drift job that follows this one
         assert await drift.run(workload.answer, {"value": "now"}) == {"echo": "now"}
         assert workers.kill("drift")
         assert len(workers._idle) == 2  # the kill started a replacement at once
         workers.release("drift")
-        await wait_until(lambda: workload.process_gone(routine.pid), timeout=10, message="the killed worker to go")
+        await wait_until(lambda: workload.process_gone(routine.pid), timeout=30, message="the killed worker to go")
     finally:
         workers.close()
 
