@@ -106,35 +106,19 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors, render: Render, groups:
     @router.get("/{model}/drift", summary="The latest drift report of a model, with its recent alarms",
                 responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
     async def drift(model: str) -> DriftState:
-        monitor = await monitors.load(rt.db, model, fresh=True)
-        if monitor is None:
-            raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
+        monitor = await _monitored(rt, monitors, model)
         return DriftState(
             **_summary(monitor).model_dump(),
             report=monitor.last_report.to_dict() if monitor.last_report else None,
             alarms=[Alarm(**a) for a in await repository.recent_alarms(rt.db, model)],
         )
 
-    @router.get("/{model}/drift/report", summary="The drift report of a model as a self-contained HTML page",
-                response_class=HTMLResponse, dependencies=[require(Role.READER)],
-                responses={**errors(404), 200: REPORT_PAGE})  # fmt: skip
-    async def drift_report(
-        model: str, windows: Annotated[int, Query(ge=1, le=1000, description="Judged windows on the timeline.")] = 200
-    ) -> HTMLResponse:
-        monitor = await monitors.load(rt.db, model, fresh=True)
-        if monitor is None:
-            raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
-        reports = await repository.recent_reports(rt.db, model, windows)
-        alarms = await repository.recent_alarms(rt.db, model)
-        live = await groups(monitor) if groups is not None else None
-        return HTMLResponse(render(monitor, reports, alarms, groups=live))
+    _mount_report(router, rt, monitors, render, groups)
 
     @router.get("/{model}/versions", summary="Live metrics per version, and the canary's and shadow's comparison "
                 "with the champion", responses=errors(404), dependencies=[require(Role.READER)])  # fmt: skip
     async def live_versions(model: str) -> VersionsLive:
-        monitor = await monitors.load(rt.db, model, fresh=True)
-        if monitor is None:
-            raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
+        monitor = await _monitored(rt, monitors, model)
         classification = monitor.schema.task is Task.CLASSIFICATION
         return VersionsLive(
             model=model,
@@ -145,6 +129,31 @@ def mount(app: FastAPI, rt: Runtime, monitors: Monitors, render: Render, groups:
         )
 
     app.include_router(router)
+
+
+def _mount_report(
+    router: APIRouter, rt: Runtime, monitors: Monitors, render: Render, groups: LiveGroupsOf | None
+) -> None:
+    """The drift report page: the report renderer and the live group metrics are handed in by the app."""
+
+    @router.get("/{model}/drift/report", summary="The drift report of a model as a self-contained HTML page",
+                response_class=HTMLResponse, dependencies=[require(Role.READER)],
+                responses={**errors(404), 200: REPORT_PAGE})  # fmt: skip
+    async def drift_report(
+        model: str, windows: Annotated[int, Query(ge=1, le=1000, description="Judged windows on the timeline.")] = 200
+    ) -> HTMLResponse:
+        monitor = await _monitored(rt, monitors, model)
+        reports = await repository.recent_reports(rt.db, model, windows)
+        alarms = await repository.recent_alarms(rt.db, model)
+        live = await groups(monitor) if groups is not None else None
+        return HTMLResponse(render(monitor, reports, alarms, groups=live))
+
+
+async def _monitored(rt: Runtime, monitors: Monitors, model: str) -> ModelMonitor:
+    monitor = await monitors.load(rt.db, model, fresh=True)
+    if monitor is None:
+        raise NotFound(f"model {model!r} is not monitored (no champion promoted yet)", model=model)
+    return monitor
 
 
 def _summary(m: ModelMonitor) -> MonitoredModel:
