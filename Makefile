@@ -52,8 +52,13 @@ lint: .venv/.synced ## ruff (lint + format check) and mypy
 .PHONY: test
 test: .venv/.synced browser ## lint, types, then every test (unit, integration, e2e, the console in a browser)
 	$(MAKE) --no-print-directory lint
-	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@set +e; $(PY) -m pytest $(TEST_PROCESSES) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose"; exit 1; fi; exit $$rc
+
+# Two pytest processes, a test module each at a time (module fixtures such as the e2e stack stay in one
+# process): most of the suite waits on services, the broker and timers, so two share the 2 cores well.
+# TEST_PROCESSES= runs it in one process.
+TEST_PROCESSES ?= -n 2 --dist loadfile
 
 .PHONY: test-fast
 test-fast: .venv/.synced ## the inner loop: ruff, then the unit tests (no stack); mypy and the rest are in `make test`
