@@ -49,8 +49,9 @@ def test_a_drift_retrain_goes_through_a_canary_before_it_becomes_champion() -> N
                                   "accuracy_during_drift", "accuracy_after_recovery")})  # fmt: skip
     assert result["loop_closed"], result["errors"]
     retrained = result["retrained_version"]
-    assert aliases["champion"] == retrained
-    assert "canary" not in aliases  # the canary ended when it became the champion
+    # A post-drift refresh may have followed it (and been promoted) before the aliases were read.
+    assert aliases["champion"] >= retrained
+    assert aliases.get("canary") != retrained  # its canary ended when it became the champion
     # The retrained version answered as a canary before it answered as the champion ...
     assert result["canary_predictions"].get(str(retrained), 0) > 0
     moves = [(a["action"], a["alias"], a["to_version"], a["actor"]) for a in audit]
