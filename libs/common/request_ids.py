@@ -80,23 +80,16 @@ class RequestIds:
         pool = os.urandom(RANDOM_BYTES * count).hex()
         raw = pool.encode()
         step = 2 * RANDOM_BYTES
-        # The MAC state after the model's prefix is the same for every id: computed once and copied, so
-        # each id costs one copy, one short update and the digest (the same tag as _tag, ~15 % cheaper).
-        prefixed = self._macs[0].copy()
-        prefixed.update(model.encode() + b"\0")
-        ids = []
-        for i in range(0, step * count, step):
-            mac = prefixed.copy()
-            mac.update(raw[i : i + step])
-            ids.append(pool[i : i + step] + mac.hexdigest())
-        return ids
+        # The MAC state after the model's prefix is the same for every id: made once and copied per id.
+        prefixed = _for_model(self._macs[0], model)
+        return [pool[i : i + step] + _tag(prefixed, raw[i : i + step]) for i in range(0, step * count, step)]
 
     def issued(self, request_id: str, model: str) -> bool:
         """Whether ``request_id`` was minted by a holder of one of the secrets, for ``model``."""
         if len(request_id) != ID_LENGTH or not _HEX.issuperset(request_id):
             return False
         nonce, tag = request_id[: 2 * RANDOM_BYTES], request_id[2 * RANDOM_BYTES :]
-        return any(hmac.compare_digest(tag, _tag(mac, model, nonce)) for mac in self._macs)
+        return any(hmac.compare_digest(tag, _tag(_for_model(mac, model), nonce.encode())) for mac in self._macs)
 
 
 def _attestation(
@@ -108,9 +101,16 @@ def _attestation(
     return hashlib.blake2b(canonical.encode(), key=key, digest_size=16, person=b"dl-labels-v1").hexdigest()
 
 
-def _tag(keyed: hashlib.blake2b, model: str, nonce: str) -> str:
+def _for_model(keyed: hashlib.blake2b, model: str) -> hashlib.blake2b:
+    """The keyed MAC fed ``model`` and a NUL: ("ab", "c…") and ("a", "bc…") differ."""
     mac = keyed.copy()
-    mac.update(model.encode() + b"\0" + nonce.encode())  # NUL: ("ab", "c…") and ("a", "bc…") differ
+    mac.update(model.encode() + b"\0")
+    return mac
+
+
+def _tag(prefixed: hashlib.blake2b, nonce: bytes) -> str:
+    mac = prefixed.copy()
+    mac.update(nonce)
     return mac.hexdigest()
 
 
