@@ -42,6 +42,7 @@ from libs.common.groups import (
     MISSING_GROUP,
     REGRESSION_DIFFERENCES,
     UNKNOWN_GROUP,
+    comparable,
     difference_key,
     group_name,
 )
@@ -89,8 +90,8 @@ def group_labels(values: pd.Series) -> pd.Series:
 
 
 def _compared(counts: pd.Series, min_group_rows: int) -> pd.Index:
-    """The groups large enough to compare; the unknown group never is (it is not a group of people)."""
-    return counts[(counts >= min_group_rows) & (counts.index != UNKNOWN_GROUP)].index
+    """The groups to compare (a handful per feature: one check each)."""
+    return pd.Index([g for g, n in counts.items() if comparable(str(g), int(n), min_group_rows)])
 
 
 def _rows(by_group: pd.DataFrame, counts: pd.Series) -> list[dict[str, Any]]:

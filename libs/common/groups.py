@@ -40,3 +40,9 @@ def group_name(value: Any, dtype: DType | None = None) -> str:
         number = float(value)
         return str(int(number)) if number.is_integer() else repr(number)
     return str(value)
+
+
+def comparable(group: str, count: int, min_group_rows: int) -> bool:
+    """Whether a group enters the differences: large enough, and not the unknown group (which is not a
+    group of people)."""
+    return group != UNKNOWN_GROUP and count >= min_group_rows

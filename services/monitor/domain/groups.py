@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from libs.common.groups import UNKNOWN_GROUP, group_name
+from libs.common.groups import UNKNOWN_GROUP, comparable, group_name
 from libs.common.schema import DatasetSchema, Task
 
 if TYPE_CHECKING:
@@ -72,11 +72,7 @@ def live_groups(schema: DatasetSchema, version: int, rows: Sequence[Labelled], m
     features = []
     for name in schema.sensitive:
         table = report.groups.get(name, []) if report is not None else []
-        figures = sorted(
-            (GroupFigures(str(row["group"]), int(row["count"]), _compared(row, min_group_rows),
-                          {k: v for k, v in row.items() if k not in ("group", "count")}) for row in table),
-            key=lambda g: (-g.count, g.group),
-        )  # fmt: skip
+        figures = sorted((_figures(row, min_group_rows) for row in table), key=lambda g: (-g.count, g.group))
         differences = report.differences if report is not None else {}
         features.append(FeatureGroups(
             feature=name, source="input" if schema.feature(name) is not None else "attribute",
@@ -91,8 +87,10 @@ def live_groups(schema: DatasetSchema, version: int, rows: Sequence[Labelled], m
     )  # fmt: skip
 
 
-def _compared(row: Mapping[str, Any], min_group_rows: int) -> bool:
-    return row["group"] != UNKNOWN_GROUP and int(row["count"]) >= min_group_rows
+def _figures(row: Mapping[str, Any], min_group_rows: int) -> GroupFigures:
+    group, count = str(row["group"]), int(row["count"])
+    metrics = {k: v for k, v in row.items() if k not in ("group", "count")}
+    return GroupFigures(group, count, comparable(group, count, min_group_rows), metrics)
 
 
 def input_groups(schema: DatasetSchema, features: Mapping[str, Any]) -> dict[str, str] | None:
