@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from libs.common import topics
 from libs.common.db import connect_with_retry, load_migrations, migrate
 from libs.common.errors import Conflict, NotFound
+from libs.common.kafka.dead_letters import dlq_topics, read_tails
 from libs.common.kafka_security import client_options
 from libs.common.settings import DatabaseSettings, KafkaSettings
 
@@ -82,30 +83,12 @@ async def dead_letters(bootstrap: str, prefix: str = "", topic: str | None = Non
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **_security())
     await consumer.start()
     try:
-        names = [topic] if topic else sorted(
-            t for t in await consumer.topics() if t.startswith(prefix) and t.endswith(topics.DLQ_SUFFIX)
-        )  # fmt: skip
-        parts = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
-        if not parts:
-            return []
-        ends = await consumer.end_offsets(parts)
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        found: list[DeadLetter] = []
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(timeout_ms=500)
-            for records in batch.values():
-                found.extend(
-                    DeadLetter(
-                        r.topic,
-                        r.partition,
-                        r.offset,
-                        r.key,
-                        r.value,
-                        {k: bytes(v).decode(errors="replace") for k, v in r.headers},
-                    )
-                    for r in records
-                )
+        names = [topic] if topic else await dlq_topics(consumer, prefix)
+        found = [
+            DeadLetter(r.topic, r.partition, r.offset, r.key, r.value,
+                       {k: bytes(v).decode(errors="replace") for k, v in r.headers})
+            for r in await read_tails(consumer, names)
+        ]  # fmt: skip
         return sorted(found, key=lambda d: (d.dlq_topic, d.partition, d.offset))
     finally:
         await consumer.stop()

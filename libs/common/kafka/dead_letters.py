@@ -88,23 +88,41 @@ async def latest_dead_letters(
 
 
 async def _tails(consumer: AIOKafkaConsumer, prefix: str, per_topic: int) -> dict[str, list[DeadLetterView]]:
-    names = sorted(t for t in await consumer.topics() if t.startswith(prefix) and t.endswith(topics.DLQ_SUFFIX))
-    parts = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
-    if not parts:
-        return {}
-    ends, starts = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
-    wanted = {tp: max(starts[tp], ends[tp] - per_topic) for tp in parts if ends[tp] > starts[tp]}
-    if not wanted:
-        return {}
-    consumer.assign(list(wanted))
-    for tp, offset in wanted.items():
-        consumer.seek(tp, offset)
     found: dict[str, list[DeadLetterView]] = {}
-    while [tp for tp in wanted if await consumer.position(tp) < ends[tp]]:
-        for records in (await consumer.getmany(timeout_ms=200)).values():
-            for record in records:
-                found.setdefault(record.topic, []).append(view(record))
+    for record in await read_tails(consumer, await dlq_topics(consumer, prefix), per_topic):
+        found.setdefault(record.topic, []).append(view(record))
     return {
         topic: sorted(letters, key=lambda d: (d.failed_at or "", d.offset), reverse=True)[:per_topic]
         for topic, letters in found.items()
     }
+
+
+async def dlq_topics(consumer: AIOKafkaConsumer, prefix: str) -> list[str]:
+    """The dead-letter topics of the installation whose topics start with ``prefix``."""
+    return sorted(t for t in await consumer.topics() if t.startswith(prefix) and t.endswith(topics.DLQ_SUFFIX))
+
+
+async def read_tails(
+    consumer: AIOKafkaConsumer, names: list[str], per_partition: int | None = None
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The messages of topics ``names`` up to their current ends: the last ``per_partition`` of each
+    partition, or all of them (None). ``consumer`` joins no group: nothing is committed."""
+    parts = [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
+    if not parts:
+        return []
+    ends, starts = await consumer.end_offsets(parts), await consumer.beginning_offsets(parts)
+    wanted = {
+        tp: starts[tp] if per_partition is None else max(starts[tp], ends[tp] - per_partition)
+        for tp in parts
+        if ends[tp] > starts[tp]
+    }
+    if not wanted:
+        return []
+    consumer.assign(list(wanted))
+    for tp, offset in wanted.items():
+        consumer.seek(tp, offset)
+    found: list[ConsumerRecord[bytes, bytes]] = []
+    while [tp for tp in wanted if await consumer.position(tp) < ends[tp]]:
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            found.extend(records)
+    return found
