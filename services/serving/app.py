@@ -21,6 +21,7 @@ from libs.common.errors import ArtifactError
 from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, OnnxExport, PredictionsLogged
 from libs.common.kafka import Route, positioned, subscribe
 from libs.common.request_ids import RequestIds
+from libs.common.retry import Backoff, retry
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime, ServiceSpec, build
 from libs.common.telemetry import Telemetry
@@ -174,18 +175,15 @@ class Replica:
     async def _registry_records(self, rt: Runtime) -> list[dict[str, Any]]:
         """The registry's served versions, asked until it answers (with a token issued for this only,
         revoked after, when none is configured)."""
-        settings, delay = self.settings, 0.5
+        settings = self.settings
         token, issued_id = await self._registry_token(rt)
+
+        def warn(exc: Exception, _: int, delay: float) -> None:
+            log.warning("registry not reachable at %s (%s), retrying in %.1fs", settings.registry_url, exc, delay)
+
         async with await registry_client(settings.registry_url, token) as client:  # one for every retry
-            while True:
-                try:
-                    records = await champions_from_registry(client)
-                    break
-                except (httpx.HTTPError, OSError) as exc:
-                    log.warning("registry not reachable at %s (%s), retrying in %.1fs", settings.registry_url, exc,
-                                delay)  # fmt: skip
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10)
+            records = await retry(lambda _: champions_from_registry(client), backoff=Backoff(0.5, 10.0),
+                                  errors=(httpx.HTTPError, OSError), on_retry=warn)  # fmt: skip
         if issued_id is not None:
             await auth.revoke(rt.auth.db, issued_id)  # needed once, at start
         return records
