@@ -74,8 +74,8 @@ class Version(BaseModel):
     primary_metric: str
     decision: str = Field(
         description="The promotion policy's outcome: promoted, rejected, rejudging, held (at candidate for "
-        "approval), or canary (a drift retrain released as a canary first), which becomes promoted or rolled-back "
-        "when its canary ends."
+        "approval), or canary (released as a canary first: a drift retrain, or any winner while such a canary is "
+        "judged), which becomes promoted or rolled-back when its canary ends."
     )
     created_at: str
     run: Run

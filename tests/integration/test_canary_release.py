@@ -1,7 +1,8 @@
 """Canary releases on the real broker and PostgreSQL, as the registry records them: a drift retrain sent
 to a canary (DRIFTLOOP_REGISTRY_DRIFT_RETRAIN=canary) is recorded as a canary, not as promoted, in the
 version record, the audit, the model.promoted event and `driftloop models`, and is settled when the canary
-policy decides; an A/B test is never decided, whatever its labels and its deadline."""
+policy decides; while it is judged, any other winner replaces it instead of jumping to champion; an A/B
+test is never decided, whatever its labels and its deadline."""
 
 from __future__ import annotations
 
@@ -96,8 +97,28 @@ async def test_a_drift_retrain_sent_to_a_canary_is_recorded_as_a_canary_until_th
             1: ("promoted", []), 2: ("promoted", ["champion"]), 3: ("rolled-back", []),
         }  # fmt: skip
 
+        # While a drift retrain is judged as the canary (v4), a routine retrain that beats the champion (v5,
+        # a post-drift refresh) does not jump to champion: it replaces the canary, and the champion moves on
+        # live labels only.
+        await publish(isolated, trained(store, 0.9, 0.85, 2))
+        await wait_until(lambda: _decided(registry, 4, "canary"), message="v4 released as a canary")
+        await publish(isolated, trained(store, 0.92, 0.85, 2).model_copy(update={"trigger": "new_data"}))
+        await wait_until(lambda: _decided(registry, 5, "canary"), message="v5 released in place of v4")
+        assert {v: d for v, d in (await decisions(registry)).items() if v >= 2} == {
+            2: ("promoted", ["champion"]), 3: ("rolled-back", []), 4: ("rolled-back", []), 5: ("canary", ["canary"]),
+        }  # fmt: skip
+        replaced = next(a for a in (await registry.get("/v1/models/churn/audit")).json() if a["to_version"] == 5
+                        and a["alias"] == "canary")  # fmt: skip
+        assert "released as a canary in place of v4" in replaced["reason"]
+        # Without a canary under judgement, a routine retrain goes straight to champion as before.
+        await publish(isolated, compared(5, 2, 0.05, 0.01, 0.09))
+        await wait_until(lambda: _decided(registry, 5, "promoted"), message="v5 promoted by the canary policy")
+        await publish(isolated, trained(store, 0.95, 0.92, 5).model_copy(update={"trigger": "new_data"}))
+        await wait_until(lambda: _decided(registry, 6, "promoted"), message="v6 promoted")
+        assert (await decisions(registry))[6] == ("promoted", ["champion"])
+
     promotions = [parse_event(r.value) for r in await read_topic(
-        isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=6)]  # fmt: skip
+        isolated.kafka.bootstrap, isolated.kafka.topic(topics.MODEL_PROMOTED), expect=11)]  # fmt: skip
     moves = [(e.move.alias, e.move.from_version, e.move.to_version, e.share, e.judged, e.actor)
              for e in promotions if isinstance(e, ModelPromoted)]  # fmt: skip
     assert moves == [
@@ -105,6 +126,9 @@ async def test_a_drift_retrain_sent_to_a_canary_is_recorded_as_a_canary_until_th
         ("canary", None, 2, 30, True, "policy"),  # the release: a canary at its share, judged
         ("champion", 1, 2, None, None, "policy"), ("canary", 2, None, None, None, "policy"),  # promoted, ended
         ("canary", None, 3, 30, True, "policy"), ("canary", 3, None, None, None, "policy"),  # released, rolled back
+        ("canary", None, 4, 30, True, "policy"), ("canary", 4, 5, 30, True, "policy"),  # v5 replaces v4
+        ("champion", 2, 5, None, None, "policy"), ("canary", 5, None, None, None, "policy"),  # promoted, ended
+        ("champion", 5, 6, None, None, "policy"),  # no canary judged: straight to champion
     ]  # fmt: skip
 
 

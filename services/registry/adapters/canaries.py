@@ -36,6 +36,17 @@ async def current(conn: Conn, model: str) -> asyncpg.Record | None:
     return row
 
 
+async def released_by_policy(conn: Conn, model: str) -> int | None:
+    """The version of the model's running canary when the promotion policy released it and the canary
+    policy judges it (its decision is still "canary"), else None: a canary set by hand is left alone."""
+    version: int | None = await conn.fetchval(
+        "SELECT c.version FROM canaries c JOIN versions v ON v.model = c.model AND v.version = c.version "
+        "WHERE c.model = $1 AND c.judged AND v.decision = 'canary'",
+        model,
+    )  # fmt: skip
+    return version
+
+
 async def all_current(conn: Conn) -> dict[str, dict[str, Any]]:
     """Every running canary: model → share, judged, started_at, deadline and the last comparison."""
     rows = await conn.fetch("SELECT * FROM canaries")

@@ -69,14 +69,26 @@ async def _judge(
 
 
 def _via_canary(
-    decision: PromotionDecision, outcome: str, trigger: str, champion: int | None, canary: CanaryRelease | None
-) -> tuple[PromotionDecision, str]:
+    decision: PromotionDecision, outcome: str, trigger: str, champion: int | None, canary: CanaryRelease | None,
+    judging: int | None,
+) -> tuple[PromotionDecision, str]:  # fmt: skip
     """A drift retrain bound for champion goes to the canary first when the registry is set so (and a
     champion serves to compare it with). Its outcome is then "canary", not "promoted": it serves a share
-    only, and the canary policy settles it later (``canaries.settle``)."""
-    if canary is None or trigger != "drift" or champion is None or decision.alias != "champion":
+    only, and the canary policy settles it later (``canaries.settle``).
+
+    While a canary the policy released is being judged (``judging``), any other version bound for champion
+    goes the same way and replaces it: the champion moves on live labels only, and an older canary is
+    never judged against (and promoted over) a newer champion. A post-drift refresh (trigger new_data)
+    follows the drift retrain within seconds and would otherwise jump straight to champion."""
+    if canary is None or champion is None or decision.alias != "champion":
         return decision, outcome
-    return PromotionDecision(True, "canary", f"{decision.reason}; drift retrain released as a canary first"), "canary"
+    if trigger == "drift":
+        reason = f"{decision.reason}; drift retrain released as a canary first"
+    elif judging is not None:
+        reason = f"{decision.reason}; released as a canary in place of v{judging}, still judged on live labels"
+    else:
+        return decision, outcome
+    return PromotionDecision(True, "canary", reason), "canary"
 
 
 async def _held_for_approval(
@@ -136,7 +148,8 @@ async def _trained(
         decision = PromotionDecision(False, None, decision.reason + " (no holdout kept to re-judge on: rejected)")
     decision, outcome = await _trust(conn, decision, event.model, event.trigger, event.trigger_event_id,
                                      event.row_sources, trust)  # fmt: skip
-    decision, outcome = _via_canary(decision, outcome, event.trigger, champion, canary)
+    judging = await canaries.released_by_policy(conn, event.model)
+    decision, outcome = _via_canary(decision, outcome, event.trigger, champion, canary, judging)
     early = await repository.take_pending_export(conn, event.model, event.job_id, event.artifact.sha256)
     if early is not None:  # the export overtook its version: registered with it, so a promotion carries it
         event = event.model_copy(update={"onnx": early})
@@ -184,7 +197,8 @@ async def _rejudged(
     sources = [Source.model_validate(s) for s in json.loads(row["row_sources"])] if row["row_sources"] else None
     decision, outcome = await _trust(conn, decision, event.model, row["trigger"], row["trigger_event_id"], sources,
                                      trust)  # fmt: skip
-    decision, outcome = _via_canary(decision, outcome, row["trigger"], champion, canary)
+    judging = await canaries.released_by_policy(conn, event.model)
+    decision, outcome = _via_canary(decision, outcome, row["trigger"], champion, canary, judging)
     await repository.record_rejudgement(conn, event.model, event.version, rejudgement, outcome)
     await repository.audit(conn, event.model, "rejudge", "trainer", _figures(row["primary_metric"], rejudgement),
                            "champion", rejudgement.champion_version, event.version)  # fmt: skip
