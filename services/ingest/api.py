@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Annotated, Literal
 
@@ -20,6 +19,7 @@ from libs.common.ratelimit import RateLimit
 from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
+from services.ingest.adapters.compaction import Submissions
 from services.ingest.api_models import (
     DatasetListed,
     DatasetSummary,
@@ -80,7 +80,7 @@ def _declared(dataset: str, text: str, *, created: bool) -> Response:
     return Response(f'{head}, "schema": {text}}}', status_code=201 if created else 200, media_type="application/json")
 
 
-def mount(app: FastAPI, rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None = None) -> None:
+def mount(app: FastAPI, rt: Runtime, settings: IngestSettings, stored: Submissions | None = None) -> None:
     """The dataset routes; ``stored`` is set after each submission that stored rows (the compactor waits on it)."""
     router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
     _mount_declare(router, rt)
@@ -132,7 +132,7 @@ def _mount_reads(router: APIRouter, rt: Runtime) -> None:
         return RejectionsPage.model_validate(await repository.rejections(rt.db, dataset, before_id, limit))
 
 
-def _mount_records(router: APIRouter, rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None) -> None:
+def _mount_records(router: APIRouter, rt: Runtime, settings: IngestSettings, stored: Submissions | None) -> None:
     limit = RateLimit("records", settings.records_rate_per_s, settings.records_burst,
                       shared=lambda: rt.auth.db, installation=settings.kafka.topic_prefix)  # fmt: skip
 

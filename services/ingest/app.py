@@ -22,7 +22,7 @@ from services.ingest.settings import IngestSettings
 def spec(settings: IngestSettings) -> ServiceSpec:
     batcher: list[MicroBatchConsumer[RecordsSubmitted]] = []
     background: list[asyncio.Task[None]] = []
-    stored = asyncio.Event()  # set after each stored submission: the compactor looks at once
+    stored = compaction.Submissions()  # set after each stored submission: the compactor's wake-up
 
     async def on_start(rt: Runtime) -> None:
         await asyncio.to_thread(validation.warm_up)
@@ -32,7 +32,8 @@ def spec(settings: IngestSettings) -> ServiceSpec:
         if settings.compact_interval_s > 0:
             compactor = compaction.run(
                 rt.db, rt.store, interval_s=settings.compact_interval_s, small_rows=settings.compact_small_rows,
-                min_run=settings.compact_min_run, wake=stored,
+                min_run=settings.compact_min_run, wake=stored, quiet_s=settings.compact_quiet_s,
+                max_deferred=settings.compact_max_deferred,
             )  # fmt: skip
             background.append(asyncio.create_task(compactor, name="ingest-compaction"))
 

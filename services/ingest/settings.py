@@ -29,6 +29,11 @@ class IngestSettings(ServiceSettings):
     """A segment with fewer rows than this is small …"""
     compact_min_run: int = Field(default=8, ge=2)
     """… and this many consecutive small ones (one sender) are merged into one Parquet file."""
+    compact_quiet_s: float = Field(default=0.25, ge=0)
+    """A compaction round waits until no submission was stored for this long (0: it runs at once) …"""
+    compact_max_deferred: int = Field(default=16, ge=1)
+    """… but never past this many submissions in a row: under a stream that never pauses it runs every
+    this many (a manifest then lists at most this many segments more than a compacted history would)."""
     switch_interval_s: float = Field(default=0.001, gt=0, le=0.1)
     """How long a thread may hold the GIL while another waits (``sys.setswitchinterval``) in
     ``python -m services.ingest``: short, so request validation on worker threads does not hold up

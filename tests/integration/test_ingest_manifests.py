@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pyarrow as pa
@@ -67,3 +68,31 @@ async def test_versions_are_deltas_and_compaction_changes_no_version(isolated: I
         assert sum(n for _, n in counts) == table.num_rows
         tail, _ = read_rows(store, manifest.batches, max_rows=50)
         assert tail.equals(everything.slice(everything.num_rows - 50))
+
+
+@pytest.mark.parametrize(("max_deferred", "compacted"), [(6, True), (100, False)])
+async def test_compaction_waits_for_a_quiet_moment_but_not_past_max_deferred_submissions(
+    isolated: Isolation, max_deferred: int, compacted: bool
+) -> None:
+    """A burst of submissions is not slowed by merges beside it: the compactor waits for a pause
+    (here 30 s, never reached), unless ``max_deferred`` submissions came in a row."""
+    settings = isolated.settings(IngestSettings, compact_interval_s=0.2, compact_small_rows=1000, compact_min_run=4,
+                                 compact_quiet_s=30.0, compact_max_deferred=max_deferred)  # fmt: skip
+    app, runtime = create_app(settings)
+    async with serve(app) as client:
+        await client.put("/v1/datasets/customers", json=SCHEMA)
+        for n in range(12):
+            assert (await client.post("/v1/datasets/customers/records", json=[_row(age=20 + n)])).status_code == 200
+
+        async def segments() -> int:
+            return int(await runtime.db.fetchval("SELECT count(*) FROM segments WHERE dataset = 'customers'"))
+
+        if compacted:
+            await wait_until(lambda: _fewer(segments, 12), timeout=30, message="a merge after 6 deferred submissions")
+        else:
+            await asyncio.sleep(3.0)  # 15 compaction intervals: none ran, the burst has not paused for 30 s
+            assert await segments() == 12
+
+
+async def _fewer(count: Any, than: int) -> bool:
+    return bool(await count() < than)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 
 from libs.common import outbox, topics
@@ -12,6 +11,7 @@ from libs.common.jsonbody import off_loop
 from libs.common.kafka import Delivery, MicroBatchConsumer
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
+from services.ingest.adapters.compaction import Submissions
 from services.ingest.domain.validation import validate_records
 from services.ingest.settings import IngestSettings
 
@@ -21,7 +21,7 @@ UPSTREAM = "kafka:records.submitted"
 
 
 def consumer(
-    rt: Runtime, settings: IngestSettings, stored: asyncio.Event | None = None
+    rt: Runtime, settings: IngestSettings, stored: Submissions | None = None
 ) -> MicroBatchConsumer[RecordsSubmitted]:
     async def handle(items: list[tuple[RecordsSubmitted, Delivery]]) -> dict[int, DriftloopError]:
         """Validate and store the buffered records, one dataset version per dataset.
