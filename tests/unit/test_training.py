@@ -68,6 +68,17 @@ def test_a_spent_budget_cuts_the_first_fit_short_and_still_gives_a_valid_model()
     assert result.pipeline.named_steps["model"].get_params()["warm_start"] is False
 
 
+def test_a_first_fit_budget_lets_the_one_fit_finish_while_the_search_budget_stays_spent() -> None:
+    # A drift job's budget (here 0 s) skips the search; its fit runs to early stopping under the
+    # first-fit budget, as a routine job's would, instead of stopping after one look at the clock.
+    config = TrainingConfig(n_iter=9, time_budget_s=0, first_fit_budget_s=600, n_jobs=1)
+    result = train(CHURN, churn(800), config)
+    assert result.search.startswith("1 candidates (no search)")
+    assert result.params["iterations"] > ITERATION_CHUNK
+    whole = train(CHURN, churn(800), TrainingConfig(n_iter=1, time_budget_s=600, n_jobs=1))
+    assert result.params["iterations"] == whole.params["iterations"]  # the same fit, uncut
+
+
 def test_a_generous_budget_searches_by_successive_halving() -> None:
     result = train(CHURN, churn(800), TrainingConfig(n_iter=3, time_budget_s=600, n_jobs=1))
     assert result.search.startswith("3 candidates")
