@@ -101,6 +101,14 @@ ALLOWED_LOADERS: frozenset[str] = frozenset(
 # process start on a busy machine), and serving runs most versions on onnxruntime without it.
 
 
+def preload() -> None:
+    """Import skops (and with it scikit-learn, SciPy, pandas) now, so that the first version loaded on
+    scikit-learn does not pay for it. Serving calls it in the background once it started: a drift
+    retrain serves on scikit-learn until its deferred ONNX export arrives, and that first load, importing
+    all of this on a busy machine, took 11 s of the loop benchmark's recovery."""
+    import skops.io  # noqa: F401
+
+
 def dumps(model: Any) -> bytes:
     import skops.io as sio
 

@@ -15,7 +15,7 @@ from faststream.kafka.subscriber.usecase import LogicSubscriber
 from prometheus_client import Gauge, Histogram
 from starlette.types import ASGIApp
 
-from libs.common import auth, topics
+from libs.common import auth, models, topics
 from libs.common.auth import Role
 from libs.common.errors import ArtifactError
 from libs.common.events import ArtifactRef, LabelsArrived, ModelPromoted, OnnxExport, PredictionsLogged
@@ -156,6 +156,13 @@ class Replica:
         for plog in self.logs:
             plog.start()
         rt.spawn(self.bootstrap(rt), "bootstrap")
+        if self.settings.preload_sklearn:
+            rt.spawn(self.preload(), "preload-scikit-learn")
+
+    async def preload(self) -> None:
+        """Import scikit-learn off the event loop, then freeze what it made (see ``on_start``)."""
+        await asyncio.to_thread(models.preload)
+        gc.freeze()
 
     async def on_stop(self, rt: Runtime) -> None:
         for predictor in self.predictors:

@@ -52,6 +52,9 @@ class ServingSettings(ServiceSettings):
     answer no faster with more in hand."""
     admission_min_bytes: int = Field(default=64 * 1024, ge=0)
     """Bodies up to this size are never held (single-row predicts are micro-batched instead)."""
+    preload_sklearn: bool = True
+    """Import scikit-learn in the background once serving started (about 100 MiB), so that the first version
+    served on scikit-learn (a drift retrain before its ONNX export) loads in milliseconds, not seconds."""
     onnx_threads: int = Field(default=1, ge=1)
     """onnxruntime threads per inference call. One suits a 2-core replica, where the other core parses
     HTTP and JSON; raise it on bigger machines that serve large batches."""
