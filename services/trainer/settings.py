@@ -33,8 +33,9 @@ class TrainerSettings(ServiceSettings):
     refreshes that follow while those rows are fewer than ``min_new_rows``: kept short so that a better model
     serves within seconds of an alarm, and each refresh lands sooner and the next one starts on more rows
     (rows matter more than search then). Later jobs search with ``time_budget_s``. The first candidate is
-    always fitted, and cut short only at ``time_budget_s``, as a routine job's is: cut at this budget on a
-    busy machine, a refresh on 20,000 rows stopped boosting early and lost to the champion it should beat."""
+    always fitted. A drift job's fit is cut short at this budget (it races a champion known to be bad); a
+    refresh's only at ``time_budget_s``, as a routine job's is: cut at this budget on a busy machine, a
+    refresh on 20,000 rows stopped boosting early and lost to the post-drift champion it should beat."""
     recency_half_life: float = Field(default=0.25, ge=0)
     """Jobs that train on the rows since a drift weigh each row by its recency: its weight halves every this
     share of the rows back from the newest (0.25: a quarter of them). A concept still moving (gradual drift)

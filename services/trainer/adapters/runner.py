@@ -378,8 +378,10 @@ class JobRunner:
                 "max_rows": s.max_training_rows,
                 # A job answering a drift (its first model, the refreshes while post-drift rows are few): short.
                 "time_budget_s": s.drift_time_budget_s if quick else s.time_budget_s,
-                # ... but its one fit is not cut sooner than a routine job's: an underfit refresh loses.
-                "first_fit_budget_s": s.time_budget_s,
+                # A drift job races a champion known to be bad: its one fit is cut at that budget too. A
+                # refresh competes with a post-drift champion and is worth something only if better: its
+                # fit is cut no sooner than a routine job's (cut under load, it stopped boosting and lost).
+                "first_fit_budget_s": None if job["trigger"] == "drift" else s.time_budget_s,
                 "n_jobs": s.search_jobs,
                 "max_trees": s.max_trees,
                 # A drift job's rows start where the monitor's window did: leave out those before the change.
