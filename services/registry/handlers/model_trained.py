@@ -91,6 +91,18 @@ def _via_canary(
     return PromotionDecision(True, "canary", reason), "canary"
 
 
+async def _released(
+    conn: asyncpg.Connection, model: str, decision: PromotionDecision, outcome: str, trigger: str,
+    champion: int | None, canary: CanaryRelease | None,
+) -> tuple[PromotionDecision, str]:  # fmt: skip
+    """:func:`_via_canary`, asking the database for a canary under judgement only when it can matter
+    (canary releases configured, a version bound for champion)."""
+    judging = None
+    if canary is not None and decision.alias == "champion":
+        judging = await canaries.released_by_policy(conn, model)
+    return _via_canary(decision, outcome, trigger, champion, canary, judging)
+
+
 async def _held_for_approval(
     conn: asyncpg.Connection, model: str, trigger: str, trigger_event_id: uuid.UUID | None,
     row_sources: list[Source] | None, trust: TrustConfig,
@@ -148,8 +160,7 @@ async def _trained(
         decision = PromotionDecision(False, None, decision.reason + " (no holdout kept to re-judge on: rejected)")
     decision, outcome = await _trust(conn, decision, event.model, event.trigger, event.trigger_event_id,
                                      event.row_sources, trust)  # fmt: skip
-    judging = await canaries.released_by_policy(conn, event.model)
-    decision, outcome = _via_canary(decision, outcome, event.trigger, champion, canary, judging)
+    decision, outcome = await _released(conn, event.model, decision, outcome, event.trigger, champion, canary)
     early = await repository.take_pending_export(conn, event.model, event.job_id, event.artifact.sha256)
     if early is not None:  # the export overtook its version: registered with it, so a promotion carries it
         event = event.model_copy(update={"onnx": early})
@@ -197,8 +208,7 @@ async def _rejudged(
     sources = [Source.model_validate(s) for s in json.loads(row["row_sources"])] if row["row_sources"] else None
     decision, outcome = await _trust(conn, decision, event.model, row["trigger"], row["trigger_event_id"], sources,
                                      trust)  # fmt: skip
-    judging = await canaries.released_by_policy(conn, event.model)
-    decision, outcome = _via_canary(decision, outcome, row["trigger"], champion, canary, judging)
+    decision, outcome = await _released(conn, event.model, decision, outcome, row["trigger"], champion, canary)
     await repository.record_rejudgement(conn, event.model, event.version, rejudgement, outcome)
     await repository.audit(conn, event.model, "rejudge", "trainer", _figures(row["primary_metric"], rejudgement),
                            "champion", rejudgement.champion_version, event.version)  # fmt: skip
