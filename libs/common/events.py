@@ -8,14 +8,25 @@ the older payload, so consumers only ever see the current shape.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from itertools import repeat
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
 from libs.common import topics
 from libs.common.errors import InvalidEvent
@@ -123,17 +134,66 @@ class Event(BaseModel):
         return self.model_dump_json().encode()
 
 
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+"""The media type of the ``arrow`` payload of :class:`RecordsSubmitted`: an Arrow IPC stream."""
+
+
+def _base64_in(value: Any) -> Any:
+    """Text from JSON is base64 (strict: a stray character is an error, not skipped); bytes pass as they are."""
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except binascii.Error as exc:
+            raise ValueError(f"not valid base64: {exc}") from exc
+    return value
+
+
+ArrowPayload = Annotated[
+    bytes,
+    BeforeValidator(_base64_in),
+    PlainSerializer(lambda data: base64.b64encode(data).decode(), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "contentMediaType": ARROW_STREAM}),
+]
+
+
 class RecordsSubmitted(Event):
-    """Raw records pushed by an upstream system that does not use HTTP."""
+    """Raw records pushed by an upstream system that does not use HTTP.
+
+    The rows come either as JSON objects (``records``) or as one Arrow IPC stream
+    (``arrow``, base64 in the JSON envelope): exactly one of the two. Both are
+    judged by the same rules as the HTTP records route (an Arrow stream like a
+    ``application/vnd.apache.arrow.stream`` body), and both may be mixed on the
+    topic: ingest stores one dataset version per dataset per micro-batch either way.
+    """
 
     topic: ClassVar[str] = topics.RECORDS_SUBMITTED
     event_type: Literal["records.submitted"] = "records.submitted"
     dataset: str = Field(description="Dataset the records belong to.")
     entity_id: str | None = Field(default=None, description="Upstream entity; the message key.")
-    records: list[dict[str, Any]] = Field(min_length=1, description="Rows as column → value.")
+    records: list[dict[str, Any]] | None = Field(
+        default=None, min_length=1, description="Rows as column → value (or send ``arrow`` instead)."
+    )
+    arrow: ArrowPayload | None = Field(
+        default=None,
+        description="Rows as an Arrow IPC stream (application/vnd.apache.arrow.stream), base64 in JSON; buffers "
+        "may be LZ4 or ZSTD compressed. Sent instead of ``records``; libs/common/arrow_records.py builds such "
+        "events from a table.",
+        examples=["/////3gAAAAQAAAAAAAKAAwABgAFAAgACgAAAAABBAAMAAAACAAIAAAABAAIA…"],
+    )
     principal: str | None = Field(
         default=None, description="The upstream system's account; only it may write this topic (Kafka ACLs)."
     )
+
+    @model_validator(mode="after")
+    def _one_payload(self) -> RecordsSubmitted:
+        if (self.records is None) == (self.arrow is None):
+            raise ValueError(
+                "send exactly one of 'records' (a JSON list of rows) and 'arrow' (an Arrow IPC stream, base64), "
+                + ("not both" if self.records is not None else "got neither")
+            )
+        if self.arrow is not None and not self.arrow:
+            raise ValueError("'arrow' is empty: it must hold an Arrow IPC stream")
+        return self
 
     def key(self) -> bytes:
         return (self.entity_id or self.dataset).encode()

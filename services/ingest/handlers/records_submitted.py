@@ -1,23 +1,34 @@
-"""records.submitted: records pushed by upstream systems, stored in micro-batches."""
+"""records.submitted: records pushed by upstream systems, stored in micro-batches.
+
+An event's rows are JSON records or an Arrow IPC stream (see
+services/ingest/domain/submitted.py); one dataset's events of a micro-batch
+become one submission, whatever mix of the two they are.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+
+import asyncpg
 
 from libs.common import outbox, topics
 from libs.common.errors import DriftloopError, NotFound
 from libs.common.events import RecordsSubmitted
 from libs.common.jsonbody import off_loop
 from libs.common.kafka import Delivery, MicroBatchConsumer
+from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
 from services.ingest.adapters.compaction import Submissions
-from services.ingest.domain.validation import validate_records
+from services.ingest.domain.submitted import Part, combine, judge_arrow
+from services.ingest.domain.validation import ValidationResult
 from services.ingest.settings import IngestSettings
 
 CONSUMER = "ingest.records-submitted"
 #: The principal of records.submitted events that do not name their sender.
 UPSTREAM = "kafka:records.submitted"
+#: Bytes a JSON record is counted as when deciding whether validation leaves the event loop.
+_JSON_RECORD_BYTES = 256
 
 
 def consumer(
@@ -26,8 +37,9 @@ def consumer(
     async def handle(items: list[tuple[RecordsSubmitted, Delivery]]) -> dict[int, DriftloopError]:
         """Validate and store the buffered records, one dataset version per dataset.
 
-        Events for a dataset that is not declared are refused (dead-lettered)
-        without holding back the others.
+        Events for a dataset that is not declared, and Arrow events that cannot
+        be read or do not match the schema, are refused (dead-lettered) without
+        holding back the others.
         """
         by_dataset: dict[str, list[tuple[int, RecordsSubmitted]]] = defaultdict(list)
         for position, (event, _) in enumerate(items):
@@ -40,19 +52,7 @@ def consumer(
                 except NotFound as exc:
                     refused.update((position, exc) for position, _ in entries)
                     continue
-                fresh = [e for _, e in entries if await outbox.first_delivery(conn, CONSUMER, e.event_id)]
-                if not fresh:
-                    continue
-                records = [r for e in fresh for r in e.records]
-                result = await off_loop(len(records) * 256, validate_records, schema, list(records))
-                # Only the upstream system's own Kafka user may write this topic (ACLs): its rows are trusted.
-                principals = sorted({e.principal or UPSTREAM for e in fresh})
-                async with repository.discard_on_error(rt.store) as written:
-                    await repository.store_submission(
-                        conn, rt.store, dataset=dataset, result=result, source="kafka",
-                        correlation_id=fresh[0].correlation_id, principal=",".join(principals), trusted=True,
-                        written=written,
-                    )  # fmt: skip
+                await _store(rt, conn, settings, dataset, schema, entries, refused)
         if stored is not None and by_dataset:
             stored.set()
         return refused
@@ -68,3 +68,53 @@ def consumer(
         max_records=settings.micro_batch_records,
         max_wait_s=settings.micro_batch_wait_s,
     )
+
+
+async def _store(
+    rt: Runtime, conn: asyncpg.Connection, settings: IngestSettings, dataset: str, schema: DatasetSchema,
+    entries: list[tuple[int, RecordsSubmitted]], refused: dict[int, DriftloopError],
+) -> None:  # fmt: skip
+    """Store one dataset's events as one submission; the positions of events refused go to ``refused``.
+
+    Arrow streams are read and judged first, so a refused event is never recorded as
+    delivered (a replay from the dead-letter topic is then processed, not skipped).
+    """
+    arrow = [e.arrow for _, e in entries if e.arrow is not None]
+    judged = await off_loop(sum(map(len, arrow)), _judge_all, schema, [e for _, e in entries], settings)
+    parts: list[Part] = []
+    principals: set[str] = set()
+    first = None
+    for (position, event), outcome in zip(entries, judged, strict=True):
+        if isinstance(outcome, DriftloopError):
+            refused[position] = outcome
+        elif await outbox.first_delivery(conn, CONSUMER, event.event_id):
+            parts.append(outcome if outcome is not None else event.records or [])
+            principals.add(event.principal or UPSTREAM)
+            first = first or event
+    if first is None:
+        return
+    size = sum(len(p) * _JSON_RECORD_BYTES for p in parts if isinstance(p, list))
+    result = await off_loop(size, combine, schema, parts)
+    # Only the upstream system's own Kafka user may write this topic (ACLs): its rows are trusted.
+    async with repository.discard_on_error(rt.store) as written:
+        await repository.store_submission(
+            conn, rt.store, dataset=dataset, result=result, source="kafka", correlation_id=first.correlation_id,
+            principal=",".join(sorted(principals)), trusted=True, written=written,
+        )  # fmt: skip
+
+
+def _judge_all(
+    schema: DatasetSchema, events: list[RecordsSubmitted], settings: IngestSettings
+) -> list[ValidationResult | DriftloopError | None]:
+    """Each Arrow event's rows judged, or why it is refused; None for a JSON event (judged with the others)."""
+    outcomes: list[ValidationResult | DriftloopError | None] = []
+    for event in events:
+        if event.arrow is None:
+            outcomes.append(None)
+            continue
+        try:
+            outcomes.append(judge_arrow(schema, event.arrow, max_decoded=settings.max_decoded_bytes,
+                                        max_rows=settings.max_rows_per_request))  # fmt: skip
+        except DriftloopError as exc:
+            outcomes.append(exc)
+    return outcomes

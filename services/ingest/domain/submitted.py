@@ -1,0 +1,129 @@
+"""The rows of a records.submitted micro-batch: JSON records and Arrow IPC streams, judged as one submission.
+
+An event carries its rows as JSON objects or as an Arrow IPC stream. Each is
+judged by the HTTP route's own code: an Arrow stream is read by
+:func:`parse_body` as an ``application/vnd.apache.arrow.stream`` body would be
+(same size limit, same refusals) and validated column by column, JSON records
+by :func:`validate_records`. There is no third rule set.
+
+What differs from one HTTP request is that one dataset's events of a
+micro-batch become ONE submission (one dataset version). So an Arrow event that
+cannot be read, whose columns do not match the schema, or that expands past
+the limit is refused on its own (the consumer dead-letters it) before anything
+is stored, and the judged parts of the others are joined: rows are numbered
+across the events in order, as they always were for JSON records, and a key
+repeated in a later event is refused like one repeated within an event.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from libs.common.errors import BadRequest
+from libs.common.events import ARROW_STREAM
+from libs.common.schema import DatasetSchema
+from services.ingest.domain.parsing import parse_body
+from services.ingest.domain.validation import Rejection, ValidationResult, rejection, validate, validate_records
+
+#: An event's rows once judged (an Arrow stream) or still as sent (JSON records).
+Part = ValidationResult | list[dict[str, Any]]
+_OF_ROW = re.compile(r"^(duplicate key .* of row )(\d+)$")
+
+
+def judge_arrow(schema: DatasetSchema, data: bytes, *, max_decoded: int, max_rows: int) -> ValidationResult:
+    """The rows of one Arrow IPC stream, validated against ``schema``.
+
+    Raises what the HTTP route answers with a 4xx: :class:`BadRequest` (not a
+    readable stream, or more rows than ``max_rows``), :class:`PayloadTooLarge`
+    (its buffers expand past ``max_decoded`` bytes) or ``SchemaMismatch`` (a
+    column missing or of a type that cannot be read as the declared one).
+    """
+    parsed = parse_body(data, ARROW_STREAM, max_decoded=max_decoded)
+    if parsed.count > max_rows:
+        raise BadRequest(f"{parsed.count} records in one event; the limit is {max_rows}")
+    try:
+        return validate(schema, table=parsed.table)
+    except (pa.ArrowException, TypeError) as exc:  # a column type no rule foresaw (nested, extension, …)
+        raise BadRequest(f"the Arrow IPC stream could not be validated: {exc}") from exc
+
+
+def combine(schema: DatasetSchema, parts: Sequence[Part]) -> ValidationResult:
+    """One submission from the parts of one dataset's events, in event order.
+
+    Consecutive JSON parts are validated together (one call, not one per
+    small event); judged Arrow parts are kept as they are. See :func:`join`.
+    """
+    judged: list[ValidationResult] = []
+    run: list[dict[str, Any] | None] = []
+    for part in parts:
+        if isinstance(part, list):
+            run.extend(part)
+            continue
+        if run:
+            judged.append(validate_records(schema, run))
+            run = []
+        judged.append(part)
+    if run:
+        judged.append(validate_records(schema, run))
+    return join(schema.key, judged)
+
+
+def join(key: str | None, parts: Sequence[ValidationResult]) -> ValidationResult:
+    """The parts as one result: rows numbered on from part to part, accepted rows concatenated
+    in order, and a key that an earlier part accepted refused in the later one
+    (``duplicate key 'k' of row N``, N counted across the parts, as within a part)."""
+    if len(parts) == 1:
+        return parts[0]
+    starts = np.cumsum([0, *(p.accepted.num_rows + len(p.rejected) for p in parts)]).tolist()
+    seen: dict[str, int] = {}
+    tables: list[pa.Table] = []
+    keys: list[tuple[int, str, int]] = []
+    rejected: list[Rejection] = []
+    for part, start in zip(parts, starts, strict=False):
+        rejected.extend(_shifted(r, start, key) for r in part.rejected)
+        keep = np.ones(part.accepted.num_rows, dtype=bool)
+        repeated: list[tuple[int, str]] = []
+        for position, (row, value, _) in enumerate(part.keys):
+            if value in seen:
+                keep[position] = False
+                repeated.append((row, value))
+            else:
+                seen[value] = row + start
+                keys.append((row + start, value, len(keys)))
+        if repeated:
+            records = part.originals([row for row, _ in repeated])
+            rejected.extend(
+                rejection(row + start, key, f"duplicate key {value!r} of row {seen[value]}", record)
+                for (row, value), record in zip(repeated, records, strict=True)
+            )
+        tables.append(part.accepted if keep.all() else part.accepted.filter(pa.array(keep)))
+    rejected.sort(key=lambda r: r.row)
+
+    def originals(rows: Sequence[int]) -> list[Any]:
+        """The records at these (joined) row indices, each asked of its part in one call per part."""
+        wanted: dict[int, list[int]] = {}
+        for row in rows:
+            wanted.setdefault(bisect_right(starts, row) - 1, []).append(row)
+        found: dict[int, Any] = {}
+        for index, joined in wanted.items():
+            local = [row - starts[index] for row in joined]
+            found.update(zip(joined, parts[index].originals(local), strict=True))
+        return [found[row] for row in rows]
+
+    return ValidationResult(pa.concat_tables(tables), rejected, keys, originals)
+
+
+def _shifted(item: Rejection, start: int, key: str | None) -> Rejection:
+    """``item`` with its row (and the earlier row a duplicate key names) counted across the parts."""
+    if not start:
+        return item
+    reason = item.reason
+    if key is not None and item.field == key and (match := _OF_ROW.match(reason)):
+        reason = f"{match.group(1)}{int(match.group(2)) + start}"
+    return item._replace(row=item.row + start, reason=reason)

@@ -1,0 +1,110 @@
+"""records.submitted with Arrow IPC payloads, on the real broker and PostgreSQL: stored with the same
+reasons as JSON records, mixed with JSON events in one micro-batch, bad payloads dead-lettered alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from libs.common import topics
+from libs.common.arrow_records import arrow_events, arrow_stream
+from libs.common.events import RecordsSubmitted
+from libs.common.kafka import BrokerPublisher, create_broker
+from libs.common.settings import TelemetrySettings
+from libs.common.telemetry import setup_telemetry
+from services.ingest.app import create_app
+from services.ingest.settings import IngestSettings
+from tests.conftest import Isolation, serve
+from tests.helpers import read_topic, wait_until
+
+pytestmark = pytest.mark.integration
+
+SCHEMA: dict[str, Any] = {
+    "features": [
+        {"name": "age", "dtype": "numeric", "min": 18, "max": 100},
+        {"name": "plan", "dtype": "categorical", "categories": ["basic", "pro"]},
+        {"name": "visits", "dtype": "integer", "nullable": True},
+    ],
+    "target": {"name": "churned", "dtype": "categorical", "categories": ["no", "yes"]},
+    "task": "classification",
+    "key": "id",
+}
+TYPES = pa.schema([("id", pa.string()), ("age", pa.float64()), ("plan", pa.string()), ("visits", pa.int32()),
+                   ("churned", pa.string())])  # fmt: skip
+
+
+def _rows(ids: range, **change: Any) -> list[dict[str, Any]]:
+    return [{"id": str(i), "age": 20.0 + i % 50, "plan": "basic", "visits": i % 4, "churned": "no", **change}
+            for i in ids]  # fmt: skip
+
+
+def _arrow(rows: list[dict[str, Any]], compression: Any = "zstd") -> bytes:
+    return arrow_stream(pa.Table.from_pylist(rows, schema=TYPES), compression)
+
+
+async def test_arrow_and_json_events_share_a_micro_batch_and_bad_payloads_are_dead_lettered(
+    isolated: Isolation,
+) -> None:
+    settings = isolated.settings(IngestSettings, micro_batch_records=50, micro_batch_wait_s=0.5,
+                                 max_decoded_bytes=256 * 1024)  # fmt: skip
+    app, runtime = create_app(settings)
+    json_rows = _rows(range(10))
+    json_rows[3]["age"] = 12  # below the minimum
+    arrow_rows = _rows(range(10, 30))
+    arrow_rows[4]["plan"] = "gold"  # row 14 of the micro-batch: closed category
+    arrow_rows[7]["age"] = None  # row 17: not nullable
+    again = _rows(range(30, 34)) + _rows(range(5, 6))  # key '5' came in the JSON event
+    malformed = RecordsSubmitted(producer="crm", dataset="customers", arrow=b"\xff\xff\xff\xffnot an arrow stream")
+    mismatch = RecordsSubmitted(producer="crm", dataset="customers", arrow=arrow_stream(
+        pa.table({"id": ["m"], "age": [30.0], "plan": [1], "churned": ["no"]})))  # fmt: skip
+    expanding = RecordsSubmitted(producer="crm", dataset="customers",
+                                 arrow=arrow_stream(pa.table({"age": [30.0] * 100_000}), "zstd"))  # fmt: skip
+    assert len(expanding.to_bytes()) < 10_000  # small on the wire, 800 kB once read
+    async with serve(app) as client:
+        assert (await client.put("/v1/datasets/customers", json=SCHEMA)).status_code == 201
+        producer = create_broker(isolated.kafka, setup_telemetry("upstream", TelemetrySettings()))
+        async with producer:
+            await producer.start()
+            publisher = BrokerPublisher(producer, isolated.kafka.topic_prefix)
+            # one partition (keyed by dataset), so the consumer sees them in this order
+            await publisher.publish_event(RecordsSubmitted(producer="crm", dataset="customers", records=json_rows))
+            await publisher.publish_event(malformed)
+            await publisher.publish_event(RecordsSubmitted(producer="crm", dataset="customers",
+                                                           arrow=_arrow(arrow_rows, "lz4")))  # fmt: skip
+            await publisher.publish_event(mismatch)
+            await publisher.publish_event(expanding)
+            for event in arrow_events(pa.Table.from_pylist(again, schema=TYPES), dataset="customers",
+                                      producer="crm", principal="upstream-crm"):  # fmt: skip
+                await publisher.publish_event(event)
+
+        async def received() -> dict[str, Any]:
+            return (await client.get("/v1/datasets/customers")).json()["records"]  # type: ignore[no-any-return]
+
+        await wait_until(lambda: _at_least(received, 35), timeout=60, message="35 rows from Kafka")
+        assert await received() == {"received": 35, "accepted": 31, "rejected": 4}
+        rejections = (await client.get("/v1/datasets/customers/rejections")).json()["rejections"]
+        reasons = {r["record"]["id"]: (r["field"], r["reason"]) for r in rejections}
+        assert reasons["3"] == ("age", "age: 12.0 is below the minimum 18.0")
+        assert reasons["14"][0] == "plan"
+        assert "unknown category 'gold'" in reasons["14"][1]
+        assert reasons["17"] == ("age", "age: missing value where the column is not nullable")
+        assert reasons["5"][0] == "id"
+        assert reasons["5"][1].startswith("duplicate key '5'")
+        versions = await runtime.db.fetch("SELECT rows, principal FROM versions ORDER BY version")
+        assert sum(v["rows"] for v in versions) == 31
+        assert len(versions) <= 3  # micro-batches, JSON and Arrow events together
+        assert "upstream-crm" in {p for v in versions for p in v["principal"].split(",")}
+
+    dead = await read_topic(
+        isolated.kafka.bootstrap, topics.dlq(isolated.kafka.topic(topics.RECORDS_SUBMITTED)), expect=3
+    )
+    why = {r.value: bytes(dict(r.headers)[topics.HEADER_DLQ_REASON]).decode() for r in dead}
+    assert "not a readable Arrow IPC stream" in why[malformed.to_bytes()]
+    assert "column 'plan' is int64" in why[mismatch.to_bytes()]
+    assert f"expands past the limit of {256 * 1024} bytes" in why[expanding.to_bytes()]
+
+
+async def _at_least(received: Any, n: int) -> bool:
+    return bool((await received())["received"] >= n)
