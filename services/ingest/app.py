@@ -48,6 +48,7 @@ def spec(settings: IngestSettings) -> ServiceSpec:
         name="ingest",
         retention=(
             Rule("rejections", "created_at", "rejections_days"),
+            Rule("rejection_blocks", "created_at", "rejections_days"),
             Rule("superseded_segments", "superseded_at", "superseded_batches_days"),
         ),
         artifacts=gc.ARTIFACTS,

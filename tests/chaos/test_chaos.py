@@ -279,7 +279,9 @@ async def _check_ingest(state: UpState) -> None:
     try:
         total = await conn.fetchval("SELECT total_rows FROM ingest.datasets WHERE name = $1", DATASET)
         keys = await conn.fetchval("SELECT count(*) FROM ingest.record_keys WHERE dataset = $1", DATASET)
-        rejected = await conn.fetchval("SELECT count(*) FROM ingest.rejections WHERE dataset = $1", DATASET)
+        rejected = await conn.fetchval(
+            "SELECT COALESCE(sum(rows), 0) FROM ingest.rejection_blocks WHERE dataset = $1", DATASET
+        )
         submissions = await conn.fetch(
             "SELECT accepted, count(*) AS n FROM ingest.submissions WHERE dataset = $1 GROUP BY accepted", DATASET
         )

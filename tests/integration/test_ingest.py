@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,8 @@ from tests.conftest import Isolation, serve
 from tests.helpers import outbox_drained, read_topic, wait_until
 
 pytestmark = pytest.mark.integration
+
+MIGRATIONS = Path(__file__).parents[2] / "services" / "ingest" / "migrations"
 
 SCHEMA: dict[str, Any] = {
     "features": [
@@ -191,3 +194,53 @@ async def test_records_submitted_on_kafka_are_micro_batched(isolated: Isolation)
 
 async def _received(shown: Any, n: int) -> bool:
     return bool((await shown())["received"] >= n)
+
+
+async def test_rejections_are_paged_newest_first_across_submissions_and_older_rows(isolated: Isolation) -> None:
+    """Each submission's rejected rows are one quarantine block; a page crosses blocks, then reaches the
+    rows stored one by one before the blocks existed (their ids are below, as the migration makes sure)."""
+    app, runtime = create_app(isolated.settings(IngestSettings))
+    async with serve(app) as client:
+        assert (await client.put("/v1/datasets/customers", json=SCHEMA)).status_code == 201
+        # Two rejections stored the old way, and the counter the migration sets from them.
+        async with runtime.db.acquire() as conn:
+            old = await conn.fetchval(
+                "INSERT INTO submissions (id, dataset, source, received, accepted, rejected) "
+                "VALUES (gen_random_uuid(), 'customers', 'http', 2, 0, 2) RETURNING id"
+            )
+            await conn.executemany(
+                "INSERT INTO rejections (id, dataset, submission_id, row_index, field, reason, record) "
+                "VALUES ($1, 'customers', $2, $3, 'age', 'old', $4)",
+                [(7, old, 0, json.dumps(_row(age=1))), (9, old, 1, None)],
+            )
+            migration = (MIGRATIONS / "006_quarantine_blocks_lead.sql").read_text()
+            await conn.execute(next(line for line in migration.splitlines() if line.startswith("UPDATE datasets")))
+        sizes = [3, 1, 2]
+        for n, size in enumerate(sizes):
+            rows = [_row(age=1000 + 10 * n + i) for i in range(size)] + [_row()]
+            body = (await client.post("/v1/datasets/customers/records", json=rows)).json()
+            assert (body["accepted"], body["rejected"]) == (1, size)
+
+        pages: list[list[dict[str, Any]]] = []
+        before: int | None = None
+        while True:
+            query = "" if before is None else f"&before_id={before}"
+            page = (await client.get(f"/v1/datasets/customers/rejections?limit=2{query}")).json()
+            assert page["total"] == sum(sizes) + 2
+            if not page["rejections"]:
+                break
+            pages.append(page["rejections"])
+            before = page["rejections"][-1]["id"]
+    seen = [r for page in pages for r in page]
+    assert [len(p) for p in pages] == [2, 2, 2, 2]
+    ids = [r["id"] for r in seen]
+    assert ids == sorted(ids, reverse=True)
+    assert len(set(ids)) == len(ids)
+    assert ids[-2:] == [9, 7]
+    assert ids[0] == 9 + sum(sizes)  # new ids continue above the old ones
+    # Newest submission first, its last row first; the record as sent comes back with its reason.
+    assert [r["record"]["age"] for r in seen[:6]] == [1021, 1020, 1010, 1002, 1001, 1000]
+    assert all(r["field"] == "age" and "above the maximum" in r["reason"] for r in seen[:6])
+    assert [r["row"] for r in seen[:6]] == [1, 0, 0, 2, 1, 0]
+    assert len({r["submission_id"] for r in seen}) == 4
+    assert (seen[-2]["record"], seen[-1]["record"]) == (None, _row(age=1))

@@ -21,6 +21,7 @@ from libs.common.errors import Conflict, NotFound
 from libs.common.events import ArtifactRef, DataArrived
 from libs.common.jsonbody import off_loop
 from libs.common.schema import DatasetSchema
+from services.ingest.domain import quarantine
 from services.ingest.domain.validation import Rejection, ValidationResult, rejection
 
 
@@ -194,11 +195,16 @@ async def _record_submission(
         submission_id, dataset, source, received, accepted, len(rejected), version,
     )  # fmt: skip
     if rejected:
-        await conn.copy_records_to_table(
-            "rejections",
-            columns=["dataset", "submission_id", "row_index", "field", "reason", "record"],
-            records=[(dataset, submission_id, r.row, r.field, r.reason, r.text) for r in rejected],
-        )
+        block = await off_loop(sum(len(r.text or "") + len(r.reason) for r in rejected), quarantine.encode, rejected)
+        first_id = await conn.fetchval(
+            "UPDATE datasets SET rejections_issued = rejections_issued + $2 WHERE name = $1 "
+            "RETURNING rejections_issued - $2 + 1",
+            dataset, len(rejected),
+        )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO rejection_blocks (dataset, first_id, rows, submission_id, block) VALUES ($1, $2, $3, $4, $5)",
+            dataset, first_id, len(rejected), submission_id, block,
+        )  # fmt: skip
 
 
 async def _refuse_stored_keys(
@@ -340,29 +346,47 @@ async def version(pool: asyncpg.Pool, dataset: str, number: int) -> dict[str, An
 
 
 async def rejections(pool: asyncpg.Pool, dataset: str, before_id: int | None, limit: int) -> dict[str, Any]:
-    """A page of ``dataset``'s rejected rows, newest first, and how many there are in all."""
+    """A page of ``dataset``'s rejected rows, newest first, and how many there are in all.
+
+    The page comes from the quarantine blocks, newest first, read one at a time until it is full;
+    then from the rows of the table that held rejections before the blocks (all of lower ids).
+    """
     await get_schema(pool, dataset)
-    rows = await pool.fetch(
-        "SELECT id, submission_id, row_index, field, reason, record, created_at FROM rejections "
-        "WHERE dataset = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
-        dataset,
-        before_id,
-        limit,
-    )
-    total = await pool.fetchval("SELECT count(*) FROM rejections WHERE dataset = $1", dataset)
+    page: list[dict[str, Any]] = []
+    async with pool.acquire() as conn, conn.transaction(readonly=True):
+        blocks = conn.cursor(
+            "SELECT first_id, submission_id, block, created_at FROM rejection_blocks "
+            "WHERE dataset = $1 AND ($2::bigint IS NULL OR first_id < $2) ORDER BY first_id DESC",
+            dataset, before_id, prefetch=4,
+        )  # fmt: skip
+        async for b in blocks:
+            found = await off_loop(len(b["block"]), quarantine.newest, b["block"], b["first_id"], before_id,
+                                   limit - len(page))  # fmt: skip
+            page += [{**r, "submission_id": str(b["submission_id"]), "at": b["created_at"].isoformat()} for r in found]
+            if len(page) >= limit:
+                break
+        if len(page) < limit:
+            page += [_legacy(r) for r in await conn.fetch(
+                "SELECT id, submission_id, row_index, field, reason, record, created_at FROM rejections "
+                "WHERE dataset = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+                dataset, before_id, limit - len(page),
+            )]  # fmt: skip
+        total = await conn.fetchval(
+            "SELECT (SELECT COALESCE(sum(rows), 0) FROM rejection_blocks WHERE dataset = $1) "
+            "+ (SELECT count(*) FROM rejections WHERE dataset = $1)",
+            dataset,
+        )
+    return {"dataset": dataset, "total": total, "rejections": page}
+
+
+def _legacy(r: asyncpg.Record) -> dict[str, Any]:
+    """A rejection stored as its own row (before the quarantine blocks)."""
     return {
-        "dataset": dataset,
-        "total": total,
-        "rejections": [
-            {
-                "id": r["id"],
-                "submission_id": str(r["submission_id"]),
-                "row": r["row_index"],
-                "field": r["field"],
-                "reason": r["reason"],
-                "record": None if r["record"] is None else json.loads(r["record"]),
-                "at": r["created_at"].isoformat(),
-            }
-            for r in rows
-        ],
+        "id": r["id"],
+        "row": r["row_index"],
+        "field": r["field"],
+        "reason": r["reason"],
+        "record": None if r["record"] is None else json.loads(r["record"]),
+        "submission_id": str(r["submission_id"]),
+        "at": r["created_at"].isoformat(),
     }
