@@ -14,13 +14,14 @@ import pytest
 from libs.common.arrow_records import arrow_events, arrow_stream
 from libs.common.errors import BadRequest, InvalidEvent, PayloadTooLarge
 from libs.common.events import RecordsSubmitted, parse_event
-from services.ingest.domain.submitted import Part, combine, judge_arrow
+from services.ingest.domain.submitted import Part, combine, read_arrow
 from services.ingest.domain.validation import SchemaMismatch, validate_records
 from tests.unit.test_columnar_validation import SCHEMA, UNKEYED, assert_same
 
 ARROW_TYPES = pa.schema([("x", pa.float64()), ("n", pa.int64()), ("m", pa.int64()), ("c", pa.string()),
                          ("g", pa.bool_()), ("y", pa.string()), ("id", pa.int64())])  # fmt: skip
-LIMITS = {"max_decoded": 1 << 20, "max_rows": 10_000}
+NARROW = ARROW_TYPES.set(1, pa.field("n", pa.int32()))
+LIMITS: dict[str, Any] = {"max_decoded": 1 << 20, "max_rows": 10_000}
 
 
 def _envelope(**fields: Any) -> bytes:
@@ -103,8 +104,9 @@ def test_a_mixed_micro_batch_is_judged_as_one_json_batch_of_the_same_rows(seed: 
     parts: list[Part] = []
     for i, rows in enumerate(events):
         if (i + seed) % 3:
-            table = pa.Table.from_pylist(rows, schema=ARROW_TYPES)
-            parts.append(judge_arrow(schema, arrow_stream(table, "lz4" if i % 2 else None), **LIMITS))
+            # two Arrow schemas: runs of the same one are validated together, the others joined
+            table = pa.Table.from_pylist(rows, schema=ARROW_TYPES if i % 4 else NARROW)
+            parts.append(read_arrow(schema, arrow_stream(table, "lz4" if i % 2 else None), **LIMITS))
         else:
             parts.append(list(rows))
     every: list[dict[str, Any] | None] = [r for rows in events for r in rows]
@@ -132,18 +134,18 @@ def _good(n: int = 3) -> pa.Table:
 
 def test_an_arrow_payload_is_refused_as_the_http_route_refuses_its_body() -> None:
     with pytest.raises(BadRequest, match="not a readable Arrow IPC stream"):
-        judge_arrow(SCHEMA, b"\x00garbage, not arrow", **LIMITS)
+        read_arrow(SCHEMA, b"\x00garbage, not arrow", **LIMITS)
     with pytest.raises(BadRequest, match="not a readable Arrow IPC stream"):
-        judge_arrow(SCHEMA, arrow_stream(_good())[:-40], **LIMITS)  # truncated
+        read_arrow(SCHEMA, arrow_stream(_good())[:-40], **LIMITS)  # truncated
     with pytest.raises(SchemaMismatch, match="'c' is int64"):
-        judge_arrow(SCHEMA, arrow_stream(_good().set_column(2, "c", pa.array([1, 2, 3]))), **LIMITS)
+        read_arrow(SCHEMA, arrow_stream(_good().set_column(2, "c", pa.array([1, 2, 3]))), **LIMITS)
     with pytest.raises(SchemaMismatch, match="no column 'x'"):
-        judge_arrow(SCHEMA, arrow_stream(_good().drop_columns(["x"])), **LIMITS)
+        read_arrow(SCHEMA, arrow_stream(_good().drop_columns(["x"])), **LIMITS)
     big = _good(50_000).drop_columns(["id"]).append_column("pad", pa.array(["p" * 20] * 50_000))
     small = arrow_stream(big, "zstd")  # compressed buffers: it expands past the limit once read
     assert len(small) < (1 << 20) < big.nbytes
     with pytest.raises(PayloadTooLarge, match="expands past the limit of 1048576 bytes"):
-        judge_arrow(UNKEYED, small, max_decoded=1 << 20, max_rows=100_000)
+        read_arrow(UNKEYED, small, max_decoded=1 << 20, max_rows=100_000)
     with pytest.raises(BadRequest, match="50000 records in one event; the limit is 10000"):
-        judge_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=10_000)
-    assert judge_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=100_000).accepted.num_rows == 50_000
+        read_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=10_000)
+    assert read_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=100_000).num_rows == 50_000

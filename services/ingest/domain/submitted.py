@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from bisect import bisect_right
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -31,24 +31,38 @@ from libs.common.schema import DatasetSchema
 from services.ingest.domain.parsing import parse_body
 from services.ingest.domain.validation import Rejection, ValidationResult, rejection, validate, validate_records
 
-#: An event's rows once judged (an Arrow stream) or still as sent (JSON records).
-Part = ValidationResult | list[dict[str, Any]]
+#: An event's rows: an Arrow stream once read (a table), JSON records as sent.
+Part: TypeAlias = pa.Table | list[dict[str, Any]]
 _OF_ROW = re.compile(r"^(duplicate key .* of row )(\d+)$")
 
 
-def judge_arrow(schema: DatasetSchema, data: bytes, *, max_decoded: int, max_rows: int) -> ValidationResult:
-    """The rows of one Arrow IPC stream, validated against ``schema``.
+def read_arrow(
+    schema: DatasetSchema, data: bytes, *, max_decoded: int, max_rows: int, seen: list[pa.Schema] | None = None
+) -> pa.Table:
+    """The rows of one Arrow IPC stream, read and checked against ``schema``, not yet validated.
 
     Raises what the HTTP route answers with a 4xx: :class:`BadRequest` (not a
     readable stream, or more rows than ``max_rows``), :class:`PayloadTooLarge`
     (its buffers expand past ``max_decoded`` bytes) or ``SchemaMismatch`` (a
     column missing or of a type that cannot be read as the declared one).
+    Whether the columns match depends on their names and types alone, so it is
+    checked on no rows, once per Arrow schema in ``seen`` (the schemas that passed).
     """
     parsed = parse_body(data, ARROW_STREAM, max_decoded=max_decoded)
-    if parsed.count > max_rows:
-        raise BadRequest(f"{parsed.count} records in one event; the limit is {max_rows}")
+    table = parsed.table
+    assert table is not None  # an Arrow body is always read as a table
+    if table.num_rows > max_rows:
+        raise BadRequest(f"{table.num_rows} records in one event; the limit is {max_rows}")
+    seen = [] if seen is None else seen
+    if not any(table.schema.equals(known) for known in seen):
+        _validated(schema, table.slice(0, 0))
+        seen.append(table.schema)
+    return table
+
+
+def _validated(schema: DatasetSchema, table: pa.Table) -> ValidationResult:
     try:
-        return validate(schema, table=parsed.table)
+        return validate(schema, table=table)
     except (pa.ArrowException, TypeError) as exc:  # a column type no rule foresaw (nested, extension, …)
         raise BadRequest(f"the Arrow IPC stream could not be validated: {exc}") from exc
 
@@ -56,21 +70,32 @@ def judge_arrow(schema: DatasetSchema, data: bytes, *, max_decoded: int, max_row
 def combine(schema: DatasetSchema, parts: Sequence[Part]) -> ValidationResult:
     """One submission from the parts of one dataset's events, in event order.
 
-    Consecutive JSON parts are validated together (one call, not one per
-    small event); judged Arrow parts are kept as they are. See :func:`join`.
+    Runs of consecutive JSON parts are validated together, and so are runs of
+    Arrow tables with the same columns (one call, not one per small event:
+    validating a table has a fixed cost per column); see :func:`join`.
     """
     judged: list[ValidationResult] = []
-    run: list[dict[str, Any] | None] = []
+    records: list[dict[str, Any] | None] = []
+    tables: list[pa.Table] = []
+
+    def flush() -> None:
+        if records:
+            judged.append(validate_records(schema, list(records)))
+            records.clear()
+        if tables:
+            judged.append(_validated(schema, pa.concat_tables(tables)))
+            tables.clear()
+
     for part in parts:
         if isinstance(part, list):
-            run.extend(part)
-            continue
-        if run:
-            judged.append(validate_records(schema, run))
-            run = []
-        judged.append(part)
-    if run:
-        judged.append(validate_records(schema, run))
+            if tables:
+                flush()
+            records.extend(part)
+        else:
+            if records or (tables and not part.schema.equals(tables[0].schema)):
+                flush()
+            tables.append(part)
+    flush()
     return join(schema.key, judged)
 
 

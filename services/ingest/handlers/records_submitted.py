@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import asyncpg
+import pyarrow as pa
 
 from libs.common import outbox, topics
 from libs.common.errors import DriftloopError, NotFound
@@ -20,8 +21,7 @@ from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
 from services.ingest.adapters.compaction import Submissions
-from services.ingest.domain.submitted import Part, combine, judge_arrow
-from services.ingest.domain.validation import ValidationResult
+from services.ingest.domain.submitted import Part, combine, read_arrow
 from services.ingest.settings import IngestSettings
 
 CONSUMER = "ingest.records-submitted"
@@ -76,15 +76,15 @@ async def _store(
 ) -> None:  # fmt: skip
     """Store one dataset's events as one submission; the positions of events refused go to ``refused``.
 
-    Arrow streams are read and judged first, so a refused event is never recorded as
+    Arrow streams are read and checked first, so a refused event is never recorded as
     delivered (a replay from the dead-letter topic is then processed, not skipped).
     """
     arrow = [e.arrow for _, e in entries if e.arrow is not None]
-    judged = await off_loop(sum(map(len, arrow)), _judge_all, schema, [e for _, e in entries], settings)
+    read = await off_loop(sum(map(len, arrow)), _read_all, schema, [e for _, e in entries], settings)
     parts: list[Part] = []
     principals: set[str] = set()
     first = None
-    for (position, event), outcome in zip(entries, judged, strict=True):
+    for (position, event), outcome in zip(entries, read, strict=True):
         if isinstance(outcome, DriftloopError):
             refused[position] = outcome
         elif await outbox.first_delivery(conn, CONSUMER, event.event_id):
@@ -103,18 +103,19 @@ async def _store(
         )  # fmt: skip
 
 
-def _judge_all(
+def _read_all(
     schema: DatasetSchema, events: list[RecordsSubmitted], settings: IngestSettings
-) -> list[ValidationResult | DriftloopError | None]:
-    """Each Arrow event's rows judged, or why it is refused; None for a JSON event (judged with the others)."""
-    outcomes: list[ValidationResult | DriftloopError | None] = []
+) -> list[pa.Table | DriftloopError | None]:
+    """Each Arrow event's rows read and checked, or why it is refused; None for a JSON event."""
+    outcomes: list[pa.Table | DriftloopError | None] = []
+    passed: list[pa.Schema] = []
     for event in events:
         if event.arrow is None:
             outcomes.append(None)
             continue
         try:
-            outcomes.append(judge_arrow(schema, event.arrow, max_decoded=settings.max_decoded_bytes,
-                                        max_rows=settings.max_rows_per_request))  # fmt: skip
+            outcomes.append(read_arrow(schema, event.arrow, max_decoded=settings.max_decoded_bytes,
+                                       max_rows=settings.max_rows_per_request, seen=passed))  # fmt: skip
         except DriftloopError as exc:
             outcomes.append(exc)
     return outcomes
