@@ -16,7 +16,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from cli import batch, ops, releases, tokens
+from cli import batch, ops, records, releases, tokens
 from cli.demo import Demo, DemoConfig, DemoState
 from cli.supervisor import CONSOLE, SERVICES, Supervisor, UpState, pid_alive
 from devstack.embedded import port_open
@@ -212,6 +212,7 @@ def topics(
 dlq_app = typer.Typer(help="Dead-lettered messages: list, show, replay.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(batch.app, name="batch")
+app.add_typer(records.app, name="records")
 
 
 @dlq_app.command("list")

@@ -8,8 +8,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from cli.records import send
 from libs.common import topics
-from libs.common.arrow_records import arrow_events, arrow_stream
+from libs.common.arrow_records import arrow_stream
 from libs.common.events import RecordsSubmitted
 from libs.common.kafka import BrokerPublisher, create_broker
 from libs.common.settings import TelemetrySettings
@@ -75,9 +76,10 @@ async def test_arrow_and_json_events_share_a_micro_batch_and_bad_payloads_are_de
                                                            arrow=_arrow(arrow_rows, "lz4")))  # fmt: skip
             await publisher.publish_event(mismatch)
             await publisher.publish_event(expanding)
-            for event in arrow_events(pa.Table.from_pylist(again, schema=TYPES), dataset="customers",
-                                      producer="crm", principal="upstream-crm"):  # fmt: skip
-                await publisher.publish_event(event)
+        # the CLI's path (`driftloop records send`); cutting a table into events is unit-tested
+        sent = await send(pa.Table.from_pylist(again, schema=TYPES), dataset="customers", kafka=isolated.kafka,
+                          principal="upstream-crm")  # fmt: skip
+        assert (sent["events"], sent["rows"]) == (1, 5)
 
         async def received() -> dict[str, Any]:
             return (await client.get("/v1/datasets/customers")).json()["records"]  # type: ignore[no-any-return]

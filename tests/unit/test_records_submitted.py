@@ -6,11 +6,14 @@ from __future__ import annotations
 import base64
 import json
 import random
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from cli.records import read_table
 from libs.common.arrow_records import arrow_events, arrow_stream
 from libs.common.errors import BadRequest, InvalidEvent, PayloadTooLarge
 from libs.common.events import RecordsSubmitted, parse_event
@@ -149,3 +152,14 @@ def test_an_arrow_payload_is_refused_as_the_http_route_refuses_its_body() -> Non
     with pytest.raises(BadRequest, match="50000 records in one event; the limit is 10000"):
         read_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=10_000)
     assert read_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=100_000).num_rows == 50_000
+
+
+def test_the_cli_reads_parquet_arrow_and_csv_files(tmp_path: Path) -> None:
+    table = pa.table({"x": [1.5, 2.0], "c": ["a", "b"]})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    (tmp_path / "rows.arrows").write_bytes(arrow_stream(table))
+    with pa.OSFile(str(tmp_path / "rows.arrow"), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    (tmp_path / "rows.csv").write_text("x,c\n1.5,a\n2.0,b\n")
+    for name in ("rows.parquet", "rows.arrows", "rows.arrow", "rows.csv"):
+        assert read_table(tmp_path / name).equals(table), name
