@@ -16,6 +16,7 @@ from libs.common.kafka import BrokerPublisher, create_broker
 from libs.common.settings import TelemetrySettings
 from libs.common.telemetry import setup_telemetry
 from services.ingest.app import create_app
+from services.ingest.domain import quarantine
 from services.ingest.settings import IngestSettings
 from tests.conftest import Isolation, serve
 from tests.helpers import outbox_drained, read_topic, wait_until
@@ -196,9 +197,13 @@ async def _received(shown: Any, n: int) -> bool:
     return bool((await shown())["received"] >= n)
 
 
-async def test_rejections_are_paged_newest_first_across_submissions_and_older_rows(isolated: Isolation) -> None:
-    """Each submission's rejected rows are one quarantine block; a page crosses blocks, then reaches the
-    rows stored one by one before the blocks existed (their ids are below, as the migration makes sure)."""
+async def test_rejections_are_paged_newest_first_across_submissions_and_older_rows(
+    isolated: Isolation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission's rejected rows are quarantine blocks (of 2 rows here); a page crosses blocks, then
+    reaches the rows stored one by one before the blocks existed (their ids are below, as the migration
+    makes sure)."""
+    monkeypatch.setattr(quarantine, "BLOCK_ROWS", 2)
     app, runtime = create_app(isolated.settings(IngestSettings))
     async with serve(app) as client:
         assert (await client.put("/v1/datasets/customers", json=SCHEMA)).status_code == 201
@@ -231,6 +236,7 @@ async def test_rejections_are_paged_newest_first_across_submissions_and_older_ro
                 break
             pages.append(page["rejections"])
             before = page["rejections"][-1]["id"]
+        blocks = await runtime.db.fetchval("SELECT count(*) FROM rejection_blocks")
     seen = [r for page in pages for r in page]
     assert [len(p) for p in pages] == [2, 2, 2, 2]
     ids = [r["id"] for r in seen]
@@ -243,4 +249,5 @@ async def test_rejections_are_paged_newest_first_across_submissions_and_older_ro
     assert all(r["field"] == "age" and "above the maximum" in r["reason"] for r in seen[:6])
     assert [r["row"] for r in seen[:6]] == [1, 0, 0, 2, 1, 0]
     assert len({r["submission_id"] for r in seen}) == 4
+    assert blocks == 4  # 3 rejections made 2 blocks
     assert (seen[-2]["record"], seen[-1]["record"]) == (None, _row(age=1))

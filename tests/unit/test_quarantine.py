@@ -42,3 +42,12 @@ def test_a_page_holds_the_ids_below_the_cursor_up_to_the_limit(
     page = quarantine.newest(quarantine.encode(REJECTED), first_id=100, before_id=before_id, limit=limit)
     assert [r["id"] for r in page] == ids
     assert [r["row"] for r in page] == [REJECTED[i - 100].row for i in ids]
+
+
+def test_many_rejections_are_cut_into_blocks_that_page_as_one() -> None:
+    many = [rejection(row, "age", f"age: {row} is above the maximum 100.0", {"age": row}) for row in range(10)]
+    blocks = quarantine.blocks(many, rows=4)
+    assert [(start, rows) for start, rows, _ in blocks] == [(0, 4), (4, 4), (8, 2)]
+    page = [r for start, _, block in reversed(blocks) for r in quarantine.newest(block, 1 + start, None, 100)]
+    assert [r["id"] for r in page] == list(range(10, 0, -1))
+    assert [r["record"]["age"] for r in page] == list(range(9, -1, -1))

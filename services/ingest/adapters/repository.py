@@ -194,17 +194,19 @@ async def _record_submission(
         "VALUES ($1, $2, $3, $4, $5, $6, $7)",
         submission_id, dataset, source, received, accepted, len(rejected), version,
     )  # fmt: skip
-    if rejected:
-        block = await off_loop(sum(len(r.text or "") + len(r.reason) for r in rejected), quarantine.encode, rejected)
-        first_id = await conn.fetchval(
-            "UPDATE datasets SET rejections_issued = rejections_issued + $2 WHERE name = $1 "
-            "RETURNING rejections_issued - $2 + 1",
-            dataset, len(rejected),
-        )  # fmt: skip
-        await conn.execute(
-            "INSERT INTO rejection_blocks (dataset, first_id, rows, submission_id, block) VALUES ($1, $2, $3, $4, $5)",
-            dataset, first_id, len(rejected), submission_id, block,
-        )  # fmt: skip
+    if not rejected:
+        return
+    first_id = await conn.fetchval(
+        "UPDATE datasets SET rejections_issued = rejections_issued + $2 WHERE name = $1 "
+        "RETURNING rejections_issued - $2 + 1",
+        dataset, len(rejected),
+    )  # fmt: skip
+    size = sum(len(r.text or "") + len(r.reason) for r in rejected)
+    blocks = await off_loop(size, quarantine.blocks, rejected)
+    await conn.executemany(
+        "INSERT INTO rejection_blocks (dataset, first_id, rows, submission_id, block) VALUES ($1, $2, $3, $4, $5)",
+        [(dataset, first_id + start, rows, submission_id, block) for start, rows, block in blocks],
+    )
 
 
 async def _refuse_stored_keys(

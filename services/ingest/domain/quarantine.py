@@ -9,7 +9,8 @@ kept as one Arrow IPC stream per submission, LZ4-compressed, in one ``bytea`` va
 
 Every rejection still has its own id (the pagination cursor of ``GET /rejections``): a block holds
 the ids ``first_id`` to ``first_id + rows - 1``, in row order, taken from the dataset's counter while its
-row is locked, so ids grow with time within a dataset.
+row is locked, so ids grow with time within a dataset. A submission with more than
+:data:`BLOCK_ROWS` rejections gets several blocks.
 """
 
 from __future__ import annotations
@@ -31,6 +32,20 @@ SCHEMA = pa.schema(
     ]
 )
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+BLOCK_ROWS = 20_000
+"""Rejections per block at most: a page never decodes more than this many (a compressed body can hold
+millions of rows)."""
+
+
+def blocks(rejected: Sequence[Rejection], rows: int | None = None) -> list[tuple[int, int, bytes]]:
+    """``rejected`` as blocks of at most ``rows`` (:data:`BLOCK_ROWS`) rejections: (offset of the first,
+    rows, block) each."""
+    rows = rows or BLOCK_ROWS
+    return [
+        (start, len(part), encode(part))
+        for start in range(0, len(rejected), rows)
+        if (part := rejected[start : start + rows])
+    ]
 
 
 def encode(rejected: Sequence[Rejection]) -> bytes:
