@@ -373,6 +373,7 @@ def summarise(stream: Stream, driver: Driver, services: dict[str, Any], options:
         },
         "jobs": jobs,
         "promotions": promoted,
+        "decisions": _decisions(services["audit"]),
         "errors": driver.errors,
     }
     result["targets"] = targets(stream, result)
@@ -456,6 +457,16 @@ def _promotions(audit: list[dict[str, Any]], versions: list[dict[str, Any]]) -> 
         "unverified": sum(1 for c in checked if c["unverified"]),
         "list": checked,
     }
+
+
+def _decisions(audit: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The registry's verdicts in order (promotions, rejections, re-judgements), with the reasons it audited:
+    a better model thrown away shows here, not in the promotions."""
+    return [
+        {k: row.get(k) for k in ("at", "action", "alias", "from_version", "to_version", "reason")}
+        for row in sorted(audit, key=lambda r: r["id"])
+        if row["action"] != "register"
+    ]
 
 
 def targets(stream: Stream, r: dict[str, Any]) -> dict[str, dict[str, Any]]:

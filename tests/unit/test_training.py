@@ -34,6 +34,7 @@ from services.trainer.domain.training import (
     halving_rounds,
     iteration_cap,
     recency_weights,
+    recent_windows,
     scores,
     train,
 )
@@ -279,6 +280,41 @@ def test_recent_rows_weigh_more_after_a_drift_so_a_moving_concept_is_learnt_as_i
     recent = train(schema, frame, replace(config, recency_half_life=0.05))
     assert alike.metrics["accuracy"] < 0.3  # the holdout is the newest rows: the average concept is wrong there
     assert recent.metrics["accuracy"] > 0.9
+
+
+def test_the_newest_rows_windows_are_shares_of_the_training_rows_large_enough_to_judge() -> None:
+    assert recent_windows(4000, [0.5, 0.25], 1000) == [2000, 1000]
+    assert recent_windows(3000, [0.25, 0.5], 1000) == [1500]  # a quarter is too few rows to try
+    assert recent_windows(4000, [0.5, 0.5, 1.0, 0.0], 100) == [2000]  # all rows are always tried anyway
+    assert recent_windows(4000, [], 100) == []
+
+
+def test_after_a_change_the_newest_window_is_kept_when_it_predicts_the_holdout_best() -> None:
+    frame = two_concepts(2500, 1500)  # the holdout (newest 800 rows) and the newest 700 training rows follow B
+    config = TrainingConfig(n_iter=1, time_budget_s=600, n_jobs=1, recent_min_rows=500)
+    everything = train(TWO, frame, config)
+    windowed = train(TWO, frame, replace(config, recent_shares=(0.5, 0.25)))
+    assert everything.window_rows is None
+    assert everything.metrics["accuracy"] < 0.7  # 2,500 rows of A outweigh 700 of B
+    assert windowed.window_rows == 800  # a quarter of the 3,200 training rows: 100 of A, 700 of B
+    assert windowed.training_rows == 800
+    assert len(windowed.train_frame) == len(windowed.train_predictions) == 800
+    assert windowed.metrics["accuracy"] > 0.9
+    assert "the newest 800 of 3200 training rows kept" in windowed.search
+    x, y = features_frame(TWO, frame.tail(800)), frame["label"].tail(800)
+    assert (windowed.pipeline.predict(x) == y).mean() == pytest.approx(windowed.metrics["accuracy"])
+
+
+def test_a_newer_window_replaces_all_rows_only_when_strictly_better_and_only_within_the_budget() -> None:
+    frame = two_concepts(0, 4000, seed=3)  # one concept throughout
+    config = TrainingConfig(n_iter=1, time_budget_s=600, n_jobs=1, recent_min_rows=500)
+    everything = train(TWO, frame, config)
+    windowed = train(TWO, frame, replace(config, recent_shares=(0.5, 0.25)))
+    assert windowed.metrics["accuracy"] >= everything.metrics["accuracy"]
+    if windowed.window_rows is None:
+        assert windowed.metrics == everything.metrics
+    spent = replace(config, time_budget_s=0, recent_shares=(0.5, 0.25))  # no time left after the one fit
+    assert train(TWO, two_concepts(2500, 1500), spent).window_rows is None
 
 
 def test_an_earlier_champion_that_beats_the_new_model_on_the_holdout_is_reused() -> None:

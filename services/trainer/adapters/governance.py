@@ -66,7 +66,7 @@ def card_facts(
     training_data = {
         "dataset": manifest.dataset, "dataset_version": manifest.version, "trigger": job.get("trigger"),
         "rows_read": len(frame), "training_rows": result.training_rows, "holdout_rows": result.holdout_rows,
-        "dropped_rows": result.dropped_rows, "unlabelled_rows": unlabelled,
+        "dropped_rows": result.dropped_rows, "unlabelled_rows": unlabelled, "window_rows": result.window_rows,
         "time_range": cards.time_range(frame, INGESTED_AT),
     }  # fmt: skip
     return {

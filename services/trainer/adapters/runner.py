@@ -388,6 +388,9 @@ class JobRunner:
                 "trim_to_change": job["trigger"] == "drift",
                 # Rows since a drift may still be mid-transition: the newest say best where the concept is now.
                 "recency_half_life": s.recency_half_life if job["since"] else 0.0,
+                # ... and all of them may not be the best window: the newest share may predict the present best.
+                "recent_shares": tuple(s.recent_shares) if job["since"] else (),
+                "recent_min_rows": s.recent_min_rows,
             },
             "governance": {
                 "min_group_rows": s.min_group_rows,

@@ -110,6 +110,9 @@ def known_limits(facts: dict[str, Any]) -> list[str]:
     data = facts["training_data"]
     if data["dropped_rows"]:
         limits.append(f"{data['dropped_rows']} rows before a change in the champion's errors were left out")
+    if data.get("window_rows"):
+        limits.append(f"fitted on the newest {data['window_rows']} training rows only: they predicted the holdout "
+                      "better than all the rows since the drift")  # fmt: skip
     if data["unlabelled_rows"]:
         limits.append(f"{data['unlabelled_rows']} rows without a label were not used")
     for name, rate in sorted(facts["missing_rates"].items()):

@@ -48,13 +48,25 @@ dropped. The champion was trained before the drift and has not seen these
 rows, so in-sample fit cannot fake a change.
 
 After a drift the concept may still be moving (gradual drift: old and new
-mixed for thousands of rows). Jobs that train on the rows since a drift weigh
-each row by its recency (``recency_half_life``: with 0.25, a row a quarter of
-the rows older than the newest weighs half as much), so a model trained half
-way through a transition already leans to where it is heading. On the loop
-benchmark's gradual stream this took a model on 8,000 rows since the alarm
-from 0.874 to 0.910 accuracy on the last rows (0.921 for one trained only on
-the settled concept), and cost 0.003 on a stationary stretch.
+mixed for thousands of rows), so all the rows since the drift are not always
+the best window. Jobs that train on the rows since a drift also fit the
+chosen hyperparameters on only the newest share of the training rows
+(``recent_shares``: a half, a quarter), and keep whichever model scores best
+on the holdout, the newest rows, which none of them has seen: the window that
+best predicts the present (Klinkenberg & Joachims, "Detecting concept drift
+with support vector machines", ICML 2000, choose a window size the same way).
+After an abrupt change all rows since it usually win (more rows of one
+concept); half way through a transition the newest rows do. Offline, on the
+loop benchmark's gradual stream, rows 12,500-24,000 since the alarm: all rows
+0.878 on the last rows, the newest half 0.921 (the oracle 0.920).
+
+Weighing rows by recency instead (``recency_half_life``, off by default) does
+much the same for gradual drift, but scikit-learn's histogram gradient
+boosting fits 3-4 times slower with any sample weights (4,000 rows: 0.7 s
+unweighted, 2.3 s with recency weights, 3.2 s with weights all 1), so under
+load a refresh was cut at its budget after 40 iterations; and weights cost an
+abrupt change a third of its effective rows (regression stream, 5,000 rows
+since the change: RMSE 1.22 unweighted, 1.40 weighted and cut).
 
 Concepts recur (seasons, regimes, a promotion that ends): the concept a drift
 job meets may be one an earlier champion already learnt, on more rows than
@@ -143,6 +155,10 @@ class TrainingConfig:
     """Rows that must remain after the change for the rows before it to be dropped."""
     recency_half_life: float = 0.0
     """Half-life of the rows' weights, as a share of the training rows, newest weighing 1 (0: all weigh alike)."""
+    recent_shares: tuple[float, ...] = ()
+    """Also fit on only the newest of these shares of the training rows; the best on the holdout is kept."""
+    recent_min_rows: int = 1000
+    """Training rows a newest-rows window needs to be tried."""
 
 
 @dataclass
@@ -164,6 +180,8 @@ class TrainingResult:
     """Rows before a change in the champion's errors, left out (``trim_to_change``)."""
     reused_version: int | None = None
     """The earlier champion whose pipeline this is, when it beat the new model on the holdout."""
+    window_rows: int | None = None
+    """The newest training rows the model was fitted on, when such a window beat all of them (``recent_shares``)."""
 
 
 def numeric_columns(schema: DatasetSchema) -> list[str]:
@@ -515,6 +533,13 @@ def recency_weights(rows: int, half_life: float) -> np.ndarray | None:
     return np.asarray(0.5 ** (age / (half_life * rows)))
 
 
+def recent_windows(rows: int, shares: Sequence[float], min_rows: int) -> list[int]:
+    """The sizes of the newest-rows windows to try besides all ``rows``, largest first: each share of
+    ``rows`` that leaves at least ``min_rows`` (a window of a few hundred rows would win the holdout by
+    chance more often than it predicts better)."""
+    return sorted({int(rows * s) for s in shares if 0 < s < 1 and int(rows * s) >= min_rows}, reverse=True)
+
+
 def best_earlier(
     primary: str, challenger: dict[str, float], earlier: list[tuple[int, dict[str, float]]]
 ) -> tuple[int, dict[str, float]] | None:
@@ -581,6 +606,15 @@ def train(
         )  # fmt: skip
         predicted = pipeline.predict(x_all)
         metrics = scores(schema, predicted[-holdout_rows:], y_hold)
+        window = _recent_window(
+            schema, config, pipeline, (x_train, y_train), (x_all, y_hold), metrics, fit_deadline - reserve
+        )
+        if window is not None:
+            kept, pipeline, predicted, window_metrics = window
+            primary = PRIMARY_METRIC[schema.task]
+            search = f"{search}; the newest {kept} of {len(x_train)} training rows kept ({primary} " \
+                     f"{window_metrics[primary]:.4f} on the holdout, all rows {metrics[primary]:.4f})"  # fmt: skip
+            x_train, metrics = x_train.iloc[-kept:], window_metrics
         reused = _reuse(schema, earlier, x_all, y_hold, metrics)
     if dropped:
         search = f"{search}; {dropped} rows before the change left out"
@@ -602,12 +636,47 @@ def train(
         training_rows=len(x_train),
         holdout_rows=holdout_rows,
         train_frame=x_train,
-        train_predictions=predicted[:-holdout_rows],
+        train_predictions=predicted[:-holdout_rows][-len(x_train) :],
         holdout_frame=x_hold,
         search=search,
         dropped_rows=dropped,
         reused_version=reused[0] if reused is not None else None,
+        window_rows=window[0] if window is not None else None,
     )
+
+
+def _recent_window(
+    schema: DatasetSchema,
+    config: TrainingConfig,
+    pipeline: Pipeline,
+    train_rows: tuple[pd.DataFrame, pd.Series],
+    holdout: tuple[pd.DataFrame, pd.Series],
+    metrics: dict[str, float],
+    deadline: float,
+) -> tuple[int, Pipeline, np.ndarray, dict[str, float]] | None:
+    """The newest-rows window whose model beats ``pipeline`` (fitted on all training rows) on the holdout:
+    (its rows, its pipeline, its predictions on all rows, its holdout metrics); None when none does.
+    ``holdout``: all rows (the training rows, then the holdout's) and the holdout's truth.
+
+    Each window is fitted with ``pipeline``'s hyperparameters, as long as ``deadline`` has not passed;
+    only a strictly better primary metric wins (on a tie, more rows).
+    """
+    x_train, y_train = train_rows
+    x_all, y_hold = holdout
+    primary = PRIMARY_METRIC[schema.task]
+    best: tuple[int, Pipeline, dict[str, float]] | None = None
+    for rows in recent_windows(len(x_train), config.recent_shares, config.recent_min_rows):
+        if time.monotonic() >= deadline:
+            break
+        weights = recency_weights(rows, config.recency_half_life)
+        model = fit_within(clone(pipeline), x_train.iloc[-rows:], y_train.iloc[-rows:], deadline, weights)
+        scored = scores(schema, model.predict(x_all.iloc[len(x_train) :]), y_hold)
+        if scored[primary] > (best[2] if best else metrics)[primary]:
+            best = (rows, model, scored)
+    if best is None:
+        return None
+    rows, model, scored = best
+    return rows, model, np.asarray(model.predict(x_all)), scored
 
 
 def _reuse(
