@@ -234,6 +234,30 @@ class TrainingRequested(Event):
         return self.model.encode()
 
 
+class PairedComparison(BaseModel):
+    """The challenger against the champion row by row on the same holdout rows: is its lead real?
+
+    Both models predict the same rows, so the comparison is paired, and far more sensitive than
+    comparing two accuracies: only the rows where they differ carry evidence.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    test: str = Field(
+        description="'mcnemar' (exact, on the rows exactly one of the two gets right) for classification, "
+        "'paired_t' (one-sided t-test on the differences of squared errors) for regression.",
+        examples=["mcnemar", "paired_t"],
+    )
+    rows: int = Field(ge=0, description="Holdout rows both were scored on.")
+    p_value: float = Field(
+        ge=0, le=1, description="One-sided: the chance of a lead at least this large were the challenger no better."
+    )
+    loss_difference: float = Field(
+        description="The champion's mean loss (0/1 error, squared error) minus the challenger's: positive, the "
+        "challenger errs less."
+    )
+
+
 class Rejudgement(BaseModel):
     """A challenger re-scored against a newer champion on the challenger's own holdout."""
 
@@ -247,6 +271,9 @@ class Rejudgement(BaseModel):
     fairness: dict[str, float] | None = Field(default=None, description="The challenger's group differences.")
     champion_fairness: dict[str, float] | None = Field(
         default=None, description="The current champion's group differences on the same holdout."
+    )
+    comparison: PairedComparison | None = Field(
+        default=None, description="The paired test of the two on the same holdout rows (None: not made)."
     )
 
 
@@ -308,6 +335,11 @@ class ModelTrained(Event):
     )
     champion_fairness: dict[str, float] | None = Field(
         default=None, description="The champion's group differences on the same holdout."
+    )
+    comparison: PairedComparison | None = Field(
+        default=None,
+        description="The paired test of challenger and champion on the same holdout rows (None: no champion was "
+        "compared); with ``rejudged`` set, the re-judgement's.",
     )
     cards: Cards | None = Field(default=None, description="The model and data cards (None: see card_error).")
     card_error: str | None = Field(default=None, description="Why the cards are missing, when they are.")

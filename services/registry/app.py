@@ -37,6 +37,7 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
     config = PromotionConfig(
         min_metric=settings.min_metric,
         min_gain=settings.min_gain,
+        significance=settings.promotion_significance,
         require_approval=settings.require_approval,
         fairness_tolerance=settings.fairness_tolerance,
     )

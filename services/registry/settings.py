@@ -14,6 +14,10 @@ class RegistrySettings(ServiceSettings):
     """Minimum primary metric (accuracy or r2) for any version to be promoted."""
     min_gain: float = Field(default=0.01, ge=0)
     """Minimum gain over the champion on the same holdout."""
+    promotion_significance: float = Field(default=0.01, ge=0, le=1)
+    """A smaller gain than ``min_gain`` still promotes when the trainer's paired test on the same holdout rows
+    (McNemar for classification, a paired t-test on squared errors for regression) gives a one-sided p-value
+    at most this. A challenger not ahead is never promoted. 0: ``min_gain`` alone decides."""
     require_approval: bool = False
     """Promote winners to the 'candidate' alias only; a person moves 'champion'."""
     fairness_tolerance: float = Field(default=0.05, ge=0)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from services.registry.domain.promotion import Candidate, PromotionConfig, decide
+from dataclasses import replace
+
+from services.registry.domain.promotion import Candidate, PromotionConfig, decide, significant
 
 CONFIG = PromotionConfig(min_metric=0.6, min_gain=0.01)
 
@@ -29,6 +31,25 @@ def test_later_models_must_beat_the_champion_by_the_minimum_gain() -> None:
     assert not small.promote
     assert "gain +0.0050" in small.reason
     assert not decide(candidate(0.70, 0.78, against=2), 2, CONFIG).promote
+
+
+def test_a_gain_below_the_minimum_promotes_when_the_paired_test_shows_it_is_real() -> None:
+    proven = decide(replace(candidate(0.785, 0.78, against=2), p_value=0.004), 2, CONFIG)
+    assert proven.promote
+    assert "paired p 0.004 ≤ 0.01" in proven.reason
+    unproven = decide(replace(candidate(0.785, 0.78, against=2), p_value=0.2), 2, CONFIG)
+    assert not unproven.promote
+    assert "paired p 0.2 > 0.01" in unproven.reason
+    off = decide(replace(candidate(0.785, 0.78, against=2), p_value=0.004), 2, replace(CONFIG, significance=0.0))
+    assert not off.promote
+
+
+def test_no_p_value_promotes_a_challenger_that_is_not_ahead() -> None:
+    assert not decide(replace(candidate(0.78, 0.78, against=2), p_value=0.0), 2, CONFIG).promote
+    assert not decide(replace(candidate(0.77, 0.78, against=2), p_value=0.0), 2, CONFIG).promote
+    assert not significant(0.0, 0.0, 0.01)
+    assert not significant(0.001, None, 0.01)
+    assert significant(0.001, 0.01, 0.01)
 
 
 def test_stale_or_missing_comparisons_are_re_judged_never_promoted_or_rejected_as_such() -> None:

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import binom
 from sklearn.base import BaseEstimator
 from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, mean_squared_error, r2_score
 from sklearn.pipeline import Pipeline
@@ -33,6 +34,7 @@ from services.trainer.domain.training import (
     change_point,
     halving_rounds,
     iteration_cap,
+    paired_comparison,
     recency_weights,
     recent_windows,
     scores,
@@ -280,6 +282,52 @@ def test_recent_rows_weigh_more_after_a_drift_so_a_moving_concept_is_learnt_as_i
     recent = train(schema, frame, replace(config, recency_half_life=0.05))
     assert alike.metrics["accuracy"] < 0.3  # the holdout is the newest rows: the average concept is wrong there
     assert recent.metrics["accuracy"] > 0.9
+
+
+REGRESSION = DatasetSchema.model_validate({
+    "features": [{"name": "x", "dtype": "numeric"}], "target": {"name": "y", "dtype": "numeric"}, "task": "regression",
+})  # fmt: skip
+
+
+def test_mcnemar_counts_only_the_rows_where_the_two_models_disagree() -> None:
+    truth = pd.Series(["yes"] * 1000)
+    champion = np.array(["yes"] * 900 + ["no"] * 100)  # wrong on the last 100 rows
+    challenger = champion.copy()
+    challenger[900:960] = "yes"  # right on 60 of them ...
+    challenger[:20] = "no"  # ... wrong on 20 the champion gets right: 80 discordant rows, 60 the challenger's
+    got = paired_comparison(TWO, challenger, champion, truth)
+    assert got["test"] == "mcnemar"
+    assert got["rows"] == 1000
+    assert got["loss_difference"] == pytest.approx(0.04)
+    assert got["p_value"] == pytest.approx(float(binom.sf(59, 80, 0.5)))
+    assert got["p_value"] < 1e-5
+    assert paired_comparison(TWO, champion, challenger, truth)["p_value"] > 0.99  # the other way round
+    assert paired_comparison(TWO, champion, champion, truth)["p_value"] == 1.0  # no row disagrees: no evidence
+
+
+def test_the_paired_t_test_on_squared_errors_tells_a_small_real_gain_from_noise() -> None:
+    rng = np.random.default_rng(4)
+    truth = pd.Series(rng.normal(0, 5, 2000))
+    champion = truth + rng.normal(0, 1.25, 2000)
+    better = truth + rng.normal(0, 1.19, 2000)  # 5 % lower RMSE: real
+    got = paired_comparison(REGRESSION, better.to_numpy(), champion.to_numpy(), truth)
+    assert got["test"] == "paired_t"
+    assert got["loss_difference"] > 0
+    assert got["p_value"] < 0.05
+    noise = champion + rng.normal(0, 0.01, 2000)  # the same model, jittered: nothing to show
+    assert paired_comparison(REGRESSION, noise.to_numpy(), champion.to_numpy(), truth)["p_value"] > 0.01
+    few = paired_comparison(REGRESSION, better.to_numpy()[:30], champion.to_numpy()[:30], truth[:30])
+    assert few["p_value"] > got["p_value"]  # the same gain on 30 rows is far weaker evidence
+
+
+def test_a_job_compares_its_model_with_the_champion_row_by_row() -> None:
+    config = TrainingConfig(n_iter=1, time_budget_s=0, n_jobs=1)
+    champion = train(TWO, two_concepts(1500, 0, seed=1), config).pipeline
+    result = train(TWO, two_concepts(0, 1500), config, champion)
+    assert result.comparison is not None
+    assert result.comparison["rows"] == result.holdout_rows
+    assert result.comparison["p_value"] < 1e-6  # the champion is wrong on half the new concept
+    assert train(TWO, two_concepts(0, 1500), config).comparison is None
 
 
 def test_the_newest_rows_windows_are_shares_of_the_training_rows_large_enough_to_judge() -> None:

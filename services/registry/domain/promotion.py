@@ -4,9 +4,15 @@ A first version is promoted when it reaches a minimum on the primary metric:
 a model worse than that should not serve at all. A later version must beat
 the champion on the same holdout (the trainer scores both on the same fresh
 rows) by a minimum gain: a challenger that is merely as good is not worth a
-swap, and noise should not flip the champion back and forth. With
-``require_approval`` the winner only becomes ``candidate`` and a person
-moves ``champion``.
+swap, and noise should not flip the champion back and forth. A smaller gain
+also promotes when the trainer's paired test on those same rows (McNemar for
+classification, a paired t-test on squared errors for regression) says it
+is real at ``significance``: a fixed step is noise on a few hundred rows but
+throws away a real gain on thousands (the loop benchmark's regression stream:
+r2 0.943 against 0.938 on 1,800 holdout rows, 4 % lower RMSE, rejected, and
+the tail served by the older model). A challenger that is not ahead is never
+promoted, however the test reads. With ``require_approval`` the winner only
+becomes ``candidate`` and a person moves ``champion``.
 
 A comparison made against a version that is no longer the champion is stale.
 It neither promotes nor rejects: the challenger is re-judged against the
@@ -38,6 +44,8 @@ class PromotionConfig:
     """Minimum primary metric (accuracy, r2) of any version that serves."""
     min_gain: float = 0.01
     """Minimum improvement over the champion on the same holdout."""
+    significance: float = 0.01
+    """A smaller improvement promotes too when the paired test's one-sided p-value is at most this (0: never)."""
     require_approval: bool = False
     """Stop at the ``candidate`` alias; a person promotes to ``champion``."""
     fairness_tolerance: float = 0.05
@@ -55,6 +63,8 @@ class Candidate:
     """Group differences on the holdout, ``{"<metric>:<feature>": value}``, lower is fairer."""
     champion_fairness: dict[str, float] | None = None
     """The champion's on the same holdout."""
+    p_value: float | None = None
+    """One-sided p-value of the paired test that the challenger errs less on the same holdout rows (None: none)."""
 
 
 @dataclass(frozen=True)
@@ -95,15 +105,26 @@ def decide(candidate: Candidate, champion: int | None, config: PromotionConfig) 
     if baseline is None:
         return PromotionDecision(False, None, f"champion's {name} missing from the comparison")
     gain = score - baseline
-    if gain < config.min_gain:
+    proven = significant(gain, candidate.p_value, config.significance)
+    if gain < config.min_gain and not proven:
+        paired = "" if candidate.p_value is None else f", paired p {candidate.p_value:.3g} > {config.significance:g}"
         return PromotionDecision(
-            False, None, f"{name} {score:.4f} vs champion {baseline:.4f}: gain {gain:+.4f} < {config.min_gain:.4f}"
-        )
+            False, None,
+            f"{name} {score:.4f} vs champion {baseline:.4f}: gain {gain:+.4f} < {config.min_gain:.4f}{paired}",
+        )  # fmt: skip
     beats = f"{name} {score:.4f} beats champion v{champion} ({baseline:.4f}) by {gain:+.4f}"
+    if gain < config.min_gain:
+        beats += f" (< {config.min_gain:.4f}, but paired p {candidate.p_value:.3g} ≤ {config.significance:g} on " \
+                 "the same holdout rows)"  # fmt: skip
     worse = fairness_regressions(candidate, config.fairness_tolerance)
     if worse:
         return PromotionDecision(False, None, f"{beats}, but fairness is worse: {'; '.join(worse)}")
     return PromotionDecision(True, target, beats + fairness_note(candidate))
+
+
+def significant(gain: float, p_value: float | None, significance: float) -> bool:
+    """Whether a positive ``gain`` is shown real by the paired test at ``significance`` (never when not ahead)."""
+    return gain > 0 and p_value is not None and p_value <= significance
 
 
 def fairness_regressions(candidate: Candidate, tolerance: float) -> list[str]:

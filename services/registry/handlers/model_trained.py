@@ -154,6 +154,7 @@ async def _trained(
         evaluated_against=event.champion_version,
         fairness=event.fairness,
         champion_fairness=event.champion_fairness,
+        p_value=event.comparison.p_value if event.comparison else None,
     )
     decision = decide(candidate, champion, config)
     if decision.rejudge and event.holdout is None:
@@ -201,6 +202,7 @@ async def _rejudged(
         evaluated_against=rejudgement.champion_version,
         fairness=rejudgement.fairness,
         champion_fairness=rejudgement.champion_fairness,
+        p_value=rejudgement.comparison.p_value if rejudgement.comparison else None,
     )
     decision = decide(candidate, champion, config)
     if decision.rejudge and await repository.rejudgements(conn, event.model, event.version) >= MAX_REJUDGEMENTS:

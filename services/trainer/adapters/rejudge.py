@@ -21,11 +21,11 @@ from libs.common.frames import features_frame
 from libs.common.schema import DatasetSchema, Task
 from services.trainer.adapters import pipelines
 from services.trainer.domain.fairness import fairness_report
-from services.trainer.domain.training import evaluate
+from services.trainer.domain.training import paired_comparison, scores
 
 
 def rejudge(spec: dict[str, Any]) -> dict[str, Any]:
-    """Metrics of the challenger and of the current champion on the challenger's holdout."""
+    """Metrics of the challenger and of the current champion on the challenger's holdout, and their paired test."""
     store = ArtifactStore(spec["artifacts_root"])
     schema = DatasetSchema.model_validate(spec["dataset_schema"])
     holdout = pq.read_table(io.BytesIO(store.get(ArtifactRef.model_validate(spec["holdout"])))).to_pandas()
@@ -37,9 +37,11 @@ def rejudge(spec: dict[str, Any]) -> dict[str, Any]:
     champion = pipelines.load(store, ArtifactRef.model_validate(spec["champion"]))
     mine, theirs = (fairness_report(schema, m, holdout, x, y, spec.get("min_group_rows", 20))
                     for m in (challenger, champion))  # fmt: skip
+    mine_predicted, theirs_predicted = challenger.predict(x), champion.predict(x)
     return {
-        "metrics": evaluate(schema, challenger, x, y),
-        "champion_metrics": evaluate(schema, champion, x, y),
+        "metrics": scores(schema, mine_predicted, y),
+        "champion_metrics": scores(schema, theirs_predicted, y),
+        "comparison": paired_comparison(schema, mine_predicted, theirs_predicted, y),
         "holdout_rows": len(holdout),
         "fairness": mine.differences if mine else None,
         "champion_fairness": theirs.differences if theirs else None,

@@ -438,9 +438,11 @@ class JobRunner:
                 "metrics": scores["metrics"],
                 "fairness": scores.get("fairness"),
                 "champion_fairness": scores.get("champion_fairness"),
+                "comparison": scores.get("comparison"),
             }
             result["champion_metrics"] = scores["champion_metrics"]
             result["champion_fairness"] = scores.get("champion_fairness")
+            result["comparison"] = scores.get("comparison")
             compared = current["champion_version"]
             log.info("re-judged job %s against champion v%s", job["id"], compared, extra=record)
             last = record
@@ -510,6 +512,7 @@ class JobRunner:
             rejudged=Rejudgement.model_validate(rejudged) if rejudged else None,
             fairness=result.get("fairness"),
             champion_fairness=result.get("champion_fairness"),
+            comparison=result.get("comparison"),
             cards=cards,
             card_error=result["card_error"],
         )

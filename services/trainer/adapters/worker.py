@@ -135,6 +135,7 @@ def _run(spec: dict[str, Any], stage: Stages) -> dict[str, Any]:
         "params": result.params,
         "metrics": result.metrics,
         "champion_metrics": result.champion_metrics,
+        "comparison": result.comparison,
         "primary_metric": result.primary_metric,
         "training_rows": result.training_rows,
         "holdout_rows": result.holdout_rows,

@@ -88,7 +88,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from joblib import parallel_config
-from scipy.stats import kstwobign, rankdata
+from scipy.stats import binom, kstwobign, rankdata
+from scipy.stats import t as student_t
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
@@ -182,6 +183,8 @@ class TrainingResult:
     """The earlier champion whose pipeline this is, when it beat the new model on the holdout."""
     window_rows: int | None = None
     """The newest training rows the model was fitted on, when such a window beat all of them (``recent_shares``)."""
+    comparison: dict[str, Any] | None = None
+    """The paired test against the champion on the holdout rows (``paired_comparison``); None without one."""
 
 
 def numeric_columns(schema: DatasetSchema) -> list[str]:
@@ -515,6 +518,46 @@ def losses(schema: DatasetSchema, predicted: Any, y: pd.Series) -> np.ndarray:
     return np.asarray((np.asarray(predicted, dtype=float) - y.astype(float).to_numpy()) ** 2, dtype=float)
 
 
+def paired_comparison(schema: DatasetSchema, challenger: Any, champion: Any, y: pd.Series) -> dict[str, Any]:
+    """How strongly the same holdout rows say the challenger errs less than the champion (one-sided).
+
+    Paired, because both models predict the same rows: the rows both get right
+    or both get wrong say nothing about which is better, and comparing two
+    accuracies as if independent wastes that. An absolute step in the metric
+    (the registry's ``min_gain``) is noise on a few hundred rows and throws
+    away a real gain on thousands (r2 0.943 against 0.938 on 1,800 rows, a
+    4 % lower RMSE, was rejected in the loop benchmark).
+
+    Classification: McNemar's exact test. Of the rows exactly one of the two
+    gets right, each is the challenger's with probability 1/2 when neither is
+    better; p is the chance of the challenger winning at least as many.
+    Regression: a one-sided paired t-test on the differences of squared errors
+    (their mean over hundreds of rows is close to normal).
+    """
+    mine, theirs = losses(schema, challenger, y), losses(schema, champion, y)
+    difference = theirs - mine
+    n = len(difference)
+    if schema.task is Task.CLASSIFICATION:
+        wins, discordant = int(np.sum(difference > 0)), int(np.sum(difference != 0))
+        p = float(binom.sf(wins - 1, discordant, 0.5)) if discordant else 1.0
+        test = "mcnemar"
+    else:
+        p, test = _paired_t(difference), "paired_t"
+    return {"test": test, "rows": n, "p_value": min(1.0, max(0.0, p)),
+            "loss_difference": float(np.mean(difference)) if n else 0.0}  # fmt: skip
+
+
+def _paired_t(difference: np.ndarray) -> float:
+    """One-sided p-value that the mean of ``difference`` is positive (1.0 with fewer than two rows)."""
+    n = len(difference)
+    if n < 2:
+        return 1.0
+    mean, spread = float(np.mean(difference)), float(np.std(difference, ddof=1))
+    if spread == 0:
+        return 0.0 if mean > 0 else 1.0
+    return float(student_t.sf(mean / (spread / math.sqrt(n)), n - 1))
+
+
 def rows_after_change(loss: np.ndarray, config: TrainingConfig) -> tuple[int, Change | None]:
     """How many leading rows predate a significant rise of the champion's per-row ``loss`` (0: none)."""
     change = change_point(loss)
@@ -624,9 +667,11 @@ def train(
         search = f"{search}; earlier champion v{version} reused ({primary} {earlier_metrics[primary]:.4f} " \
                  f"on the holdout, the new model {metrics[primary]:.4f})"  # fmt: skip
         params, metrics = {**(champion_params(pipeline) or {}), "reused_version": version}, earlier_metrics
-    champion_metrics = None
+    champion_metrics, comparison = None, None
     if champion_predicted is not None:
-        champion_metrics = scores(schema, champion_predicted[dropped:][-holdout_rows:], y_hold)
+        champion_hold = champion_predicted[dropped:][-holdout_rows:]
+        champion_metrics = scores(schema, champion_hold, y_hold)
+        comparison = paired_comparison(schema, predicted[-holdout_rows:], champion_hold, y_hold)
     return TrainingResult(
         pipeline=pipeline,
         params={**params, "iterations": int(pipeline.named_steps["model"].n_iter_)},
@@ -642,6 +687,7 @@ def train(
         dropped_rows=dropped,
         reused_version=reused[0] if reused is not None else None,
         window_rows=window[0] if window is not None else None,
+        comparison=comparison,
     )
 
 

@@ -51,6 +51,7 @@ def handler(rt: Runtime, rescore: Rescore) -> EventHandler[RejudgementRequested]
                 metrics=scores["metrics"],
                 fairness=scores.get("fairness"),
                 champion_fairness=scores.get("champion_fairness"),
+                comparison=scores.get("comparison"),
             ),
         )
         if await outbox.once(rt.db, CONSUMER, event, lambda conn: _answer(conn, answer)) is None:
