@@ -114,6 +114,10 @@ bench-serving: .venv/.synced .bench-serving-venv/.ready ## serving vs MLServer, 
 bench-ingest: .venv/.synced ## ingest rows/s per body format and rejection rate vs the bare parse-and-write floor
 	$(PY) -m bench.ingest $(BENCH_ARGS)
 
+.PHONY: bench-monitor
+bench-monitor: .venv/.synced ## the monitor service's sustained rate: predictions.logged per second until lag grows
+	$(PY) -m bench.monitor $(BENCH_ARGS)
+
 .PHONY: bench-training
 bench-training: .venv/.synced ## retrain time and holdout metric: the old search vs today's, 4 synthetic streams
 	$(PY) -m bench.training $(BENCH_ARGS)

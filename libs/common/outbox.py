@@ -88,8 +88,15 @@ async def first_delivery(conn: asyncpg.Connection, consumer: str, event_id: uuid
 T = TypeVar("T")
 
 
+class Delivered(Protocol):
+    """What :func:`once` needs of an event: its id (an :class:`Event`, or a columnar read of one)."""
+
+    @property
+    def event_id(self) -> uuid.UUID: ...
+
+
 async def once(
-    pool: asyncpg.Pool, consumer: str, event: Event, effects: Callable[[asyncpg.Connection], Awaitable[T]]
+    pool: asyncpg.Pool, consumer: str, event: Delivered, effects: Callable[[asyncpg.Connection], Awaitable[T]]
 ) -> T | None:
     """Apply ``consumer``'s ``effects`` of ``event`` exactly once: in one transaction
     that also records the delivery; a redelivered event runs nothing and gives None.

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import DriftDetected, LabelsArrived, ModelCompared, ModelPromoted, PredictionsLogged
+from libs.common.events import DriftDetected, LabelsArrived, ModelCompared, ModelPromoted
 from libs.common.kafka import LagExporter, Route, subscribe
 from libs.common.request_ids import RequestIds
 from libs.common.retention import Rule
@@ -66,9 +66,7 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
         labels = labels_arrived.handler(rt, m, metrics, request_ids(settings), settings.compare_every)
         routes = {
             topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, m), (ModelPromoted,)),
-            topics.PREDICTIONS_LOGGED: Route(
-                predictions_logged.handler(rt, m, metrics, settings.compare_every), (PredictionsLogged,)
-            ),
+            topics.PREDICTIONS_LOGGED: predictions_logged.route(rt, m, metrics, settings.compare_every),
             topics.LABELS_ARRIVED: Route(labels, (LabelsArrived,)),
         }
         subscribe(rt.broker, routes, group="monitor", settings=settings.kafka, telemetry=rt.telemetry)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import asyncpg
 
-from libs.common.events import ModelCompared, PredictionsLogged
-from services.monitor.adapters.repository import Conn
+from libs.common.events import ModelCompared
+from libs.common.logged import LoggedPredictions
+from services.monitor.adapters.repository import Conn, jsonb_texts
 from services.monitor.domain.comparison import Sample, VersionComparison, paired, unpaired
 
 Scorer = Callable[[Any, Any], float | None]
@@ -26,12 +28,13 @@ class LiveVersion:
     """The challenger's label count when its last comparison was published."""
 
 
-async def store_shadow(conn: asyncpg.Connection, event: PredictionsLogged) -> None:
+async def store_shadow(conn: asyncpg.Connection, batch: LoggedPredictions) -> None:
     """Keep a shadow's predictions until labels for their request ids arrive (a redelivery adds nothing)."""
     await conn.executemany(
         "INSERT INTO shadow_predictions (request_id, model, version, prediction, at) VALUES ($1, $2, $3, $4, $5) "
         "ON CONFLICT DO NOTHING",
-        [(r.request_id, event.model, event.version, json.dumps(r.prediction), r.at) for r in event.records],
+        list(zip(batch.request_ids, repeat(batch.model), repeat(batch.version), jsonb_texts(batch.predictions),
+                 batch.at)),
     )  # fmt: skip
 
 

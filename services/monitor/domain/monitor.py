@@ -7,6 +7,7 @@ the windows it hands back; where its reference comes from is the adapters' busin
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +61,13 @@ class ModelMonitor:
         return Window(self.profile, sample_size=self.sample_size, seed=self.windows_evaluated)
 
     def observe(self, rows: list[dict[str, Any]], predictions: list[Any]) -> list[Window]:
-        """Add predictions; return the windows ready to be judged (usually none or one).
+        """:meth:`observe_columns` for rows (a dict of features each)."""
+        return self.observe_columns({name: [row.get(name) for row in rows] for name in self.profile.features},
+                                    predictions)  # fmt: skip
+
+    def observe_columns(self, columns: Mapping[str, Sequence[Any]], predictions: Sequence[Any]) -> list[Window]:
+        """Add predictions, their features given column by column (feature → one value per prediction);
+        return the windows ready to be judged (usually none or one).
 
         Tumbling: a window of ``window_size`` records, then a fresh one.
         Sliding: sub-windows of ``window_step`` records; each time one fills, the
@@ -69,11 +76,10 @@ class ModelMonitor:
         step = self.window_step or self.window_size
         ready = []
         start = 0
-        while start < len(rows):
-            room = step - self.window.records
-            chunk = slice(start, start + room)
-            self.window.add(rows[chunk], predictions[chunk])
-            start += room
+        while start < len(predictions):
+            chunk = slice(start, start + step - self.window.records)
+            self.window.add_columns({name: values[chunk] for name, values in columns.items()}, predictions[chunk])
+            start = chunk.stop
             if self.window.records >= step:
                 self.ring.append(self.window)
                 self.window = self._new_window()

@@ -106,10 +106,25 @@ class CategoricalWindow:
     missing: int = 0
 
     def add(self, values: Sequence[Any]) -> None:
+        """Count ``values`` by category (as strings); None and NaN are missing, unknown ones unseen.
+
+        Values are counted first and named after, so a batch costs one ``Counter`` pass plus a
+        lookup per distinct value. That is exact only when every distinct value is a string (or
+        None): ``1`` and ``True`` would be one key to ``Counter`` but two categories here, so other
+        batches are named value by value, as they arrive.
+        """
+        try:
+            counted = Counter(values)
+        except TypeError:  # an unhashable value: named one by one below
+            counted = Counter()
+            exact = False
+        else:
+            exact = all(type(key) is str or key is None for key in counted)
+        if not exact:
+            counted = Counter(None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values)
+        self.missing += counted.pop(None, 0)
         known = self.reference.counts
-        present = [str(v) for v in values if not (v is None or (isinstance(v, float) and np.isnan(v)))]
-        self.missing += len(values) - len(present)
-        for key, count in Counter(present).items():
+        for key, count in counted.items():
             bucket = key if key in known else UNSEEN
             self.counts[bucket] = self.counts.get(bucket, 0) + count
 
@@ -163,9 +178,9 @@ class Window:
     def add_columns(
         self, columns: Mapping[str, Sequence[Any] | np.ndarray], predictions: Sequence[Any] | np.ndarray
     ) -> None:
-        """Add a batch given column-wise; missing values as None or NaN."""
+        """Add a batch given column-wise; missing values as None or NaN (a feature with no column: all missing)."""
         for name, window in self.features.items():
-            _add(window, columns[name])
+            _add(window, columns[name] if name in columns else [None] * len(predictions))
         _add(self.prediction, predictions)
         self.records += len(predictions)
 
@@ -208,9 +223,20 @@ def _merge_feature(parts: Sequence[FeatureWindow], sample_size: int, rng: np.ran
 
 def _add(window: FeatureWindow, values: Sequence[Any] | np.ndarray) -> None:
     if isinstance(window, NumericWindow):
-        if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
-            window.add(values.astype(float, copy=False))  # the vectorised path: already numbers
-        else:
-            window.add(np.array([np.nan if v is None else float(v) for v in values], dtype=float))
+        window.add(floats(values))
     else:
         window.add(values.tolist() if isinstance(values, np.ndarray) else list(values))
+
+
+def floats(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """``values`` as floats, None as NaN: one NumPy conversion for a column of numbers (a logged batch),
+    value by value (``float(v)``, which raises for a value that is no number) for anything else."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        return values.astype(float, copy=False)
+    try:
+        column = np.array(values, dtype=float)
+    except (TypeError, ValueError):
+        column = None
+    if column is None or column.shape != (len(values),):  # not one number a value (a list, say): one by one
+        column = np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+    return column

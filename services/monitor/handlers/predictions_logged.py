@@ -1,8 +1,13 @@
-"""predictions.logged: fill the model's window; judge it when full; raise drift.detected."""
+"""predictions.logged: fill the model's window; judge it when full; raise drift.detected.
+
+The monitor's hot path. Messages are read as columns (:func:`libs.common.logged.decode_logged`, no
+object per prediction), stored with one COPY, and binned into the window column by column.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,7 +16,8 @@ from opentelemetry import trace
 
 from libs.common import outbox
 from libs.common.events import DriftDetected, FeatureDrift, PredictionsLogged
-from libs.common.kafka import Delivery, EventHandler
+from libs.common.kafka import Delivery, Route
+from libs.common.logged import LoggedPredictions, decode_logged
 from libs.common.service import Runtime
 from services.monitor.adapters import repository, versions
 from services.monitor.adapters.metrics import MonitorMetrics
@@ -27,10 +33,15 @@ log = logging.getLogger(__name__)
 CONSUMER = "monitor.predictions-logged"
 
 
+def route(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, compare_every: int = 50) -> Route:
+    """The topic's route: messages decoded as columns for :func:`handler`."""
+    return Route.decoded(handler(rt, monitors, metrics, compare_every), decode_logged, (PredictionsLogged,))
+
+
 def handler(
     rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, compare_every: int = 50
-) -> EventHandler[PredictionsLogged]:
-    async def handle(event: PredictionsLogged, delivery: Delivery) -> None:
+) -> Callable[[LoggedPredictions, Delivery], Awaitable[None]]:
+    async def handle(event: LoggedPredictions, delivery: Delivery) -> None:
         """Keep the predictions for label matching, then add them to the window."""
         if event.shadow:  # copies of requests already answered: scored once labelled, never in a window
             await outbox.once(rt.db, CONSUMER, event, lambda conn: _shadow(conn, monitors, event, compare_every))
@@ -44,7 +55,7 @@ def handler(
         if monitor is None or monitor.version != event.version:
             return  # traffic of a version no longer (or not yet) monitored
         monitor.causes.append(trace.get_current_span().get_span_context())
-        full = monitor.observe([r.features for r in event.records], [r.prediction for r in event.records])
+        full = monitor.observe_columns(event.features, event.predictions)
         for window in full:
             await _judge(rt, monitor, window, metrics)
 
@@ -52,39 +63,45 @@ def handler(
 
 
 async def _store(
-    conn: asyncpg.Connection, monitors: Monitors, event: PredictionsLogged, compare_every: int
+    conn: asyncpg.Connection, monitors: Monitors, event: LoggedPredictions, compare_every: int
 ) -> tuple[list[repository.EarlyLabel], ModelMonitor | None]:
     monitor = await monitors.load(conn, event.model, version=event.version)
     inputs = None
     if monitor is not None and monitor.schema.sensitive:
-        inputs = [input_groups(monitor.schema, r.features) for r in event.records]
+        inputs = [input_groups(monitor.schema, row) for row in _sensitive_rows(monitor, event)]
     early = await repository.store_predictions(conn, event, inputs)
     if early and monitor is not None:  # labels that overtook their predictions, scored for this version
-        predicted = {r.request_id: r.prediction for r in event.records}
+        predicted = dict(zip(event.request_ids, event.predictions, strict=True))
         scored = [(e.request_id, event.version, predicted[e.request_id], e.label) for e in early]
         groups = {}
         if inputs is not None:
-            logged = {r.request_id: g for r, g in zip(event.records, inputs, strict=True)}
+            logged = dict(zip(event.request_ids, inputs, strict=True))
             groups = {e.request_id: row_groups(monitor.schema, logged[e.request_id], e.attributes) for e in early}
         await labels_arrived.score_live(conn, monitor, scored, compare_every, groups)
     return early, monitor
 
 
-async def _shadow(conn: asyncpg.Connection, monitors: Monitors, event: PredictionsLogged, compare_every: int) -> None:
+def _sensitive_rows(monitor: ModelMonitor, event: LoggedPredictions) -> list[dict[str, Any]]:
+    """Each prediction's sensitive inputs (those logged), one dict a row: built only for models that declare
+    sensitive features, and only of those columns."""
+    names = [name for name in monitor.schema.sensitive if name in event.features]
+    return [dict(zip(names, values, strict=True)) for values in zip(*(event.features[n] for n in names), strict=True)] \
+        if names else [{} for _ in range(len(event))]  # fmt: skip
+
+
+async def _shadow(conn: asyncpg.Connection, monitors: Monitors, event: LoggedPredictions, compare_every: int) -> None:
     """Keep a shadow's predictions; those whose request is labelled already are scored now."""
     await versions.store_shadow(conn, event)
     monitor = await monitors.load(conn, event.model)
-    if monitor is not None:
-        request_ids = [r.request_id for r in event.records]
-        if await versions.score_shadows(conn, event.model, request_ids, monitor.outcome):
-            await labels_arrived.publish_comparisons(conn, monitor, compare_every)
+    if monitor is not None and await versions.score_shadows(conn, event.model, event.request_ids, monitor.outcome):
+        await labels_arrived.publish_comparisons(conn, monitor, compare_every)
 
 
 def _score_early_labels(
-    event: PredictionsLogged, early: list[repository.EarlyLabel], monitor: ModelMonitor | None, metrics: MonitorMetrics
+    event: LoggedPredictions, early: list[repository.EarlyLabel], monitor: ModelMonitor | None, metrics: MonitorMetrics
 ) -> None:
     """Score the labels that were waiting for these predictions, per sender."""
-    predicted = {r.request_id: r.prediction for r in event.records}
+    predicted = dict(zip(event.request_ids, event.predictions, strict=True))
     by_source: dict[tuple[str, bool] | None, list[tuple[int, Any, Any]]] = {}
     for label in early:
         by_source.setdefault(label.source, []).append((event.version, predicted[label.request_id], label.label))

@@ -1,0 +1,163 @@
+"""The monitor reads predictions.logged as columns (libs/common/logged.py): the same predictions, and the
+same refusals, as the event parsed record by record; and binning columns fills the same windows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from cli.churn_stream import FEATURES, ChurnStream
+from libs.common.errors import InvalidEvent
+from libs.common.events import PredictionRecord, PredictionsLogged, parse_event
+from libs.common.logged import LoggedPredictions, decode_logged
+from libs.common.profile import CategoricalProfile, build_profile
+from libs.common.schema import DatasetSchema
+from services.monitor.domain.decision import DriftConfig
+from services.monitor.domain.monitor import ModelMonitor
+from services.monitor.domain.windows import CategoricalWindow, NumericWindow, floats
+from services.serving.adapters.prediction_log import encode
+from services.serving.domain.predictions import log_columns
+from tests.factories import CHURN
+from tests.unit.test_prediction_log_encoding import MIXED, served
+
+
+def parsed(payload: bytes) -> LoggedPredictions:
+    """The reference: the event parsed by parse_event, record by record, as columns."""
+    event = parse_event(payload, (PredictionsLogged,))
+    assert isinstance(event, PredictionsLogged)
+    return LoggedPredictions.of(event)
+
+
+def test_serving_batches_decode_as_the_records_parse_do() -> None:
+    rows = [{k: r[k] for k in FEATURES} for r in ChurnStream(seed=5).batch(12)]
+    first, second = (datetime(2026, 1, 2, 3, 4, s, tzinfo=UTC) for s in (5, 6))
+    parts = [served(CHURN, rows[:9], 0, first), served(CHURN, rows[9:], 9, second)]
+    payload = encode("churn", 3, log_columns(parts), 12).payload
+    batch = decode_logged(payload)
+    assert batch == parsed(payload)
+    assert batch.at == [first] * 9 + [second] * 3
+    assert batch.features["plan"] == [r["plan"] for r in rows]
+
+
+def test_missing_and_mixed_values_decode_as_the_records_parse_do() -> None:
+    rows: list[dict[str, Any]] = [
+        {"x": 1.5, "n": 7, "b": True, "c": "p"}, {"x": None, "n": None, "b": None}, {"n": 2**60, "b": False},
+    ]  # fmt: skip
+    payload = encode("mixed", 1, log_columns([served(MIXED, rows, 0, datetime(2026, 1, 2, tzinfo=UTC))]), 3).payload
+    batch = decode_logged(payload)
+    assert batch == parsed(payload)
+    assert batch.features["n"] == [7, None, 2**60]
+
+
+def test_a_batch_in_the_records_form_is_read_too() -> None:
+    event = PredictionsLogged(producer="t", model="churn", version=2, shadow=True, records=[
+        PredictionRecord(request_id="a", features={"x": 1.0}, prediction="no"),
+        PredictionRecord(request_id="b", features={"y": "q"}, prediction="yes")])  # fmt: skip
+    batch = decode_logged(event.to_bytes())
+    assert (batch.event_id, batch.model, batch.version, batch.shadow) == (event.event_id, "churn", 2, True)
+    assert batch.request_ids == ["a", "b"]
+    assert batch.features == {"x": [1.0, None], "y": [None, "q"]}
+
+
+def _payload(**changes: Any) -> bytes:
+    rows = [{k: r[k] for k in FEATURES} for r in ChurnStream(seed=5).batch(3)]
+    envelope = orjson.loads(encode("churn", 1, log_columns([served(CHURN, rows, 0, datetime.now(UTC))]), 3).payload)
+    columns = envelope["columns"]
+    for where, value in changes.items():
+        target, _, name = where.partition("__")
+        if target == "envelope":
+            envelope[name] = value
+        elif name:
+            columns[target][name] = value
+        else:
+            columns[target] = value
+    return orjson.dumps(envelope)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"features__plan": ["a", "b"]}, "columns.features.plan: expected a list of 3 values"),
+        ({"request_ids": ["a", 2, "c"]}, "request_id"),
+        ({"request_ids": []}, "expected a list of 0 values"),
+        ({"at": ["2026-01-02T00:00:00Z", "yesterday", "2026-01-02T00:00:00Z"]}, "at"),
+        ({"probabilities__yes": [0.1, "much", 0.3]}, "probabilities"),
+        ({"probabilities__yes": [0.1, None, 0.3]}, "probabilities"),
+        ({"envelope__version": 0}, "version"),
+        ({"envelope__producer": None}, "producer"),
+        ({"envelope__event_type": "labels.arrived"}, "does not belong here"),
+        ({"envelope__schema_version": 3}, "newer than this consumer"),
+    ],
+)
+def test_what_parse_event_refuses_is_refused_with_its_reason(changes: dict[str, Any], reason: str) -> None:
+    payload = _payload(**changes)
+    with pytest.raises(InvalidEvent, match=reason) as parse_refusal:
+        parse_event(payload, (PredictionsLogged,))
+    with pytest.raises(InvalidEvent) as refusal:
+        decode_logged(payload)
+    assert str(refusal.value) == str(parse_refusal.value)
+
+
+def test_bytes_that_are_not_json_are_refused() -> None:
+    with pytest.raises(InvalidEvent, match="not JSON"):
+        decode_logged(b"{nope")
+
+
+def test_a_numeric_column_converts_as_value_by_value_did() -> None:
+    assert np.array_equal(floats([1, None, 2.5, True, "3"]), [1.0, np.nan, 2.5, 1.0, 3.0], equal_nan=True)
+    assert np.array_equal(floats(np.array([1, 2])), [1.0, 2.0])
+    with pytest.raises(TypeError):
+        floats([[1.0, 2.0], [3.0, 4.0]])  # a list a value is no number: refused as float() refuses it
+    with pytest.raises(ValueError, match="could not convert"):
+        floats(["many"])
+
+
+def test_categories_are_counted_as_strings_even_when_values_compare_equal() -> None:
+    window = CategoricalWindow(CategoricalProfile(counts={"1": 5, "True": 5, "a": 5}, count=15, missing=0))
+    window.add(["a", "a", None, "zzz", float("nan")])
+    assert (window.counts, window.missing) == ({"a": 2, "__unseen__": 1}, 2)
+    window.add([1, True, 1.0, "a"])  # equal keys to a Counter, three categories here
+    assert window.counts == {"a": 3, "__unseen__": 2, "1": 1, "True": 1}
+    window.add([["unhashable"]])
+    assert window.counts["__unseen__"] == 3
+
+
+def test_columns_fill_the_same_windows_as_rows() -> None:
+    rng = np.random.default_rng(1)
+    reference = build_profile(
+        {"a": rng.normal(0, 1, 3000), "b": rng.normal(5, 2, 3000), "c": rng.choice(["x", "y", "z"], 3000),
+         "d": rng.exponential(1, 3000)},
+        {"a": "numeric", "b": "numeric", "c": "categorical", "d": "numeric"}, rng.choice(["no", "yes"], 3000),
+        prediction_kind="categorical",
+    )  # fmt: skip
+    features = [{"name": n, "dtype": "numeric"} for n in ("a", "b", "d")] + [{"name": "c", "dtype": "categorical"}]
+    schema = DatasetSchema.model_validate(
+        {"features": features, "target": {"name": "y", "dtype": "categorical"}, "task": "classification"}
+    )
+    rows = [{"a": float(rng.normal()), "b": float(rng.normal(5)), "c": str(rng.choice(["x", "y"])), "d": None}
+            for _ in range(1_300)]  # fmt: skip
+    predictions = [str(p) for p in rng.choice(["no", "yes"], 1_300)]
+    by_rows, by_columns = (ModelMonitor("m", 1, reference, schema, None, DriftConfig(), 500, 100, 200) for _ in "ab")
+    judged_rows = [
+        w for i in range(0, 1_300, 130) for w in by_rows.observe(rows[i : i + 130], predictions[i : i + 130])
+    ]
+    columns = {name: [r.get(name) for r in rows] for name in ("a", "b", "c")}  # "d" has no column: all missing
+    judged_columns = [
+        w for i in range(0, 1_300, 130)
+        for w in by_columns.observe_columns({k: v[i : i + 130] for k, v in columns.items()}, predictions[i : i + 130])
+    ]  # fmt: skip
+    assert len(judged_rows) == len(judged_columns) == 2
+    for left, right in [*zip(judged_rows, judged_columns, strict=True), (by_rows.window, by_columns.window)]:
+        assert left.records == right.records
+        for name, window in left.features.items():
+            other = right.features[name]
+            assert (window.counts == other.counts) if isinstance(window, CategoricalWindow) else True
+            if isinstance(window, NumericWindow):
+                assert isinstance(other, NumericWindow)
+                assert np.array_equal(window.counts, other.counts)
+                assert (window.missing, window.out_of_range) == (other.missing, other.out_of_range)
+                assert np.array_equal(window.reservoir.sample(), other.reservoir.sample())
