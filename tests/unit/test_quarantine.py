@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.ingest.domain import quarantine
-from services.ingest.domain.validation import rejection
+from services.ingest.domain.validation import record_json, rejection
 
 REJECTED = [
     rejection(2, "age", "age: 12.0 is below the minimum 18.0", {"age": 12.0, "plan": "pro"}),
@@ -51,3 +53,20 @@ def test_many_rejections_are_cut_into_blocks_that_page_as_one() -> None:
     page = [r for start, _, block in reversed(blocks) for r in quarantine.newest(block, 1 + start, None, 100)]
     assert [r["id"] for r in page] == list(range(10, 0, -1))
     assert [r["record"]["age"] for r in page] == list(range(9, -1, -1))
+
+
+@pytest.mark.parametrize(
+    ("record", "text"),
+    [
+        ({"age": 12.5, "plan": None}, '{"age":12.5,"plan":null}'),
+        ({"age": None, "plan": None, "note": "null"}, '{"age": null, "plan": null, "note": "null"}'),  # a string "null"
+        ({"age": float("nan"), "plan": None}, "\"{'age': nan, 'plan': None}\""),  # NaN is not JSON: kept as text
+        ({"age": float("inf")}, "\"{'age': inf}\""),
+        ({"tags": [None, float("-inf")], "plan": None}, "\"{'tags': [None, -inf], 'plan': None}\""),  # nested
+        ({"n": 2**70}, '{"n": 1180591620717411303424}'),
+        ([1, None], "[1, null]"),
+        (None, None),
+    ],
+)
+def test_a_record_is_quarantined_as_json_and_never_loses_a_nan_to_null(record: Any, text: str | None) -> None:
+    assert record_json(record) == text
