@@ -23,7 +23,7 @@ from rich.console import Console
 
 from cli.supervisor import UpState
 from libs.common import topics
-from libs.common.arrow_records import DEFAULT_MESSAGE_BYTES, arrow_events
+from libs.common.arrow_records import DEFAULT_MAX_ROWS, DEFAULT_MESSAGE_BYTES, arrow_events
 from libs.common.kafka_security import client_options
 from libs.common.settings import KafkaSettings
 
@@ -53,7 +53,7 @@ def read_table(path: Path, fmt: Format = "auto") -> pa.Table:
 
 async def send(
     table: pa.Table, *, dataset: str, kafka: KafkaSettings, producer: str = "driftloop-cli",
-    principal: str | None = None, max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+    principal: str | None = None, max_message_bytes: int = DEFAULT_MESSAGE_BYTES, max_rows: int = DEFAULT_MAX_ROWS,
 ) -> dict[str, Any]:  # fmt: skip
     """Publish ``table``'s rows as records.submitted events (keyed by dataset: one partition, in order)."""
     topic = kafka.topic(topics.RECORDS_SUBMITTED)
@@ -64,7 +64,7 @@ async def send(
     try:
         pending = []
         for event in arrow_events(table, dataset=dataset, producer=producer, principal=principal,
-                                  max_message_bytes=max_message_bytes):  # fmt: skip
+                                  max_message_bytes=max_message_bytes, max_rows=max_rows):  # fmt: skip
             value = event.to_bytes()
             pending.append(await client.send(topic, value, key=event.key()))
             events, wire = events + 1, wire + len(value)
@@ -82,6 +82,9 @@ def send_command(
     principal: Annotated[str | None, typer.Option(help="The upstream account the rows are attributed to.")] = None,
     max_message_bytes: Annotated[int, typer.Option(help="Largest event (the broker's message.max.bytes).")] = (
         DEFAULT_MESSAGE_BYTES
+    ),
+    max_rows: Annotated[int, typer.Option(min=1, help="Most rows in one event (ingest's max rows per request).")] = (
+        DEFAULT_MAX_ROWS
     ),
     home: HomeOption = Path(".driftloop"),
 ) -> None:
@@ -105,7 +108,7 @@ def send_command(
     kafka = KafkaSettings(bootstrap=bootstrap)
     try:
         summary = asyncio.run(send(table, dataset=dataset, kafka=kafka, principal=principal,
-                                   max_message_bytes=max_message_bytes))  # fmt: skip
+                                   max_message_bytes=max_message_bytes, max_rows=max_rows))  # fmt: skip
     except ValueError as exc:  # a row larger than a message
         console.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc

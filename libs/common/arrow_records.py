@@ -17,6 +17,8 @@ from libs.common.events import RecordsSubmitted
 
 #: Under the broker's default ``message.max.bytes`` (1 MiB) and aiokafka's ``max_request_size``.
 DEFAULT_MESSAGE_BYTES = 1_000_000
+#: Ingest's default ``max_rows_per_request``, which it also applies to one event.
+DEFAULT_MAX_ROWS = 100_000
 Compression = Literal["zstd", "lz4"] | None
 
 
@@ -36,10 +38,13 @@ def arrow_events(
     dataset: str,
     producer: str,
     max_message_bytes: int = DEFAULT_MESSAGE_BYTES,
+    max_rows: int = DEFAULT_MAX_ROWS,
     compression: Compression = "zstd",
     **fields: Any,
 ) -> Iterator[RecordsSubmitted]:
-    """Events carrying ``table``'s rows in order, each at most ``max_message_bytes`` once serialised.
+    """Events carrying ``table``'s rows in order, each at most ``max_message_bytes`` once serialised and
+    at most ``max_rows`` rows (ingest refuses more in one event: ``DRIFTLOOP_INGEST_MAX_ROWS_PER_REQUEST``;
+    narrow rows, such as a few booleans, fit far more than that in a message).
 
     A slice starts at the size its uncompressed width allows (base64 adds a
     third) and is halved until its event fits; a single row that does not fit
@@ -49,7 +54,7 @@ def arrow_events(
     if table.num_rows == 0:
         return
     budget = max_message_bytes * 3 // 4
-    step = max(1, int(budget // max(1.0, table.nbytes / table.num_rows)))
+    step = max(1, min(max_rows, int(budget // max(1.0, table.nbytes / table.num_rows))))
     start = 0
     while start < table.num_rows:
         piece = table.slice(start, step)

@@ -256,6 +256,10 @@ class PairedComparison(BaseModel):
         description="The champion's mean loss (0/1 error, squared error) minus the challenger's: positive, the "
         "challenger errs less."
     )
+    chosen_among: int = Field(
+        default=1, ge=1, description="How many models the same holdout chose the challenger from; p_value is "
+        "already multiplied by it (Bonferroni), since the best of several looks better there than it is."
+    )  # fmt: skip
 
 
 class Rejudgement(BaseModel):

@@ -50,6 +50,7 @@ def test_no_p_value_promotes_a_challenger_that_is_not_ahead() -> None:
     assert not significant(0.0, 0.0, 0.01)
     assert not significant(0.001, None, 0.01)
     assert significant(0.001, 0.01, 0.01)
+    assert not significant(0.002, 0.0, 0.0)  # 0 turns the test off, even for a p-value that underflowed to 0
 
 
 def test_stale_or_missing_comparisons_are_re_judged_never_promoted_or_rejected_as_such() -> None:

@@ -73,6 +73,10 @@ def test_the_helper_cuts_a_table_into_events_that_fit_a_message() -> None:
     assert all(e.principal == "up" for e in events)
     parts = [pa.ipc.open_stream(e.arrow).read_all() for e in events if e.arrow is not None]
     assert pa.concat_tables(parts).equals(table)  # every row, in order
+    # Narrow rows: 400,000 booleans fit one message, but ingest takes at most max_rows rows an event.
+    narrow = pa.table({"flag": [True, False] * 200_000})
+    cut = list(arrow_events(narrow, dataset="d", producer="crm", max_rows=100_000))
+    assert [pa.ipc.open_stream(e.arrow).read_all().num_rows for e in cut if e.arrow is not None] == [100_000] * 4
     with pytest.raises(ValueError, match="alone takes more than"):
         list(
             arrow_events(

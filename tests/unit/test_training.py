@@ -303,6 +303,10 @@ def test_mcnemar_counts_only_the_rows_where_the_two_models_disagree() -> None:
     assert got["p_value"] < 1e-5
     assert paired_comparison(TWO, champion, challenger, truth)["p_value"] > 0.99  # the other way round
     assert paired_comparison(TWO, champion, champion, truth)["p_value"] == 1.0  # no row disagrees: no evidence
+    # The best of four models on this holdout: its p-value counts the four (Bonferroni).
+    four = paired_comparison(TWO, challenger, champion, truth, chosen_among=4)
+    assert four["p_value"] == pytest.approx(min(1.0, 4 * got["p_value"]))
+    assert four["chosen_among"] == 4
 
 
 def test_the_paired_t_test_on_squared_errors_tells_a_small_real_gain_from_noise() -> None:

@@ -93,7 +93,7 @@ async def _store(
             first = first or event
     if first is None:
         return
-    size = sum(len(p) * _JSON_RECORD_BYTES for p in parts if isinstance(p, list))
+    size = sum(len(p) * _JSON_RECORD_BYTES if isinstance(p, list) else p.nbytes for p in parts)
     result = await off_loop(size, combine, schema, parts)
     # Only the upstream system's own Kafka user may write this topic (ACLs): its rows are trusted.
     async with repository.discard_on_error(rt.store) as written:

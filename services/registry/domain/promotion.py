@@ -123,8 +123,9 @@ def decide(candidate: Candidate, champion: int | None, config: PromotionConfig) 
 
 
 def significant(gain: float, p_value: float | None, significance: float) -> bool:
-    """Whether a positive ``gain`` is shown real by the paired test at ``significance`` (never when not ahead)."""
-    return gain > 0 and p_value is not None and p_value <= significance
+    """Whether a positive ``gain`` is shown real by the paired test at ``significance`` (never when not ahead;
+    never with ``significance`` 0, which turns the test off: a p-value can underflow to exactly 0)."""
+    return significance > 0 and gain > 0 and p_value is not None and p_value <= significance
 
 
 def fairness_regressions(candidate: Candidate, tolerance: float) -> list[str]:

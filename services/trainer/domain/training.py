@@ -518,7 +518,9 @@ def losses(schema: DatasetSchema, predicted: Any, y: pd.Series) -> np.ndarray:
     return np.asarray((np.asarray(predicted, dtype=float) - y.astype(float).to_numpy()) ** 2, dtype=float)
 
 
-def paired_comparison(schema: DatasetSchema, challenger: Any, champion: Any, y: pd.Series) -> dict[str, Any]:
+def paired_comparison(
+    schema: DatasetSchema, challenger: Any, champion: Any, y: pd.Series, chosen_among: int = 1
+) -> dict[str, Any]:
     """How strongly the same holdout rows say the challenger errs less than the champion (one-sided).
 
     Paired, because both models predict the same rows: the rows both get right
@@ -533,6 +535,10 @@ def paired_comparison(schema: DatasetSchema, challenger: Any, champion: Any, y: 
     better; p is the chance of the challenger winning at least as many.
     Regression: a one-sided paired t-test on the differences of squared errors
     (their mean over hundreds of rows is close to normal).
+
+    ``chosen_among``: how many models the same holdout chose the challenger from (the full fit, the
+    newest-rows windows, earlier champions). The best of several looks better on it than it is, so
+    the p-value is multiplied by their number (Bonferroni; conservative) before it is reported.
     """
     mine, theirs = losses(schema, challenger, y), losses(schema, champion, y)
     difference = theirs - mine
@@ -543,7 +549,8 @@ def paired_comparison(schema: DatasetSchema, challenger: Any, champion: Any, y: 
         test = "mcnemar"
     else:
         p, test = _paired_t(difference), "paired_t"
-    return {"test": test, "rows": n, "p_value": min(1.0, max(0.0, p)),
+    chosen_among = max(1, chosen_among)
+    return {"test": test, "rows": n, "p_value": min(1.0, max(0.0, p * chosen_among)), "chosen_among": chosen_among,
             "loss_difference": float(np.mean(difference)) if n else 0.0}  # fmt: skip
 
 
@@ -643,6 +650,10 @@ def train(
         x_train, y_train = x_all.iloc[:-holdout_rows], y_all.iloc[:-holdout_rows]
         x_hold, y_hold = x_all.iloc[-holdout_rows:], y_all.iloc[-holdout_rows:]
         weights = recency_weights(len(x_train), config.recency_half_life)
+        # The models the holdout chooses among: this fit, each newest-rows window, each earlier champion.
+        chosen_among = (
+            1 + len(recent_windows(len(x_train), config.recent_shares, config.recent_min_rows)) + len(earlier)
+        )
         pipeline, params, search = _fit(
             schema, config, champion_params(champion), (x_train, y_train, weights),
             (deadline - reserve, fit_deadline - reserve),
@@ -671,7 +682,7 @@ def train(
     if champion_predicted is not None:
         champion_hold = champion_predicted[dropped:][-holdout_rows:]
         champion_metrics = scores(schema, champion_hold, y_hold)
-        comparison = paired_comparison(schema, predicted[-holdout_rows:], champion_hold, y_hold)
+        comparison = paired_comparison(schema, predicted[-holdout_rows:], champion_hold, y_hold, chosen_among)
     return TrainingResult(
         pipeline=pipeline,
         params={**params, "iterations": int(pipeline.named_steps["model"].n_iter_)},
