@@ -118,6 +118,10 @@ bench-ingest: .venv/.synced ## ingest rows/s per body format and rejection rate 
 bench-monitor: .venv/.synced ## the monitor service's sustained rate: predictions.logged per second until lag grows
 	$(PY) -m bench.monitor $(BENCH_ARGS)
 
+.PHONY: bench-records-submitted
+bench-records-submitted: .venv/.synced ## records.submitted rows/s through ingest's consumer: JSON vs Arrow IPC events
+	$(PY) -m bench.records_submitted $(BENCH_ARGS)
+
 .PHONY: bench-training
 bench-training: .venv/.synced ## retrain time and holdout metric: the old search vs today's, 4 synthetic streams
 	$(PY) -m bench.training $(BENCH_ARGS)

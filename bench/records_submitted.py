@@ -7,7 +7,10 @@ against Arrow IPC payloads, the same rows either way.
    (1 % invalid, each kept with its reason) as ``records.submitted`` events before the clock
    starts: JSON events of ``--event-rows`` rows; Arrow events of the same size (zstd buffers);
    and Arrow events cut only by the message size (``libs/common/arrow_records.py``, under 1 MB).
-3. Clock: from the first send until ``GET /v1/datasets/{name}`` counts every row received
+3. Also, in this process: the cost per row of parsing the envelope (``parse_event``: JSON and
+   pydantic; for Arrow, base64 included) of each case's events, what the consumer pays before
+   validation, and what base64 adds to the bytes on the wire.
+4. Clock: from the first send until ``GET /v1/datasets/{name}`` counts every row received
    (polled every 20 ms). Producing raw bytes costs the clock little; the consumer decodes,
    validates and stores. ``DRIFTLOOP_INGEST_MICRO_BATCH_WAIT_S`` is 0.2 s (default 2 s) so the
    last micro-batch's wait does not dominate a few seconds of work; it is in the figure.
@@ -36,7 +39,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from bench.credit import SCHEMA
 from bench.ingest import Service, rows_table
 from libs.common.arrow_records import arrow_events
-from libs.common.events import RecordsSubmitted
+from libs.common.events import RecordsSubmitted, parse_event
 
 CASES = ("json", "arrow", "arrow-max")
 
@@ -79,6 +82,10 @@ def one_case(service: Service, client: httpx.Client, topic: str, case: str, args
     client.put(f"{service.url}/v1/datasets/{dataset}", json=SCHEMA).raise_for_status()
     table = rows_table(args.rows, 11, args.rejected)
     messages = events(table, case, dataset, args.event_rows)
+    parse_started = time.perf_counter()
+    for message in messages:
+        parse_event(message)
+    parse_us = (time.perf_counter() - parse_started) / args.rows * 1e6
     started = time.perf_counter()
     asyncio.run(_send(service.kafka.bootstrap, topic, messages, dataset.encode()))
     sent = time.perf_counter() - started
@@ -90,10 +97,12 @@ def one_case(service: Service, client: httpx.Client, topic: str, case: str, args
         time.sleep(0.02)
     seconds = time.perf_counter() - started
     versions = client.get(f"{service.url}/v1/datasets/{dataset}").json()["version"]
-    return {"case": case, "rows": args.rows, "events": len(messages),
-            "mib_on_the_wire": sum(map(len, messages)) / 2**20, "send_s": sent, "seconds": seconds,
-            "rows_per_s": counts["received"] / seconds, "received": counts["received"],
-            "accepted": counts["accepted"], "rejected": counts["rejected"], "versions": versions}  # fmt: skip
+    return {
+        "case": case, "rows": args.rows, "events": len(messages), "mib_on_the_wire": sum(map(len, messages)) / 2**20,
+        "send_s": sent, "seconds": seconds, "rows_per_s": counts["received"] / seconds,
+        "envelope_parse_us_per_row": parse_us, "received": counts["received"], "accepted": counts["accepted"],
+        "rejected": counts["rejected"], "versions": versions,
+    }  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -110,7 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     one_case(service, client, topic, case, argparse.Namespace(**{**vars(args), "rows": 2000}))  # warm
                     result = one_case(service, client, topic, case, args)
                     results.append(result)
-                    print(f"{case:10} {result['rows_per_s']:>9,.0f} rows/s  ({result['events']} events, "
+                    print(f"{case:10} {result['rows_per_s']:>9,.0f} rows/s  ({result['events']} events, envelope "
+                          f"{result['envelope_parse_us_per_row']:.2f} µs/row, "
                           f"{result['mib_on_the_wire']:.1f} MiB, sent in {result['send_s']:.2f} s, "
                           f"{result['versions']} versions, {result['rejected']} rejected)", flush=True)  # fmt: skip
         finally:

@@ -359,7 +359,9 @@ def docs(out: Annotated[Path, typer.Option(help="Directory for the documents.")]
     for name, (spec, settings) in service_specs().items():
         _, runtime = build(spec, settings)
         path = out / f"{name}.json"
-        path.write_text(json.dumps(document(name, runtime.broker, spec.publishes, spec.description), indent=2) + "\n")
+        path.write_text(
+            json.dumps(document(name, runtime.broker, spec.publishes, spec.description, spec.receives), indent=2) + "\n"
+        )
         console.print(f"wrote {path}")
 
 

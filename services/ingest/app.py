@@ -53,6 +53,7 @@ def spec(settings: IngestSettings) -> ServiceSpec:
         ),
         artifacts=gc.ARTIFACTS,
         publishes=(DataArrived,),
+        receives=(RecordsSubmitted,),
         migrations=Path(__file__).parent / "migrations",
         routes=lambda app, rt: api.mount(app, rt, settings, stored),
         on_start=on_start,

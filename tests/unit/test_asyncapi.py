@@ -10,7 +10,7 @@ from libs.common.asyncapi import document
 from libs.common.service import build
 
 CONSUMES = {
-    "ingest": set(),  # records.submitted is read by the micro-batch consumer, documented by its publisher side
+    "ingest": {topics.RECORDS_SUBMITTED},  # read by the micro-batch consumer: ServiceSpec.receives
     "trainer": {
         topics.DATA_ARRIVED,
         topics.DRIFT_DETECTED,
@@ -41,7 +41,7 @@ PUBLISHES = {
 def test_documents_name_topics_and_schemas(service: str) -> None:
     spec, settings = service_specs()[service]
     _, runtime = build(spec, settings)
-    doc = document(service, runtime.broker, spec.publishes, spec.description)
+    doc = document(service, runtime.broker, spec.publishes, spec.description, spec.receives)
     assert doc["asyncapi"] == "3.0.0"
     by_action: dict[str, set[str]] = {"receive": set(), "send": set()}
     for operation in doc["operations"].values():

@@ -78,7 +78,9 @@ def install_probes(app: FastAPI, rt: Runtime, spec: ServiceSpec) -> None:
     @app.get("/asyncapi.json", tags=["ops"], summary="AsyncAPI document: the topics consumed and published",
              response_model_exclude_unset=True)  # fmt: skip
     async def asyncapi() -> AsyncApiDocument:
-        return AsyncApiDocument.model_validate(document(spec.name, rt.broker, spec.publishes, spec.description))
+        return AsyncApiDocument.model_validate(
+            document(spec.name, rt.broker, spec.publishes, spec.description, spec.receives)
+        )
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=PrometheusText,
              include_in_schema=False)  # fmt: skip

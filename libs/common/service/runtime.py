@@ -84,6 +84,9 @@ class ServiceSpec:
     description: str = ""
     publishes: tuple[type[Event], ...] = ()
     """Events the service emits (for its AsyncAPI document)."""
+    receives: tuple[type[Event], ...] = ()
+    """Events it consumes without a faststream subscriber (for its AsyncAPI document): ingest's
+    micro-batch consumer of records.submitted."""
     verify_artifacts: bool = False
     """Loads what the trainer made (serving, the monitor): every artifact read must carry a valid signature."""
     front: Callable[[ASGIApp], ASGIApp] | None = None
