@@ -14,17 +14,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from libs.common.errors import InvalidEvent
 from libs.common.events import PredictionsLogged, parse_event
 
 EVENT_TYPE: str = PredictionsLogged.model_fields["event_type"].default
+_NUMBERS = frozenset({int, float})
+_DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +63,7 @@ class _Envelope(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     event_id: uuid.UUID
-    occurred_at: datetime | None = None
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))  # as Event: absent is now, null is wrong
     producer: str
     correlation_id: str | None = None
     model: str
@@ -82,11 +82,12 @@ def decode_logged(body: bytes | bytearray | str) -> LoggedPredictions:
     """
     try:
         payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidEvent(f"message is not JSON: {exc}") from exc
+    except orjson.JSONDecodeError:  # NaN or Infinity literals, 1e400, a lone surrogate: the standard library decides
+        return LoggedPredictions.of(_parsed(body))
     if (
         not isinstance(payload, dict) or "records" in payload or payload.get("event_type") != EVENT_TYPE
-        or payload.get("schema_version") != PredictionsLogged.current_version
+        or type(payload.get("schema_version")) is not int
+        or payload["schema_version"] != PredictionsLogged.current_version
     ):  # fmt: skip
         return LoggedPredictions.of(_parsed(body))
     try:
@@ -127,7 +128,7 @@ def _columns(columns: Any) -> tuple[list[str], list[datetime], list[Any], dict[s
         if not isinstance(values, list) or len(values) != rows:
             raise ValueError(f"columns.{where}: expected a list of {rows} values, one per request id")
     for name, values in (probabilities or {}).items():
-        if np.isnan(np.asarray(values, dtype=float)).any():  # a number each (null reads as NaN), as one column
+        if not set(map(type, values)) <= _NUMBERS:  # a JSON number each (no null, no list, no bool): one C pass
             raise ValueError(f"columns.probabilities.{name}: expected numbers")
     return request_ids, _times(at, rows), columns["predictions"], features
 
@@ -140,8 +141,8 @@ def _times(at: Any, rows: int) -> list[datetime]:
     for value in dict.fromkeys(values):
         if not isinstance(value, str):
             raise ValueError(f"columns.at: expected ISO 8601 times, got {value!r}")
-        try:
-            parsed[value] = datetime.fromisoformat(value)
-        except ValueError as exc:
+        try:  # pydantic's own datetime rule, as the records form's ``at`` (fromisoformat takes more)
+            parsed[value] = _DATETIME.validate_python(value)
+        except ValidationError as exc:
             raise ValueError(f"columns.at: {exc}") from exc
     return [parsed[v] for v in values]

@@ -3,6 +3,7 @@ same refusals, as the event parsed record by record; and binning columns fills t
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -161,3 +162,51 @@ def test_columns_fill_the_same_windows_as_rows() -> None:
                 assert np.array_equal(window.counts, other.counts)
                 assert (window.missing, window.out_of_range) == (other.missing, other.out_of_range)
                 assert np.array_equal(window.reservoir.sample(), other.reservoir.sample())
+
+
+def _std(envelope: dict[str, Any], changes: dict[str, Any]) -> bytes:
+    for where, value in changes.items():
+        target, _, name = where.partition("__")
+        if target == "envelope":
+            envelope[name] = value
+        elif name:
+            envelope["columns"][target][name] = value
+        else:
+            envelope["columns"][target] = value
+    return json.dumps(envelope).encode()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _payload(envelope__schema_version=2.0),
+        _payload(envelope__schema_version=True),
+        _payload(envelope__occurred_at=None),
+        _payload(probabilities__yes=[[0.5], [0.5], [0.5]]),
+        _payload(probabilities__yes=[True, False, True]),
+        _payload(at="2026-W01-1"),
+        _payload(at="20260101T000000"),
+        _payload(at="2026-01-01T00:00:00+05"),
+        _payload(at=1_700_000_000),
+        _std(orjson.loads(_payload()), {"features__tenure_months": [float("nan"), 1.0, 2.0]}),
+        _std(orjson.loads(_payload()), {"probabilities__yes": [float("inf"), 0.5, 0.5]}),
+        _std(orjson.loads(_payload()), {"request_ids": ["\ud800", "b", "c"]}),
+    ],
+)
+def test_a_message_is_read_or_refused_exactly_as_parse_event_reads_or_refuses_it(payload: bytes) -> None:
+    """The fast path takes only what it is sure of; anything else is parse_event's to judge."""
+    try:
+        expected: LoggedPredictions | str = parsed(payload)
+    except InvalidEvent as exc:
+        expected = str(exc)
+    try:
+        got: LoggedPredictions | str = decode_logged(payload)
+    except InvalidEvent as exc:
+        got = str(exc)
+    if isinstance(expected, str) or isinstance(got, str):
+        assert got == expected
+    else:
+        assert (got.request_ids, got.at, got.predictions, got.shadow) == (
+            expected.request_ids, expected.at, expected.predictions, expected.shadow
+        )  # fmt: skip
+        assert got.features.keys() == expected.features.keys()
