@@ -1,7 +1,8 @@
 -- Rejected rows are quarantined as one block per submission (services/ingest/domain/quarantine.py):
 -- a compressed Arrow IPC stream, written once and read a page at a time, instead of one row each.
 -- Ids stay per rejection: a block holds first_id .. first_id + rows - 1, from the dataset's counter,
--- which starts above the dataset's rows in the old table (still read, no longer written).
+-- which starts above the dataset's rows in the old table (still read, no longer written). Stop old ingest
+-- replicas before the new version starts: they would go on writing the old table (docs/development.md).
 ALTER TABLE datasets ADD COLUMN rejections_issued bigint NOT NULL DEFAULT 0;
 UPDATE datasets d SET rejections_issued = COALESCE((SELECT max(id) FROM rejections r WHERE r.dataset = d.name), 0);
 
