@@ -44,6 +44,27 @@ async def test_a_worker_answers_reports_errors_and_is_reaped() -> None:
         workers.close()
 
 
+async def test_a_job_goes_to_the_warm_worker_that_holds_its_champion_in_memory() -> None:
+    workers = Workers(preload="tests.workload")
+    try:
+        first, second = workers.take("a"), workers.take("b")
+        assert first is not second
+        await asyncio.gather(first.run(workload.answer, {"value": 1}), second.run(workload.answer, {"value": 2}))
+        first.remember(["older", "champion", "other"], capacity=2)
+        assert first.holds == ["champion", "other"]  # the most recent, as the worker's own cache keeps them
+        first.remember(["champion"], capacity=2)
+        assert first.holds == ["other", "champion"]
+        second.remember(["challenger"], capacity=2)
+        workers.release("a")
+        workers.release("b")  # the most recently used, which a job without a champion gets
+        assert workers.take("c", holding="champion") is first
+        assert workers.take("d", holding="older") is second  # nobody holds it: the most recently used
+        workers.release("c")
+        workers.release("d")
+    finally:
+        workers.close()
+
+
 async def test_a_job_that_may_be_cancelled_keeps_a_warm_spare_for_the_job_replacing_it(tmp_path: Path) -> None:
     workers = Workers(preload="tests.workload")
     pids = tmp_path / "pids"

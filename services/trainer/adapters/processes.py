@@ -107,6 +107,8 @@ class WorkerProcess:
         """Jobs handed to this process so far."""
         self.clean = True
         """Every job so far answered normally: the process may take another."""
+        self.holds: list[str] = []
+        """The sha256 of the pipelines this process last had in memory (``pipelines``), the most recent last."""
         self._warmed = False
 
     @property
@@ -148,6 +150,14 @@ class WorkerProcess:
         self.process.join(5)
         how = "killed" if self.killed else f"exit code {self.process.exitcode}"
         raise WorkerLost(f"worker {self.pid} ended without an answer ({how})")
+
+    def remember(self, sha256s: list[str], capacity: int) -> None:
+        """The job just answered used these pipelines: the process keeps the ``capacity`` most recent."""
+        for sha in sha256s:
+            if sha in self.holds:
+                self.holds.remove(sha)
+            self.holds.append(sha)
+        del self.holds[:-capacity]
 
     def warmed(self) -> bool:
         """Whether the worker finished importing (it said so on its pipe); never blocks."""
@@ -203,10 +213,19 @@ class Workers:
 
     @property
     def _warm(self) -> WorkerProcess | None:
-        """The worker the next job would get (None: it would start a new one): the most recently used of
-        those done importing (it holds the last model in memory), else the one started first."""
+        """The worker the next job would get (None: it would start a new one): see ``_pick``."""
+        return self._pick(None)
+
+    def _pick(self, holding: str | None) -> WorkerProcess | None:
+        """The worker a job would get: of those done importing, the most recently used that holds the pipeline
+        ``holding`` in memory (a job's champion: loading it from the store took 3.5-6.3 s on a loaded machine,
+        longer than the job's search, when the job went to the worker that had run an export), else the most
+        recently used (it holds the last model), else the one started first; None: a new one is needed."""
         self._idle = [w for w in self._idle if w.alive()]
         done = [w for w in self._idle if w.warmed()]
+        keeping = [w for w in done if holding is not None and holding in w.holds]
+        if keeping:
+            return keeping[-1]
         return done[-1] if done else (self._idle[0] if self._idle else None)
 
     def warm_up(self, waiting: int = 1) -> None:
@@ -215,8 +234,9 @@ class Workers:
         while not self.closed and len(self._idle) < waiting:
             self._idle.append(WorkerProcess(self.preload))
 
-    def take(self, key: Any, *, spare: bool = False) -> WorkerProcess:
-        """A worker for job ``key``: a warm one if there is one, else a new one.
+    def take(self, key: Any, *, spare: bool = False, holding: str | None = None) -> WorkerProcess:
+        """A worker for job ``key``: a warm one if there is one (one holding the pipeline ``holding`` first),
+        else a new one.
 
         ``spare``: the job may be cancelled for a more urgent one (drift outranks
         routine work), so warm workers must stay ready for that job: ``spares``
@@ -224,7 +244,7 @@ class Workers:
         """
         if self.closed:
             raise WorkerLost("the trainer is stopping")
-        worker = self._warm or WorkerProcess(self.preload)
+        worker = self._pick(holding) or WorkerProcess(self.preload)
         if worker in self._idle:
             self._idle.remove(worker)
         self.running[key] = worker

@@ -40,7 +40,7 @@ from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from libs.common.signing import Signer
 from libs.common.telemetry import inject_context
-from services.trainer.adapters import governance, repository
+from services.trainer.adapters import governance, pipelines, repository
 from services.trainer.adapters.processes import JobFailed, WorkerLost, Workers
 from services.trainer.adapters.rejudge import rejudge
 from services.trainer.adapters.worker import export_job, run_job
@@ -229,7 +229,8 @@ class JobRunner:
                         self.settings.reuse_earlier,
                     )  # fmt: skip
                 # A routine job may be cancelled for drift: a spare warm worker then waits for the drift job.
-                result = await self._in_worker(job_id, run_job, spec, spare=job["trigger"] in ROUTINE_TRIGGERS)
+                result = await self._in_worker(job_id, run_job, spec, spare=job["trigger"] in ROUTINE_TRIGGERS,
+                                               holding=_sha(spec["champion_artifact"]))  # fmt: skip
                 log.info("training job trained", extra={"job_id": str(job_id), "model": job["model"]})
                 _bracket(result, claimed)
             except asyncio.CancelledError:
@@ -249,7 +250,8 @@ class JobRunner:
 
     async def rejudge(self, spec: dict[str, Any]) -> dict[str, Any]:
         """Re-score a challenger and the current champion on the challenger's holdout, in a worker process."""
-        return await self._in_worker(uuid.uuid4(), rejudge, {"artifacts_root": self.settings.artifacts.root, **spec})
+        return await self._in_worker(uuid.uuid4(), rejudge, {"artifacts_root": self.settings.artifacts.root, **spec},
+                                     holding=_sha(spec.get("challenger")))  # fmt: skip
 
     def _export_later(self, job: asyncpg.Record, result: dict[str, Any]) -> None:
         """Export the published version to ONNX in the background: the next job need not wait for it."""
@@ -313,7 +315,8 @@ class JobRunner:
         try:
             # In the worker that trained the version (its pipeline is in memory); a job following
             # at once (a post-drift refresh) then needs another warm one: spare.
-            answer = await self._in_worker(("export", job["id"]), export_job, spec, spare=True)
+            answer = await self._in_worker(("export", job["id"]), export_job, spec, spare=True,
+                                           holding=_sha(result["artifact"]))  # fmt: skip
             onnx, seconds = OnnxExport.model_validate(answer["onnx"]), answer["seconds"]
         except (JobFailed, WorkerLost) as exc:  # the version keeps serving on its pipeline
             onnx = OnnxExport(artifact=None, parity=False, detail=f"export did not finish: {exc}")
@@ -332,15 +335,18 @@ class JobRunner:
         log.info("training job %s exported: %s", job["id"], onnx.detail, extra={"parity": onnx.parity})
 
     async def _in_worker(
-        self, job_id: Hashable, target: Any, spec: dict[str, Any], *, spare: bool = False
+        self, job_id: Hashable, target: Any, spec: dict[str, Any], *, spare: bool = False, holding: str | None = None
     ) -> dict[str, Any]:
-        worker = self.workers.take(job_id, spare=spare)
+        """Run ``target(spec)`` in a warm worker, one that holds the pipeline ``holding`` (sha256) if any does."""
+        worker = self.workers.take(job_id, spare=spare, holding=holding)
         try:
             if isinstance(job_id, uuid.UUID) and job_id in self._running:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await repository.set_worker(self.rt.db, job_id, worker.pid)
             log.info("worker %d started on %s", worker.pid, job_id, extra={"job_id": str(job_id)})
-            return await worker.run(target, {**spec, "sent_at": time.time()})
+            answer = await worker.run(target, {**spec, "sent_at": time.time()})
+            worker.remember(_pipelines_used(spec, answer), pipelines.CAPACITY)
+            return answer
         finally:
             self.workers.release(job_id)
 
@@ -426,7 +432,7 @@ class JobRunner:
                 "dataset_schema": result["dataset_schema"],
             }
             try:
-                scores = await self._in_worker(job["id"], rejudge, spec)
+                scores = await self._in_worker(job["id"], rejudge, spec, holding=_sha(result["artifact"]))
             except (JobFailed, WorkerLost) as exc:
                 log.warning("re-judgement of job %s failed: %s", job["id"], exc)
                 return compared, last
@@ -533,6 +539,19 @@ class JobRunner:
                 if not await repository.heartbeat(self.rt.db, job_id):
                     self.cancel(job_id)
                     return
+
+
+def _sha(artifact: dict[str, Any] | None) -> str | None:
+    return str(artifact["sha256"]) if artifact else None
+
+
+def _pipelines_used(spec: dict[str, Any], answer: dict[str, Any]) -> list[str]:
+    """The sha256 of the pipelines a worker loaded or trained for ``spec`` (what ``pipelines`` keeps), in that
+    order: a training job's champion and earlier champions then its model, an export's model, a re-judgement's
+    challenger and champion."""
+    refs = [spec.get("champion_artifact"), *(e.get("artifact") for e in spec.get("earlier_champions") or []),
+            spec.get("artifact"), spec.get("challenger"), spec.get("champion"), answer.get("artifact")]  # fmt: skip
+    return [sha for ref in refs if isinstance(ref, dict) and (sha := _sha(ref))]
 
 
 def _stage(result: dict[str, Any], name: str, seconds: float) -> None:
