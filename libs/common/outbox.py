@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar
 
 import asyncpg
@@ -110,6 +110,37 @@ async def once(
         if not await first_delivery(conn, consumer, event.event_id):
             return None
         return await effects(conn)
+
+
+D = TypeVar("D", bound=Delivered)
+
+
+async def once_each(
+    pool: asyncpg.Pool,
+    consumer: str,
+    events: Sequence[D],
+    effects: Callable[[asyncpg.Connection, list[D]], Awaitable[T]],
+) -> T:
+    """:func:`once` for a batch: one transaction records every delivery and applies ``effects`` to the
+    events ``consumer`` sees for the first time (in order; an event twice in the batch counts once;
+    an empty list when all are redeliveries). One statement records them all, so a batch costs the
+    round trips of one event."""
+    async with pool.acquire() as conn, conn.transaction():
+        ids = [event.event_id for event in events]
+        fresh = {
+            r["event_id"]
+            for r in await conn.fetch(
+                "INSERT INTO processed_events (consumer, event_id) SELECT $1, unnest($2::uuid[]) "
+                "ON CONFLICT DO NOTHING RETURNING event_id",
+                consumer, ids,
+            )
+        }  # fmt: skip
+        first = []
+        for event in events:
+            if event.event_id in fresh:
+                fresh.discard(event.event_id)  # the same event again later in the batch is a redelivery
+                first.append(event)
+        return await effects(conn, first)
 
 
 async def pending_count(pool: asyncpg.Pool) -> int:

@@ -66,10 +66,10 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
         labels = labels_arrived.handler(rt, m, metrics, request_ids(settings), settings.compare_every)
         routes = {
             topics.MODEL_PROMOTED: Route(model_promoted.handler(rt, m), (ModelPromoted,)),
-            topics.PREDICTIONS_LOGGED: predictions_logged.route(rt, m, metrics, settings.compare_every),
             topics.LABELS_ARRIVED: Route(labels, (LabelsArrived,)),
         }
         subscribe(rt.broker, routes, group="monitor", settings=settings.kafka, telemetry=rt.telemetry)
+        predictions_logged.subscribe(rt, m, metrics, settings)
 
     async def on_start(rt: Runtime) -> None:
         # The monitor watches the plumbing too: consumer lag of every driftloop group.

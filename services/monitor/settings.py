@@ -49,6 +49,11 @@ class MonitorSettings(ServiceSettings):
     """Largest groups per sensitive feature exported as Prometheus gauges (bounds label cardinality)."""
     group_interval_s: float = Field(default=30.0, gt=0)
     """How often the live group metrics of every monitored model are recomputed for /metrics."""
+    batch_messages: int = Field(default=100, ge=1, le=10_000)
+    """predictions.logged is consumed in batches of up to this many messages (one transaction and one offset
+    commit a batch; serving's messages carry up to 200 predictions each)."""
+    batch_wait_ms: int = Field(default=50, ge=1, le=10_000)
+    """How long a batch of predictions.logged waits to fill once its first message is in."""
     lag_interval_s: float = Field(default=15.0, gt=0)
     """How often the consumer lag of every driftloop group is measured for /metrics."""
     cooldown_s: float = Field(default=120.0, ge=0)

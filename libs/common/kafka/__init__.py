@@ -6,14 +6,14 @@
 - :mod:`.subscriber`: the one subscriber policy (parse, retry, dead-letter, then ack);
 - :mod:`.deadletter`: publishing a failed message to ``<topic>.dlq`` with the reason;
 - :mod:`.publisher`: publishing through a started broker (the outbox relay's sink);
-- :mod:`.batch`: the micro-batch consumer (same policy, a batch at a time);
+- :mod:`.batch`: the micro-batch consumer and batch subscriber (same policy, a batch at a time);
 - :mod:`.lag`: consumer lag and its Prometheus exporter.
 
 Handlers must be idempotent: :func:`libs.common.outbox.once` applies an event's effects once.
 """
 
 from libs.common.kafka.admin import ensure_topics
-from libs.common.kafka.batch import MicroBatchConsumer, rewind_offsets
+from libs.common.kafka.batch import BatchPolicy, MicroBatchConsumer, rewind_offsets, subscribe_batch
 from libs.common.kafka.broker import METADATA_MAX_AGE_MS, connect_with_retry, create_broker, start_with_retry
 from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead_letter
 from libs.common.kafka.delivery import BatchHandler, Delivery, EventHandler, Handler, Route
@@ -24,6 +24,7 @@ from libs.common.kafka.subscriber import positioned, subscribe
 __all__ = [
     "METADATA_MAX_AGE_MS",
     "BatchHandler",
+    "BatchPolicy",
     "BrokerPublisher",
     "ConsumerMetrics",
     "DeadLetterFailed",
@@ -43,4 +44,5 @@ __all__ = [
     "rewind_offsets",
     "start_with_retry",
     "subscribe",
+    "subscribe_batch",
 ]

@@ -1,19 +1,24 @@
-"""Consuming a topic in micro-batches (ingest's records), with the same retry and DLQ policy."""
+"""Consuming a topic in micro-batches, with the same retry and DLQ policy: ingest's records (its own
+consumer loop, :class:`MicroBatchConsumer`) and the monitor's logged predictions (a faststream batch
+subscriber beside the service's other subscriptions, :func:`subscribe_batch`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
+from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import LogicSubscriber
 from opentelemetry import propagate, trace
 
-from libs.common.errors import InvalidEvent
+from libs.common.errors import DriftloopError, InvalidEvent
 from libs.common.events import Event, parse_event
 from libs.common.kafka.broker import METADATA_MAX_AGE_MS
 from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead_letter
@@ -26,11 +31,12 @@ from libs.common.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 E = TypeVar("E", bound=Event)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class _Item(Generic[E]):
-    event: E | None
+class _Item(Generic[T]):
+    event: T | None
     delivery: Delivery
     raw: bytes
 
@@ -43,6 +49,90 @@ def rewind_offsets(records: Iterable[Any]) -> dict[TopicPartition, int]:
         tp = TopicPartition(record.topic, record.partition)
         earliest[tp] = min(earliest.get(tp, record.offset), record.offset)
     return earliest
+
+
+class BatchPolicy(Generic[T]):
+    """The subscriber policy (:mod:`.subscriber`) for a batch of records: decode each (a message that
+    cannot be read is dead-lettered at once), run the handler on the batch with retries, and when
+    the batch still fails, run it one message at a time, so one poison message goes to the DLQ and
+    its neighbours are still handled. A batch has many causes, so its span links to every message's
+    trace instead of choosing one parent. The caller commits the batch's offsets afterwards, or
+    rewinds them on :class:`DeadLetterFailed`.
+
+    ``decode`` reads a message into what the handler takes, raising :class:`InvalidEvent` for one
+    it cannot read: :func:`parse_event` limited to the accepted event types (:class:`MicroBatchConsumer`),
+    or a columnar reader (:func:`libs.common.logged.decode_logged`).
+    """
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        group: str,
+        handler: Callable[[list[tuple[T, Delivery]]], Awaitable[dict[int, DriftloopError] | None]],
+        decode: Callable[[bytes], T],
+        settings: KafkaSettings,
+        telemetry: Telemetry,
+        broker: KafkaBroker,
+    ) -> None:
+        self.topic = topic
+        self.group = group
+        self.handler = handler
+        self.decode = decode
+        self.settings = settings
+        self.telemetry = telemetry
+        self.broker = broker
+        self.metrics = ConsumerMetrics.on(telemetry)
+
+    async def process(self, records: list[Any]) -> None:
+        """Handle ``records`` under the policy above (raises :class:`DeadLetterFailed` if even the DLQ fails)."""
+        items: list[_Item[T]] = []
+        links = []
+        for record in records:
+            delivery = Delivery.of(record)
+            try:
+                items.append(_Item(self.decode(record.value), delivery, record.value))
+            except InvalidEvent as exc:
+                await self._dead_letter(_Item(None, delivery, record.value), exc, attempts=0)
+                continue
+            span_context = trace.get_current_span(propagate.extract(delivery.headers)).get_span_context()
+            if span_context.is_valid:
+                links.append(trace.Link(span_context))
+        if not items:
+            return
+        with self.telemetry.tracer.start_as_current_span(
+            f"{self.topic} process batch", kind=trace.SpanKind.CONSUMER, links=links,
+            attributes={"messaging.batch.message_count": len(items), "messaging.destination.name": self.topic},
+        ):  # fmt: skip
+            if len(items) > 1 and await self._attempt(items, attempts=2) is None:
+                return
+            for item in items:  # one at a time: only the poison message(s) fail
+                error = await self._attempt([item], attempts=self.settings.max_attempts)
+                if error is not None:
+                    await self._dead_letter(item, error, attempts=self.settings.max_attempts)
+
+    async def _attempt(self, items: list[_Item[T]], *, attempts: int) -> Exception | None:
+        """Run the handler on ``items`` with backoff; the last error, or None on success
+        (items the handler refused are dead-lettered here, and count as handled)."""
+
+        async def once(attempt: int) -> None:
+            refused = await self.handler([(i.event, i.delivery) for i in items if i.event is not None])
+            for position, error in (refused or {}).items():
+                await self._dead_letter(items[position], error, attempts=attempt)
+
+        def retrying(exc: Exception, attempt: int, delay: float) -> None:
+            self.metrics.retried.labels(self.topic, self.group).inc()
+
+        try:
+            await retry(once, backoff=self.settings.backoff, attempts=attempts, give_up=permanent, on_retry=retrying)
+        except GaveUp as gave_up:
+            return gave_up.error
+        return None
+
+    async def _dead_letter(self, item: _Item[T], error: Exception, *, attempts: int) -> None:
+        log.error("message dead-lettered", extra={"topic": self.topic, "error": repr(error)})
+        await dead_letter(self.broker, item.raw, item.delivery, group=self.group, error=error, attempts=attempts,
+                          metrics=self.metrics)  # fmt: skip
 
 
 class MicroBatchConsumer(Generic[E]):
@@ -76,14 +166,14 @@ class MicroBatchConsumer(Generic[E]):
     ) -> None:
         self.topic = settings.topic(topic)
         self.group = settings.group(group)
-        self.handler = handler
-        self.accepts = accepts
         self.settings = settings
         self.telemetry = telemetry
-        self.broker = broker
         self.max_records = max_records
         self.max_wait_s = max_wait_s
-        self.metrics = ConsumerMetrics.on(telemetry)
+        self.policy = BatchPolicy[E](
+            topic=self.topic, group=self.group, handler=handler, settings=settings, telemetry=telemetry,
+            broker=broker, decode=lambda raw: cast(E, parse_event(raw, accepts)),  # one of ``accepts``, or refused
+        )  # fmt: skip
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -119,7 +209,7 @@ class MicroBatchConsumer(Generic[E]):
                 if not buffer:
                     continue
                 try:
-                    await self._process(buffer)
+                    await self.policy.process(buffer)
                 except DeadLetterFailed:
                     for tp, offset in rewind_offsets(buffer).items():  # nothing of this batch is lost
                         consumer.seek(tp, offset)
@@ -136,56 +226,6 @@ class MicroBatchConsumer(Generic[E]):
         finally:
             await shielded(consumer.stop())  # aiokafka's close swallows a cancel: see libs.common.tasks
 
-    async def _process(self, records: list[Any]) -> None:
-        items: list[_Item[E]] = []
-        links = []
-        for record in records:
-            delivery = Delivery.of(record)
-            try:
-                event = cast(E, parse_event(record.value, self.accepts))  # one of ``accepts``, or refused
-                items.append(_Item(event, delivery, record.value))
-            except InvalidEvent as exc:
-                await self._dead_letter(_Item(None, delivery, record.value), exc, attempts=0)
-                continue
-            span_context = trace.get_current_span(propagate.extract(delivery.headers)).get_span_context()
-            if span_context.is_valid:
-                links.append(trace.Link(span_context))
-        if not items:
-            return
-        with self.telemetry.tracer.start_as_current_span(
-            f"{self.topic} process batch", kind=trace.SpanKind.CONSUMER, links=links,
-            attributes={"messaging.batch.message_count": len(items), "messaging.destination.name": self.topic},
-        ):  # fmt: skip
-            if len(items) > 1 and await self._attempt(items, attempts=2) is None:
-                return
-            for item in items:  # one at a time: only the poison message(s) fail
-                error = await self._attempt([item], attempts=self.settings.max_attempts)
-                if error is not None:
-                    await self._dead_letter(item, error, attempts=self.settings.max_attempts)
-
-    async def _attempt(self, items: list[_Item[E]], *, attempts: int) -> Exception | None:
-        """Run the handler on ``items`` with backoff; the last error, or None on success
-        (items the handler refused are dead-lettered here, and count as handled)."""
-
-        async def once(attempt: int) -> None:
-            refused = await self.handler([(i.event, i.delivery) for i in items if i.event is not None])
-            for position, error in (refused or {}).items():
-                await self._dead_letter(items[position], error, attempts=attempt)
-
-        def retrying(exc: Exception, attempt: int, delay: float) -> None:
-            self.metrics.retried.labels(self.topic, self.group).inc()
-
-        try:
-            await retry(once, backoff=self.settings.backoff, attempts=attempts, give_up=permanent, on_retry=retrying)
-        except GaveUp as gave_up:
-            return gave_up.error
-        return None
-
-    async def _dead_letter(self, item: _Item[E], error: Exception, *, attempts: int) -> None:
-        log.error("message dead-lettered", extra={"topic": self.topic, "error": repr(error)})
-        await dead_letter(self.broker, item.raw, item.delivery, group=self.group, error=error, attempts=attempts,
-                          metrics=self.metrics)  # fmt: skip
-
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"batch-consumer-{self.topic}")
 
@@ -200,3 +240,53 @@ class MicroBatchConsumer(Generic[E]):
         except TimeoutError:
             await cancel_and_wait(self._task)
         self._task = None
+
+
+FETCH_BYTES = 16 * 1024 * 1024
+"""Bytes fetched from a partition at once by :func:`subscribe_batch`: a batch is at most what one fetch
+brought, and the client's default (1 MiB) holds about 20 of serving's 200-prediction messages."""
+
+
+def subscribe_batch(
+    broker: KafkaBroker,
+    topic: str,
+    handler: Callable[[list[tuple[T, Delivery]]], Awaitable[dict[int, DriftloopError] | None]],
+    decode: Callable[[bytes], T],
+    *,
+    group: str,
+    settings: KafkaSettings,
+    telemetry: Telemetry,
+    max_records: int = 50,
+    max_wait_ms: int = 50,
+) -> LogicSubscriber[Any]:
+    """Consume ``topic`` in batches of up to ``max_records`` messages (whatever arrived within
+    ``max_wait_ms``), under :class:`BatchPolicy`, then commit the batch's offsets once.
+
+    For a topic whose messages come by the hundred a second (``predictions.logged``): one handler
+    call, one transaction and one commit a batch instead of one a message, each of which waits for
+    a round trip. It is a faststream subscriber in the service's own consumer group (``group``), so
+    the group's ACLs, lag and AsyncAPI document are the same as with :func:`.subscribe`; it is a
+    second member of that group, subscribed to ``topic`` only.
+    """
+    policy = BatchPolicy(topic=settings.topic(topic), group=settings.group(group), handler=handler, decode=decode,
+                         settings=settings, telemetry=telemetry, broker=broker)  # fmt: skip
+    subscriber = broker.subscriber(
+        settings.topic(topic), group_id=settings.group(group), batch=True, max_records=max_records,
+        batch_timeout_ms=max_wait_ms, ack_policy=AckPolicy.MANUAL, auto_offset_reset="earliest",
+        max_partition_fetch_bytes=FETCH_BYTES, max_poll_interval_ms=300_000, title=f"{settings.group(group)}-batch",
+        description=topic,
+    )  # fmt: skip
+
+    async def on_batch(msg: KafkaMessage) -> None:
+        records = msg.raw_message
+        try:
+            await policy.process(list(records) if isinstance(records, tuple) else [records])
+        except DeadLetterFailed:
+            await asyncio.sleep(settings.retry_backoff_max_s)
+            await msg.nack()  # every partition rewound to the batch's earliest record: delivered again
+            return
+        await msg.ack()
+
+    on_batch.__name__ = f"{settings.group(group)}_{topic}_batch".replace(".", "_").replace("-", "_")
+    subscriber(on_batch)
+    return subscriber

@@ -28,7 +28,6 @@ class Delivery:
 
 
 E = TypeVar("E", bound=Event)
-T = TypeVar("T")
 
 EventHandler = Callable[[E, Delivery], Awaitable[None]]
 """Handles one event of type ``E`` (``EventHandler[DriftDetected]``): it receives only that type."""
@@ -46,7 +45,7 @@ class Route:
     handler takes every type the route accepts.
     """
 
-    __slots__ = ("accepts", "decode", "handler")
+    __slots__ = ("accepts", "handler")
 
     def __init__(self, handler: EventHandler[E], accepts: tuple[type[E], ...]) -> None:
         if not accepts:
@@ -54,21 +53,6 @@ class Route:
         # The handler only ever sees the types in ``accepts`` (parse_event checks it).
         self.handler = cast(Handler, handler)
         self.accepts: tuple[type[Event], ...] = accepts
-        self.decode: Callable[[bytes], Any] | None = None
-        """Reads a message instead of :func:`~libs.common.events.parse_event` (:meth:`decoded`)."""
-
-    @staticmethod
-    def decoded(
-        handler: Callable[[T, Delivery], Awaitable[None]], decode: Callable[[bytes], T],
-        accepts: tuple[type[Event], ...],
-    ) -> Route:  # fmt: skip
-        """A route whose messages ``decode`` reads into what ``handler`` takes, raising
-        :class:`~libs.common.errors.InvalidEvent` for a message that is not one of ``accepts`` (it is
-        dead-lettered like any unreadable message). For a hot topic read without a pydantic object per
-        row (``predictions.logged``: :func:`libs.common.logged.decode_logged`)."""
-        route = Route(cast(Handler, handler), accepts)
-        route.decode = decode
-        return route
 
 
 BatchHandler = Callable[[list[tuple[E, Delivery]]], Awaitable[dict[int, DriftloopError] | None]]

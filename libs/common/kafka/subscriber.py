@@ -133,7 +133,7 @@ class _Policy:
 
     async def handle(self, body: bytes, delivery: Delivery, route: Route) -> None:
         try:
-            event = route.decode(body) if route.decode is not None else parse_event(body, route.accepts)
+            event = parse_event(body, route.accepts)
         except InvalidEvent as exc:
             await self.dead_letter(body, delivery, exc, attempts=0)
             return

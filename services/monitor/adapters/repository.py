@@ -6,7 +6,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -72,6 +72,19 @@ async def monitor_version(conn: asyncpg.Connection, event: ModelPromoted) -> int
     return event.version
 
 
+async def lock_labels(conn: asyncpg.Connection, models: list[str]) -> None:
+    """Hold, until the transaction ends, the lock that orders label matching for ``models``.
+
+    Labels and predictions arrive on two topics, read by two consumers (or replicas) at once. Without
+    it, a label whose prediction is being stored in a concurrent, uncommitted transaction would be
+    parked, and that transaction, not seeing the parked label, would never match it. Taken in name
+    order, so two transactions never wait for each other crosswise.
+    """
+    for model in sorted(set(models)):
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('driftloop.monitor.labels:' || $1, 0))",
+                           model)  # fmt: skip
+
+
 async def label_predictions(conn: asyncpg.Connection, model: str, request_ids: list[str]) -> list[asyncpg.Record]:
     """Mark the unlabelled predictions among ``request_ids`` labelled; their request_id, version, prediction
     and the groups of their sensitive inputs (``sensitive``, None when the model has none)."""
@@ -112,22 +125,33 @@ async def forget_parked_labels(conn: asyncpg.Connection, older_than_s: float) ->
 
 
 async def store_predictions(
-    conn: asyncpg.Connection, batch: LoggedPredictions, sensitive: list[dict[str, str] | None] | None = None
+    conn: asyncpg.Connection,
+    batches: Sequence[LoggedPredictions],
+    sensitive: Sequence[list[dict[str, str] | None] | None] | None = None,
 ) -> list[EarlyLabel]:
-    """Keep the predictions for label matching, each with the groups of its sensitive inputs (``sensitive``,
-    one per record, when the model declares any); return the parked labels they answer (now matched).
-    One COPY a batch, its rows zipped from the columns."""
-    groups = [json.dumps(g) if g is not None else None for g in sensitive] if sensitive else repeat(None)
-    rows = zip(batch.request_ids, repeat(batch.model), repeat(batch.version), jsonb_texts(batch.predictions),
-               batch.at, groups)  # fmt: skip
+    """Keep the predictions of ``batches`` for label matching, each with the groups of its sensitive inputs
+    (``sensitive``: per batch, one per record when the model declares any, else None); return the parked
+    labels they answer (now matched). One COPY for every batch, its rows zipped from the columns, and one
+    look for parked labels per model."""
+    groups = sensitive or [None] * len(batches)
+    rows = chain.from_iterable(
+        zip(b.request_ids, repeat(b.model), repeat(b.version), jsonb_texts(b.predictions), b.at,
+            [json.dumps(g) if g is not None else None for g in s] if s else repeat(None))
+        for b, s in zip(batches, groups, strict=True)
+    )  # fmt: skip
     await conn.copy_records_to_table(
         "predictions", columns=["request_id", "model", "version", "prediction", "at", "sensitive"], records=rows
     )
-    early = await conn.fetch(
-        "DELETE FROM pending_labels WHERE request_id = ANY($1::text[]) AND model = $2 "
-        "RETURNING request_id, label, principal, trusted, attributes",
-        batch.request_ids, batch.model,
-    )  # fmt: skip
+    by_model: dict[str, list[str]] = {}
+    for b in batches:
+        by_model.setdefault(b.model, []).extend(b.request_ids)
+    early = []
+    for model, request_ids in by_model.items():
+        early += await conn.fetch(
+            "DELETE FROM pending_labels WHERE request_id = ANY($1::text[]) AND model = $2 "
+            "RETURNING request_id, label, principal, trusted, attributes",
+            request_ids, model,
+        )  # fmt: skip
     if early:
         await conn.execute(
             "UPDATE predictions SET labelled = true WHERE request_id = ANY($1::text[])",

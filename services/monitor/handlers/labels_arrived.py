@@ -74,6 +74,7 @@ async def _match(
 ) -> tuple[list[asyncpg.Record], list[str], ModelMonitor | None]:
     """Label the predictions these labels answer and park the rest; (labelled rows, parked ids, monitor).
     Each labelled prediction is scored for the version that made it (and a shadow's copy of it)."""
+    await repository.lock_labels(conn, [event.model])  # ordered with the storing of predictions
     rows = await repository.label_predictions(conn, event.model, list(labels))
     matched = {r["request_id"] for r in rows}
     unmatched = [rid for rid in labels if rid not in matched]

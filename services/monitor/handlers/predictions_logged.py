@@ -1,7 +1,8 @@
 """predictions.logged: fill the model's window; judge it when full; raise drift.detected.
 
-The monitor's hot path. Messages are read as columns (:func:`libs.common.logged.decode_logged`, no
-object per prediction), stored with one COPY, and binned into the window column by column.
+The monitor's hot path. Messages come in batches (:func:`libs.common.kafka.subscribe_batch`: one
+transaction and one offset commit a batch), are read as columns (:func:`libs.common.logged.decode_logged`,
+no object per prediction), stored with one COPY a batch, and binned into the window column by column.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from typing import Any
 import asyncpg
 from opentelemetry import trace
 
-from libs.common import outbox
-from libs.common.events import DriftDetected, FeatureDrift, PredictionsLogged
-from libs.common.kafka import Delivery, Route
+from libs.common import outbox, topics
+from libs.common.events import DriftDetected, FeatureDrift
+from libs.common.kafka import Delivery, subscribe_batch
 from libs.common.logged import LoggedPredictions, decode_logged
 from libs.common.service import Runtime
 from services.monitor.adapters import repository, versions
@@ -28,57 +29,96 @@ from services.monitor.domain.histograms import window_histograms
 from services.monitor.domain.monitor import ModelMonitor
 from services.monitor.domain.windows import Window
 from services.monitor.handlers import labels_arrived
+from services.monitor.settings import MonitorSettings
 
 log = logging.getLogger(__name__)
 CONSUMER = "monitor.predictions-logged"
 
 
-def route(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, compare_every: int = 50) -> Route:
-    """The topic's route: messages decoded as columns for :func:`handler`."""
-    return Route.decoded(handler(rt, monitors, metrics, compare_every), decode_logged, (PredictionsLogged,))
+def subscribe(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, settings: MonitorSettings) -> None:
+    """Consume the topic in batches (one transaction and one offset commit a batch), read as columns."""
+    subscribe_batch(rt.broker, topics.PREDICTIONS_LOGGED, handler(rt, monitors, metrics, settings.compare_every),
+                    decode_logged, group="monitor", settings=settings.kafka, telemetry=rt.telemetry,
+                    max_records=settings.batch_messages, max_wait_ms=settings.batch_wait_ms)  # fmt: skip
+
+
+Batch = list[tuple[LoggedPredictions, Delivery]]
 
 
 def handler(
     rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, compare_every: int = 50
-) -> Callable[[LoggedPredictions, Delivery], Awaitable[None]]:
-    async def handle(event: LoggedPredictions, delivery: Delivery) -> None:
-        """Keep the predictions for label matching, then add them to the window."""
-        if event.shadow:  # copies of requests already answered: scored once labelled, never in a window
-            await outbox.once(rt.db, CONSUMER, event, lambda conn: _shadow(conn, monitors, event, compare_every))
-            return
-        stored = await outbox.once(rt.db, CONSUMER, event, lambda conn: _store(conn, monitors, event, compare_every))
-        if stored is None:
-            return
-        early, monitor = stored
-        if early:
-            _score_early_labels(event, early, monitor, metrics)
-        if monitor is None or monitor.version != event.version:
-            return  # traffic of a version no longer (or not yet) monitored
-        monitor.causes.append(trace.get_current_span().get_span_context())
-        full = monitor.observe_columns(event.features, event.predictions)
-        for window in full:
-            await _judge(rt, monitor, window, metrics)
+) -> Callable[[Batch], Awaitable[None]]:
+    async def handle(batch: Batch) -> None:
+        """Keep the predictions for label matching (every message of the batch in one transaction), then add
+        them to the windows, message by message in their order."""
+        events = [event for event, _ in batch]
+        stored = await outbox.once_each(rt.db, CONSUMER, events, lambda conn, fresh: _store(conn, monitors, fresh,
+                                                                                            compare_every))  # fmt: skip
+        for event, early, monitor in stored:
+            if early:
+                _score_early_labels(event, early, monitor, metrics)
+            if monitor is None or monitor.version != event.version:
+                continue  # traffic of a version no longer (or not yet) monitored
+            monitor.causes.append(trace.get_current_span().get_span_context())
+            for window in monitor.observe_columns(event.features, event.predictions):
+                await _judge(rt, monitor, window, metrics)
 
     return handle
 
 
+Stored = tuple[LoggedPredictions, list[repository.EarlyLabel], ModelMonitor | None]
+
+
 async def _store(
-    conn: asyncpg.Connection, monitors: Monitors, event: LoggedPredictions, compare_every: int
-) -> tuple[list[repository.EarlyLabel], ModelMonitor | None]:
-    monitor = await monitors.load(conn, event.model, version=event.version)
-    inputs = None
-    if monitor is not None and monitor.schema.sensitive:
-        inputs = [input_groups(monitor.schema, row) for row in _sensitive_rows(monitor, event)]
-    early = await repository.store_predictions(conn, event, inputs)
-    if early and monitor is not None:  # labels that overtook their predictions, scored for this version
-        predicted = dict(zip(event.request_ids, event.predictions, strict=True))
-        scored = [(e.request_id, event.version, predicted[e.request_id], e.label) for e in early]
-        groups = {}
-        if inputs is not None:
-            logged = dict(zip(event.request_ids, inputs, strict=True))
-            groups = {e.request_id: row_groups(monitor.schema, logged[e.request_id], e.attributes) for e in early}
-        await labels_arrived.score_live(conn, monitor, scored, compare_every, groups)
-    return early, monitor
+    conn: asyncpg.Connection, monitors: Monitors, events: list[LoggedPredictions], compare_every: int
+) -> list[Stored]:
+    """The effects of the events seen for the first time: a shadow's predictions are kept to be scored once
+    labelled (never in a window); served ones are stored with one COPY, and the labels that overtook them
+    scored. Returns each served event with its early labels and its model's monitor."""
+    await repository.lock_labels(conn, [e.model for e in events])  # ordered with label matching
+    served = [e for e in events if not e.shadow]
+    stored = await _store_served(conn, monitors, served, compare_every) if served else []
+    for event in events:  # after the served ones: a shadow is scored on the labels its served twin matched
+        if event.shadow:
+            await _shadow(conn, monitors, event, compare_every)
+    return stored
+
+
+async def _store_served(
+    conn: asyncpg.Connection, monitors: Monitors, served: list[LoggedPredictions], compare_every: int
+) -> list[Stored]:
+    watched = [await monitors.load(conn, e.model, version=e.version) for e in served]
+    inputs = [
+        [input_groups(m.schema, row) for row in _sensitive_rows(m, e)] if m is not None and m.schema.sensitive
+        else None
+        for e, m in zip(served, watched, strict=True)
+    ]  # fmt: skip
+    early = await repository.store_predictions(conn, served, inputs)
+    owner = {rid: i for i, e in enumerate(served) for rid in e.request_ids} if early else {}
+    answered: list[list[repository.EarlyLabel]] = [[] for _ in served]
+    for label in early:
+        answered[owner[label.request_id]].append(label)
+    for event, monitor, labels, groups_in in zip(served, watched, answered, inputs, strict=True):
+        if labels and monitor is not None:  # labels that overtook their predictions, scored for this version
+            await _score_early(conn, event, monitor, labels, groups_in, compare_every)
+    return list(zip(served, answered, watched, strict=True))
+
+
+async def _score_early(
+    conn: asyncpg.Connection,
+    event: LoggedPredictions,
+    monitor: ModelMonitor,
+    early: list[repository.EarlyLabel],
+    inputs: list[dict[str, str] | None] | None,
+    compare_every: int,
+) -> None:
+    predicted = dict(zip(event.request_ids, event.predictions, strict=True))
+    scored = [(e.request_id, event.version, predicted[e.request_id], e.label) for e in early]
+    groups = {}
+    if inputs is not None:
+        logged = dict(zip(event.request_ids, inputs, strict=True))
+        groups = {e.request_id: row_groups(monitor.schema, logged[e.request_id], e.attributes) for e in early}
+    await labels_arrived.score_live(conn, monitor, scored, compare_every, groups)
 
 
 def _sensitive_rows(monitor: ModelMonitor, event: LoggedPredictions) -> list[dict[str, Any]]:
