@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 from libs.common import outbox, topics
 from libs.common.events import DriftDetected, FeatureDrift
@@ -52,6 +52,7 @@ def handler(
         """Keep the predictions for label matching (every message of the batch in one transaction), then add
         them to the windows, message by message in their order."""
         events = [event for event, _ in batch]
+        causes = {event.event_id: _cause(delivery) for event, delivery in batch}
         stored = await outbox.once_each(rt.db, CONSUMER, events, lambda conn, fresh: _store(conn, monitors, fresh,
                                                                                             compare_every))  # fmt: skip
         for event, early, monitor in stored:
@@ -59,11 +60,18 @@ def handler(
                 _score_early_labels(event, early, monitor, metrics)
             if monitor is None or monitor.version != event.version:
                 continue  # traffic of a version no longer (or not yet) monitored
-            monitor.causes.append(trace.get_current_span().get_span_context())
+            monitor.causes.append(causes[event.event_id])
             for window in monitor.observe_columns(event.features, event.predictions):
                 await _judge(rt, monitor, window, metrics)
 
     return handle
+
+
+def _cause(delivery: Delivery) -> trace.SpanContext:
+    """The span that published a message (its trace headers), or the batch's span when it carried none:
+    a drift alarm links to the messages behind its window."""
+    published = trace.get_current_span(propagate.extract(delivery.headers)).get_span_context()
+    return published if published.is_valid else trace.get_current_span().get_span_context()
 
 
 Stored = tuple[LoggedPredictions, list[repository.EarlyLabel], ModelMonitor | None]
