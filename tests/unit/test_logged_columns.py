@@ -4,6 +4,7 @@ same refusals, as the event parsed record by record; and binning columns fills t
 from __future__ import annotations
 
 import json
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,7 +20,7 @@ from libs.common.profile import CategoricalProfile, build_profile
 from libs.common.schema import DatasetSchema
 from services.monitor.domain.decision import DriftConfig
 from services.monitor.domain.monitor import ModelMonitor
-from services.monitor.domain.windows import CategoricalWindow, NumericWindow, floats
+from services.monitor.domain.windows import CategoricalWindow, NumericWindow, Reservoir, Window, floats
 from services.serving.adapters.prediction_log import encode
 from services.serving.domain.predictions import log_columns
 from tests.factories import CHURN
@@ -210,3 +211,45 @@ def test_a_message_is_read_or_refused_exactly_as_parse_event_reads_or_refuses_it
             expected.request_ids, expected.at, expected.predictions, expected.shadow
         )  # fmt: skip
         assert got.features.keys() == expected.features.keys()
+
+
+def _old_numeric(values: list[Any]) -> np.ndarray:
+    """The per-value conversion the monitor used before its columnar path (4570e62^)."""
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def _old_categorical(window: CategoricalWindow, values: list[Any]) -> None:
+    """The per-value counting the monitor used before its columnar path (4570e62^)."""
+    present = [str(v) for v in values if not (v is None or (isinstance(v, float) and np.isnan(v)))]
+    window.missing += len(values) - len(present)
+    for key, count in Counter(present).items():
+        bucket = key if key in window.reference.counts else "__unseen__"
+        window.counts[bucket] = window.counts.get(bucket, 0) + count
+
+
+def test_a_window_bins_a_batch_as_the_per_value_rules_it_replaced_did() -> None:
+    """Not the new code against itself: the batch path against the old rules, written out above."""
+    rng = np.random.default_rng(7)
+    reference = build_profile(
+        {"x": rng.normal(0, 1, 2000), "c": rng.choice(["1", "True", "a", "b"], 2000)},
+        {"x": "numeric", "c": "categorical"}, rng.choice(["no", "yes"], 2000), prediction_kind="categorical",
+    )  # fmt: skip
+    numbers: list[Any] = [0.5, None, float("nan"), 3, True, -7.25, 1e300, -1e300, 2**70, "2.5", 0, False]
+    categories: list[Any] = ["a", 1, True, 1.0, None, float("nan"), "zzz", "b", "True", "1", 0, ""]
+    pick = np.random.default_rng(3).integers(0, len(numbers), 600).tolist()
+    x, c = [numbers[i] for i in pick], [categories[i] for i in pick]
+    predictions = [str(p) for p in rng.choice(["no", "yes"], 600)]
+    window = Window(reference, sample_size=50, seed=1)
+    for start in range(0, 600, 70):  # batches of uneven size, as messages arrive
+        window.add_columns({"x": x[start : start + 70], "c": c[start : start + 70]}, predictions[start : start + 70])
+    numeric = NumericWindow(reference.features["x"], Reservoir(50, np.random.default_rng(1)))  # type: ignore[arg-type]
+    categorical = CategoricalWindow(reference.features["c"])  # type: ignore[arg-type]
+    for start in range(0, 600, 70):
+        numeric.add(_old_numeric(x[start : start + 70]))
+        _old_categorical(categorical, c[start : start + 70])
+    got = window.features["x"]
+    assert isinstance(got, NumericWindow)
+    assert np.array_equal(got.counts, numeric.counts)
+    assert (got.missing, got.out_of_range) == (numeric.missing, numeric.out_of_range)
+    assert np.array_equal(got.reservoir.sample(), numeric.reservoir.sample())
+    assert window.features["c"] == categorical
