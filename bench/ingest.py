@@ -46,7 +46,7 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from bench.credit import SCHEMA
-from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, terminate
 from libs.common import auth
 from libs.common.settings import DatabaseSettings
 
@@ -177,12 +177,7 @@ class Service:
         raise SystemExit(f"ingest did not become ready:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
         self.kafka.stop()
         self.postgres.stop()
 

@@ -49,7 +49,7 @@ import pandas as pd
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.serving import MODEL, SCHEMA, cpu_seconds, dataset, machine, wait_for
-from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, terminate
 from libs.common import models, topics
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import AliasMove, ModelPromoted
@@ -230,12 +230,7 @@ class Stack:
             await BrokerPublisher(broker, self.prefix).publish_event(event)
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
         self.kafka.stop()
         self.postgres.stop()
 

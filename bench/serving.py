@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 
 from bench.credit import SCHEMA as CREDIT
-from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from devstack.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, terminate
 from libs.common import auth, models
 from libs.common.artifacts import ArtifactStore
 from libs.common.events import AliasMove, ArtifactRef, ModelPromoted, OnnxExport
@@ -276,12 +276,7 @@ class MLServer:
         )
 
     def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
         self.log.close()
 
 

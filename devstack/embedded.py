@@ -72,6 +72,18 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999  # Linux's default
 
 
+def terminate(process: subprocess.Popen[Any] | None, timeout: float = 20.0) -> None:
+    """Stop ``process`` with SIGTERM, and kill it if it has not exited within ``timeout`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
 def free_port() -> int:
     """A port free now, for a server that binds it soon.
 
