@@ -19,19 +19,11 @@ from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
 from tests.conftest import Isolation, serve
 from tests.helpers import read_topic, wait_until
+from tests.integration.test_ingest import SCHEMA as INGEST_SCHEMA
 
 pytestmark = pytest.mark.integration
 
-SCHEMA: dict[str, Any] = {
-    "features": [
-        {"name": "age", "dtype": "numeric", "min": 18, "max": 100},
-        {"name": "plan", "dtype": "categorical", "categories": ["basic", "pro"]},
-        {"name": "visits", "dtype": "integer", "nullable": True},
-    ],
-    "target": {"name": "churned", "dtype": "categorical", "categories": ["no", "yes"]},
-    "task": "classification",
-    "key": "id",
-}
+SCHEMA: dict[str, Any] = {**INGEST_SCHEMA, "key": "id"}  # test_ingest's customers, with a record key
 TYPES = pa.schema([("id", pa.string()), ("age", pa.float64()), ("plan", pa.string()), ("visits", pa.int32()),
                    ("churned", pa.string())])  # fmt: skip
 
