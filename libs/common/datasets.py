@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -29,8 +29,29 @@ _ARROW_TYPES = {
     DType.BOOLEAN: pa.bool_(),
 }
 
-#: Column added to every stored row: when ingest accepted it (UTC).
+#: Column added to every stored row: when ingest accepted it (UTC, to the millisecond).
 INGESTED_AT = "_ingested_at"
+
+
+def acceptance_time(at: datetime | None = None) -> datetime:
+    """``at`` (default: now) cut to the millisecond, the resolution of :data:`INGESTED_AT`.
+
+    A batch's acceptance time is stored twice: in the manifest and the versions table (which decide
+    whole batches) and in each row (which decides the rows of a compacted segment). Both must hold the
+    same instant, or a drift that began within a batch's millisecond takes that batch's rows in one
+    reading and leaves them out in the other."""
+    moment = at or datetime.now(UTC)
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _row_time_at_or_after(since: datetime) -> pa.Scalar:
+    """The first :data:`INGESTED_AT` value (a millisecond) at or after ``since``: a row stamped at
+    ``t`` ms was accepted at or after ``since`` exactly when ``t`` is at least this (``since`` rounded
+    up, not down as a cast to milliseconds would)."""
+    ceiling = acceptance_time(since)
+    if ceiling < since:
+        ceiling += timedelta(milliseconds=1)
+    return pa.scalar(ceiling, type=pa.timestamp("ms", tz="UTC"))
 
 
 class BatchEntry(BaseModel):
@@ -216,7 +237,7 @@ def _kept(table: pa.Table, since: datetime | None, labelled: str | None) -> pa.T
     """The rows of ``table`` accepted at or after ``since`` and (when ``labelled`` names it) with a label."""
     keep = None
     if since is not None:
-        keep = pc.greater_equal(table.column(INGESTED_AT), pa.scalar(since, type=pa.timestamp("ms", tz="UTC")))
+        keep = pc.greater_equal(table.column(INGESTED_AT), _row_time_at_or_after(since))
     if labelled is not None and table.column(labelled).null_count:
         valid = pc.is_valid(table.column(labelled))
         keep = valid if keep is None else pc.and_(keep, valid)

@@ -131,11 +131,13 @@ async def test_the_cli_lists_models_and_moves_aliases(isolated: Isolation, tmp_p
     registry_app, _ = create_registry(isolated.settings(RegistrySettings))
     monitor_app, _ = create_monitor(isolated.settings(MonitorSettings))
     async with (
-        serve(registry_app) as registry, serve(monitor_app),
+        serve(registry_app) as registry, serve(monitor_app) as monitor,
         listening(registry_app) as registry_at, listening(monitor_app) as monitor_at,
     ):  # fmt: skip
         await publish(isolated, trained(store, 0.7), trained(store, 0.65, 0.7, 1))
         await wait_until(lambda: _has(registry, 2), message="v2")
+        # The monitor learns the champion from model.promoted on its own consumer; the CLI shows what it knows.
+        await wait_until(lambda: _champion_monitored(monitor, 1), message="the monitor on v1")
         env = {"DRIFTLOOP_TOKEN": registry.headers["authorization"].removeprefix("Bearer "),
                "DRIFTLOOP_REGISTRY_URL": f"http://{registry_at}", "DRIFTLOOP_MONITOR_URL": f"http://{monitor_at}",
                "DRIFTLOOP_HOME": str(tmp_path)}  # fmt: skip

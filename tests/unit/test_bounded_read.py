@@ -11,7 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from libs.common.artifacts import ArtifactStore
-from libs.common.datasets import BatchEntry, DatasetManifest, batch_to_parquet, compact, compacted_entry
+from libs.common.datasets import (
+    BatchEntry,
+    DatasetManifest,
+    acceptance_time,
+    batch_to_parquet,
+    compact,
+    compacted_entry,
+)
 from libs.common.events import ArtifactRef
 from libs.common.schema import DatasetSchema
 from services.trainer.adapters.worker import read_training_rows
@@ -95,3 +102,23 @@ def test_since_cuts_a_compacted_segment_by_row_and_without_max_rows_everything_s
     assert sorted({int(x) // 1000 for x in table.column("x").to_pylist()}) == [8, 9, 10, 11, 12]
     assert table.num_rows == 30 + 5 + 5  # batches 8-10 whole, and the labelled half of 11 and 12
     assert sum(n for _, n in counts) == table.num_rows
+
+
+def test_rows_since_a_moment_inside_a_batchs_millisecond_agree_with_the_batch_counts(tmp_path: Path) -> None:
+    """Rows carry their acceptance time to the millisecond; a drift's start has microseconds. A
+    compacted segment cut by its rows' times gives exactly the rows of the batches the manifest counts
+    as accepted at or after that start, whichever microsecond of a batch's millisecond it falls on."""
+    store = _store(tmp_path)
+    stamps = [acceptance_time(T0 + timedelta(seconds=seq, microseconds=123_456)) for seq in range(1, 5)]
+    batches = []
+    for seq, at in enumerate(stamps, start=1):
+        ref = store.put(batch_to_parquet(SCHEMA, [{"x": float(seq), "y": 1}] * 10, at=at), suffix=".parquet")
+        batches.append(BatchEntry(seq=seq, artifact=ref, rows=10, created_at=at))
+    merged = compacted_entry(batches, store.put(compact(store, batches), suffix=".parquet"))
+    third = stamps[2]
+    for since in (third - timedelta(microseconds=1), third, third + timedelta(microseconds=1),
+                  third + timedelta(microseconds=999), third + timedelta(milliseconds=1)):  # fmt: skip
+        counted = sum(b.rows for b in _manifest(batches).since(since))
+        table, _ = read_training_rows(store, _manifest([merged]), since, max_rows=None)
+        assert table.num_rows == counted, since
+        assert counted == (20 if since <= third else 10)

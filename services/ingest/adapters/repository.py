@@ -8,7 +8,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from libs.common import outbox
 from libs.common.artifacts import ArtifactStore
-from libs.common.datasets import BatchEntry, DatasetManifest, table_to_parquet
+from libs.common.datasets import BatchEntry, DatasetManifest, acceptance_time, table_to_parquet
 from libs.common.errors import Conflict, NotFound
 from libs.common.events import ArtifactRef, DataArrived
 from libs.common.jsonbody import off_loop
@@ -99,7 +99,7 @@ async def store_submission(
     total = int(head["total_rows"])
     if accepted:
         new = _NewVersion(dataset, head["last_version"] + 1, schema, accepted, total + len(accepted),
-                          datetime.now(UTC), principal, trusted)  # fmt: skip
+                          acceptance_time(), principal, trusted)  # fmt: skip
         batch, manifest = await _write_version_files(conn, store, new, written)
         await _insert_version(conn, new, batch, manifest)
         arrived = _arrived(new, batch, manifest, len(rejected), producer, correlation_id or str(submission_id))
