@@ -69,14 +69,21 @@ class Options:
     keep: bool = False
     fresh_stack: bool = False
     """A stack of its own per stream (else one stack, the streams one after another)."""
+    repeat: int = 1
+    """Runs of every stream, in rounds (each round all the streams, in order), each run its own dataset and model."""
+    vary_seed: bool = False
+    """Each run after the first draws its stream from another seed (else every run streams the same rows)."""
 
 
 class Driver:
     """Drives one stream through a running stack and records what happened."""
 
-    def __init__(self, stream: Stream, services: dict[str, str], http: httpx.AsyncClient, options: Options) -> None:
+    def __init__(
+        self, stream: Stream, services: dict[str, str], http: httpx.AsyncClient, options: Options, model: str = ""
+    ) -> None:
         self.stream = stream
-        self.model = stream.name
+        self.model = model or stream.name
+        """The dataset's and model's name: the stream's, or one per run when a stream runs more than once."""
         self.url = services
         self.http = http
         self.options = options
@@ -269,13 +276,21 @@ class Driver:
 # -- one stream, end to end ---------------------------------------------------------------------
 
 
-def run_stream(name: str, state: UpState, home: Path, options: Options) -> dict[str, Any]:
+def run_name(name: str, run: int) -> str:
+    """The dataset and model of a stream's ``run`` (0-based): the stream's own name for the first."""
+    return name if run == 0 else f"{name}_r{run + 1}"
+
+
+def run_stream(name: str, state: UpState, home: Path, options: Options, run: int = 0) -> dict[str, Any]:
     """Drive stream ``name`` through the running stack, then summarise what happened."""
-    stream = make(name, seed=options.seed, quick=options.quick)
-    print(f"{name}: {stream.description}; {stream.layout.length:,} rows", file=sys.stderr)
+    seed = options.seed + run if options.vary_seed else options.seed
+    stream = make(name, seed=seed, quick=options.quick)
+    model = run_name(name, run)
+    print(f"{model}: {stream.description}; {stream.layout.length:,} rows", file=sys.stderr)
     started = time.monotonic()
-    driver, services = asyncio.run(_drive(stream, state, home, options))
+    driver, services = asyncio.run(_drive(stream, state, home, options, model))
     result = summarise(stream, driver, services, options)
+    result["run"], result["model"], result["seed"] = run + 1, model, seed
     result["wall_s"] = round(time.monotonic() - started, 1)
     result["drain_s"] = services["drain_s"]
     return result
@@ -313,12 +328,14 @@ class Stack:
         self.supervisor, self.state = None, None
 
 
-async def _drive(stream: Stream, state: UpState, home: Path, options: Options) -> tuple[Driver, dict[str, Any]]:
+async def _drive(
+    stream: Stream, state: UpState, home: Path, options: Options, model: str
+) -> tuple[Driver, dict[str, Any]]:
     limits = httpx.Limits(max_connections=16)
     token = home / "token"  # the admin token `driftloop up` writes into its home, as the demo uses it
     headers = {"Authorization": f"Bearer {token.read_text().strip()}"} if token.exists() else {}
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as http:
-        driver = Driver(stream, state.services, http, options)
+        driver = Driver(stream, state.services, http, options, model)
         return driver, await driver.run()
 
 
@@ -517,7 +534,7 @@ def table(results: list[dict[str, Any]]) -> str:
         passed = sum(1 for t in r["targets"].values() if t["pass"])
         metric = " (RMSE)" if r["metric"] == "rmse" else ""
         lines.append(" | ".join([
-            f"| {r['stream']}{metric}", change,
+            f"| {r.get('model', r['stream'])}{metric}", change,
             _rows([x["first_alarm_rows"] for x in r["recoveries"]]) if r["changes"] else "–",
             _rows([x["better_rows"] for x in r["recoveries"]]) if r["changes"] else "–",
             _f(r["before"]), _f(r["during"]), _f(r["after"]), _f(r["tail"]), _f(r["oracle"]),
@@ -547,6 +564,51 @@ def verdicts(results: list[dict[str, Any]]) -> str:
         errors = r["errors"] if isinstance(r["errors"], dict) else Counter(r["errors"])  # older runs: a list
         for message, count in errors.items():
             lines.append(f"      {r['stream']}: {count} × {message}")
+    return "\n".join(lines)
+
+
+def _spread(values: list[float | None]) -> dict[str, Any]:
+    known = [float(v) for v in values if v is not None]
+    if not known:
+        return {"values": values, "mean": None, "min": None, "max": None}
+    return {"values": values, "mean": float(np.mean(known)), "min": min(known), "max": max(known)}
+
+
+def repeats(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per stream, per target and per figure that moves with the run: every run's value, their mean,
+    min and max, and in how many runs the target was met, so a change can be told from run-to-run noise."""
+    by_stream: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        by_stream.setdefault(r["stream"], []).append(r)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, runs in by_stream.items():
+        done = [r for r in runs if "error" not in r]
+        figures: dict[str, dict[str, Any]] = {}
+        for target in dict.fromkeys(t for r in done for t in r["targets"]):
+            checks = [r["targets"].get(target) for r in done]
+            values = [c["value"] if c else None for c in checks]
+            figures[target] = {**_spread(values), "met": sum(1 for c in checks if c and c["pass"])}
+        if done and done[0]["changes"]:
+            figures["tail/oracle"] = _spread([r["tail_vs_oracle"] for r in done])
+            figures["alarms after the first change"] = _spread(
+                [r["alarms"]["total"] - r["alarms"]["before_change"] for r in done]
+            )
+        figures["s per retrain (mean)"] = _spread([r["jobs"]["retrain_s_mean"] for r in done])
+        for figure in figures.values():
+            figure["runs"], figure["failed"] = len(runs), len(runs) - len(done)
+        out[name] = figures
+    return out
+
+
+def repeats_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+    lines = ["| stream | figure | runs | values | mean | min | max | met |", "|---|---|---|---|---|---|---|---|"]
+    for name, figures in summary.items():
+        for figure, f in figures.items():
+            shown = ", ".join("–" if v is None else f"{v:,.3g}" for v in f["values"])
+            failed = f" ({f['failed']} failed)" if f["failed"] else ""
+            met = f"{f['met']}/{f['runs']}" if "met" in f else ""
+            lines.append(f"| {name} | {figure} | {f['runs']}{failed} | {shown} | {_f(f['mean'])} | "
+                         f"{_f(f['min'])} | {_f(f['max'])} | {met} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -582,6 +644,18 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
     parser.add_argument("--keep", action="store_true", help="keep each stream's home (logs, data) after the run")
     parser.add_argument("--fresh-stack", action="store_true",
                         help="a stack per stream (default: one stack, the streams one after another)")  # fmt: skip
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run every stream N times (in rounds) and print each target's mean/min/max over the runs",
+    )
+    parser.add_argument(
+        "--vary-seed",
+        action="store_true",
+        help="with --repeat: run k draws its stream from seed + k - 1 (default: the same rows each run)",
+    )
     parser.add_argument("--report", type=Path, help="print the table of an earlier run's JSON and exit")
     args = parser.parse_args(argv)
     if args.report:
@@ -589,15 +663,19 @@ def parse(argv: list[str] | None = None) -> tuple[Options, Path | None]:
         print(f"{done['date']}, commit {done['commit']}, {done['cores']} cores\n\n{table(done['streams'])}\n")
         print(verdicts(done["streams"]))
         print(critical_paths(done["streams"]))
+        if done.get("options", {}).get("repeat", 1) > 1:
+            print(f"\n{repeats_table(repeats(done['streams']))}")
         sys.exit(0)
     names = [s.strip() for s in args.streams.split(",") if s.strip()]
     unknown = [s for s in names if s not in GENERATORS]
     if unknown:
         parser.error(f"unknown streams {unknown}; choose from {', '.join(GENERATORS)}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, not {args.repeat}")
     env = dict(item.split("=", 1) for item in args.env)
     options = Options(streams=names, quick=args.quick, rate=args.rate, chunk=args.chunk, seed=args.seed,
                       first_model_timeout_s=args.first_model_timeout, env=env, keep=args.keep,
-                      fresh_stack=args.fresh_stack)  # fmt: skip
+                      fresh_stack=args.fresh_stack, repeat=args.repeat, vary_seed=args.vary_seed)  # fmt: skip
     return options, args.json
 
 
@@ -622,12 +700,12 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     stack = Stack(options)
     try:
-        for name in options.streams:
+        for run, name in ((run, name) for run in range(options.repeat) for name in options.streams):
             try:
-                state, home = stack.up(name)
-                results.append(run_stream(name, state, home, options))
+                state, home = stack.up(run_name(name, run))
+                results.append(run_stream(name, state, home, options, run))
             except Exception as exc:  # one broken stream must not lose the others' figures
-                results.append({"stream": name, "error": f"{type(exc).__name__}: {exc}"})
+                results.append({"stream": name, "run": run + 1, "error": f"{type(exc).__name__}: {exc}"})
             print(table(results[-1:]).splitlines()[-1], file=sys.stderr)
             meta["seconds"] = round(time.monotonic() - started, 1)
             meta["stack_startup_s"] = stack.startups
@@ -642,6 +720,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(verdicts(results))
     print(critical_paths(results))
+    if options.repeat > 1:
+        print(f"\n{options.repeat} runs per stream:\n\n{repeats_table(repeats(results))}")
     met = all(t["pass"] for r in results for t in r.get("targets", {}).values())
     return 0 if met and all("error" not in r for r in results) else 1
 
