@@ -76,6 +76,13 @@ class ReferenceProfile(BaseModel):
     prediction: FeatureProfile
     key_features: list[str] = Field(default_factory=list, description="Features whose drift alone is significant.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Holdout metrics of the model.")
+    holdout_rows: int = Field(default=0, ge=0, description="Rows the holdout metrics were measured on (0: unknown).")
+    holdout_loss_sd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Standard deviation of the per-row loss on the holdout (0/1 error, or squared error for "
+        "regression): with holdout_rows, how precisely the holdout metrics are known.",
+    )
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def to_bytes(self) -> bytes:
@@ -139,12 +146,16 @@ def build_profile(
     *,
     prediction_kind: Literal["numeric", "categorical"],
     metrics: Mapping[str, float] | None = None,
+    holdout: tuple[int, float | None] = (0, None),
     key_features: Sequence[str] = (),
     bins: int = 10,
     sample_size: int = 5000,
     seed: int = 0,
 ) -> ReferenceProfile:
-    """The reference profile of a training set and the model's predictions on it."""
+    """The reference profile of a training set and the model's predictions on it.
+
+    ``holdout``: the rows the ``metrics`` were measured on and the standard deviation of the per-row
+    loss there (ReferenceProfile.holdout_rows, .holdout_loss_sd)."""
     features: dict[str, NumericProfile | CategoricalProfile] = {}
     for name, kind in kinds.items():
         col = columns[name]
@@ -165,4 +176,6 @@ def build_profile(
         prediction=prediction,
         key_features=list(key_features),
         metrics=dict(metrics or {}),
+        holdout_rows=holdout[0],
+        holdout_loss_sd=holdout[1],
     )

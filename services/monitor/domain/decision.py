@@ -223,31 +223,55 @@ def evaluate_window(window: Window, performance: Performance | None, config: Dri
                         performance, flagged, "; ".join(reasons) or "no significant drift")  # fmt: skip
 
 
-def classification_performance(correct: int, labels: int, holdout: float, config: DriftConfig) -> Performance | None:
-    """Live accuracy against the holdout accuracy, judged on its Wilson upper bound."""
+def classification_performance(
+    correct: int, labels: int, holdout: float, config: DriftConfig, holdout_se: float = 0.0
+) -> Performance | None:
+    """Live accuracy against the holdout accuracy, judged on its Wilson upper bound.
+
+    ``holdout_se``: the holdout accuracy's own standard error (0: taken as exact). A model judged
+    on a few hundred holdout rows has an accuracy known to a few points only (and the best of
+    several models on the same rows looks better there than it is): the bound then also allows for
+    that error, as the interval of a difference of two estimates does.
+    """
     if labels < config.min_labels:
         return None
     live = correct / labels
-    _, upper = st.wilson_interval(correct, labels)
+    upper = _widened(live, st.wilson_interval(correct, labels)[1], 1.96 * holdout_se)
     threshold = holdout - config.performance_margin
-    decisive = bool(config.decisive_z) and st.wilson_interval(correct, labels, z=config.decisive_z)[1] < threshold
+    decisive = (
+        bool(config.decisive_z)
+        and _widened(live, st.wilson_interval(correct, labels, z=config.decisive_z)[1], config.decisive_z * holdout_se)
+        < threshold
+    )
     return Performance("accuracy", live, upper, holdout, labels, upper < threshold, decisive)
 
 
+def _widened(live: float, bound: float, holdout_half: float) -> float:
+    """The live metric's bound moved out to allow for the reference's own error, half-widths added in
+    quadrature (the difference of two independent estimates)."""
+    return live + float(np.hypot(bound - live, holdout_half))
+
+
 def regression_performance(
-    squared_errors: Sequence[float], holdout_rmse: float, config: DriftConfig, z: float = 1.96
+    squared_errors: Sequence[float],
+    holdout_rmse: float,
+    config: DriftConfig,
+    z: float = 1.96,
+    holdout_se: float = 0.0,
 ) -> Performance | None:
     """Live RMSE against the holdout RMSE (relative margin), judged on the lower end of its confidence interval.
 
     The mean squared error of n labels has a standard error of sd/sqrt(n);
     a few large errors on a small window must not look like a worse model.
+    ``holdout_se``: the holdout MSE's own standard error (0: taken as exact), added in quadrature:
+    a 200-row holdout's RMSE is itself off by several per cent.
     """
     labels = len(squared_errors)
     if labels < config.min_labels:
         return None
     errors = np.asarray(squared_errors, dtype=float)
     mse = float(errors.mean())
-    spread = float(errors.std(ddof=1)) / np.sqrt(labels)
+    spread = float(np.hypot(float(errors.std(ddof=1)) / np.sqrt(labels), holdout_se))
     rmse, optimistic = float(np.sqrt(mse)), float(np.sqrt(max(0.0, mse - z * spread)))
     threshold = holdout_rmse * (1 + config.performance_margin)
     decisive = bool(config.decisive_z) and float(np.sqrt(max(0.0, mse - config.decisive_z * spread))) > threshold

@@ -6,6 +6,7 @@ the windows it hands back; where its reference comes from is the adapters' busin
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -121,11 +122,17 @@ class ModelMonitor:
             holdout = self.profile.metrics.get("accuracy")
             if holdout is None:
                 return None
-            return classification_performance(int(sum(self.labels)), n, holdout, self.config)
+            return classification_performance(int(sum(self.labels)), n, holdout, self.config, self.holdout_se())
         holdout_rmse = self.profile.metrics.get("rmse")
         if holdout_rmse is None:
             return None
-        return regression_performance(list(self.labels), holdout_rmse, self.config)
+        return regression_performance(list(self.labels), holdout_rmse, self.config, holdout_se=self.holdout_se())
+
+    def holdout_se(self) -> float:
+        """Standard error of the holdout's mean loss (1 - accuracy, or MSE) the live metric is judged
+        against: 0 (taken as exact) for a profile that does not say how it was measured."""
+        rows, spread = self.profile.holdout_rows, self.profile.holdout_loss_sd
+        return spread / math.sqrt(rows) if rows and spread is not None else 0.0
 
     def outcome(self, prediction: Any, label: Any) -> float | None:
         if self.schema.task is Task.CLASSIFICATION:

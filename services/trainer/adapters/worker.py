@@ -189,6 +189,7 @@ def _profile(schema: DatasetSchema, result: TrainingResult, seed: int) -> Refere
         result.train_predictions,
         prediction_kind="categorical" if schema.task is Task.CLASSIFICATION else "numeric",
         metrics=result.metrics,
+        holdout=(result.holdout_rows, result.holdout_loss_sd),
         seed=seed,
     )
 

@@ -185,6 +185,9 @@ class TrainingResult:
     """The newest training rows the model was fitted on, when such a window beat all of them (``recent_shares``)."""
     comparison: dict[str, Any] | None = None
     """The paired test against the champion on the holdout rows (``paired_comparison``); None without one."""
+    holdout_loss_sd: float | None = None
+    """Standard deviation of the model's per-row loss on the holdout (``losses``): with ``holdout_rows``, how
+    precisely ``metrics`` are known (the monitor judges live figures against them with that error)."""
 
 
 def numeric_columns(schema: DatasetSchema) -> list[str]:
@@ -683,6 +686,7 @@ def train(
         champion_hold = champion_predicted[dropped:][-holdout_rows:]
         champion_metrics = scores(schema, champion_hold, y_hold)
         comparison = paired_comparison(schema, predicted[-holdout_rows:], champion_hold, y_hold, chosen_among)
+    held_out = losses(schema, predicted[-holdout_rows:], y_hold)
     return TrainingResult(
         pipeline=pipeline,
         params={**params, "iterations": int(pipeline.named_steps["model"].n_iter_)},
@@ -699,6 +703,7 @@ def train(
         reused_version=reused[0] if reused is not None else None,
         window_rows=window[0] if window is not None else None,
         comparison=comparison,
+        holdout_loss_sd=float(np.std(held_out, ddof=1)) if len(held_out) > 1 else None,
     )
 
 
