@@ -589,7 +589,6 @@ def repeats(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]
             values = [c["value"] if c else None for c in checks]
             figures[target] = {**_spread(values), "met": sum(1 for c in checks if c and c["pass"])}
         if done and done[0]["changes"]:
-            figures["tail/oracle"] = _spread([r["tail_vs_oracle"] for r in done])
             figures["alarms after the first change"] = _spread(
                 [r["alarms"]["total"] - r["alarms"]["before_change"] for r in done]
             )
@@ -600,15 +599,25 @@ def repeats(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]
     return out
 
 
+def _value(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.0f}" if float(v).is_integer() and abs(v) >= 10 else f"{v:.3g}"
+
+
+def _stat(v: float | None) -> str:
+    return "–" if v is None else (f"{v:,.0f}" if abs(v) >= 10 else f"{v:.3f}")
+
+
 def repeats_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
     lines = ["| stream | figure | runs | values | mean | min | max | met |", "|---|---|---|---|---|---|---|---|"]
     for name, figures in summary.items():
         for figure, f in figures.items():
-            shown = ", ".join("–" if v is None else f"{v:,.3g}" for v in f["values"])
+            shown = ", ".join(_value(v) for v in f["values"])
             failed = f" ({f['failed']} failed)" if f["failed"] else ""
             met = f"{f['met']}/{f['runs']}" if "met" in f else ""
-            lines.append(f"| {name} | {figure} | {f['runs']}{failed} | {shown} | {_f(f['mean'])} | "
-                         f"{_f(f['min'])} | {_f(f['max'])} | {met} |")  # fmt: skip
+            lines.append(f"| {name} | {figure} | {f['runs']}{failed} | {shown} | {_stat(f['mean'])} | "
+                         f"{_stat(f['min'])} | {_stat(f['max'])} | {met} |")  # fmt: skip
     return "\n".join(lines)
 
 
