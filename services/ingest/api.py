@@ -30,7 +30,7 @@ from services.ingest.api_models import (
     VersionOut,
 )
 from services.ingest.domain.parsing import ParsedBody, parse_body
-from services.ingest.domain.validation import Rejection, ValidationResult, validate
+from services.ingest.domain.validation import RejectedRows, ValidationResult, validate
 from services.ingest.settings import IngestSettings
 
 RECORDS_SCOPE = "ingest.records"
@@ -186,7 +186,7 @@ async def _store(
     return Response(answer, media_type="application/json"), saved.version
 
 
-def _all_or_nothing(rejected: list[Rejection]) -> ValidationFailed:
+def _all_or_nothing(rejected: RejectedRows) -> ValidationFailed:
     """The refusal of a strict submission with rejected rows: the first named, up to 100 listed."""
     first = rejected[0]
     return ValidationFailed(

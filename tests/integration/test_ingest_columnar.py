@@ -175,3 +175,25 @@ async def test_a_large_body_does_not_hold_the_event_loop(isolated: Isolation) ->
         # the client shares the test's loop and the machine is shared: a bound that fails only if the loop is held
         assert max(stalls) < 1.0, f"/healthz waited {max(stalls):.2f}s"
         print(f"10 MiB CSV: /healthz worst {max(stalls) * 1000:.0f} ms over {len(stalls)} probes")
+
+
+async def test_a_table_body_quarantines_its_rows_as_sent_and_the_api_reads_them_as_json(isolated: Isolation) -> None:
+    """An Arrow body's rejected rows are stored in the block as a sub-table of the body (no JSON made per
+    row); the rejections API decodes them to the same records a JSON body of the same rows gives."""
+    app, runtime = create_app(isolated.settings(IngestSettings))
+    async with serve(app) as client:
+        await client.put("/v1/datasets/customers", json=SCHEMA)
+        for media, encode in (BODIES["json"], BODIES["arrow"]):
+            answer = await client.post(POST, content=encode(ROWS), headers={"content-type": media})
+            assert answer.json()["rejected"] == 3
+        page = (await client.get("/v1/datasets/customers/rejections?limit=100")).json()["rejections"]
+        blocks = await runtime.db.fetch("SELECT block FROM rejection_blocks ORDER BY first_id")
+    kinds = [pa.ipc.open_stream(b["block"]).read_all().schema.field("record").type for b in blocks]
+    assert pa.types.is_string(kinds[0])  # the JSON body's records: their JSON text
+    assert pa.types.is_struct(kinds[1])
+    assert [f.name for f in kinds[1]] == ["age", "plan", "visits", "churned"]
+    arrow, json_ = page[:3], page[3:]
+    assert [(r["row"], r["field"], r["reason"], r["record"]) for r in arrow] == [
+        (r["row"], r["field"], r["reason"], r["record"]) for r in json_
+    ]
+    assert [r["row"] for r in arrow] == [4, 2, 1]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
+from libs.common.schema import DatasetSchema
 from services.ingest.domain import quarantine
-from services.ingest.domain.validation import record_json, rejection
+from services.ingest.domain.validation import record_json, rejection, validate
 
 REJECTED = [
     rejection(2, "age", "age: 12.0 is below the minimum 18.0", {"age": 12.0, "plan": "pro"}),
@@ -70,3 +72,56 @@ def test_many_rejections_are_cut_into_blocks_that_page_as_one() -> None:
 )
 def test_a_record_is_quarantined_as_json_and_never_loses_a_nan_to_null(record: Any, text: str | None) -> None:
     assert record_json(record) == text
+
+
+def _version_1(rejected: list[Any]) -> bytes:
+    """A block as the first quarantine wrote it: every record as JSON text, no version in the schema."""
+    table = pa.table(
+        [
+            pa.array([r.row for r in rejected], pa.int32()),
+            pa.array([r.field for r in rejected], pa.string()),
+            pa.array([r.reason for r in rejected], pa.string()),
+            pa.array([r.text for r in rejected], pa.string()),
+        ],
+        schema=quarantine.SCHEMA,
+    )
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, quarantine.SCHEMA, options=pa.ipc.IpcWriteOptions(compression="lz4")) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue().to_pybytes())
+
+
+def test_a_table_body_keeps_its_rejected_rows_as_a_sub_table_read_as_the_json_of_version_1() -> None:
+    """Version 2 stores a table body's rejected rows as they were sent (a struct column, no JSON per row);
+    a page decodes them to exactly what version 1, which stored each record's JSON, gives."""
+    body = pa.table({
+        "age": pa.array([12.0, float("nan"), 30.5, None], pa.float32()),
+        "plan": pa.array(["pro", "gold", None, "basic"]).dictionary_encode(),
+        "visits": pa.array([2**62, 1, None, 3], pa.int64()),
+        "seen": pa.array([1_700_000_000_000_000] * 4, pa.timestamp("us", tz="UTC")),
+        "churned": ["no", "yes", "no", None],
+    })  # fmt: skip
+    result = validate(
+        DatasetSchema.model_validate({
+            "features": [{"name": "age", "dtype": "numeric", "min": 18, "max": 100},
+                         {"name": "plan", "dtype": "categorical", "categories": ["basic", "pro"], "closed": True},
+                         {"name": "visits", "dtype": "integer", "min": 0, "max": 100}],
+            "target": {"name": "churned", "dtype": "categorical"}, "task": "classification",
+        }),
+        table=body,
+    )  # fmt: skip
+    assert isinstance(result.rejected.records, pa.Table)  # no Python object per rejected row
+    assert [r.row for r in result.rejected] == [0, 1, 2, 3]
+    block = quarantine.encode(result.rejected)
+    stored = pa.ipc.open_stream(block).read_all()
+    assert stored.schema.metadata == {quarantine.VERSION_KEY: quarantine.VERSION}
+    assert pa.types.is_struct(stored.schema.field("record").type)
+    old = quarantine.newest(_version_1(list(result.rejected)), 1, None, 10)
+    new = quarantine.newest(block, 1, None, 10)
+    assert new == old
+    assert [r["reason"] for r in new][-2:] == [
+        "age: NaN where the column is not nullable; plan: unknown category 'gold' (allowed: basic, pro)",
+        "age: 12.0 is below the minimum 18.0; visits: 4611686018427387904 is above the maximum 100.0",
+    ]
+    assert new[-1]["record"] == {"age": 12.0, "plan": "pro", "visits": 2**62, "seen": "2023-11-14T22:13:20+00:00",
+                                 "churned": "no"}  # fmt: skip

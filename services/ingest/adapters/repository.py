@@ -22,7 +22,7 @@ from libs.common.events import ArtifactRef, DataArrived
 from libs.common.jsonbody import off_loop
 from libs.common.schema import DatasetSchema
 from services.ingest.domain import quarantine
-from services.ingest.domain.validation import Rejection, ValidationResult, rejection
+from services.ingest.domain.validation import RejectedRows, ValidationResult, rejection
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class StoredSubmission:
     rejected: int
     version: int | None
     total_rows: int
-    rejections: list[Rejection] = field(default_factory=list)
+    rejections: RejectedRows = field(default_factory=RejectedRows.empty)
     """Every rejected row: the request's own, and those whose key was stored before."""
 
 
@@ -186,7 +186,7 @@ def _arrived(
 
 async def _record_submission(
     conn: asyncpg.Connection, submission_id: uuid.UUID, dataset: str, source: str, received: int, accepted: int,
-    rejected: list[Rejection], version: int | None,
+    rejected: RejectedRows, version: int | None,
 ) -> None:  # fmt: skip
     """The submission's counts, and its rejected rows with their reasons."""
     await conn.execute(
@@ -201,7 +201,7 @@ async def _record_submission(
         "RETURNING rejections_issued - $2 + 1",
         dataset, len(rejected),
     )  # fmt: skip
-    size = sum(len(r.text or "") + len(r.reason) for r in rejected)
+    size = rejected.reasons.nbytes + (0 if rejected.records is None else rejected.records.nbytes)
     blocks = await off_loop(size, quarantine.blocks, rejected)
     await conn.executemany(
         "INSERT INTO rejection_blocks (dataset, first_id, rows, submission_id, block) VALUES ($1, $2, $3, $4, $5)",
@@ -211,7 +211,7 @@ async def _record_submission(
 
 async def _refuse_stored_keys(
     conn: asyncpg.Connection, dataset: str, column: str | None, result: ValidationResult
-) -> tuple[pa.Table, list[Rejection]]:
+) -> tuple[pa.Table, RejectedRows]:
     """Record the keys of the accepted rows; rows whose key an earlier submission stored become rejections."""
     keys = result.keys
     if not keys:  # the schema names no key column
@@ -228,7 +228,7 @@ async def _refuse_stored_keys(
         for (row, key), record in zip(stale, records, strict=True)
     ]
     kept = result.accepted.filter(pa.array([key in fresh for _, key, _ in keys]))
-    return kept, sorted([*result.rejected, *refused], key=lambda r: r.row)
+    return kept, RejectedRows.concat([result.rejected, RejectedRows.of(refused)])
 
 
 @contextlib.asynccontextmanager

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from services.ingest.domain.validation import Rejection
+from services.ingest.domain.rejected import RejectedRows, Rejection, record_json
 
 SCHEMA = pa.schema(
     [
@@ -31,6 +31,11 @@ SCHEMA = pa.schema(
         pa.field("record", pa.string()),
     ]
 )
+"""Version 1: every record as its JSON text (a block without the version key in its schema metadata)."""
+VERSION_KEY = b"driftloop.quarantine"
+VERSION = b"2"
+"""Version 2: the same columns, but ``record`` may be a struct, the rejected rows of a table body as
+sent (a sub-table, no JSON made per row when they are stored); JSON text otherwise, as in version 1."""
 _OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 BLOCK_ROWS = 20_000
 """Rejections per block at most: a page never decodes more than this many (a compressed body can hold
@@ -41,44 +46,50 @@ def blocks(rejected: Sequence[Rejection], rows: int | None = None) -> list[tuple
     """``rejected`` as blocks of at most ``rows`` (:data:`BLOCK_ROWS`) rejections: (offset of the first,
     rows, block) each."""
     rows = rows or BLOCK_ROWS
+    columns = RejectedRows.of(rejected)
     return [
-        (start, len(part), encode(part))
-        for start in range(0, len(rejected), rows)
-        if (part := rejected[start : start + rows])
+        (start, length, encode(columns.slice(start, length)))
+        for start in range(0, len(columns), rows)
+        if (length := min(rows, len(columns) - start))
     ]
 
 
 def encode(rejected: Sequence[Rejection]) -> bytes:
-    """The block of ``rejected`` (in the order given, which is row order)."""
-    table = pa.table(
-        [
-            pa.array([r.row for r in rejected], pa.int32()),
-            pa.array([r.field for r in rejected], pa.string()),
-            pa.array([r.reason for r in rejected], pa.string()),
-            pa.array([r.text for r in rejected], pa.string()),
-        ],
-        schema=SCHEMA,
+    """The block (version 2) of ``rejected`` (in the order given, which is row order)."""
+    columns = RejectedRows.of(rejected)
+    records = columns.records
+    if records is None:
+        records = pa.nulls(len(columns), pa.string())
+    elif isinstance(records, pa.Table):
+        records = records.combine_chunks().to_struct_array().combine_chunks()
+    schema = pa.schema([*list(SCHEMA)[:3], pa.field("record", records.type)], metadata={VERSION_KEY: VERSION})
+    table = pa.Table.from_arrays(
+        [pa.array(columns.rows, pa.int32()), columns.fields, columns.reasons, records], schema=schema
     )
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, SCHEMA, options=_OPTIONS) as writer:
+    with pa.ipc.new_stream(sink, schema, options=_OPTIONS) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue().to_pybytes())
 
 
 def newest(block: bytes, first_id: int, before_id: int | None, limit: int) -> list[dict[str, Any]]:
     """Up to ``limit`` rejections of the block whose id is below ``before_id``, newest (highest id) first:
-    ``id``, ``row``, ``field``, ``reason`` and ``record`` (the record as sent, parsed; None if unreadable)."""
+    ``id``, ``row``, ``field``, ``reason`` and ``record`` (the record as sent, parsed; None if unreadable).
+    Reads both versions of the block."""
     table = pa.ipc.open_stream(block).read_all()
     end = table.num_rows if before_id is None else max(0, min(table.num_rows, before_id - first_id))
     start = max(0, end - limit)
     if start >= end:
         return []
-    part = table.slice(start, end - start).to_pydict()
+    part = table.slice(start, end - start)
+    records = part.column("record")
+    texts = records.to_pylist()
+    if pa.types.is_struct(records.type):  # version 2, a table body's rows: their JSON made now, as at write
+        texts = [record_json(r) for r in texts]
+    rows, fields, reasons = (part.column(name).to_pylist() for name in ("row", "field", "reason"))
     return [
-        {"id": first_id + start + i, "row": row, "field": field, "reason": reason, "record": _record(record)}
-        for i, (row, field, reason, record) in reversed(
-            list(enumerate(zip(part["row"], part["field"], part["reason"], part["record"], strict=True)))
-        )
+        {"id": first_id + start + i, "row": row, "field": field, "reason": reason, "record": _record(text)}
+        for i, (row, field, reason, text) in reversed(list(enumerate(zip(rows, fields, reasons, texts, strict=True))))
     ]
 
 

@@ -24,12 +24,19 @@ from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from libs.common.errors import BadRequest
 from libs.common.events import ARROW_STREAM
 from libs.common.schema import DatasetSchema
 from services.ingest.domain.parsing import parse_body
-from services.ingest.domain.validation import Rejection, ValidationResult, rejection, validate, validate_records
+from services.ingest.domain.validation import (
+    RejectedRows,
+    ValidationResult,
+    rejection,
+    validate,
+    validate_records,
+)
 
 #: An event's rows: an Arrow stream once read (a table), JSON records as sent.
 Part: TypeAlias = pa.Table | list[dict[str, Any]]
@@ -109,9 +116,9 @@ def join(key: str | None, parts: Sequence[ValidationResult]) -> ValidationResult
     seen: dict[str, int] = {}
     tables: list[pa.Table] = []
     keys: list[tuple[int, str, int]] = []
-    rejected: list[Rejection] = []
+    rejected: list[RejectedRows] = []
     for part, start in zip(parts, starts, strict=False):
-        rejected.extend(_shifted(r, start, key) for r in part.rejected)
+        rejected.append(_shifted(part.rejected, start, key))
         keep = np.ones(part.accepted.num_rows, dtype=bool)
         repeated: list[tuple[int, str]] = []
         for position, (row, value, _) in enumerate(part.keys):
@@ -123,12 +130,11 @@ def join(key: str | None, parts: Sequence[ValidationResult]) -> ValidationResult
                 keys.append((row + start, value, len(keys)))
         if repeated:
             records = part.originals([row for row, _ in repeated])
-            rejected.extend(
+            rejected.append(RejectedRows.of([
                 rejection(row + start, key, f"duplicate key {value!r} of row {seen[value]}", record)
                 for (row, value), record in zip(repeated, records, strict=True)
-            )
+            ]))  # fmt: skip
         tables.append(part.accepted if keep.all() else part.accepted.filter(pa.array(keep)))
-    rejected.sort(key=lambda r: r.row)
 
     def originals(rows: Sequence[int]) -> list[Any]:
         """The records at these (joined) row indices, each asked of its part in one call per part."""
@@ -141,14 +147,22 @@ def join(key: str | None, parts: Sequence[ValidationResult]) -> ValidationResult
             found.update(zip(joined, parts[index].originals(local), strict=True))
         return [found[row] for row in rows]
 
-    return ValidationResult(pa.concat_tables(tables), rejected, keys, originals)
+    return ValidationResult(pa.concat_tables(tables), RejectedRows.concat(rejected), keys, originals)
 
 
-def _shifted(item: Rejection, start: int, key: str | None) -> Rejection:
-    """``item`` with its row (and the earlier row a duplicate key names) counted across the parts."""
-    if not start:
-        return item
-    reason = item.reason
-    if key is not None and item.field == key and (match := _OF_ROW.match(reason)):
-        reason = f"{match.group(1)}{int(match.group(2)) + start}"
-    return item._replace(row=item.row + start, reason=reason)
+def _shifted(part: RejectedRows, start: int, key: str | None) -> RejectedRows:
+    """``part`` with its rows (and the earlier row a duplicate key names) counted across the parts."""
+    if not start or not len(part):
+        return part
+    positions: list[int] = []
+    reasons: list[str] = []
+    if key is not None:  # only rows refused for their key name another row: few, one by one
+        for position in np.flatnonzero(_is(part.fields, key)).tolist():
+            if match := _OF_ROW.match(part.reasons[position].as_py()):
+                positions.append(position)
+                reasons.append(f"{match.group(1)}{int(match.group(2)) + start}")
+    return part.replace_reasons(positions, reasons).shifted(start)
+
+
+def _is(values: pa.Array, text: str) -> np.ndarray:
+    return np.asarray(pc.fill_null(pc.equal(values, text), False).to_numpy(zero_copy_only=False), dtype=bool)

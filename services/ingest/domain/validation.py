@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import json
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,6 +36,9 @@ from libs.common.datasets import arrow_schema
 from libs.common.errors import ValidationFailed
 from libs.common.schema import DatasetSchema, DType, FeatureSpec
 from libs.common.validation import InvalidValue, coerce
+from services.ingest.domain.rejected import RejectedRows, Rejection, record_json, rejection
+
+__all__ = ["RejectedRows", "Rejection", "ValidationResult", "record_json", "rejection", "validate", "validate_records"]
 
 
 class SchemaMismatch(ValidationFailed):
@@ -46,45 +47,12 @@ class SchemaMismatch(ValidationFailed):
     code = "schema_mismatch"
 
 
-class Rejection(NamedTuple):
-    """A rejected row: its index in the request, the first field at fault, why, the record as sent,
-    and that record as the quarantine stores it (JSON, made with the rejection, off the event loop)."""
-
-    row: int
-    field: str | None
-    reason: str
-    record: Any = None
-    text: str | None = None
-
-
-def rejection(row: int, field: str | None, reason: str, record: Any = None) -> Rejection:
-    return Rejection(row, field, reason, record, record_json(record))
-
-
-def record_json(record: Any) -> str | None:
-    """The rejected record as JSON for the quarantine; text when it holds NaN or infinity."""
-    if record is None:
-        return None
-    if isinstance(record, dict):
-        try:
-            text = orjson.dumps(record, default=str)
-        except TypeError:  # e.g. an integer beyond 64 bits: the standard library writes it
-            pass
-        else:  # orjson writes NaN and infinity as null: a null the record's own Nones do not account for
-            # (or one inside a string) needs a closer look; both counts are made in C.
-            if text.count(b"null") == list(record.values()).count(None):
-                return text.decode()
-    try:
-        return json.dumps(record, default=str, allow_nan=False)
-    except ValueError:
-        return json.dumps(str(record))
-
-
 @dataclass
 class ValidationResult:
     accepted: pa.Table
     """The accepted rows, in the dataset's column types (no ingestion time yet)."""
-    rejected: list[Rejection] = field(default_factory=list)
+    rejected: RejectedRows = field(default_factory=RejectedRows.empty)
+    """The rejected rows, in row order, as columns (see :mod:`rejected`)."""
     keys: list[tuple[int, str, int]] = field(default_factory=list)
     """(row, key, position in ``accepted``) of each accepted row when the schema has a key."""
     originals: Callable[[Sequence[int]], list[Any]] = field(default=lambda rows: [None] * len(rows))
@@ -165,46 +133,65 @@ def validate(
         source = _Records(records or [], from_text)
     columns = schema.stored_columns
     arrays: list[pa.Array] = []
-    problems: dict[int, list[tuple[str, str]]] = {}
-    for spec in columns:
-        values, found = _judge(spec, source)
+    problems: list[tuple[int, np.ndarray, pa.Array]] = []
+    for number, spec in enumerate(columns):
+        values, positions, messages = _judge(spec, source)
         arrays.append(values)
-        for position, message in found.items():
-            problems.setdefault(position, []).append((spec.name, message))
-    index = source.index
-    missing = [i for i, r in enumerate(records) if r is None] if table is None and records else []
-    rejected = [Rejection(row, None, unreadable.get(row, "unreadable record")) for row in missing]
+        if len(positions):
+            problems.append((number, positions, messages))
     keep = np.ones(source.n, dtype=bool)
-    if problems:
-        bad = sorted(problems)
-        keep[bad] = False
-        faults = [problems[p] for p in bad]
-        fields = [pairs[0][0] for pairs in faults]
-        reasons = [
-            f"{pairs[0][0]}: {pairs[0][1]}" if len(pairs) == 1 else "; ".join(f"{c}: {m}" for c, m in pairs)
-            for pairs in faults
-        ]
-        records = source.originals(bad)
-        rows = bad if source.identity else [index(p) for p in bad]
-        rejected.extend(map(Rejection, rows, fields, reasons, records, map(record_json, records)))
+    found = _rejections([c.name for c in columns], problems, source, keep)
+    parts = [found]
+    missing = [i for i, r in enumerate(records) if r is None] if table is None and records else []
+    if missing:
+        unread = [Rejection(row, None, unreadable.get(row, "unreadable record")) for row in missing]
+        parts.append(RejectedRows.of(unread))
     keys: list[tuple[int, str, int]] = []
     if schema.key is not None:
-        keys = _keys(schema.key, source, keep, rejected)
+        keys, refused = _keys(schema.key, source, keep)
+        parts.append(RejectedRows.of(refused))
     target = arrow_schema(schema)
     accepted = pa.Table.from_arrays(arrays, schema=pa.schema([target.field(c.name) for c in columns]))
     if not keep.all():
         accepted = accepted.filter(pa.array(keep))
-    if missing or len(rejected) > len(problems):
-        rejected.sort(key=operator.itemgetter(0))
 
     def originals(rows: Sequence[int]) -> list[Any]:
         return source.originals([source.position(r) for r in rows])
 
-    return ValidationResult(accepted, rejected, keys, originals)
+    return ValidationResult(accepted, RejectedRows.concat(parts), keys, originals)
 
 
-def _keys(column: str, source: _Source, keep: np.ndarray, rejected: list[Rejection]) -> list[tuple[int, str, int]]:
-    """Keys of the rows still kept, in order; a missing or repeated one rejects its row (``keep`` is updated)."""
+def _rejections(
+    names: list[str], problems: list[tuple[int, np.ndarray, pa.Array]], source: _Source, keep: np.ndarray
+) -> RejectedRows:
+    """The rows with problems, as columns: each row's first field at fault and its reason, worded as
+    row-by-row validation words it (``field: message``, or several such joined by ``; `` in column
+    order), with no Python per row; ``keep`` is cleared at those rows."""
+    if not problems:
+        return RejectedRows.empty()
+    positions = np.concatenate([p for _, p, _ in problems])
+    numbers = np.concatenate([np.full(len(p), n, np.int32) for n, p, _ in problems])
+    messages = pa.concat_arrays([m for _, _, m in problems])
+    order = np.argsort(positions, kind="stable")  # problems were gathered column by column
+    positions, numbers = positions[order], numbers[order]
+    take = pa.array(order)
+    named = pc.take(pa.array(names, pa.string()), pa.array(numbers))
+    worded = pc.binary_join_element_wise(named, messages.take(take), ": ")
+    starts = np.flatnonzero(np.r_[True, positions[1:] != positions[:-1]])
+    bad = positions[starts]
+    if len(starts) == len(positions):  # one fault per row: the common case
+        reasons = worded
+    else:
+        offsets = pa.array(np.r_[starts, len(positions)].astype(np.int32))
+        reasons = pc.binary_join(pa.ListArray.from_arrays(offsets, worded), "; ")
+    keep[bad] = False
+    rows = bad if source.identity else source.rows_of(bad)
+    return RejectedRows(rows.astype(np.int64), named.take(pa.array(starts)), reasons, source.records(bad))
+
+
+def _keys(column: str, source: _Source, keep: np.ndarray) -> tuple[list[tuple[int, str, int]], list[Rejection]]:
+    """Keys of the rows still kept, in order, and the rows refused for a missing or repeated
+    key (``keep`` is updated)."""
     seen: dict[str, int] = {}
     keys: list[tuple[int, str, int]] = []
     refused: list[tuple[int, str]] = []
@@ -218,41 +205,36 @@ def _keys(column: str, source: _Source, keep: np.ndarray, rejected: list[Rejecti
         else:
             seen[key] = source.index(position)
             keys.append((seen[key], key, len(keys)))
+    rejected: list[Rejection] = []
     if refused:
         positions = [p for p, _ in refused]
         keep[positions] = False
         for (position, reason), record in zip(refused, source.originals(positions), strict=True):
             rejected.append(rejection(source.index(position), column, reason, record))
-    return keys
+    return keys, rejected
 
 
-def _judge(spec: FeatureSpec, source: _Source) -> tuple[pa.Array, dict[int, str]]:
-    """The column as its Arrow type and the problem of each bad position; see the module docstring."""
+def _judge(spec: FeatureSpec, source: _Source) -> tuple[pa.Array, np.ndarray, pa.Array]:
+    """The column as its Arrow type, the bad positions and each one's problem; see the module docstring.
+
+    Bad values repeat (an unknown category, a sentinel out of range): each distinct suspect value
+    is judged once by the scalar rule, and the verdicts are spread back over the positions as arrays."""
     values, suspect = source.fast(spec)
     suspect |= _suspects(spec, values)
     if not suspect.any():
-        return _final(spec, values), {}
-    found: dict[int, str] = {}
-    fixed: dict[int, Any] = {}
-    positions = np.flatnonzero(suspect).tolist()
-    decided: dict[tuple[type, Any], tuple[bool, Any]] = {}  # bad values repeat: each distinct one judged once
-    for position, value in zip(positions, source.column_values(spec.name, positions), strict=True):
-        try:
-            verdict = decided[type(value), value]
-        except (KeyError, TypeError):  # TypeError: unhashable (a list or an object)
-            verdict = _scalar(spec, value, source.from_text)
-            with contextlib.suppress(TypeError):
-                decided[type(value), value] = verdict
-        if verdict[0]:
-            fixed[position] = verdict[1]
-        else:
-            found[position] = verdict[1]
+        return _final(spec, values), np.zeros(0, np.int64), pa.array([], pa.string())
+    positions = np.flatnonzero(suspect)
+    distinct, which = source.distinct(spec.name, positions)
+    verdicts = [_scalar(spec, value, source.from_text) for value in distinct]
+    good = np.fromiter((ok for ok, _ in verdicts), bool, len(verdicts))[which]
     values = _final(spec, pc.if_else(pa.array(suspect), pa.scalar(None, values.type), values))
-    if fixed:
+    if good.any():
         mask = np.zeros(len(values), dtype=bool)
-        mask[list(fixed)] = True
-        values = pc.replace_with_mask(values, pa.array(mask), pa.array(list(fixed.values()), type=values.type))
-    return values, found
+        mask[positions[good]] = True
+        coerced = pa.array([v if ok else None for ok, v in verdicts], type=values.type)
+        values = pc.replace_with_mask(values, pa.array(mask), coerced.take(pa.array(which[good])))
+    messages = pa.array([None if ok else v for ok, v in verdicts], pa.string()).take(pa.array(which[~good]))
+    return values, positions[~good], messages
 
 
 def _scalar(spec: FeatureSpec, value: Any, from_text: bool) -> tuple[bool, Any]:
@@ -325,6 +307,18 @@ class _Source(abc.ABC):
         return self.column_values(name, list(range(self.n)))
 
     @abc.abstractmethod
+    def distinct(self, name: str, positions: np.ndarray) -> tuple[list[Any], np.ndarray]:
+        """The distinct values as sent at ``positions``, and which of them each position holds."""
+
+    @abc.abstractmethod
+    def records(self, positions: np.ndarray) -> pa.Table | pa.Array:
+        """The records as sent at ``positions``, as the quarantine keeps them (see :class:`RejectedRows`)."""
+
+    def rows_of(self, positions: np.ndarray) -> np.ndarray:
+        """Row indices of ``positions``."""
+        return positions
+
+    @abc.abstractmethod
     def originals(self, positions: Sequence[int]) -> list[Any]:
         """The records as sent at ``positions`` (what a rejection keeps for the quarantine)."""
 
@@ -374,6 +368,27 @@ class _Records(_Source):
     def column_values(self, name: str, positions: list[int]) -> list[Any]:
         return [self.rows[p].get(name, MISSING) for p in positions]
 
+    def distinct(self, name: str, positions: np.ndarray) -> tuple[list[Any], np.ndarray]:
+        # Python values of any type: told apart by type and value (True is not 1); an unhashable one
+        # (a list, an object) counts as distinct each time.
+        index: dict[tuple[type, Any], int] = {}
+        distinct: list[Any] = []
+        which = np.empty(len(positions), np.int64)
+        for i, value in enumerate(self.column_values(name, positions.tolist())):
+            try:
+                which[i] = index.setdefault((type(value), value), len(distinct))
+            except TypeError:
+                which[i] = len(distinct)
+            if which[i] == len(distinct):
+                distinct.append(value)
+        return distinct, which
+
+    def records(self, positions: np.ndarray) -> pa.Array:
+        return pa.array([record_json(self.rows[p]) for p in positions.tolist()], pa.string())
+
+    def rows_of(self, positions: np.ndarray) -> np.ndarray:
+        return positions if self.rows_index is None else np.asarray(self.rows_index, np.int64)[positions]
+
     def originals(self, positions: Sequence[int]) -> list[Any]:
         return [self.rows[p] for p in positions]
 
@@ -408,6 +423,19 @@ class _Table(_Source):
     def originals(self, positions: Sequence[int]) -> list[Any]:
         records: list[Any] = self.table.take(pa.array(list(positions), pa.int64())).to_pylist()
         return records
+
+    def distinct(self, name: str, positions: np.ndarray) -> tuple[list[Any], np.ndarray]:
+        column = self.column(name)
+        if column is None:
+            return [MISSING], np.zeros(len(positions), np.int64)
+        # One type per column: Arrow's hashing tells values apart as the scalar rule would (-0.0 from 0.0;
+        # every NaN alike, which the rule words alike); a null is a value of its own.
+        encoded = pc.dictionary_encode(column.take(pa.array(positions)), null_encoding="encode")
+        which = np.asarray(encoded.indices.to_numpy(zero_copy_only=False), np.int64)
+        return encoded.dictionary.to_pylist(), which
+
+    def records(self, positions: np.ndarray) -> pa.Table:
+        return self.table.take(pa.array(positions))
 
     def absent(self, spec: FeatureSpec) -> tuple[pa.Array, np.ndarray]:
         """A column the body does not have: nulls, or every row suspect (and rejected: missing column)."""
