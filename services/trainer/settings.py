@@ -23,6 +23,10 @@ class TrainerSettings(ServiceSettings):
     """Rows needed after a drift began before retraining on them."""
     drift_cooldown_s: float = Field(default=120.0, ge=0)
     """Drift reports are ignored this long after a drift-triggered job."""
+    refresh_growth: float = Field(default=1.5, gt=1)
+    """After a drift, while the rows since it are fewer than ``min_new_rows``, a fuller model is trained each time
+    they reach this many times the post-drift rows the last model saw (and ``drift_min_rows`` more at least).
+    Smaller: more refreshes, each on a model closer to all the rows since the drift (2 was the old doubling)."""
     seed: int = 42
     """Seed of splits, searches and estimators: same data + seed → same model."""
     search_iterations: int = Field(default=9, ge=1)

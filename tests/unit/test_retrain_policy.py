@@ -135,12 +135,12 @@ def test_a_new_champion_below_its_holdout_retrains_cool_down_or_not() -> None:
     assert decision.trigger is Trigger.DRIFT
 
 
-def test_after_a_drift_jobs_train_from_its_start_and_refresh_as_post_drift_data_doubles() -> None:
+def test_after_a_drift_jobs_train_from_its_start_and_refresh_as_post_drift_data_grows() -> None:
     horizon = NOW - timedelta(minutes=3)
-    # The drift job trained on 600 post-drift rows; 500 more arrived: not yet doubled.
-    fresh = view(total_rows=9100, last_trained_rows=8600, horizon=horizon, rows_since_horizon=1100)
+    # The drift job trained on 600 post-drift rows; 499 more arrived: fewer than drift_min_rows (500).
+    fresh = view(total_rows=9099, last_trained_rows=8600, horizon=horizon, rows_since_horizon=1099)
     assert not decide_on_data(fresh, CONFIG, NOW).train
-    doubled = decide_on_data(replace(fresh, total_rows=9200, rows_since_horizon=1200), CONFIG, NOW)
+    doubled = decide_on_data(replace(fresh, total_rows=9100, rows_since_horizon=1100), CONFIG, NOW)
     assert doubled.train
     assert doubled.trigger is Trigger.NEW_DATA
     assert doubled.since == horizon
@@ -152,6 +152,25 @@ def test_after_a_drift_jobs_train_from_its_start_and_refresh_as_post_drift_data_
     assert routine.train
     assert routine.since == horizon
     assert decide_on_request(large).since == horizon
+
+
+def test_a_refresh_is_due_once_the_post_drift_rows_grew_by_half_not_only_once_they_doubled() -> None:
+    """After a gradual drift the newest rows count most: a model that saw half of the rows since the drift
+    could serve until the stream had moved on (the loop benchmark's gradual stream: its last refresh before
+    the tail trained on 8,000 of 16,000 rows and landed after the stream ended)."""
+    horizon = NOW - timedelta(minutes=3)
+    # The last refresh saw 4,000 post-drift rows (of 4,000 total: horizon at row 0 of this dataset version).
+    saw = view(total_rows=40_000, last_trained_rows=39_000, horizon=horizon, rows_since_horizon=4_000 + 1_000)
+    assert not decide_on_data(saw, CONFIG, NOW).train  # 1,000 new rows: 1.25 times as many
+    grown = replace(saw, total_rows=40_999, rows_since_horizon=5_999)
+    assert not decide_on_data(grown, CONFIG, NOW).train  # 1,999: just short of half again
+    due = decide_on_data(replace(grown, total_rows=41_000, rows_since_horizon=6_000), CONFIG, NOW)
+    assert due.train
+    assert due.since == horizon
+    assert "the last model saw 4000" in due.reason
+    doubling = replace(CONFIG, refresh_growth=2.0)  # the old rule, as a setting
+    assert not decide_on_data(replace(grown, total_rows=41_000, rows_since_horizon=6_000), doubling, NOW).train
+    assert decide_on_data(replace(grown, total_rows=43_000, rows_since_horizon=8_000), doubling, NOW).train
 
 
 def test_requests_train_whenever_possible() -> None:

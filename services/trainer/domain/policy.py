@@ -7,8 +7,13 @@ explicit request. Drift is special:
   drift-triggered job trains only on batches that arrived after the drift
   began, and waits until enough of them exist. That moment becomes the
   model's *data horizon*: later jobs train from it too, and while the data
-  after it is still small, a fuller model is trained each time it doubles
-  (a first model on the first post-drift rows serves while fuller ones train).
+  after it is still small, a fuller model is trained each time it has grown by
+  ``refresh_growth`` (1.5: half again as many rows as the last model saw, and
+  at least ``drift_min_rows`` more), so a first model on the first post-drift
+  rows serves while fuller ones train, and the model serving has always seen
+  most of the rows since the drift (doubling, the serving model could have
+  seen only half of them, and after a gradual drift the newest half are the
+  ones that count: the last refresh before the stream moved on came too late).
 - Drift outranks routine work: a routine job (new data, schedule) queued or
   running for the model is cancelled, and the drift job starts at once. Only
   once the drift job can start (enough post-drift rows): cancelled earlier,
@@ -54,6 +59,9 @@ class PolicyConfig:
     """Rows that must have arrived after a drift began before retraining on them."""
     cooldown: timedelta = timedelta(minutes=2)
     """Quiet time after a drift job during which a new alarm about the same version waits (it is kept)."""
+    refresh_growth: float = 1.5
+    """After a drift, while the rows since it are fewer than ``min_new_rows``: a refresh is due once they are this
+    many times the post-drift rows the last model saw (and at least ``drift_min_rows`` more)."""
 
 
 @dataclass(frozen=True)
@@ -189,7 +197,8 @@ def _routine(view: ModelView, config: PolicyConfig) -> Decision:
     new_rows = view.total_rows - view.last_trained_rows
     if view.horizon is not None:
         seen = view.rows_since_horizon - new_rows  # post-drift rows the last model trained on
-        if 0 < seen < config.min_new_rows and new_rows >= seen:
+        due = max(seen * (config.refresh_growth - 1), config.drift_min_rows)
+        if 0 < seen < config.min_new_rows and new_rows >= due:
             return Decision(
                 True,
                 f"post-drift refresh: {view.rows_since_horizon} rows since the drift, the last model saw {seen}",

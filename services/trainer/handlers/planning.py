@@ -35,6 +35,7 @@ def policy_config(settings: TrainerSettings) -> PolicyConfig:
         min_new_rows=settings.min_new_rows,
         drift_min_rows=settings.drift_min_rows,
         cooldown=timedelta(seconds=settings.drift_cooldown_s),
+        refresh_growth=settings.refresh_growth,
     )
 
 
