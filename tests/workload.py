@@ -17,6 +17,12 @@ def sleep_with_helper(spec: dict[str, Any]) -> dict[str, Any]:
     return {"done": True}
 
 
+def pause(spec: dict[str, Any]) -> dict[str, Any]:
+    """Work for ``seconds`` (an export, a re-judgement: something short), then answer."""
+    time.sleep(spec["seconds"])
+    return {"paused": spec["seconds"]}
+
+
 def answer(spec: dict[str, Any]) -> dict[str, Any]:
     return {"echo": spec["value"]}
 

@@ -77,6 +77,10 @@ class TrainerSettings(ServiceSettings):
     quick_importance_rows: int = Field(default=250, ge=50)
     """Holdout rows, at most, of the permutation importance of a job answering a drift (one shuffle per
     feature): its model is replaced within seconds, and a full importance took longer than its search."""
+    holder_wait_s: float = Field(default=3.0, ge=0)
+    """A job (or export) whose champion's pipeline is in memory only in a worker busy with something short (an
+    ONNX export, a re-judgement) waits this long at most for that worker, rather than load the pipeline from
+    the store in another (skops checks every type it rebuilds: 3-6 s on a loaded machine). 0: never waits."""
     export_defer_s: float = Field(default=60.0, ge=0)
     """A version's ONNX export waits up to this long for the model's training queue to be idle (it serves on
     its pipeline meanwhile), so that the refreshes after a drift have the cores to themselves. 0: at once."""

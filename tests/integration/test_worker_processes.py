@@ -65,6 +65,36 @@ async def test_a_job_goes_to_the_warm_worker_that_holds_its_champion_in_memory()
         workers.close()
 
 
+async def test_a_job_waits_briefly_for_the_busy_worker_that_holds_its_champion() -> None:
+    workers = Workers(preload="tests.workload")
+    try:
+        holder = workers.take("train v4")
+        await holder.run(workload.answer, {"value": 4})
+        holder.remember(["v4"], capacity=2)
+        workers.release("train v4")
+        assert workers.take("export v4", holding="v4") is holder  # the export of v4 runs where v4 is in memory
+        exporting = asyncio.create_task(holder.run(workload.pause, {"seconds": 0.5}))
+        workers.warm_up(2)  # another warm worker is idle meanwhile
+        assert workers.busy_holding("v4")
+        assert not workers.busy_holding("v3")  # nobody holds it: nothing to wait for
+        assert await workers.holder_free("v3", wait_s=5) < 0.05
+        assert await workers.holder_free("v4", wait_s=0) < 0.05  # 0: never waits
+
+        async def export_ends() -> None:
+            await exporting
+            workers.release("export v4")
+
+        ending = asyncio.create_task(export_ends())
+        waited = await workers.holder_free("v4", wait_s=10)
+        await ending
+        assert 0.05 < waited < 10  # until the export ended, not the whole wait
+        assert not workers.busy_holding("v4")
+        assert workers.take("refresh", holding="v4") is holder  # the refresh after it gets the worker holding v4
+        workers.release("refresh")
+    finally:
+        workers.close()
+
+
 async def test_a_job_that_may_be_cancelled_keeps_a_warm_spare_for_the_job_replacing_it(tmp_path: Path) -> None:
     workers = Workers(preload="tests.workload")
     pids = tmp_path / "pids"

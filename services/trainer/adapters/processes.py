@@ -210,6 +210,8 @@ class Workers:
         """Warm workers waiting, the most recently used last (the surest to have finished importing)."""
         self.running: dict[Any, WorkerProcess] = {}
         self.closed = False
+        self._released = asyncio.Event()
+        """Set (and replaced) each time a job releases its worker: what ``holder_free`` waits on."""
 
     @property
     def _warm(self) -> WorkerProcess | None:
@@ -227,6 +229,34 @@ class Workers:
         if keeping:
             return keeping[-1]
         return done[-1] if done else (self._idle[0] if self._idle else None)
+
+    def busy_holding(self, holding: str | None) -> bool:
+        """Whether only a worker that is running something (an export, a re-judgement) holds the pipeline
+        ``holding``: no idle warm worker does."""
+        if holding is None or any(holding in w.holds for w in self._idle if w.alive() and w.warmed()):
+            return False
+        return any(holding in w.holds for w in self.running.values())
+
+    async def holder_free(self, holding: str | None, wait_s: float) -> float:
+        """Wait, at most ``wait_s``, until the pipeline ``holding`` is held by an idle worker again or by none
+        running; the seconds waited.
+
+        A post-drift refresh's champion is most often the model the previous refresh trained, in memory in
+        the worker that trained it. In the gap between two refreshes that worker exports the model to ONNX
+        (0.1-0.5 s), and the refresh that came meanwhile went to another worker, which loaded the pipeline
+        from the store: 2.8-4.2 s of an 8 s job on a busy machine. Waiting for the export is cheaper.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while self.busy_holding(holding):
+            left = started + wait_s - loop.time()
+            if left <= 0:
+                break
+            released = self._released
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await released.wait()
+        return loop.time() - started
 
     def warm_up(self, waiting: int = 1) -> None:
         """Have ``waiting`` started workers waiting (new ones only for those missing)."""
@@ -255,6 +285,8 @@ class Workers:
     def release(self, key: Any) -> None:
         """Job ``key`` is over: its worker waits for the next job if it can, else it goes."""
         worker = self.running.pop(key, None)
+        self._released.set()
+        self._released = asyncio.Event()
         if worker is not None:
             if not self.closed and worker.reusable(self.max_jobs) and len(self._idle) < self.max_idle:
                 self._idle.append(worker)

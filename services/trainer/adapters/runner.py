@@ -337,7 +337,11 @@ class JobRunner:
     async def _in_worker(
         self, job_id: Hashable, target: Any, spec: dict[str, Any], *, spare: bool = False, holding: str | None = None
     ) -> dict[str, Any]:
-        """Run ``target(spec)`` in a warm worker, one that holds the pipeline ``holding`` (sha256) if any does."""
+        """Run ``target(spec)`` in a warm worker, one that holds the pipeline ``holding`` (sha256) if any does
+        (waiting ``holder_wait_s`` at most for it when it is busy with an export or a re-judgement)."""
+        waited = await self.workers.holder_free(holding, self.settings.holder_wait_s)
+        if waited > 0.01:
+            log.info("waited %.2f s for the worker holding %s", waited, holding, extra={"job_id": str(job_id)})
         worker = self.workers.take(job_id, spare=spare, holding=holding)
         try:
             if isinstance(job_id, uuid.UUID) and job_id in self._running:
