@@ -38,6 +38,7 @@ def spec(settings: RegistrySettings) -> ServiceSpec:
         min_metric=settings.min_metric,
         min_gain=settings.min_gain,
         significance=settings.promotion_significance,
+        gain_significance=settings.promotion_gain_significance,
         require_approval=settings.require_approval,
         fairness_tolerance=settings.fairness_tolerance,
     )

@@ -18,6 +18,9 @@ class RegistrySettings(ServiceSettings):
     """A smaller gain than ``min_gain`` still promotes when the trainer's paired test on the same holdout rows
     (McNemar for classification, a paired t-test on squared errors for regression) gives a one-sided p-value
     at most this. A challenger not ahead is never promoted. 0: ``min_gain`` alone decides."""
+    promotion_gain_significance: float = Field(default=0.05, ge=0, le=1)
+    """A gain of ``min_gain`` or more promotes only when the trainer's paired test on the same holdout rows gives
+    a one-sided p-value at most this: on a small holdout such a gain can be noise. 0: the gain alone decides."""
     require_approval: bool = False
     """Promote winners to the 'candidate' alias only; a person moves 'champion'."""
     fairness_tolerance: float = Field(default=0.05, ge=0)

@@ -44,6 +44,23 @@ def test_a_gain_below_the_minimum_promotes_when_the_paired_test_shows_it_is_real
     assert not off.promote
 
 
+def test_a_gain_above_the_minimum_that_the_paired_test_calls_noise_does_not_promote() -> None:
+    # +0.03 on a 200-row holdout, where the two models disagree on a handful of rows: p 0.2.
+    noisy = decide(replace(candidate(0.74, 0.71, against=2), p_value=0.2), 2, CONFIG)
+    assert not noisy.promote
+    assert not noisy.rejudge
+    assert "gain +0.0300 ≥ 0.0100, but paired p 0.2 > 0.05" in noisy.reason
+    assert "may be noise" in noisy.reason
+    real = decide(replace(candidate(0.74, 0.71, against=2), p_value=0.03), 2, CONFIG)
+    assert real.promote
+    assert "beats champion v2 (0.7100) by +0.0300" in real.reason
+    # Without a test (an older trainer) the gain alone decides, as it does with the check turned off.
+    assert decide(candidate(0.74, 0.71, against=2), 2, CONFIG).promote
+    assert decide(
+        replace(candidate(0.74, 0.71, against=2), p_value=0.2), 2, replace(CONFIG, gain_significance=0)
+    ).promote
+
+
 def test_no_p_value_promotes_a_challenger_that_is_not_ahead() -> None:
     assert not decide(replace(candidate(0.78, 0.78, against=2), p_value=0.0), 2, CONFIG).promote
     assert not decide(replace(candidate(0.77, 0.78, against=2), p_value=0.0), 2, CONFIG).promote
