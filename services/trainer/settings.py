@@ -77,6 +77,11 @@ class TrainerSettings(ServiceSettings):
     quick_importance_rows: int = Field(default=250, ge=50)
     """Holdout rows, at most, of the permutation importance of a job answering a drift (one shuffle per
     feature): its model is replaced within seconds, and a full importance took longer than its search."""
+    worker_max_jobs: int = Field(default=50, ge=1)
+    """Training jobs a worker process runs before it is replaced (what jobs leave in memory stays bounded); its
+    exports and re-judgements do not count. A replaced worker takes the pipelines it held with it: at 20 jobs,
+    exports included, a worker was replaced after every second or third benchmark stream, once right after
+    the drift job whose model the next refresh needed (loaded again from the store: 5.6 s)."""
     holder_wait_s: float = Field(default=3.0, ge=0)
     """A job (or export) whose champion's pipeline is in memory only in a worker busy with something short (an
     ONNX export, a re-judgement) waits this long at most for that worker, rather than load the pipeline from

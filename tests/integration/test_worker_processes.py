@@ -39,6 +39,14 @@ async def test_a_worker_answers_reports_errors_and_is_reaped() -> None:
         assert await workers.take("d").run(workload.answer, {"value": 2}) == {"echo": 2}
         workers.release("d")
         assert workers.take("e") is not fresh  # max_jobs=2: replaced after its second job
+        workers.release("e")
+        light, holder = workers.take("f"), "f"
+        for key in ("g", "h", "i"):  # exports and re-judgements (not counted) do not wear it out
+            assert await light.run(workload.answer, {"value": 3}, counted=False) == {"echo": 3}
+            workers.release(holder)
+            assert workers.take(key) is light
+            holder = key
+        workers.release(holder)
         await wait_until(lambda: workload.process_gone(fresh.pid), timeout=15, message="the used-up worker to exit")
     finally:
         workers.close()

@@ -104,7 +104,7 @@ class WorkerProcess:
         child.close()
         self.killed = False
         self.jobs = 0
-        """Jobs handed to this process so far."""
+        """Counted jobs handed to this process so far (training jobs: see ``run``)."""
         self.clean = True
         """Every job so far answered normally: the process may take another."""
         self.holds: list[str] = []
@@ -119,9 +119,13 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process.is_alive()
 
-    async def run(self, target: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any]) -> dict[str, Any]:
-        """Run ``target(spec)`` in this process; raise JobFailed or WorkerLost. Cancelling kills the process."""
-        self.jobs += 1
+    async def run(
+        self, target: Callable[[dict[str, Any]], dict[str, Any]], spec: dict[str, Any], *, counted: bool = True
+    ) -> dict[str, Any]:
+        """Run ``target(spec)`` in this process; raise JobFailed or WorkerLost. Cancelling kills the process.
+        ``counted``: the run counts toward the jobs after which the process is replaced (a light one, an export
+        or a re-judgement scoring pipelines already in memory, does not)."""
+        self.jobs += counted
         self.clean = False  # until the answer is in
         try:
             self._channel.send({"target": target, "spec": spec})

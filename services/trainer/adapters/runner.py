@@ -74,7 +74,7 @@ class JobRunner:
         self.rt = rt
         self.settings = settings
         self.code_version = code_version(settings)
-        self.workers = Workers(preload="services.trainer.adapters.worker:warm")
+        self.workers = Workers(preload="services.trainer.adapters.worker:warm", max_jobs=settings.worker_max_jobs)
         self.replan = replan
         """Called with a model when its job ended: a kept alarm may act now."""
         # Only the trainer holds the private key: what it stores, it signs (libs/common/signing.py).
@@ -348,7 +348,8 @@ class JobRunner:
                 with contextlib.suppress(OSError, asyncpg.PostgresError):
                     await repository.set_worker(self.rt.db, job_id, worker.pid)
             log.info("worker %d started on %s", worker.pid, job_id, extra={"job_id": str(job_id)})
-            answer = await worker.run(target, {**spec, "sent_at": time.time()})
+            # Only training jobs wear a worker out: an export or a re-judgement predicts with pipelines in memory.
+            answer = await worker.run(target, {**spec, "sent_at": time.time()}, counted=target is run_job)
             worker.remember(_pipelines_used(spec, answer), pipelines.CAPACITY)
             return answer
         finally:
