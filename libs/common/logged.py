@@ -13,7 +13,7 @@ monitor reads one shape whatever the producer sent.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,6 +40,10 @@ class LoggedPredictions:
     predictions: list[Any]
     features: dict[str, list[Any]]
     """Feature name → its values (None or NaN where missing), as serving logged them."""
+    absent: dict[str, frozenset[int]] = field(default_factory=dict)
+    """Feature name → the rows whose record did not carry it at all (None above): only the records form
+    can say so. A value logged as null is missing (the group ``(missing)``); a sensitive input never
+    logged is unknown (the group ``(unknown)``), as for a column the columnar form leaves out."""
 
     def __len__(self) -> int:
         return len(self.request_ids)
@@ -47,14 +51,29 @@ class LoggedPredictions:
     @classmethod
     def of(cls, event: PredictionsLogged) -> LoggedPredictions:
         """The columns of an event in its records form (each record's features may differ: a feature
-        absent from a record is None there)."""
+        absent from a record is None there, and its row is in ``absent``)."""
         names = list(dict.fromkeys(name for r in event.records for name in r.features))
+        absent = {name: frozenset(i for i, r in enumerate(event.records) if name not in r.features) for name in names}
         return cls(
             event.event_id, event.model, event.version, event.shadow,
             request_ids=[r.request_id for r in event.records], at=[r.at for r in event.records],
             predictions=[r.prediction for r in event.records],
             features={name: [r.features.get(name) for r in event.records] for name in names},
+            absent={name: rows for name, rows in absent.items() if rows},
         )  # fmt: skip
+
+    def logged(self, names: list[str]) -> list[dict[str, Any]]:
+        """Each row's values of the features ``names``, one dict a row, leaving out a feature the row's record
+        did not carry (and one with no column at all)."""
+        names = [name for name in names if name in self.features]
+        if not names:
+            return [{} for _ in range(len(self))]
+        columns = [self.features[n] for n in names]
+        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        for name in names:
+            for i in self.absent.get(name, ()):
+                del rows[i][name]
+        return rows
 
 
 class _Envelope(BaseModel):

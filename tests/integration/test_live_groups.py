@@ -108,3 +108,27 @@ async def _labelled(client: Any, n: int) -> dict[str, Any] | None:
 
 def _feature(live: dict[str, Any], name: str) -> dict[str, Any]:
     return next(f for f in live["features"] if f["feature"] == name)
+
+
+async def test_a_record_without_its_sensitive_input_is_unknown_and_one_with_null_missing(isolated: Isolation) -> None:
+    """The records form of predictions.logged (other producers than serving): a record that does not carry
+    the sensitive input is in the group "(unknown)", as a columnar batch without that column is; one that
+    logged it as null is in "(missing)"."""
+    store = ArtifactStore(isolated.artifacts_root)
+    model = trained_model(store, rows=600)
+    app, _ = create_app(isolated.settings(MonitorSettings, min_group_rows=5))
+    inputs = {k: BASE[k] for k in FEATURES if k != "region"}
+    given = [{"region": "north"}] * 6 + [{"region": None}] * 5 + [{}] * 4
+    records = [PredictionRecord(request_id=f"n{i}", features=inputs | region, prediction="yes")
+               for i, region in enumerate(given)]  # fmt: skip
+    logged = PredictionsLogged(producer="test", model="churn", version=1, records=records)
+    labels = LabelsArrived(producer="test", model="churn", labels=[Label(request_id=r.request_id, label="yes")
+                                                                   for r in records])  # fmt: skip
+    async with serve(app) as client:
+        await publish(isolated, promoted("churn", 1, model).model_copy(update={"dataset_schema": GOVERNED}))
+        await wait_until(lambda: _status(client, 200), message="the monitor to take the reference")
+        await publish(isolated, logged, labels)
+        live = await wait_until(lambda: _labelled(client, 15), timeout=60, message="15 labelled predictions")
+    region = _feature(live, "region")
+    assert {g["group"]: g["count"] for g in region["groups"]} == {"north": 6, "(missing)": 5, "(unknown)": 4}
+    assert region["unknown"] == 4

@@ -25,6 +25,19 @@ def test_ks_equals_scipy(seed: int) -> None:
     assert ds.ks_test(a, b) == pytest.approx((expected.statistic, expected.pvalue))
 
 
+def test_windows_of_one_size_get_scipys_ks_figures_and_its_exact_count_only_once_a_statistic() -> None:
+    """The exact p-value is asked of scipy once per (sizes, statistic) and kept: a monitor judges windows
+    of one size against one reference, so most windows reuse one. Ties (rounded values) included."""
+    rng = np.random.default_rng(7)
+    reference = np.round(rng.normal(0, 1, 800), 2)
+    lives = [np.round(rng.normal(0.02 * (i % 4), 1, 300), 1 + i % 2) for i in range(300)]
+    ds._KS_EXACT.clear()
+    for live in lives:
+        expected = stats.ks_2samp(reference, live)
+        assert ds.ks_test(reference, live) == (float(expected.statistic), float(expected.pvalue))
+    assert len(ds._KS_EXACT) < 0.6 * len(lives)  # many windows found their p-value kept
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_chi_square_equals_scipy_contingency(seed: int) -> None:
     rng = np.random.default_rng(seed)

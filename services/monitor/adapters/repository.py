@@ -182,11 +182,25 @@ async def store_report(
     histograms: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """Store a judged window; ``histograms`` (its counts beside the reference's) are what the drift report draws."""
-    body = report.to_dict() if histograms is None else {**report.to_dict(), "histograms": histograms}
-    await conn.execute(
+    await store_reports(conn, [(model, version, report, histograms)])
+
+
+async def store_reports(
+    conn: asyncpg.Connection, judged: Sequence[tuple[str, int, WindowReport, dict[str, Any] | None]]
+) -> None:
+    """Store judged windows (model, version, report, histograms), one statement for all."""
+    await conn.executemany(
         "INSERT INTO reports (model, version, flagged, report) VALUES ($1, $2, $3, $4)",
-        model, version, report.flagged, json.dumps(body, default=str),
+        [(model, version, report.flagged, _report_json(report, histograms)) for model, version, report, histograms
+         in judged],
     )  # fmt: skip
+
+
+def _report_json(report: WindowReport, histograms: dict[str, dict[str, Any]] | None) -> str:
+    """A report's JSON as stored: orjson, as ``json.dumps(default=str)`` wrote it, but NaN and infinities
+    (a statistic of a constant feature, say) written as null, which PostgreSQL's ``jsonb`` takes."""
+    body = report.to_dict() if histograms is None else {**report.to_dict(), "histograms": histograms}
+    return orjson.dumps(body, default=str, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,11 +148,13 @@ def _raw_verdict(
     """Statistics, thresholds, whether the effect is meaningful, and the p-value (uncorrected)."""
     if isinstance(window, NumericWindow):
         ref: NumericProfile = window.reference
-        sample = window.reservoir.sample()
-        ref_sample = np.asarray(ref.sample)
+        sample = np.sort(window.reservoir.sample())
+        ref_sample = reference_sample(ref)
         psi = st.psi(np.asarray(ref.counts), window.counts)
-        ks_stat, p_value = st.ks_test(ref_sample, sample) if sample.size and ref_sample.size else (0.0, 1.0)
-        wasser = st.wasserstein_normalised(ref_sample, sample, ref.std)
+        ks_stat, p_value, wasser = 0.0, 1.0, 0.0
+        if sample.size and ref_sample.size:
+            ks_stat, p_value, distance = st.compare_samples(ref_sample, sample)
+            wasser = st.in_std(distance, ref.std)
         count = window.count + window.missing
         stats = {
             "psi": psi, "ks_statistic": ks_stat, "ks_pvalue": p_value, "wasserstein_std": wasser,
@@ -178,6 +180,20 @@ def _raw_verdict(
     thresholds = {"psi": config.psi_threshold, "jensen_shannon": config.js_threshold}
     meaningful = psi >= config.psi_threshold or js >= config.js_threshold
     return stats, thresholds, meaningful, p_value
+
+
+def reference_sample(profile: NumericProfile) -> np.ndarray:
+    """The reference's KS sample, sorted, as an array: made once per profile (a list of up to 5,000 floats
+    otherwise converted and sorted again for every window)."""
+    kept = _REFERENCE_SAMPLES.get(id(profile))
+    if kept is None or kept[0] is not profile:  # a new profile, or a new one at a freed one's address
+        if len(_REFERENCE_SAMPLES) >= 1024:
+            _REFERENCE_SAMPLES.clear()
+        kept = _REFERENCE_SAMPLES[id(profile)] = (profile, np.sort(np.asarray(profile.sample, dtype=float)))
+    return kept[1]
+
+
+_REFERENCE_SAMPLES: dict[int, tuple[NumericProfile, np.ndarray]] = {}
 
 
 def evaluate_window(window: Window, performance: Performance | None, config: DriftConfig) -> WindowReport:

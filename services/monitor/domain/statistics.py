@@ -11,9 +11,10 @@ a small window a large-looking move may still be noise. The decision
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-from scipy import stats
-from scipy.spatial import distance
+from scipy import special, stats
 
 #: Share given to a bin that is empty on one side. PSI divides by shares and
 #: takes logarithms, so an empty bin would make it infinite; 1e-4 caps a bin
@@ -41,9 +42,53 @@ def psi(reference_counts: np.ndarray, live_counts: np.ndarray, epsilon: float = 
 
 
 def ks_test(reference_sample: np.ndarray, live_sample: np.ndarray) -> tuple[float, float]:
-    """Two-sample Kolmogorov-Smirnov statistic and p-value (scipy's exact/asymptotic choice)."""
-    result = stats.ks_2samp(reference_sample, live_sample)
-    return float(result.statistic), float(result.pvalue)
+    """Two-sample Kolmogorov-Smirnov statistic and p-value: scipy's ``ks_2samp`` (its exact/asymptotic
+    choice), the same numbers at a fraction of the cost (:func:`compare_samples`)."""
+    statistic, p_value, _ = compare_samples(np.sort(reference_sample), np.sort(live_sample))
+    return statistic, p_value
+
+
+def compare_samples(reference: np.ndarray, live: np.ndarray) -> tuple[float, float, float]:
+    """KS statistic, KS p-value and Wasserstein distance of two *sorted* samples, from one merge of the two:
+    scipy's ``ks_2samp`` and ``wasserstein_distance``, by their own arithmetic, without their overhead.
+
+    Both read the two empirical CDFs at every value of the merged samples: the KS statistic is their
+    largest gap, the Wasserstein distance the area between them. With both samples up to ``KS_EXACT_N``
+    scipy's KS p-value is exact, and depends only on the two sizes and the statistic's numerator over
+    their least common multiple: it is asked of scipy once per such triple and kept (:data:`_KS_EXACT`).
+    A monitor judges windows of one size against one reference sample, so after a few hundred windows
+    most p-values are known: scipy's exact count costs about 1 ms a feature, this whole function about
+    0.1 ms.
+    """
+    n1, n2 = reference.size, live.size
+    if min(n1, n2) == 0:
+        raise ValueError("two non-empty samples expected")
+    values = np.concatenate([reference, live])
+    values.sort(kind="mergesort")  # two sorted runs: merged in linear time
+    gaps = np.searchsorted(reference, values, side="right") / n1 - np.searchsorted(live, values, side="right") / n2
+    wasserstein = float(np.dot(np.abs(gaps[:-1]), np.diff(values)))
+    d = max(float(np.clip(-gaps.min(), 0, 1)), float(gaps.max()))
+    if max(n1, n2) > KS_EXACT_N:  # scipy's asymptotic path
+        result = stats.ks_2samp(reference, live)
+        return float(result.statistic), float(result.pvalue), wasserstein
+    lcm = (n1 // math.gcd(n1, n2)) * n2
+    h = int(np.round(d * lcm))
+    key = (n1, n2, h)
+    p_value = _KS_EXACT.get(key)
+    if p_value is None:
+        p_value = float(stats.ks_2samp(reference, live).pvalue)
+        if len(_KS_EXACT) >= KS_EXACT_KEPT:
+            _KS_EXACT.clear()
+        _KS_EXACT[key] = p_value
+    return h * 1.0 / lcm, p_value, wasserstein  # scipy's exact statistic: the numerator over the lcm
+
+
+KS_EXACT_N = 10_000
+"""scipy's ``ks_2samp`` counts the exact p-value when neither sample is larger (its ``MAX_AUTO_N``)."""
+KS_EXACT_KEPT = 65_536
+"""Exact p-values kept (a few MB at most); all are dropped when full."""
+_KS_EXACT: dict[tuple[int, int, int], float] = {}
+"""(size of the reference sample, size of the live sample, statistic × their lcm) → scipy's exact p-value."""
 
 
 def chi_square(reference_counts: np.ndarray, live_counts: np.ndarray) -> tuple[float, float]:
@@ -58,8 +103,9 @@ def chi_square(reference_counts: np.ndarray, live_counts: np.ndarray) -> tuple[f
     table = table[:, table.sum(axis=0) > 0]
     if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
         return 0.0, 1.0
-    statistic, p_value, _, _ = stats.chi2_contingency(table, correction=False)
-    return float(statistic), float(p_value)
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0)) / table.sum()
+    statistic = float((((table - expected) ** 2) / expected).sum())  # Pearson's, as chi2_contingency computes it
+    return statistic, float(special.chdtrc(table.shape[1] - 1, statistic))  # chi2.sf, without its overhead
 
 
 def jensen_shannon(reference_counts: np.ndarray, live_counts: np.ndarray) -> float:
@@ -68,7 +114,9 @@ def jensen_shannon(reference_counts: np.ndarray, live_counts: np.ndarray) -> flo
     q = shares(np.asarray(live_counts, dtype=float))
     if not p.any() or not q.any():
         return 0.0
-    return float(distance.jensenshannon(p, q, base=2))
+    m = (p + q) / 2.0  # scipy.spatial.distance.jensenshannon's arithmetic, without its overhead
+    divergence = float(special.rel_entr(p, m).sum() + special.rel_entr(q, m).sum()) / np.log(2)
+    return float(np.sqrt(divergence / 2.0))
 
 
 def wasserstein_normalised(reference_sample: np.ndarray, live_sample: np.ndarray, reference_std: float) -> float:
@@ -80,8 +128,12 @@ def wasserstein_normalised(reference_sample: np.ndarray, live_sample: np.ndarray
     """
     if len(reference_sample) == 0 or len(live_sample) == 0:
         return 0.0
-    raw = float(stats.wasserstein_distance(reference_sample, live_sample))
-    return raw / reference_std if reference_std > 0 else (0.0 if raw == 0 else float("inf"))
+    return in_std(compare_samples(np.sort(reference_sample), np.sort(live_sample))[2], reference_std)
+
+
+def in_std(distance: float, reference_std: float) -> float:
+    """A distance in units of the reference standard deviation (infinite for a move off a constant)."""
+    return distance / reference_std if reference_std > 0 else (0.0 if distance == 0 else float("inf"))
 
 
 def adjust_pvalues(p_values: np.ndarray, method: str = "bh") -> np.ndarray:

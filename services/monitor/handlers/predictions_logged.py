@@ -23,7 +23,7 @@ from libs.common.service import Runtime
 from services.monitor.adapters import repository, versions
 from services.monitor.adapters.metrics import MonitorMetrics
 from services.monitor.adapters.state import Monitors
-from services.monitor.domain.decision import WindowReport, evaluate_window, should_alarm
+from services.monitor.domain.decision import AlarmState, WindowReport, evaluate_window, should_alarm
 from services.monitor.domain.groups import input_groups, row_groups
 from services.monitor.domain.histograms import window_histograms
 from services.monitor.domain.monitor import ModelMonitor
@@ -50,19 +50,21 @@ def handler(
 ) -> Callable[[Batch], Awaitable[None]]:
     async def handle(batch: Batch) -> None:
         """Keep the predictions for label matching (every message of the batch in one transaction), then add
-        them to the windows, message by message in their order."""
+        them to the windows, message by message in their order; the windows they fill are judged together."""
         events = [event for event, _ in batch]
         causes = {event.event_id: _cause(delivery) for event, delivery in batch}
         stored = await outbox.once_each(rt.db, CONSUMER, events, lambda conn, fresh: _store(conn, monitors, fresh,
                                                                                             compare_every))  # fmt: skip
+        full: list[tuple[ModelMonitor, Window]] = []
         for event, early, monitor in stored:
             if early:
                 _score_early_labels(event, early, monitor, metrics)
             if monitor is None or monitor.version != event.version:
                 continue  # traffic of a version no longer (or not yet) monitored
             monitor.causes.append(causes[event.event_id])
-            for window in monitor.observe_columns(event.features, event.predictions):
-                await _judge(rt, monitor, window, metrics)
+            full += [(monitor, window) for window in monitor.observe_columns(event.features, event.predictions)]
+        if full:
+            await _judge(rt, full, metrics)
 
     return handle
 
@@ -77,6 +79,11 @@ def _cause(delivery: Delivery) -> trace.SpanContext:
 Stored = tuple[LoggedPredictions, list[repository.EarlyLabel], ModelMonitor | None]
 
 
+Watched = dict[tuple[str, int | None], "ModelMonitor | None"]
+"""(model, version) → its monitor (None: not monitored), looked up once per batch: a version the monitor
+does not watch (a canary's, or the old one's just after a swap) costs a query each time it is asked for."""
+
+
 async def _store(
     conn: asyncpg.Connection, monitors: Monitors, events: list[LoggedPredictions], compare_every: int
 ) -> list[Stored]:
@@ -84,32 +91,43 @@ async def _store(
     labelled (never in a window); served ones are stored with one COPY, and the labels that overtook them
     scored. Returns each served event with its early labels and its model's monitor."""
     await repository.lock_labels(conn, [e.model for e in events])  # ordered with label matching
+    watched: Watched = {}
     served = [e for e in events if not e.shadow]
-    stored = await _store_served(conn, monitors, served, compare_every) if served else []
+    stored = await _store_served(conn, monitors, watched, served, compare_every) if served else []
     for event in events:  # after the served ones: a shadow is scored on the labels its served twin matched
         if event.shadow:
-            await _shadow(conn, monitors, event, compare_every)
+            await _shadow(conn, monitors, watched, event, compare_every)
     return stored
 
 
+async def _monitor(
+    conn: asyncpg.Connection, monitors: Monitors, watched: Watched, model: str, version: int | None
+) -> ModelMonitor | None:
+    """The monitor of ``model`` at ``version`` (any version when None), asked of ``monitors`` once a batch."""
+    if (model, version) not in watched:
+        watched[model, version] = await monitors.load(conn, model, version=version)
+    return watched[model, version]
+
+
 async def _store_served(
-    conn: asyncpg.Connection, monitors: Monitors, served: list[LoggedPredictions], compare_every: int
-) -> list[Stored]:
-    watched = [await monitors.load(conn, e.model, version=e.version) for e in served]
+    conn: asyncpg.Connection, monitors: Monitors, watched: Watched, served: list[LoggedPredictions],
+    compare_every: int,
+) -> list[Stored]:  # fmt: skip
+    models = [await _monitor(conn, monitors, watched, e.model, e.version) for e in served]
     inputs = [
         [input_groups(m.schema, row) for row in _sensitive_rows(m, e)] if m is not None and m.schema.sensitive
         else None
-        for e, m in zip(served, watched, strict=True)
+        for e, m in zip(served, models, strict=True)
     ]  # fmt: skip
     early = await repository.store_predictions(conn, served, inputs)
     owner = {rid: i for i, e in enumerate(served) for rid in e.request_ids} if early else {}
     answered: list[list[repository.EarlyLabel]] = [[] for _ in served]
     for label in early:
         answered[owner[label.request_id]].append(label)
-    for event, monitor, labels, groups_in in zip(served, watched, answered, inputs, strict=True):
+    for event, monitor, labels, groups_in in zip(served, models, answered, inputs, strict=True):
         if labels and monitor is not None:  # labels that overtook their predictions, scored for this version
             await _score_early(conn, event, monitor, labels, groups_in, compare_every)
-    return list(zip(served, answered, watched, strict=True))
+    return list(zip(served, answered, models, strict=True))
 
 
 async def _score_early(
@@ -132,15 +150,15 @@ async def _score_early(
 def _sensitive_rows(monitor: ModelMonitor, event: LoggedPredictions) -> list[dict[str, Any]]:
     """Each prediction's sensitive inputs (those logged), one dict a row: built only for models that declare
     sensitive features, and only of those columns."""
-    names = [name for name in monitor.schema.sensitive if name in event.features]
-    return [dict(zip(names, values, strict=True)) for values in zip(*(event.features[n] for n in names), strict=True)] \
-        if names else [{} for _ in range(len(event))]  # fmt: skip
+    return event.logged(monitor.schema.sensitive)
 
 
-async def _shadow(conn: asyncpg.Connection, monitors: Monitors, event: LoggedPredictions, compare_every: int) -> None:
+async def _shadow(
+    conn: asyncpg.Connection, monitors: Monitors, watched: Watched, event: LoggedPredictions, compare_every: int
+) -> None:
     """Keep a shadow's predictions; those whose request is labelled already are scored now."""
     await versions.store_shadow(conn, event)
-    monitor = await monitors.load(conn, event.model)
+    monitor = await _monitor(conn, monitors, watched, event.model, None)
     if monitor is not None and await versions.score_shadows(conn, event.model, event.request_ids, monitor.outcome):
         await labels_arrived.publish_comparisons(conn, monitor, compare_every)
 
@@ -159,22 +177,31 @@ def _score_early_labels(
             metrics.record_live(monitor.model, monitor.score(matched, source))
 
 
-async def _judge(rt: Runtime, monitor: ModelMonitor, window: Window, metrics: MonitorMetrics) -> None:
-    report = evaluate_window(window, monitor.performance(), monitor.config)
-    monitor.last_report = report
-    metrics.record(monitor, report)
-    # Decide on a copy: the live alarm state moves only once the report (and alarm) are committed,
-    # so a failed write neither loses the alarm nor starts a cool-down for an alarm nobody received.
-    alarms = monitor.alarms.copy()
-    alarm, since = should_alarm(alarms, report, datetime.now(UTC), monitor.config)
+async def _judge(rt: Runtime, full: list[tuple[ModelMonitor, Window]], metrics: MonitorMetrics) -> None:
+    """Judge the windows a batch filled, in their order, and store their reports (and alarms) in one transaction."""
+    # Decide on copies: the live alarm state moves only once the reports (and alarms) are committed,
+    # so a failed write neither loses an alarm nor starts a cool-down for an alarm nobody received.
+    states: dict[int, tuple[ModelMonitor, AlarmState]] = {}
+    judged: list[tuple[ModelMonitor, WindowReport, dict[str, Any], DriftDetected | None]] = []
+    for monitor, window in full:
+        report = evaluate_window(window, monitor.performance(), monitor.config)
+        monitor.last_report = report
+        metrics.record(monitor, report)
+        _, alarms = states.setdefault(id(monitor), (monitor, monitor.alarms.copy()))
+        alarm, since = should_alarm(alarms, report, datetime.now(UTC), monitor.config)
+        judged.append((monitor, report, window_histograms(window), _drift_event(monitor, report, since) if alarm
+                       else None))  # fmt: skip
     async with rt.db.acquire() as conn, conn.transaction():
-        await repository.store_report(conn, monitor.model, monitor.version, report, window_histograms(window))
-        if alarm:
-            await _raise(rt, conn, monitor, _drift_event(monitor, report, since))
-    monitor.alarms = alarms  # committed: now the cool-down may start
-    if alarm:
-        metrics.alarms.labels(monitor.model).inc()
-        log.warning("drift detected for %s v%d: %s", monitor.model, monitor.version, report.reason)
+        await repository.store_reports(conn, [(m.model, m.version, report, drawn) for m, report, drawn, _ in judged])
+        for monitor, _, _, event in judged:
+            if event is not None:
+                await _raise(rt, conn, monitor, event)
+    for monitor, alarms in states.values():
+        monitor.alarms = alarms  # committed: now the cool-down may start
+    for monitor, report, _, event in judged:
+        if event is not None:
+            metrics.alarms.labels(monitor.model).inc()
+            log.warning("drift detected for %s v%d: %s", monitor.model, monitor.version, report.reason)
 
 
 async def _raise(rt: Runtime, conn: asyncpg.Connection, monitor: ModelMonitor, event: DriftDetected) -> None:
