@@ -41,6 +41,7 @@ def drift_config(s: MonitorSettings) -> DriftConfig:
 def spec(settings: MonitorSettings) -> ServiceSpec:
     holder: list[Monitors] = []
     gauges: list[GroupGauges] = []
+    binning: list[predictions_logged.Handler] = []
 
     def monitors(rt: Runtime) -> Monitors:
         if not holder:
@@ -69,12 +70,16 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
             topics.LABELS_ARRIVED: Route(labels, (LabelsArrived,)),
         }
         subscribe(rt.broker, routes, group="monitor", settings=settings.kafka, telemetry=rt.telemetry)
-        predictions_logged.subscribe(rt, m, metrics, settings)
+        binning.append(predictions_logged.subscribe(rt, m, metrics, settings))
 
     async def on_start(rt: Runtime) -> None:
         # The monitor watches the plumbing too: consumer lag of every driftloop group.
         rt.spawn(LagExporter(settings.kafka, rt.telemetry, settings.lag_interval_s).run(), "consumer-lag")
         rt.spawn(group_metrics.export(rt, monitors(rt), settings, group_gauges(rt)), "group-metrics")
+
+    async def on_stop(rt: Runtime) -> None:
+        for handler in binning:  # the windows of the batches stored so far (their reports, their alarms)
+            await handler.drain()
 
     return ServiceSpec(
         name="monitor",
@@ -88,6 +93,7 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
             Rule("group_outcomes", "at", "predictions_days"),
         ),
         on_start=on_start,
+        on_stop=on_stop,
         publishes=(DriftDetected, ModelCompared),
         migrations=Path(__file__).parent / "migrations",
         register=register,

@@ -32,10 +32,11 @@ async def windows(client: Any, n: int) -> dict[str, Any] | None:
 
 
 async def failed_once(client: Any) -> bool:
-    """The predictions.logged handler failed and was retried (from /metrics: the drift API reads the alarms table)."""
+    """The windows of a stored batch could not be judged and stored (from /metrics: the drift API reads the
+    alarms table)."""
     text = (await client.get("/metrics")).text
-    return any(line.startswith("driftloop_consumer_retries_total{") and "predictions.logged" in line
-               and not line.endswith(" 0.0") for line in text.splitlines())  # fmt: skip
+    return any(line.startswith("driftloop_drift_windows_lost_total ") and not line.endswith(" 0.0")
+               for line in text.splitlines())  # fmt: skip
 
 
 async def test_an_alarm_whose_write_failed_is_raised_by_the_next_flagged_window(isolated: Isolation) -> None:

@@ -107,10 +107,11 @@ async def test_a_batch_asks_for_an_unwatched_versions_monitor_once(
         await publish(isolated, promoted("churn", 1, model))
         await wait_until(lambda: _state(client), message="the monitor to take the reference")
         monitors = Monitors(rt.store, drift_config(settings), window_size=300, label_window=300, sample_size=2000)
-        handle = predictions_logged.handler(rt, monitors, MonitorMetrics(CollectorRegistry()))
+        handle = predictions_logged.Handler(rt, monitors, MonitorMetrics(CollectorRegistry()))
         monkeypatch.setattr(repository, "monitored_reference", counted)
         await handle([(event, Delivery("t", 0, i, b"churn")) for i, event in
                       enumerate(canary)])  # fmt: skip
+        await handle.drain()
         stored = await rt.db.fetchval("SELECT count(*) FROM predictions WHERE version = 2")
     assert stored == 80
     assert lookups == ["churn"]

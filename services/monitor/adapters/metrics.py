@@ -44,6 +44,12 @@ class MonitorMetrics:
         self.alarms = Counter(
             "driftloop_drift_alarms_total", "drift.detected events raised.", ["model"], registry=registry
         )
+        self.windows_lost = Counter(
+            "driftloop_drift_windows_lost_total",
+            "Batches of stored predictions whose binning or window reports failed (logged; their alarm, if any, "
+            "is raised by the next flagged window).",
+            registry=registry,
+        )  # fmt: skip
 
     def record_live(self, model: str, performance: Performance | None) -> None:
         if performance is not None:

@@ -7,8 +7,8 @@ no object per prediction), stored with one COPY a batch, and binned into the win
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,38 +35,74 @@ log = logging.getLogger(__name__)
 CONSUMER = "monitor.predictions-logged"
 
 
-def subscribe(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, settings: MonitorSettings) -> None:
-    """Consume the topic in batches (one transaction and one offset commit a batch), read as columns."""
-    subscribe_batch(rt.broker, topics.PREDICTIONS_LOGGED, handler(rt, monitors, metrics, settings.compare_every),
-                    decode_logged, group="monitor", settings=settings.kafka, telemetry=rt.telemetry,
-                    max_records=settings.batch_messages, max_wait_ms=settings.batch_wait_ms)  # fmt: skip
+def subscribe(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, settings: MonitorSettings) -> Handler:
+    """Consume the topic in batches (one transaction and one offset commit a batch), read as columns; the
+    handler, whose :meth:`Handler.drain` waits for the batches stored so far to be binned."""
+    handle = Handler(rt, monitors, metrics, settings.compare_every)
+    subscribe_batch(rt.broker, topics.PREDICTIONS_LOGGED, handle, decode_logged, group="monitor",
+                    settings=settings.kafka, telemetry=rt.telemetry, max_records=settings.batch_messages,
+                    max_wait_ms=settings.batch_wait_ms)  # fmt: skip
+    return handle
 
 
 Batch = list[tuple[LoggedPredictions, Delivery]]
 
 
-def handler(
-    rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, compare_every: int = 50
-) -> Callable[[Batch], Awaitable[None]]:
-    async def handle(batch: Batch) -> None:
-        """Keep the predictions for label matching (every message of the batch in one transaction), then add
-        them to the windows, message by message in their order; the windows they fill are judged together."""
+class Handler:
+    """A batch is stored first; it is binned into the windows, and the windows it fills judged, after.
+
+    A batch's predictions are durable once its transaction commits, and that is all its offsets wait
+    for. Binning and judging are CPU work on the event loop, plus one write (the reports) nothing
+    behind the offsets needs. They run in the background, in batch order, while the next batch is
+    fetched, decoded and stored: its COPY then runs in PostgreSQL, on another core, instead of after
+    them. One batch is binned at a time: each batch waits, after its own store, for the previous one's
+    binning, which also bounds the work in flight to one batch. Binning a batch that failed to store
+    never happens (it is retried, or dead-lettered, first). A batch whose binning or reports fail is
+    logged and counted (``driftloop_drift_windows_lost_total``); as before, its windows are not
+    judged again, and an alarm whose write failed is raised by the next flagged window (the alarm
+    state moves only once written).
+    """
+
+    def __init__(self, rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, compare_every: int = 50) -> None:
+        self.rt = rt
+        self.monitors = monitors
+        self.metrics = metrics
+        self.compare_every = compare_every
+        self._binning: asyncio.Task[None] | None = None
+
+    async def __call__(self, batch: Batch) -> None:
+        """Keep the predictions for label matching (every message of the batch in one transaction), then,
+        in the background, add them to the windows message by message in their order."""
         events = [event for event, _ in batch]
         causes = {event.event_id: _cause(delivery) for event, delivery in batch}
-        stored = await outbox.once_each(rt.db, CONSUMER, events, lambda conn, fresh: _store(conn, monitors, fresh,
-                                                                                            compare_every))  # fmt: skip
-        full: list[tuple[ModelMonitor, Window]] = []
-        for event, early, monitor in stored:
-            if early:
-                _score_early_labels(event, early, monitor, metrics)
-            if monitor is None or monitor.version != event.version:
-                continue  # traffic of a version no longer (or not yet) monitored
-            monitor.causes.append(causes[event.event_id])
-            full += [(monitor, window) for window in monitor.observe_columns(event.features, event.predictions)]
-        if full:
-            await _judge(rt, full, metrics)
+        stored = await outbox.once_each(self.rt.db, CONSUMER, events, lambda conn, fresh: _store(
+            conn, self.monitors, fresh, self.compare_every))  # fmt: skip
+        await self.drain()  # the windows fill in batch order
+        if stored:
+            self._binning = asyncio.create_task(self._bin(stored, causes), name="monitor-binning")
 
-    return handle
+    async def drain(self) -> None:
+        """Wait until every batch stored so far is binned and its windows judged."""
+        if self._binning is not None:
+            await asyncio.shield(self._binning)  # a caller cancelled meanwhile leaves the binning to finish
+            self._binning = None
+
+    async def _bin(self, stored: list[Stored], causes: dict[Any, trace.SpanContext]) -> None:
+        """Add the stored predictions to the windows; judge the windows they fill together. Never raises."""
+        try:
+            full: list[tuple[ModelMonitor, Window]] = []
+            for event, early, monitor in stored:
+                if early:
+                    _score_early_labels(event, early, monitor, self.metrics)
+                if monitor is None or monitor.version != event.version:
+                    continue  # traffic of a version no longer (or not yet) monitored
+                monitor.causes.append(causes[event.event_id])
+                full += [(monitor, window) for window in monitor.observe_columns(event.features, event.predictions)]
+            if full:
+                await _judge(self.rt, full, self.metrics)
+        except Exception:  # nothing behind it to retry it: the offsets are committed already
+            self.metrics.windows_lost.inc()
+            log.exception("binning or judging a stored batch of predictions.logged failed")
 
 
 def _cause(delivery: Delivery) -> trace.SpanContext:
