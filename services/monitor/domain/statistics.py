@@ -53,7 +53,8 @@ def compare_samples(reference: np.ndarray, live: np.ndarray) -> tuple[float, flo
     scipy's ``ks_2samp`` and ``wasserstein_distance``, by their own arithmetic, without their overhead.
 
     Both read the two empirical CDFs at every value of the merged samples: the KS statistic is their
-    largest gap, the Wasserstein distance the area between them. With both samples up to ``KS_EXACT_N``
+    largest gap, the Wasserstein distance the area between them (scipy reads them with two binary searches
+    a value; the merge's running count gives them at once). With both samples up to ``KS_EXACT_N``
     scipy's KS p-value is exact, and depends only on the two sizes and the statistic's numerator over
     their least common multiple: it is asked of scipy once per such triple and kept (:data:`_KS_EXACT`).
     A monitor judges windows of one size against one reference sample, so after a few hundred windows
@@ -64,10 +65,16 @@ def compare_samples(reference: np.ndarray, live: np.ndarray) -> tuple[float, flo
     if min(n1, n2) == 0:
         raise ValueError("two non-empty samples expected")
     values = np.concatenate([reference, live])
-    values.sort(kind="mergesort")  # two sorted runs: merged in linear time
-    gaps = np.searchsorted(reference, values, side="right") / n1 - np.searchsorted(live, values, side="right") / n2
-    wasserstein = float(np.dot(np.abs(gaps[:-1]), np.diff(values)))
-    d = max(float(np.clip(-gaps.min(), 0, 1)), float(gaps.max()))
+    order = np.argsort(values, kind="stable")  # two sorted runs: merged in linear time
+    values = values[order]
+    below = np.cumsum(order < n1)  # reference values up to each position
+    gaps = below / n1 - (np.arange(1, values.size + 1) - below) / n2  # the CDFs' difference after each value
+    wasserstein = float(np.dot(np.abs(gaps[:-1]), np.diff(values)))  # a tie's gap is weighed by 0
+    last = np.empty(values.size, dtype=bool)  # the last of equal values: where both CDFs have taken them all
+    np.not_equal(values[1:], values[:-1], out=last[:-1])
+    last[-1] = True
+    gaps = gaps[last]
+    d = max(min(max(-float(gaps.min()), 0.0), 1.0), float(gaps.max()))
     if max(n1, n2) > KS_EXACT_N:  # scipy's asymptotic path
         result = stats.ks_2samp(reference, live)
         return float(result.statistic), float(result.pvalue), wasserstein
