@@ -202,6 +202,13 @@ def test_arrow_and_parquet_bodies() -> None:
     assert arrow.table is not None
     assert arrow.table.equals(table)
     assert not arrow.from_text
+    file = pa.BufferOutputStream()
+    with pa.ipc.new_file(file, table.schema) as writer:
+        writer.write_table(table)
+    for media in ("application/vnd.apache.arrow.file", "application/vnd.apache.arrow.stream"):  # told by its magic
+        read = parse_body(file.getvalue().to_pybytes(), media).table
+        assert read is not None
+        assert read.equals(table)
     sink = io.BytesIO()
     pq.write_table(table, sink)
     parquet = parse_body(sink.getvalue(), "application/vnd.apache.parquet")
@@ -212,7 +219,7 @@ def test_arrow_and_parquet_bodies() -> None:
 
 @pytest.mark.parametrize(
     ("body", "media", "message"),
-    [(b"ARROW1 not really", "application/vnd.apache.arrow.stream", "not a readable Arrow IPC stream"),
+    [(b"ARROW1 not really", "application/vnd.apache.arrow.stream", "not a readable Arrow IPC file"),
      (b"PAR1garbagePAR1", "application/vnd.apache.parquet", "not a readable Parquet file"),
      (b"\xff\xff\xff\xff\x10\x00\x00\x00", "application/vnd.apache.arrow.stream", "Arrow")],
 )  # fmt: skip

@@ -63,6 +63,7 @@ JSON_TYPES = ("application/json",)
 NDJSON_TYPES = ("application/x-ndjson", "application/ndjson", "application/jsonl", "application/json-lines")
 CSV_TYPES = ("text/csv", "application/csv")
 ARROW_TYPES = ("application/vnd.apache.arrow.stream", "application/vnd.apache.arrow.file")
+_ARROW_FILE_MAGIC = b"ARROW1"
 PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
 _ACCEPTED = "application/json, application/x-ndjson, text/csv, application/vnd.apache.arrow.stream or " \
             "application/vnd.apache.parquet"  # fmt: skip
@@ -235,12 +236,16 @@ def _csv_rows(text: str) -> ParsedBody:
 
 
 def _arrow(body: bytes, media: str, limit: int) -> pa.Table:
-    """An Arrow IPC stream (or file), read batch by batch so a compressed one cannot expand past ``limit``."""
-    what = "Arrow IPC file" if media.endswith(".file") else "Arrow IPC stream"
+    """An Arrow IPC stream (or file), read batch by batch so a compressed one cannot expand past ``limit``.
+
+    A body that opens with the IPC file format's magic is read as a file whichever of the two Arrow
+    media types it came with: ``.arrow``/Feather files are often sent as "the Arrow type"."""
+    as_file = media.endswith(".file") or body.startswith(_ARROW_FILE_MAGIC)
+    what = "Arrow IPC file" if as_file else "Arrow IPC stream"
     batches: list[pa.RecordBatch] = []
     size = 0
     try:
-        if media.endswith(".file"):
+        if as_file:
             file = pa.ipc.open_file(pa.BufferReader(body))
             schema = file.schema
             chunks = (file.get_batch(i) for i in range(file.num_record_batches))
