@@ -51,7 +51,8 @@ _RECORDS_BODY = {
         "required": True,
         "description": "A JSON array of records (column → value); also accepted: "
         '{"records": [...]}, NDJSON (application/x-ndjson), CSV with a header line (text/csv), an Arrow IPC '
-        "stream (application/vnd.apache.arrow.stream) and Parquet (application/vnd.apache.parquet), each "
+        "stream (application/vnd.apache.arrow.stream), an Arrow IPC file (application/vnd.apache.arrow.file, "
+        "or under the stream type: told by its ARROW1 magic) and Parquet (application/vnd.apache.parquet), each "
         "optionally with Content-Encoding gzip, deflate or zstd.",
         "content": {
             "application/json": {"schema": {"type": "array", "minItems": 1, "items": {"type": "object"}}},
