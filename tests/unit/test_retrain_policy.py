@@ -135,52 +135,6 @@ def test_a_new_champion_below_its_holdout_retrains_cool_down_or_not() -> None:
     assert decision.trigger is Trigger.DRIFT
 
 
-def recovering(**overrides: object) -> ModelView:
-    """A drift answered at the horizon by v2 (the drift job's model, about v1); now an alarm about v2 itself."""
-    horizon = NOW - timedelta(seconds=10)
-    values: dict[str, object] = {
-        "total_rows": 12_000, "last_trained_rows": 11_000, "horizon": horizon, "rows_since_horizon": 2_000,
-        "drift_since": NOW - timedelta(seconds=2), "rows_since_drift": 600, "drift_version": 2,
-        "last_drift_version": 1, "champion_version": 2, "last_drift_job_at": horizon,
-        "active_job": True, "active_trigger": "new_data", "active_since": horizon,
-    }  # fmt: skip
-    values.update(overrides)
-    return view(**values)
-
-
-def test_an_alarm_about_a_post_drift_model_does_not_cancel_the_refresh_on_the_rows_since_the_drift() -> None:
-    during = decide_on_data(recovering(), CONFIG, NOW)
-    assert not during.cancel_routine
-    assert not during.train
-    assert "refresh running on the rows since the last drift answers it" in during.reason
-    assert not during.clear_drift  # kept: acted on if the refresh does not become champion
-    # A routine job on all rows (not from the horizon) is cancelled as before.
-    other = decide_on_data(recovering(active_since=None), CONFIG, NOW)
-    assert other.cancel_routine
-    assert other.trigger is Trigger.DRIFT
-    # An alarm about the model the last drift job answered is not a recovery: as before.
-    again = recovering(last_drift_version=2, last_drift_job_at=NOW - timedelta(minutes=5))
-    assert decide_on_data(again, CONFIG, NOW).cancel_routine
-    # The refresh became champion (v3): the alarm about v2 is answered.
-    answered = decide_on_data(recovering(active_job=False, active_trigger=None, champion_version=3), CONFIG, NOW)
-    assert answered.clear_drift
-
-
-def test_a_drift_job_for_an_alarm_about_a_post_drift_model_trains_from_the_horizon() -> None:
-    after = recovering(active_job=False, active_trigger=None, active_since=None)
-    decision = decide_on_data(after, CONFIG, NOW)
-    assert decision.train
-    assert decision.trigger is Trigger.DRIFT
-    assert decision.since == after.horizon  # the window is extended, not restarted at the alarm
-    assert "2000 rows arrived after it (about post-drift v2: from the last drift's start" in decision.reason
-    # Outside a recovery (the alarm is about the model the last drift job answered) it starts at the alarm.
-    plain = replace(after, drift_version=2, last_drift_version=2, last_drift_job_at=NOW - timedelta(minutes=5))
-    assert decide_on_data(plain, CONFIG, NOW).since == after.drift_since
-    # An alarm whose window began before the horizon keeps its own start.
-    earlier = replace(after, drift_since=NOW - timedelta(seconds=30))
-    assert decide_on_data(earlier, CONFIG, NOW).since == earlier.drift_since
-
-
 def test_after_a_drift_jobs_train_from_its_start_and_refresh_as_post_drift_data_grows() -> None:
     horizon = NOW - timedelta(minutes=3)
     # The drift job trained on 600 post-drift rows; 499 more arrived: fewer than drift_min_rows (500).

@@ -107,8 +107,8 @@ async def view(conn: Conn, model: str, rows: DatasetRows | None) -> ModelView:
     row = await conn.fetchrow("SELECT * FROM models WHERE name = $1 FOR UPDATE", model)
     if row is None:
         raise KeyError(model)
-    active = await conn.fetchrow(
-        "SELECT trigger, since FROM jobs WHERE model = $1 AND status IN ('queued', 'running') LIMIT 1", model
+    active = await conn.fetchval(
+        "SELECT trigger FROM jobs WHERE model = $1 AND status IN ('queued', 'running') LIMIT 1", model
     )
     since, horizon = row["drift_since"], row["horizon"]
     return ModelView(
@@ -118,8 +118,7 @@ async def view(conn: Conn, model: str, rows: DatasetRows | None) -> ModelView:
         drift_since=since,
         rows_since_drift=await rows.since(conn, since) if rows and since else 0,
         last_drift_job_at=row["last_drift_job_at"],
-        active_trigger=active["trigger"] if active else None,
-        active_since=active["since"] if active else None,
+        active_trigger=active,
         champion_version=row["champion_version"],
         drift_version=row["drift_version"],
         last_drift_version=row["last_drift_version"],

@@ -28,16 +28,6 @@ explicit request. Drift is special:
   serves during retraining; without it one shift would cause a retrain
   storm). An alarm about a *newer* champion is acted on at once: a new model
   known to be bad is never left serving for a cool-down.
-- An alarm during a recovery (about a model trained on the rows since the
-  last drift's start, the horizon) neither cancels a post-drift refresh on
-  those rows, which answers it with more of them, nor restarts the window: its
-  drift job trains from the horizon too, and, as every drift job does, drops
-  the rows before a change in the champion's errors, so a real second change
-  is cut at where it happened while a false alarm loses nothing. A first
-  post-drift model trained on 1,000 rows and judged on a 200-row holdout draws
-  such alarms by chance (the loop benchmark's regression stream), and each one
-  cancelled the refresh under way and threw the rows before it out of every
-  later model.
 """
 
 from __future__ import annotations
@@ -92,8 +82,6 @@ class ModelView:
     """When the last drift-triggered job was queued."""
     active_trigger: str | None = None
     """Trigger of the queued or running job, if any."""
-    active_since: datetime | None = None
-    """What the queued or running job trains from (its ``since``), if any."""
     champion_version: int | None = None
     """The version serving now, as the trainer last heard."""
     drift_version: int | None = None
@@ -153,9 +141,6 @@ def decide_on_data(view: ModelView, config: PolicyConfig, now: datetime | None =
     wait = _cooldown_left(view, config, now) if pending else None
     if view.active_job:
         if pending and wait is None and view.active_trigger in ROUTINE_TRIGGERS:
-            if _in_recovery(view) and view.active_since is not None and view.active_since == view.horizon:
-                return Decision(False, f"drift about post-drift v{view.drift_version} kept: the refresh running on "
-                                       "the rows since the last drift answers it")  # fmt: skip
             return _drift_decision(view, config, cancel=True)
         return Decision(False, "a job for this model is already queued or running", clear_drift=answered)
     if pending:
@@ -190,29 +175,18 @@ def _cooldown_left(view: ModelView, config: PolicyConfig, now: datetime | None) 
     return left.total_seconds() if left > timedelta(0) else None
 
 
-def _in_recovery(view: ModelView) -> bool:
-    """Whether the kept alarm is about a post-drift model: one newer than the version the last drift job answered,
-    trained on the rows since that drift's start (the horizon)."""
-    drifted, answered = view.drift_version, view.last_drift_version
-    return view.horizon is not None and drifted is not None and answered is not None and drifted > answered
-
-
 def _drift_decision(view: ModelView, config: PolicyConfig, *, cancel: bool) -> Decision:
     assert view.drift_since is not None
-    since, rows, extended = view.drift_since, view.rows_since_drift, ""
-    if _in_recovery(view) and view.horizon is not None and view.horizon < view.drift_since:
-        since, rows = view.horizon, view.rows_since_horizon
-        extended = f" (about post-drift v{view.drift_version}: from the last drift's start, {since.isoformat()})"
-    if rows >= config.drift_min_rows:
+    if view.rows_since_drift >= config.drift_min_rows:
         return Decision(
             True,
-            f"drift since {view.drift_since.isoformat()}: {rows} rows arrived after it{extended}",
+            f"drift since {view.drift_since.isoformat()}: {view.rows_since_drift} rows arrived after it",
             Trigger.DRIFT,
-            since=since,
+            since=view.drift_since,
             cancel_routine=cancel,
             quick=True,
         )
-    return Decision(False, f"drift pending: {rows}/{config.drift_min_rows} rows since it began")
+    return Decision(False, f"drift pending: {view.rows_since_drift}/{config.drift_min_rows} rows since it began")
 
 
 def _routine(view: ModelView, config: PolicyConfig) -> Decision:
