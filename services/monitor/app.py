@@ -9,8 +9,9 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from libs.common import topics
-from libs.common.events import DriftDetected, LabelsArrived, ModelCompared, ModelPromoted
-from libs.common.kafka import LagExporter, Route, subscribe
+from libs.common.events import DriftDetected, LabelsArrived, ModelCompared, ModelPromoted, PredictionsLogged
+from libs.common.kafka import LagExporter, PipelinedConsumer, Route, subscribe
+from libs.common.logged import LoggedPredictions
 from libs.common.request_ids import RequestIds
 from libs.common.retention import Rule
 from libs.common.service import Runtime, ServiceSpec, build
@@ -41,7 +42,7 @@ def drift_config(s: MonitorSettings) -> DriftConfig:
 def spec(settings: MonitorSettings) -> ServiceSpec:
     holder: list[Monitors] = []
     gauges: list[GroupGauges] = []
-    binning: list[predictions_logged.Handler] = []
+    logged: list[tuple[PipelinedConsumer[LoggedPredictions], predictions_logged.Handler]] = []
 
     def monitors(rt: Runtime) -> Monitors:
         if not holder:
@@ -70,16 +71,20 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
             topics.LABELS_ARRIVED: Route(labels, (LabelsArrived,)),
         }
         subscribe(rt.broker, routes, group="monitor", settings=settings.kafka, telemetry=rt.telemetry)
-        binning.append(predictions_logged.subscribe(rt, m, metrics, settings))
+        handle = predictions_logged.Handler(rt, m, metrics, settings.compare_every)
+        logged.append((predictions_logged.consumer(rt, handle, settings), handle))
 
     async def on_start(rt: Runtime) -> None:
+        for consumer, _ in logged:
+            consumer.start()
         # The monitor watches the plumbing too: consumer lag of every driftloop group.
         rt.spawn(LagExporter(settings.kafka, rt.telemetry, settings.lag_interval_s).run(), "consumer-lag")
         rt.spawn(group_metrics.export(rt, monitors(rt), settings, group_gauges(rt)), "group-metrics")
 
     async def on_stop(rt: Runtime) -> None:
-        for handler in binning:  # the windows of the batches stored so far (their reports, their alarms)
-            await handler.drain()
+        for consumer, handle in logged:
+            await consumer.stop()
+            await handle.drain()  # the windows of the batches stored so far (their reports, their alarms)
 
     return ServiceSpec(
         name="monitor",
@@ -95,6 +100,7 @@ def spec(settings: MonitorSettings) -> ServiceSpec:
         on_start=on_start,
         on_stop=on_stop,
         publishes=(DriftDetected, ModelCompared),
+        receives=(PredictionsLogged,),
         migrations=Path(__file__).parent / "migrations",
         register=register,
         routes=routes,

@@ -13,7 +13,7 @@ Handlers must be idempotent: :func:`libs.common.outbox.once` applies an event's 
 """
 
 from libs.common.kafka.admin import ensure_topics
-from libs.common.kafka.batch import BatchPolicy, MicroBatchConsumer, rewind_offsets, subscribe_batch
+from libs.common.kafka.batch import BatchPolicy, MicroBatchConsumer, PipelinedConsumer, rewind_offsets
 from libs.common.kafka.broker import METADATA_MAX_AGE_MS, connect_with_retry, create_broker, start_with_retry
 from libs.common.kafka.deadletter import ConsumerMetrics, DeadLetterFailed, dead_letter
 from libs.common.kafka.delivery import BatchHandler, Delivery, EventHandler, Handler, Route
@@ -34,6 +34,7 @@ __all__ = [
     "LagExporter",
     "LagRow",
     "MicroBatchConsumer",
+    "PipelinedConsumer",
     "Route",
     "connect_with_retry",
     "consumer_lag",
@@ -44,5 +45,4 @@ __all__ = [
     "rewind_offsets",
     "start_with_retry",
     "subscribe",
-    "subscribe_batch",
 ]

@@ -1,8 +1,9 @@
 """predictions.logged: fill the model's window; judge it when full; raise drift.detected.
 
-The monitor's hot path. Messages come in batches (:func:`libs.common.kafka.subscribe_batch`: one
-transaction and one offset commit a batch), are read as columns (:func:`libs.common.logged.decode_logged`,
-no object per prediction), stored with one COPY a batch, and binned into the window column by column.
+The monitor's hot path. Messages come in batches (:class:`libs.common.kafka.PipelinedConsumer`: one
+transaction and one offset commit a batch, the next batch fetched and decoded meanwhile), are read as
+columns (:func:`libs.common.logged.decode_logged`, no object per prediction), stored with one COPY a
+batch, and binned into the window column by column (:class:`Handler`: in the background, after the store).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from opentelemetry import propagate, trace
 
 from libs.common import outbox, topics
 from libs.common.events import DriftDetected, FeatureDrift
-from libs.common.kafka import Delivery, subscribe_batch
+from libs.common.kafka import Delivery, PipelinedConsumer
 from libs.common.logged import LoggedPredictions, decode_logged
 from libs.common.service import Runtime
 from services.monitor.adapters import repository, versions
@@ -35,14 +36,11 @@ log = logging.getLogger(__name__)
 CONSUMER = "monitor.predictions-logged"
 
 
-def subscribe(rt: Runtime, monitors: Monitors, metrics: MonitorMetrics, settings: MonitorSettings) -> Handler:
-    """Consume the topic in batches (one transaction and one offset commit a batch), read as columns; the
-    handler, whose :meth:`Handler.drain` waits for the batches stored so far to be binned."""
-    handle = Handler(rt, monitors, metrics, settings.compare_every)
-    subscribe_batch(rt.broker, topics.PREDICTIONS_LOGGED, handle, decode_logged, group="monitor",
-                    settings=settings.kafka, telemetry=rt.telemetry, max_records=settings.batch_messages,
-                    max_wait_ms=settings.batch_wait_ms)  # fmt: skip
-    return handle
+def consumer(rt: Runtime, handle: Handler, settings: MonitorSettings) -> PipelinedConsumer[LoggedPredictions]:
+    """The topic consumed in batches (one transaction and one offset commit a batch), read as columns."""
+    return PipelinedConsumer(topic=topics.PREDICTIONS_LOGGED, group="monitor", handler=handle, decode=decode_logged,
+                             settings=settings.kafka, telemetry=rt.telemetry, broker=rt.broker,
+                             max_records=settings.batch_messages, max_wait_s=settings.batch_wait_ms / 1000)  # fmt: skip
 
 
 Batch = list[tuple[LoggedPredictions, Delivery]]
