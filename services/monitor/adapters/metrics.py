@@ -10,6 +10,7 @@ from services.monitor.domain.monitor import ModelMonitor
 
 class MonitorMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._children: dict[tuple[int | str, ...], Gauge] = {}
         self.drift_score = Gauge(
             "driftloop_drift_score", "Latest window's drift statistic per feature.",
             ["model", "feature", "statistic"], registry=registry,
@@ -55,15 +56,24 @@ class MonitorMetrics:
         if performance is not None:
             self.live_metric.labels(model, performance.metric).set(performance.live)
 
+    def _child(self, gauge: Gauge, *labels: str) -> Gauge:
+        """``gauge.labels(*labels)``, kept: a judged window sets about sixty of them, up to a hundred times
+        a second with the default window, and each ``labels()`` call takes a lock and builds its key."""
+        key: tuple[int | str, ...] = (id(gauge), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = gauge.labels(*labels)
+        return child
+
     def record(self, monitor: ModelMonitor, report: WindowReport) -> None:
         self.windows.labels(monitor.model, str(report.flagged).lower()).inc()
         for verdict in [*report.features, *([report.prediction] if report.prediction else [])]:
             for statistic in ("psi", "ks_pvalue", "chi2_pvalue", "jensen_shannon", "wasserstein_std"):
                 if statistic in verdict.statistics:
-                    self.drift_score.labels(monitor.model, verdict.feature, statistic).set(
+                    self._child(self.drift_score, monitor.model, verdict.feature, statistic).set(
                         verdict.statistics[statistic]
                     )
-            self.feature_drifted.labels(monitor.model, verdict.feature).set(1 if verdict.drifted else 0)
+            self._child(self.feature_drifted, monitor.model, verdict.feature).set(1 if verdict.drifted else 0)
         if report.performance is not None:
             perf = report.performance
             self.live_metric.labels(monitor.model, perf.metric).set(perf.live)

@@ -134,13 +134,28 @@ class CategoricalWindow:
 
     def aligned(self) -> tuple[np.ndarray, np.ndarray]:
         """Reference and live counts over the same categories (reference order, then unseen)."""
-        names = [*self.reference.counts, UNSEEN]
-        reference = np.array([self.reference.counts.get(n, 0) for n in names], dtype=float)
+        names, reference = _reference_counts(self.reference)
         live = np.array([self.counts.get(n, 0) for n in names], dtype=float)
-        return reference, live
+        return reference.copy(), live
 
 
 FeatureWindow = NumericWindow | CategoricalWindow
+
+
+def _reference_counts(profile: CategoricalProfile) -> tuple[list[str], np.ndarray]:
+    """A categorical reference's categories (then unseen) and their counts, made once per profile: every
+    judged window reads them, twice."""
+    kept = _REFERENCE_COUNTS.get(id(profile))
+    if kept is None or kept[0] is not profile:  # a new profile, or a new one at a freed one's address
+        if len(_REFERENCE_COUNTS) >= 1024:
+            _REFERENCE_COUNTS.clear()
+        names = [*profile.counts, UNSEEN]
+        counts = np.array([profile.counts.get(n, 0) for n in names], dtype=float)
+        kept = _REFERENCE_COUNTS[id(profile)] = (profile, names, counts)
+    return kept[1], kept[2]
+
+
+_REFERENCE_COUNTS: dict[int, tuple[CategoricalProfile, list[str], np.ndarray]] = {}
 
 
 def new_feature_window(
