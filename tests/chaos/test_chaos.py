@@ -153,17 +153,24 @@ class Progress:
 
 
 async def _job_running(database_url: str, timeout: float = 90) -> bool:
-    """Wait for a training job to be running (the trainer is killed mid-job); False if none came."""
+    """Wait for a training job to be running (the trainer is killed mid-job); False if none came.
+
+    PostgreSQL may be killed and restarted meanwhile (faults strike side by side): a closed connection
+    is opened again."""
     deadline = time.monotonic() + timeout
-    conn = await asyncpg.connect(database_url)
+    conn: asyncpg.Connection | None = None
     try:
         while time.monotonic() < deadline:
-            with contextlib.suppress(asyncpg.PostgresError, OSError):
+            with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                if conn is None or conn.is_closed():
+                    conn = await asyncpg.connect(database_url, timeout=5)
                 if await conn.fetchval("SELECT count(*) FROM trainer.jobs WHERE status = 'running'"):
                     return True
             await asyncio.sleep(0.2)
     finally:
-        await conn.close()
+        if conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                await conn.close()
     return False
 
 
