@@ -58,15 +58,16 @@ async def add(conn: asyncpg.Connection, event: Event, *, topic: str | None = Non
         topics.HEADER_EVENT_TYPE: event.event_type,
         topics.HEADER_EVENT_ID: str(event.event_id),
     }
+    # One statement (one round trip): the row, then the notification on the schema's channel.
     await conn.execute(
-        "INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4::jsonb)",
+        "WITH queued AS (INSERT INTO outbox (topic, key, payload, headers) VALUES ($1, $2, $3, $4::jsonb) RETURNING 1) "
+        "SELECT pg_notify($5 || current_schema(), '') FROM queued",
         topic or event.topic,
         event.key(),
         event.to_bytes(),
         json.dumps(headers),
+        notify_channel(""),
     )
-    schema = await conn.fetchval("SELECT current_schema()")
-    await conn.execute("SELECT pg_notify($1, '')", notify_channel(schema))
 
 
 async def first_delivery(conn: asyncpg.Connection, consumer: str, event_id: uuid.UUID) -> bool:

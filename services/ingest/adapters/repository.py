@@ -100,30 +100,42 @@ async def store_submission(
     if accepted:
         new = _NewVersion(dataset, head["last_version"] + 1, schema, accepted, total + len(accepted),
                           acceptance_time(), principal, trusted)  # fmt: skip
-        batch, manifest = await _write_version_files(conn, store, new, written)
+        batch, manifest = await _write_version_files(conn, store, new, _parent(head), written)
         await _insert_version(conn, new, batch, manifest)
         arrived = _arrived(new, batch, manifest, len(rejected), producer, correlation_id or str(submission_id))
         await outbox.add(conn, arrived)
         version, total = new.number, new.total_rows
     received = result.accepted.num_rows + len(result.rejected)
-    await _record_submission(conn, submission_id, dataset, source, received, len(accepted), rejected, version)
+    await _record_submission(conn, submission_id, dataset, source, received, len(accepted), rejected, version,
+                             first_id=head["rejections_issued"] + 1)  # fmt: skip
     return StoredSubmission(submission_id, len(accepted), len(rejected), version, total, rejected)
 
 
 async def _lock_dataset(conn: asyncpg.Connection, dataset: str) -> asyncpg.Record:
-    """The dataset's schema, last version and rows, its row locked until the transaction ends
-    (so concurrent submissions get consecutive versions)."""
+    """The dataset's schema, last version (and its manifest), rows and rejection ids issued, its row
+    locked until the transaction ends (so concurrent submissions get consecutive versions and ids)."""
     head = await conn.fetchrow(
-        "SELECT schema, last_version, total_rows FROM datasets WHERE name = $1 FOR UPDATE", dataset
+        "SELECT d.schema, d.last_version, d.total_rows, d.rejections_issued, v.manifest_uri, v.manifest_sha256, "
+        "v.manifest_size FROM datasets d LEFT JOIN versions v ON v.dataset = d.name AND v.version = d.last_version "
+        "WHERE d.name = $1 FOR UPDATE OF d",
+        dataset,
     )
     if head is None:
         raise NotFound(f"dataset {dataset!r} is not declared", dataset=dataset)
     return head
 
 
+def _parent(head: asyncpg.Record) -> ArtifactRef | None:
+    """The manifest of the dataset's last version (None before the first)."""
+    if head["manifest_uri"] is None:
+        return None
+    return ArtifactRef(uri=head["manifest_uri"], sha256=head["manifest_sha256"], size=head["manifest_size"])
+
+
 async def _write_version_files(
-    conn: asyncpg.Connection, store: ArtifactStore, new: _NewVersion, written: list[ArtifactRef]
-) -> tuple[ArtifactRef, ArtifactRef]:
+    conn: asyncpg.Connection, store: ArtifactStore, new: _NewVersion, parent: ArtifactRef | None,
+    written: list[ArtifactRef],
+) -> tuple[ArtifactRef, ArtifactRef]:  # fmt: skip
     """Write the version's batch (Parquet) and manifest to the store; both are appended to ``written``."""
     data = await off_loop(new.rows.nbytes, table_to_parquet, new.schema, new.rows, new.created_at)
     batch = await off_loop(len(data), store.put, data, suffix=".parquet")
@@ -133,7 +145,7 @@ async def _write_version_files(
     manifest_doc = DatasetManifest(
         dataset=new.dataset, version=new.number, dataset_schema=new.schema,
         batches=[*await segments(conn, new.dataset), entry],
-        parent=await manifest_ref(conn, new.dataset, new.number - 1),
+        parent=parent,
     )  # fmt: skip
     text = manifest_doc.model_dump_json().encode()
     manifest = await off_loop(len(text), store.put, text, suffix=".manifest.json")
@@ -144,23 +156,17 @@ async def _write_version_files(
 async def _insert_version(
     conn: asyncpg.Connection, new: _NewVersion, batch: ArtifactRef, manifest: ArtifactRef
 ) -> None:
-    """The version's segment and version rows, and the dataset's new head."""
+    """The version's segment and version rows, and the dataset's new head (one statement: one round trip)."""
     rows = len(new.rows)
     await conn.execute(
-        "INSERT INTO segments (dataset, first_seq, last_seq, uri, sha256, size, rows, created_at, until, "
-        "principal, trusted) VALUES ($1, $2, $2, $3, $4, $5, $6, $7, $7, $8, $9)",
-        new.dataset, new.number, batch.uri, batch.sha256, batch.size, rows, new.created_at, new.principal, new.trusted,
-    )  # fmt: skip
-    await conn.execute(
-        "INSERT INTO versions (dataset, version, batch_uri, batch_sha256, batch_size, rows, manifest_uri, "
+        "WITH segment AS (INSERT INTO segments (dataset, first_seq, last_seq, uri, sha256, size, rows, created_at, "
+        "until, principal, trusted) VALUES ($1, $2, $2, $3, $4, $5, $6, $11, $11, $12, $13)), "
+        "version AS (INSERT INTO versions (dataset, version, batch_uri, batch_sha256, batch_size, rows, manifest_uri, "
         "manifest_sha256, manifest_size, total_rows, created_at, principal, trusted) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)) "
+        "UPDATE datasets SET last_version = $2, total_rows = $10, updated_at = now() WHERE name = $1",
         new.dataset, new.number, batch.uri, batch.sha256, batch.size, rows, manifest.uri, manifest.sha256,
         manifest.size, new.total_rows, new.created_at, new.principal, new.trusted,
-    )  # fmt: skip
-    await conn.execute(
-        "UPDATE datasets SET last_version = $2, total_rows = $3, updated_at = now() WHERE name = $1",
-        new.dataset, new.number, new.total_rows,
     )  # fmt: skip
 
 
@@ -186,27 +192,23 @@ def _arrived(
 
 async def _record_submission(
     conn: asyncpg.Connection, submission_id: uuid.UUID, dataset: str, source: str, received: int, accepted: int,
-    rejected: RejectedRows, version: int | None,
+    rejected: RejectedRows, version: int | None, *, first_id: int,
 ) -> None:  # fmt: skip
-    """The submission's counts, and its rejected rows with their reasons."""
+    """The submission's counts, and its rejected rows with their reasons, in one statement. The
+    rejections' ids start at ``first_id`` (the dataset's counter, read under its row lock)."""
+    blocks: list[tuple[int, int, bytes]] = []
+    if rejected:
+        size = rejected.reasons.nbytes + (0 if rejected.records is None else rejected.records.nbytes)
+        blocks = await off_loop(size, quarantine.blocks, rejected)
     await conn.execute(
-        "INSERT INTO submissions (id, dataset, source, received, accepted, rejected, version) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "WITH submission AS (INSERT INTO submissions (id, dataset, source, received, accepted, rejected, version) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7)), "
+        "counter AS (UPDATE datasets SET rejections_issued = rejections_issued + $6 WHERE name = $2 AND $6 > 0) "
+        "INSERT INTO rejection_blocks (dataset, first_id, rows, submission_id, block) "
+        "SELECT $2, f, r, $1, b FROM unnest($8::bigint[], $9::int[], $10::bytea[]) AS t(f, r, b)",
         submission_id, dataset, source, received, accepted, len(rejected), version,
+        [first_id + start for start, _, _ in blocks], [rows for _, rows, _ in blocks], [b for _, _, b in blocks],
     )  # fmt: skip
-    if not rejected:
-        return
-    first_id = await conn.fetchval(
-        "UPDATE datasets SET rejections_issued = rejections_issued + $2 WHERE name = $1 "
-        "RETURNING rejections_issued - $2 + 1",
-        dataset, len(rejected),
-    )  # fmt: skip
-    size = rejected.reasons.nbytes + (0 if rejected.records is None else rejected.records.nbytes)
-    blocks = await off_loop(size, quarantine.blocks, rejected)
-    await conn.executemany(
-        "INSERT INTO rejection_blocks (dataset, first_id, rows, submission_id, block) VALUES ($1, $2, $3, $4, $5)",
-        [(dataset, first_id + start, rows, submission_id, block) for start, rows, block in blocks],
-    )
 
 
 async def _refuse_stored_keys(
@@ -257,17 +259,6 @@ async def segments(conn: asyncpg.Connection | asyncpg.Pool, dataset: str) -> lis
         dataset,
     )
     return [_entry(r) for r in rows]
-
-
-async def manifest_ref(conn: asyncpg.Connection, dataset: str, version: int) -> ArtifactRef | None:
-    row = await conn.fetchrow(
-        "SELECT manifest_uri, manifest_sha256, manifest_size FROM versions WHERE dataset = $1 AND version = $2",
-        dataset,
-        version,
-    )
-    if row is None:
-        return None
-    return ArtifactRef(uri=row["manifest_uri"], sha256=row["manifest_sha256"], size=row["manifest_size"])
 
 
 def _entry(row: asyncpg.Record) -> BatchEntry:
