@@ -189,12 +189,13 @@ async def _store(
 
 def _all_or_nothing(rejected: RejectedRows) -> ValidationFailed:
     """The refusal of a strict submission with rejected rows: the first named, up to 100 listed."""
-    first = rejected[0]
+    listed = rejected.listed(100)
+    row, field, reason = listed[0]
     return ValidationFailed(
-        f"row {first.row}: {first.reason}" + (f" (and {len(rejected) - 1} more rows)" if len(rejected) > 1 else ""),
-        row=first.row,
-        field=first.field,
-        rejections=[{"row": r.row, "field": r.field, "reason": r.reason} for r in rejected[:100]],
+        f"row {row}: {reason}" + (f" (and {len(rejected) - 1} more rows)" if len(rejected) > 1 else ""),
+        row=row,
+        field=field,
+        rejections=[{"row": r, "field": f, "reason": why} for r, f, why in listed],
     )
 
 
@@ -207,7 +208,7 @@ def _submitted(dataset: str, received: int, saved: repository.StoredSubmission) 
         rejected=saved.rejected,
         version=saved.version,
         total_rows=saved.total_rows,
-        rejections=[RejectionOut(row=r.row, field=r.field, reason=r.reason) for r in saved.rejections[:100]],
+        rejections=[RejectionOut(row=r, field=f, reason=why) for r, f, why in saved.rejections.listed(100)],
     )
 
 

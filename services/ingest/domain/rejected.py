@@ -135,6 +135,11 @@ class RejectedRows(Sequence[Rejection]):
             records = [None if t is None else json.loads(t) for t in texts]
         return list(map(Rejection, rows, fields, reasons, records, texts))
 
+    def listed(self, limit: int) -> list[tuple[int, str | None, str]]:
+        """(row, field, reason) of the first ``limit`` rejections: what an answer lists (no record)."""
+        part = self.slice(0, min(limit, len(self)))
+        return list(zip(part.rows.tolist(), part.fields.to_pylist(), part.reasons.to_pylist(), strict=True))
+
     def shifted(self, by: int) -> RejectedRows:
         return self if not by else RejectedRows(self.rows + by, self.fields, self.reasons, self.records)
 
