@@ -68,3 +68,38 @@ async def test_the_next_batch_is_decoded_while_this_one_is_handled_and_offsets_w
         release.set()
         await consumer.stop()
         await offsets.stop()
+
+
+async def test_a_consumer_that_fails_unexpectedly_starts_again_and_reads_what_it_had_not_committed(
+    kafka_settings: KafkaSettings, topic: str
+) -> None:
+    telemetry = setup_telemetry("pipelined-restart", TelemetrySettings())
+    failed: list[str] = []
+    handled: list[str] = []
+
+    def decode(raw: bytes) -> str:
+        if not failed:  # not InvalidEvent: a fault of the consumer, not of the message
+            failed.append(raw.decode())
+            raise RuntimeError("decoder fault")
+        return raw.decode()
+
+    async def handler(batch: list[tuple[str, Delivery]]) -> None:
+        handled.extend(value for value, _ in batch)
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap)
+    await producer.start()
+    try:
+        for i in range(3):
+            await producer.send_and_wait(topic, f"m{i}".encode(), partition=0)
+    finally:
+        await producer.stop()
+    consumer = PipelinedConsumer(topic=topic, group=f"g-{uuid.uuid4().hex[:6]}", handler=handler, decode=decode,
+                                 settings=kafka_settings, telemetry=telemetry,
+                                 broker=create_broker(kafka_settings, telemetry))  # fmt: skip
+    consumer.start()
+    try:
+        await wait_until(lambda: len(handled) == 3, timeout=30, message="the three messages, after a restart")
+    finally:
+        await consumer.stop()
+    assert failed == ["m0"]
+    assert handled == ["m0", "m1", "m2"]

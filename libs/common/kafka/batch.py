@@ -353,7 +353,18 @@ class PipelinedConsumer(Generic[T]):
                 await asyncio.sleep(self.settings.retry_backoff_max_s)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name=f"pipelined-consumer-{self.topic}")
+        self._task = asyncio.create_task(self._supervised(), name=f"pipelined-consumer-{self.topic}")
+
+    async def _supervised(self) -> None:
+        """:meth:`run` until stopped, started again after a pause if it fails unexpectedly (what it had
+        not committed is delivered again): a consumer that died would leave the topic unread while the
+        service looks healthy."""
+        while not self._stopping.is_set():
+            try:
+                await self.run()
+            except Exception:
+                log.exception("consumer of %s failed; starting it again", self.topic)
+                await asyncio.sleep(self.settings.retry_backoff_max_s)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Finish the batch in hand and commit it, leave the group cleanly; cancel only if that hangs."""
