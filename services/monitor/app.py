@@ -35,7 +35,8 @@ def drift_config(s: MonitorSettings) -> DriftConfig:
         js_threshold=s.js_threshold, wasserstein_threshold=s.wasserstein_threshold, drift_share=s.drift_share,
         key_features=tuple(s.key_features), min_labels=s.min_labels, performance_margin=s.performance_margin,
         persistence_k=s.persistence_k, persistence_n=s.persistence_n, decisive_z=s.decisive_z,
-        cooldown=timedelta(seconds=s.cooldown_s),
+        cooldown=timedelta(seconds=s.cooldown_s), baseline_labels=s.baseline_labels,
+        baseline_margin=s.baseline_margin, baseline_z=s.baseline_z,
     )  # fmt: skip
 
 

@@ -38,6 +38,12 @@ class MonitorSettings(ServiceSettings):
     persistence_n: int = Field(default=3, ge=1)
     decisive_z: float = Field(default=3.29, ge=0)
     """A window whose live metric is below the margin even at this z alarms alone (0: always k of n)."""
+    baseline_labels: int = Field(default=1000, ge=0)
+    """Classification: a version's first this many live labels are its live baseline; its latest this many
+    are compared with them (0: no baseline rule; see domain.decision.baseline_performance)."""
+    baseline_margin: float = Field(default=0.02, ge=0)
+    """Allowed drop of the latest labels' accuracy below the live baseline."""
+    baseline_z: float = Field(default=2.58, ge=0)
     compare_every: int = Field(default=50, ge=1)
     """A canary's (or shadow's) comparison with the champion is published on model.compared each time it
     has this many more scored labels."""

@@ -68,6 +68,14 @@ class DriftConfig:
     """... or one window whose live metric is below the margin even at this z (0 turns it off)."""
     cooldown: timedelta = timedelta(minutes=2)
     """No new alarm for a model this long after the last one."""
+    baseline_labels: int = 1000
+    """Classification: the version's first this many live labels are its live baseline, and its latest
+    this many are compared with them (0: no baseline rule)."""
+    baseline_margin: float = 0.02
+    """Allowed drop of the latest labels' accuracy below the live baseline's."""
+    baseline_z: float = 2.58
+    """... judged on the upper end of the difference's interval at this z (one window flags; an alarm
+    still needs k flagged windows of n)."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,10 @@ class Performance:
     degraded: bool
     decisive: bool = False
     """Degraded even at ``decisive_z``: one window is evidence enough."""
+    against: str = "holdout"
+    """What ``reference`` is: the version's holdout figure, or its own first live labels ("live baseline")."""
+    margin: float | None = None
+    """The drop allowed below ``reference`` (None: the config's ``performance_margin``)."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +149,7 @@ class WindowReport:
             "prediction": self.prediction.to_dict() if self.prediction else None,
             "performance": None if perf is None else {
                 "metric": perf.metric, "live": perf.live, "bound": perf.bound, "reference": perf.reference,
-                "labels": perf.labels, "degraded": perf.degraded, "decisive": perf.decisive,
+                "labels": perf.labels, "degraded": perf.degraded, "decisive": perf.decisive, "against": perf.against,
             },
         }  # fmt: skip
 
@@ -230,9 +242,10 @@ def evaluate_window(window: Window, performance: Performance | None, config: Dri
     if prediction_drift:
         reasons.append(f"prediction distribution moved (psi {prediction.statistics['psi']:.3f})")
     if degraded and performance:
+        margin = config.performance_margin if performance.margin is None else performance.margin
         reasons.append(
-            f"live {performance.metric} {performance.live:.3f} (≤ {performance.bound:.3f}) below holdout "
-            f"{performance.reference:.3f} by more than {config.performance_margin:.2f}"
+            f"live {performance.metric} {performance.live:.3f} (≤ {performance.bound:.3f}) below "
+            f"{performance.against} {performance.reference:.3f} by more than {margin:.2f}"
         )
     flagged = data_drift or prediction_drift or degraded
     return WindowReport(window.records, window.started_at, True, verdicts, prediction, data_drift, prediction_drift,
@@ -260,6 +273,32 @@ def classification_performance(
         < threshold
     )
     return Performance("accuracy", live, upper, holdout, labels, upper < threshold, decisive)
+
+
+def baseline_performance(
+    baseline_correct: int, baseline_labels: int, correct: int, labels: int, config: DriftConfig
+) -> Performance | None:
+    """The latest labels' accuracy against the version's own first live labels (its live baseline).
+
+    The holdout rule tolerates ``performance_margin`` below a holdout figure that is itself a few
+    hundred rows' estimate, on a few hundred labels: it sees a model that lost 10 points of 90, but
+    not one that lost 8 points of 86 (a SEA stream with 10 % label noise whose threshold moved: first
+    alarm 8,250 rows after the change, by chance). Here both sides are live accuracies of the same
+    version on the same traffic, each over ``baseline_labels`` labels, so a smaller sustained drop
+    is told from noise: the upper end of the drop's interval (Wald, at ``baseline_z``) must still
+    exceed ``baseline_margin``. The two samples do not overlap: the latest labels count only after
+    the baseline is complete.
+    """
+    if not config.baseline_labels or baseline_labels < config.baseline_labels or labels < config.baseline_labels:
+        return None
+    before, now = baseline_correct / baseline_labels, correct / labels
+    # (x + 0.5) / (n + 1): a share of 0 or 1 still has a spread
+    p0, p1 = (baseline_correct + 0.5) / (baseline_labels + 1), (correct + 0.5) / (labels + 1)
+    spread = float(np.sqrt(p0 * (1 - p0) / baseline_labels + p1 * (1 - p1) / labels))
+    upper = now + config.baseline_z * spread
+    degraded = upper < before - config.baseline_margin
+    return Performance("accuracy", now, upper, before, labels, degraded, against="live baseline",
+                       margin=config.baseline_margin)  # fmt: skip
 
 
 def _widened(live: float, bound: float, holdout_half: float) -> float:

@@ -20,6 +20,7 @@ from services.monitor.domain.decision import (
     DriftConfig,
     Performance,
     WindowReport,
+    baseline_performance,
     classification_performance,
     regression_performance,
 )
@@ -50,11 +51,16 @@ class ModelMonitor:
     """Span contexts of the predictions.logged messages behind the current windows."""
     windows_evaluated: int = 0
     labels_seen: int = 0
+    baseline: list[int] = field(default_factory=lambda: [0, 0])
+    """The version's first live labels (``config.baseline_labels``): correct, labelled."""
+    latest: deque[float] = field(init=False)
+    """Outcomes after the baseline, the latest ``config.baseline_labels`` of them."""
 
     def __post_init__(self) -> None:
         self.window = self._new_window()
         self.labels = deque(maxlen=self.label_window)
         self.label_sources = deque(maxlen=self.label_window)
+        self.latest = deque(maxlen=max(1, self.config.baseline_labels))
         steps = max(1, self.window_size // self.window_step) if self.window_step else 1
         self.ring = deque(maxlen=steps)
 
@@ -108,6 +114,11 @@ class ModelMonitor:
         self.labels.extend(outcomes)
         self.label_sources.extend([source] * len(outcomes))
         self.labels_seen += len(outcomes)
+        if self.schema.task is Task.CLASSIFICATION and self.config.baseline_labels:
+            first = min(len(outcomes), self.config.baseline_labels - self.baseline[1])
+            self.baseline[0] += int(sum(outcomes[:first]))
+            self.baseline[1] += first
+            self.latest.extend(outcomes[first:])
 
     def label_provenance(self) -> list[Source] | None:
         """Who sent the labels the live metric is computed over (None when no label's sender was recorded)."""
@@ -127,6 +138,18 @@ class ModelMonitor:
         if holdout_rmse is None:
             return None
         return regression_performance(list(self.labels), holdout_rmse, self.config, holdout_se=self.holdout_se())
+
+    def judged_performance(self) -> Performance | None:
+        """What a window is judged on: the live metric against the holdout, or, when that finds nothing
+        and the version's live baseline does (classification), against the baseline."""
+        performance = self.performance()
+        if performance is not None and performance.degraded:
+            return performance
+        if self.schema.task is not Task.CLASSIFICATION:
+            return performance
+        baseline = baseline_performance(self.baseline[0], self.baseline[1], int(sum(self.latest)), len(self.latest),
+                                        self.config)  # fmt: skip
+        return baseline if baseline is not None and baseline.degraded else performance
 
     def holdout_se(self) -> float:
         """Standard error of the holdout's mean loss (1 - accuracy, or MSE) the live metric is judged

@@ -218,7 +218,7 @@ async def _judge(rt: Runtime, full: list[tuple[ModelMonitor, Window]], metrics: 
     states: dict[int, tuple[ModelMonitor, AlarmState]] = {}
     judged: list[tuple[ModelMonitor, WindowReport, dict[str, Any], DriftDetected | None]] = []
     for monitor, window in full:
-        report = evaluate_window(window, monitor.performance(), monitor.config)
+        report = evaluate_window(window, monitor.judged_performance(), monitor.config)
         monitor.last_report = report
         metrics.record(monitor, report)
         _, alarms = states.setdefault(id(monitor), (monitor, monitor.alarms.copy()))
@@ -252,8 +252,9 @@ async def _raise(rt: Runtime, conn: asyncpg.Connection, monitor: ModelMonitor, e
 def _drift_event(monitor: ModelMonitor, report: WindowReport, since: datetime | None) -> DriftDetected:
     live = {}
     if report.performance is not None:
+        reference = "holdout" if report.performance.against == "holdout" else "baseline"
         live = {f"live_{report.performance.metric}": report.performance.live,
-                f"holdout_{report.performance.metric}": report.performance.reference,
+                f"{reference}_{report.performance.metric}": report.performance.reference,
                 "labels": float(report.performance.labels)}  # fmt: skip
     return DriftDetected(
         producer="monitor",
