@@ -7,6 +7,8 @@ concept-drift benchmarks without copying their code:
 
 - ``abrupt``: the label function flips at one row while the feature distributions
   stay exactly the same (only the labels can tell), like SEA or STAGGER;
+- ``sea``: SEA itself, ``x0 + x1 ≤ θ`` with θ 8 → 9.5 and 10 % label noise: features unchanged and
+  a moderate drop (0.86 → 0.78), which a margin below a small holdout's figure does not see;
 - ``covariate``: features shift *and* the concept changes (what ``driftloop demo`` does);
 - ``gradual``: a rotating hyperplane in 10 dimensions, the new concept taking over
   row by row with a linearly rising probability (MOA's ConceptDriftStream);
@@ -125,6 +127,19 @@ def abrupt(layout: Layout, seed: int) -> Stream:
         "abrupt", "label function flips, feature distributions unchanged (3 numeric)",
         _schema(_numeric(names, 0, 10), "label", BINARY), layout,
         pd.DataFrame(x, columns=names), _labels(y),
+    )  # fmt: skip
+
+
+def sea(layout: Layout, seed: int) -> Stream:
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.uniform(0, 10, (layout.length, 3)), 3)
+    concept = _concept(layout.length, layout, rng)
+    theta = np.where(concept == 0, 8.0, 9.5)  # SEA's concepts 1 and 4 (Street and Kim, 2001)
+    names = ["x0", "x1", "x2"]
+    return Stream(
+        "sea", "SEA: x0 + x1 ≤ θ, θ 8 → 9.5, 10 % label noise, features unchanged (3 numeric)",
+        _schema(_numeric(names, 0, 10), "label", BINARY), layout,
+        pd.DataFrame(x, columns=names), _flip(_labels(x[:, 0] + x[:, 1] <= theta), 0.10, rng),
     )  # fmt: skip
 
 
@@ -265,6 +280,7 @@ Generator = Callable[[Layout, int], Stream]
 GENERATORS: dict[str, Generator] = {
     "abrupt": abrupt, "covariate": covariate, "gradual": gradual, "recurring": recurring,
     "led": led, "categorical": categorical, "stationary": stationary, "regression": regression,
+    "sea": sea,  # last: a stream's seed is its position, and the others keep theirs
 }  # fmt: skip
 
 
@@ -281,14 +297,14 @@ def layouts(quick: bool = False) -> dict[str, Layout]:
     if quick:
         single = Layout(18_000, (8_000,))
         return {
-            **dict.fromkeys(["abrupt", "covariate", "led", "categorical", "regression"], single),
+            **dict.fromkeys(["abrupt", "sea", "covariate", "led", "categorical", "regression"], single),
             "gradual": Layout(21_000, (8_000,), transition=3_000),
             "recurring": Layout(28_000, (8_000, 18_000)),
             "stationary": Layout(20_000),
         }
     single = Layout(30_000, (10_000,))
     return {
-        **dict.fromkeys(["abrupt", "covariate", "led", "categorical", "regression"], single),
+        **dict.fromkeys(["abrupt", "sea", "covariate", "led", "categorical", "regression"], single),
         "gradual": Layout(32_000, (10_000,), transition=8_000),
         # A → B → A → B, 6,000 rows each, then the last concept for 20,000 rows like the others.
         "recurring": Layout(42_000, (10_000, 16_000, 22_000)),
