@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
 
-from libs.common.profile import ReferenceProfile, build_profile
+from libs.common.profile import NumericProfile, ReferenceProfile, build_profile
+from services.monitor.domain import decision
 from services.monitor.domain.decision import (
     AlarmState,
     DriftConfig,
@@ -296,3 +298,15 @@ def test_sliding_monitor_judges_every_step(reference: ReferenceProfile) -> None:
     # 10 steps of 100; the first judged window is complete after 4 steps, then one per step.
     assert len(ready) == 7
     assert all(w.records == 400 for w in ready)
+
+
+def test_a_reference_samples_sorted_array_is_kept_while_its_profile_lives_and_forgotten_with_it() -> None:
+    profile = NumericProfile(edges=[2.0], counts=[1, 2], count=3, missing=0, mean=2.0, std=1.0, min=1.0, max=3.0,
+                             sample=[3.0, 1.0, 2.0])  # fmt: skip
+    first = decision.reference_sample(profile)
+    assert first.tolist() == [1.0, 2.0, 3.0]
+    assert decision.reference_sample(profile) is first  # made once
+    key = id(profile)
+    del profile
+    gc.collect()
+    assert key not in decision._REFERENCE_SAMPLES  # a profile no monitor holds is not kept alive by the cache

@@ -24,6 +24,7 @@ while nothing can change is noise, yet a lost one is still re-sent.
 
 from __future__ import annotations
 
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -196,16 +197,16 @@ def _raw_verdict(
 
 def reference_sample(profile: NumericProfile) -> np.ndarray:
     """The reference's KS sample, sorted, as an array: made once per profile (a list of up to 5,000 floats
-    otherwise converted and sorted again for every window)."""
+    otherwise converted and sorted again for every window), and forgotten with the profile."""
     kept = _REFERENCE_SAMPLES.get(id(profile))
-    if kept is None or kept[0] is not profile:  # a new profile, or a new one at a freed one's address
-        if len(_REFERENCE_SAMPLES) >= 1024:
-            _REFERENCE_SAMPLES.clear()
-        kept = _REFERENCE_SAMPLES[id(profile)] = (profile, np.sort(np.asarray(profile.sample, dtype=float)))
+    if kept is None or kept[0]() is not profile:
+        key = id(profile)
+        kept = _REFERENCE_SAMPLES[key] = (weakref.ref(profile, lambda _: _REFERENCE_SAMPLES.pop(key, None)),
+                                          np.sort(np.asarray(profile.sample, dtype=float)))  # fmt: skip
     return kept[1]
 
 
-_REFERENCE_SAMPLES: dict[int, tuple[NumericProfile, np.ndarray]] = {}
+_REFERENCE_SAMPLES: dict[int, tuple[weakref.ref[NumericProfile], np.ndarray]] = {}
 
 
 def evaluate_window(window: Window, performance: Performance | None, config: DriftConfig) -> WindowReport:

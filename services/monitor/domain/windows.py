@@ -11,6 +11,7 @@ fixed-size summaries.
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,19 +144,19 @@ FeatureWindow = NumericWindow | CategoricalWindow
 
 
 def _reference_counts(profile: CategoricalProfile) -> tuple[list[str], np.ndarray]:
-    """A categorical reference's categories (then unseen) and their counts, made once per profile: every
-    judged window reads them, twice."""
+    """A categorical reference's categories (then unseen) and their counts, made once per profile (every
+    judged window reads them, twice), and forgotten with the profile."""
     kept = _REFERENCE_COUNTS.get(id(profile))
-    if kept is None or kept[0] is not profile:  # a new profile, or a new one at a freed one's address
-        if len(_REFERENCE_COUNTS) >= 1024:
-            _REFERENCE_COUNTS.clear()
+    if kept is None or kept[0]() is not profile:
+        key = id(profile)
         names = [*profile.counts, UNSEEN]
         counts = np.array([profile.counts.get(n, 0) for n in names], dtype=float)
-        kept = _REFERENCE_COUNTS[id(profile)] = (profile, names, counts)
+        kept = _REFERENCE_COUNTS[key] = (weakref.ref(profile, lambda _: _REFERENCE_COUNTS.pop(key, None)), names,
+                                         counts)  # fmt: skip
     return kept[1], kept[2]
 
 
-_REFERENCE_COUNTS: dict[int, tuple[CategoricalProfile, list[str], np.ndarray]] = {}
+_REFERENCE_COUNTS: dict[int, tuple[weakref.ref[CategoricalProfile], list[str], np.ndarray]] = {}
 
 
 def new_feature_window(
