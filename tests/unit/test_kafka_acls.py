@@ -32,12 +32,20 @@ def consumed(service: str) -> tuple[set[str], set[tuple[str, str]]]:
         group = found.group_id
         if group:  # serving reads model.promoted with no group (every replica, every partition)
             groups.add((group, "literal"))
-    if service == "ingest":  # records.submitted is read by a micro-batch consumer started on start-up
+    # Topics read by a batch consumer of the service's own, started on start-up beside faststream's
+    batches: list[Any] = []
+    if service == "ingest":  # records.submitted, in micro-batches
         from services.ingest.handlers.records_submitted import consumer
 
-        batch = consumer(runtime, settings)  # type: ignore[arg-type]
+        batches.append(consumer(runtime, settings))  # type: ignore[arg-type]
+    if service == "monitor":  # predictions.logged, pipelined
+        from services.monitor.handlers import predictions_logged
+
+        batches.append(predictions_logged.consumer(runtime, None, settings))  # type: ignore[arg-type]
+    for batch in batches:
         reads.add(batch.topic)
         groups.add((batch.group, "literal"))
+    assert {settings.kafka.topic(event.topic) for event in spec.receives} <= reads
     return reads, groups
 
 
