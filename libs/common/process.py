@@ -26,5 +26,8 @@ def one_openmp_thread() -> None:
     predicting 200 rows with a 5-class gradient boosting model took 22-314 ms with the default two
     threads and 6.5-7.8 ms with one. The trainer's searches already fitted one thread each; its
     governance, profile and re-judgement predictions and serving's scikit-learn runtime did not.
+
+    Called by the services that run scikit-learn (trainer, serving) only: pyarrow also sizes its CPU
+    thread pool by ``OMP_NUM_THREADS``, and ingest's parsing and Parquet writes use that pool.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -1,5 +1,5 @@
-"""Service processes run OpenMP one thread per calling thread (libs/common/process.one_openmp_thread,
-called by every service's ``run``), and so do the processes they start, unless OMP_NUM_THREADS says
+"""The trainer and serving run OpenMP one thread per calling thread (libs/common/process.one_openmp_thread,
+called by their ``__main__``), and so do the processes they start, unless OMP_NUM_THREADS says
 otherwise. Checked in fresh interpreters: OpenMP reads the setting once, when scikit-learn loads it."""
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from fastapi import FastAPI
 from libs.common.auth import Authenticator, unguarded_routes
 from libs.common.http import InputGuardMiddleware, declare_errors
 from libs.common.kafka import create_broker
-from libs.common.process import one_openmp_thread
 from libs.common.service.errors import install_errors
 from libs.common.service.lifecycle import STOP_TIMEOUT_S, start, stop, store_for
 from libs.common.service.middlewares import BodyLimitMiddleware, ObservabilityMiddleware
@@ -76,7 +75,6 @@ def run(spec: ServiceSpec, settings: ServiceSettings, *, reuse_port: bool = Fals
 
     ``reuse_port``: listen with ``SO_REUSEPORT``, so several processes serve one port and the
     kernel spreads connections over them (a service's worker processes, Linux)."""
-    one_openmp_thread()  # before scikit-learn loads OpenMP here, and for the worker processes started later
     configure_logging(spec.name, settings.telemetry)
     app, _ = build(spec, settings)
     config = uvicorn.Config(
