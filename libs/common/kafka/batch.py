@@ -167,7 +167,68 @@ class BatchPolicy(Generic[T]):
                           metrics=self.metrics)  # fmt: skip
 
 
-class MicroBatchConsumer(Generic[E]):
+class _BatchConsumer(Generic[T]):
+    """What both batch consumers share: the topic and group, :class:`BatchPolicy`, the client, and a stop
+    that lets the batch in hand finish. Subclasses say how batches flow (:meth:`run`)."""
+
+    task_name = "batch-consumer"
+
+    def __init__(
+        self,
+        *,
+        topic: str,
+        group: str,
+        handler: Callable[[list[tuple[T, Delivery]]], Awaitable[dict[int, DriftloopError] | None]],
+        decode: Callable[[bytes], T],
+        settings: KafkaSettings,
+        telemetry: Telemetry,
+        broker: KafkaBroker,
+        max_records: int,
+        max_wait_s: float,
+    ) -> None:
+        self.topic = settings.topic(topic)
+        self.group = settings.group(group)
+        self.settings = settings
+        self.telemetry = telemetry
+        self.max_records = max_records
+        self.max_wait_s = max_wait_s
+        self.policy = BatchPolicy[T](topic=self.topic, group=self.group, handler=handler, decode=decode,
+                                     settings=settings, telemetry=telemetry, broker=broker)  # fmt: skip
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    def _client(self, **options: Any) -> AIOKafkaConsumer:
+        """A member of the service's consumer group on ``topic`` only, committing by hand."""
+        return AIOKafkaConsumer(
+            self.topic, bootstrap_servers=self.settings.bootstrap, group_id=self.group,
+            client_id=f"{self.settings.client_id}-{self.telemetry.service}-batch", enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_interval_ms=300_000, metadata_max_age_ms=METADATA_MAX_AGE_MS,
+            **options, **client_options(self.settings),
+        )  # fmt: skip
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    async def _main(self) -> None:
+        await self.run()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._main(), name=f"{self.task_name}-{self.topic}")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand (and commit it), leave the group cleanly; cancel only if that hangs."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        try:
+            async with asyncio.timeout(timeout):  # not wait_for: see libs.common.tasks
+                await asyncio.shield(self._task)
+        except TimeoutError:
+            await cancel_and_wait(self._task)
+        self._task = None
+
+
+class MicroBatchConsumer(_BatchConsumer[E]):
     """Consumes ``topic`` in micro-batches: up to ``max_records`` or ``max_wait_s``
     after the first record, whichever comes first, then one handler call.
 
@@ -196,31 +257,14 @@ class MicroBatchConsumer(Generic[E]):
         max_records: int = 500,
         max_wait_s: float = 1.0,
     ) -> None:
-        self.topic = settings.topic(topic)
-        self.group = settings.group(group)
-        self.settings = settings
-        self.telemetry = telemetry
-        self.max_records = max_records
-        self.max_wait_s = max_wait_s
-        self.policy = BatchPolicy[E](
-            topic=self.topic, group=self.group, handler=handler, settings=settings, telemetry=telemetry,
-            broker=broker, decode=lambda raw: cast(E, parse_event(raw, accepts)),  # one of ``accepts``, or refused
+        super().__init__(
+            topic=topic, group=group, handler=handler, settings=settings, telemetry=telemetry, broker=broker,
+            decode=lambda raw: cast(E, parse_event(raw, accepts)),  # one of ``accepts``, or refused
+            max_records=max_records, max_wait_s=max_wait_s,
         )  # fmt: skip
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            self.topic,
-            bootstrap_servers=self.settings.bootstrap,
-            group_id=self.group,
-            client_id=f"{self.settings.client_id}-{self.telemetry.service}-batch",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_interval_ms=300_000,
-            metadata_max_age_ms=METADATA_MAX_AGE_MS,
-            **client_options(self.settings),
-        )
+        consumer = self._client()
         await consumer.start()
         try:
             while not self._stopping.is_set():
@@ -241,28 +285,13 @@ class MicroBatchConsumer(Generic[E]):
         finally:
             await shielded(consumer.stop())  # aiokafka's close swallows a cancel: see libs.common.tasks
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name=f"batch-consumer-{self.topic}")
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batch in hand, leave the group cleanly; cancel only if that hangs."""
-        if self._task is None:
-            return
-        self._stopping.set()
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for: see libs.common.tasks
-                await asyncio.shield(self._task)
-        except TimeoutError:
-            await cancel_and_wait(self._task)
-        self._task = None
-
 
 FETCH_BYTES = 16 * 1024 * 1024
 """Bytes fetched from a partition at once by :class:`PipelinedConsumer`: the client's default (1 MiB) holds
 about 20 of serving's 200-prediction messages."""
 
 
-class PipelinedConsumer(Generic[T]):
+class PipelinedConsumer(_BatchConsumer[T]):
     """Consumes ``topic`` in batches (up to ``max_records`` messages, or what arrived within ``max_wait_s``
     of the first), under :class:`BatchPolicy`, with three batches in flight: the next one fetched and
     decoded, this one handled, the last one's offsets committed.
@@ -281,6 +310,8 @@ class PipelinedConsumer(Generic[T]):
     faststream subscribers read its other topics); its AsyncAPI entry comes from ``ServiceSpec.receives``.
     """
 
+    task_name = "pipelined-consumer"
+
     def __init__(
         self,
         *,
@@ -294,24 +325,13 @@ class PipelinedConsumer(Generic[T]):
         max_records: int = 100,
         max_wait_s: float = 0.05,
     ) -> None:
-        self.topic = settings.topic(topic)
-        self.group = settings.group(group)
-        self.settings = settings
-        self.telemetry = telemetry
-        self.max_records = max_records
-        self.max_wait_s = max_wait_s
-        self.policy = BatchPolicy[T](topic=self.topic, group=self.group, handler=handler, decode=decode,
-                                     settings=settings, telemetry=telemetry, broker=broker)  # fmt: skip
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        super().__init__(
+            topic=topic, group=group, handler=handler, decode=decode, settings=settings, telemetry=telemetry,
+            broker=broker, max_records=max_records, max_wait_s=max_wait_s,
+        )  # fmt: skip
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            self.topic, bootstrap_servers=self.settings.bootstrap, group_id=self.group,
-            client_id=f"{self.settings.client_id}-{self.telemetry.service}-batch", enable_auto_commit=False,
-            auto_offset_reset="earliest", max_poll_interval_ms=300_000, metadata_max_age_ms=METADATA_MAX_AGE_MS,
-            max_partition_fetch_bytes=FETCH_BYTES, **client_options(self.settings),
-        )  # fmt: skip
+        consumer = self._client(max_partition_fetch_bytes=FETCH_BYTES)
         await consumer.start()
         commits = _Commits(consumer, self.topic)
         ahead: asyncio.Task[tuple[list[Any], list[_Item[T]]]] | None = None
@@ -352,10 +372,7 @@ class PipelinedConsumer(Generic[T]):
                     consumer.seek(tp, offset)
                 await asyncio.sleep(self.settings.retry_backoff_max_s)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._supervised(), name=f"pipelined-consumer-{self.topic}")
-
-    async def _supervised(self) -> None:
+    async def _main(self) -> None:
         """:meth:`run` until stopped, started again after a pause if it fails unexpectedly (what it had
         not committed is delivered again): a consumer that died would leave the topic unread while the
         service looks healthy."""
@@ -365,18 +382,6 @@ class PipelinedConsumer(Generic[T]):
             except Exception:
                 log.exception("consumer of %s failed; starting it again", self.topic)
                 await asyncio.sleep(self.settings.retry_backoff_max_s)
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        """Finish the batch in hand and commit it, leave the group cleanly; cancel only if that hangs."""
-        if self._task is None:
-            return
-        self._stopping.set()
-        try:
-            async with asyncio.timeout(timeout):  # not wait_for: see libs.common.tasks
-                await asyncio.shield(self._task)
-        except TimeoutError:
-            await cancel_and_wait(self._task)
-        self._task = None
 
 
 class _Commits:
