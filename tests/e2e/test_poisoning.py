@@ -131,9 +131,15 @@ async def test_forged_and_untrusted_feedback_never_moves_the_champion(isolated: 
             return listed if len(listed) >= 2 else None
 
         versions = await wait_until(held, timeout=240, interval=0.5, message="the retrain to be registered")
-        assert [(v["version"], v["decision"], v["aliases"]) for v in versions] == [
-            (2, "held", ["candidate"]), (1, "promoted", ["champion"]),
-        ]  # fmt: skip
+        # With no cool-down a second alarm can come while the first retrain trains: a held retrain does not
+        # answer the drift, so another may be registered before this looks. Every one of them is held.
+        assert [(versions[-1]["version"], versions[-1]["decision"], versions[-1]["aliases"])] == [
+            (1, "promoted", ["champion"])
+        ]
+        retrains = versions[:-1]  # newest first
+        assert [v["decision"] for v in retrains] == ["held"] * len(retrains)
+        assert not any("champion" in v["aliases"] for v in retrains)
+        assert "candidate" in retrains[0]["aliases"]
         audit = (await s["registry"].get("/v1/models/churn/audit")).json()
         reason = next(a["reason"] for a in audit if a["alias"] == "candidate")
         assert "labels behind the performance alarm came from untrusted principal 'mallory'" in reason
