@@ -18,6 +18,17 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.integration
 
 
+async def _produce(settings: KafkaSettings, topic: str, count: int) -> None:
+    """Messages m0, m1, ... to partition 0 of ``topic``."""
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    try:
+        for i in range(count):
+            await producer.send_and_wait(topic, f"m{i}".encode(), partition=0)
+    finally:
+        await producer.stop()
+
+
 async def test_the_next_batch_is_decoded_while_this_one_is_handled_and_offsets_wait_for_the_handler(
     kafka_settings: KafkaSettings, topic: str
 ) -> None:
@@ -36,13 +47,7 @@ async def test_the_next_batch_is_decoded_while_this_one_is_handled_and_offsets_w
         if len(handled) == 1:
             await release.wait()  # the first batch's store takes a while
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap)
-    await producer.start()
-    try:
-        for i in range(4):
-            await producer.send_and_wait(topic, f"m{i}".encode(), partition=0)
-    finally:
-        await producer.stop()
+    await _produce(kafka_settings, topic, 4)
     consumer = PipelinedConsumer(topic=topic, group=group, handler=handler, decode=decode, settings=kafka_settings,
                                  telemetry=telemetry, broker=create_broker(kafka_settings, telemetry), max_records=2,
                                  max_wait_s=0.05)  # fmt: skip
@@ -86,13 +91,7 @@ async def test_a_consumer_that_fails_unexpectedly_starts_again_and_reads_what_it
     async def handler(batch: list[tuple[str, Delivery]]) -> None:
         handled.extend(value for value, _ in batch)
 
-    producer = AIOKafkaProducer(bootstrap_servers=kafka_settings.bootstrap)
-    await producer.start()
-    try:
-        for i in range(3):
-            await producer.send_and_wait(topic, f"m{i}".encode(), partition=0)
-    finally:
-        await producer.stop()
+    await _produce(kafka_settings, topic, 3)
     consumer = PipelinedConsumer(topic=topic, group=f"g-{uuid.uuid4().hex[:6]}", handler=handler, decode=decode,
                                  settings=kafka_settings, telemetry=telemetry,
                                  broker=create_broker(kafka_settings, telemetry))  # fmt: skip

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
@@ -167,7 +168,7 @@ class BatchPolicy(Generic[T]):
                           metrics=self.metrics)  # fmt: skip
 
 
-class _BatchConsumer(Generic[T]):
+class _BatchConsumer(ABC, Generic[T]):
     """What both batch consumers share: the topic and group, :class:`BatchPolicy`, the client, and a stop
     that lets the batch in hand finish. Subclasses say how batches flow (:meth:`run`)."""
 
@@ -183,8 +184,8 @@ class _BatchConsumer(Generic[T]):
         settings: KafkaSettings,
         telemetry: Telemetry,
         broker: KafkaBroker,
-        max_records: int,
-        max_wait_s: float,
+        max_records: int = 100,
+        max_wait_s: float = 0.05,
     ) -> None:
         self.topic = settings.topic(topic)
         self.group = settings.group(group)
@@ -206,8 +207,9 @@ class _BatchConsumer(Generic[T]):
             **options, **client_options(self.settings),
         )  # fmt: skip
 
+    @abstractmethod
     async def run(self) -> None:
-        raise NotImplementedError
+        """Consume until :meth:`stop`: fetch, handle and commit batches."""
 
     async def _main(self) -> None:
         await self.run()
@@ -311,24 +313,6 @@ class PipelinedConsumer(_BatchConsumer[T]):
     """
 
     task_name = "pipelined-consumer"
-
-    def __init__(
-        self,
-        *,
-        topic: str,
-        group: str,
-        handler: Callable[[list[tuple[T, Delivery]]], Awaitable[dict[int, DriftloopError] | None]],
-        decode: Callable[[bytes], T],
-        settings: KafkaSettings,
-        telemetry: Telemetry,
-        broker: KafkaBroker,
-        max_records: int = 100,
-        max_wait_s: float = 0.05,
-    ) -> None:
-        super().__init__(
-            topic=topic, group=group, handler=handler, decode=decode, settings=settings, telemetry=telemetry,
-            broker=broker, max_records=max_records, max_wait_s=max_wait_s,
-        )  # fmt: skip
 
     async def run(self) -> None:
         consumer = self._client(max_partition_fetch_bytes=FETCH_BYTES)
