@@ -73,7 +73,10 @@ class StoredRejection(BaseModel):
     row: int = Field(description="Index of the row in its submission.")
     field: str | None
     reason: str
-    record: Any = Field(description="The row as it was sent (None when it could not be kept).")
+    record: Any = Field(
+        description="The row as it was sent (None when it could not be kept); a NaN or an infinity, which JSON "
+        'cannot hold, is the string "NaN", "Infinity" or "-Infinity".'
+    )
     at: str = Field(description="When it was rejected (ISO 8601, UTC).")
 
 

@@ -159,6 +159,12 @@ async def test_strict_mode_unknown_dataset_and_size_limit(isolated: Isolation) -
         assert "features" in answer.json()["message"]
         assert await runtime.db.fetchval("SELECT count(*) FROM versions") == 0
 
+        # partial: the NaN row is quarantined, and read back with its NaN as JSON can say it (not as null)
+        answer = await client.post("/v1/datasets/customers/records", content=nan_row)
+        assert (answer.status_code, answer.json()["accepted"], answer.json()["rejected"]) == (200, 1, 1)
+        (kept,) = (await client.get("/v1/datasets/customers/rejections")).json()["rejections"]
+        assert (kept["row"], kept["field"], kept["record"]["age"]) == (1, "age", "NaN")
+
 
 async def test_records_submitted_on_kafka_are_micro_batched(isolated: Isolation) -> None:
     settings = isolated.settings(IngestSettings, micro_batch_records=50, micro_batch_wait_s=0.5)

@@ -17,6 +17,7 @@ are few (keys refused one by one).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, overload
@@ -42,8 +43,14 @@ def rejection(row: int, field: str | None, reason: str, record: Any = None) -> R
     return Rejection(row, field, reason, record, record_json(record))
 
 
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+"""How the quarantine writes a non-finite number, which JSON cannot hold: as the string JavaScript
+and Python's ``float()`` read back (``null`` would lose it: it already means a missing value)."""
+
+
 def record_json(record: Any) -> str | None:
-    """The rejected record as JSON for the quarantine; text when it holds NaN or infinity."""
+    """The rejected record as JSON for the quarantine; a NaN or an infinity in it becomes a string
+    (:data:`NON_FINITE`), so ``{"age": NaN}`` is kept as ``{"age": "NaN"}``, never as null."""
     if record is None:
         return None
     if isinstance(record, dict):
@@ -58,7 +65,18 @@ def record_json(record: Any) -> str | None:
     try:
         return json.dumps(record, default=str, allow_nan=False)
     except ValueError:
-        return json.dumps(str(record))
+        return json.dumps(_finite(record), default=str, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float, at any depth of dicts and lists, as its :data:`NON_FINITE` string."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else NON_FINITE[repr(value)]
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 @dataclass(frozen=True, eq=False)
