@@ -161,8 +161,6 @@ class Service:
             "DRIFTLOOP_KAFKA_TOPIC_PREFIX": f"bench{uuid.uuid4().hex[:8]}.",
             "DRIFTLOOP_ARTIFACTS_ROOT": str(self.workdir / "artifacts"),
             "DRIFTLOOP_INGEST_PORT": str(self.port),
-            "DRIFTLOOP_INGEST_RECORDS_RATE_PER_S": "1e12",
-            "DRIFTLOOP_INGEST_RECORDS_BURST": "1e12",
         }
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen([sys.executable, "-m", "services.ingest"], cwd=ROOT, env=env,

@@ -83,9 +83,9 @@ def send_command(
     max_message_bytes: Annotated[int, typer.Option(help="Largest event (the broker's message.max.bytes).")] = (
         DEFAULT_MESSAGE_BYTES
     ),
-    max_rows: Annotated[int, typer.Option(min=1, help="Most rows in one event (ingest's max rows per request).")] = (
-        DEFAULT_MAX_ROWS
-    ),
+    max_rows: Annotated[
+        int, typer.Option(min=1, help="Most rows in one event (at most ingest's max rows per request).")
+    ] = (DEFAULT_MAX_ROWS),
     home: HomeOption = Path(".driftloop"),
 ) -> None:
     """Send a file's rows to records.submitted as Arrow IPC events; ingest stores them in micro-batches.

@@ -17,7 +17,8 @@ from libs.common.events import RecordsSubmitted
 
 #: Under the broker's default ``message.max.bytes`` (1 MiB) and aiokafka's ``max_request_size``.
 DEFAULT_MESSAGE_BYTES = 1_000_000
-#: Ingest's default ``max_rows_per_request``, which it also applies to one event.
+#: Rows per event at most (a smaller, faster micro-batch step than ingest's own per-event limit,
+#: ``max_rows_per_request``, 1,000,000 by default; an event is also cut by ``DEFAULT_MESSAGE_BYTES``).
 DEFAULT_MAX_ROWS = 100_000
 Compression = Literal["zstd", "lz4"] | None
 
