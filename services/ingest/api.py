@@ -215,7 +215,8 @@ def _submitted(dataset: str, received: int, saved: repository.StoredSubmission) 
 def _read(
     body: bytes, content_type: str, encoding: str, schema: DatasetSchema, settings: IngestSettings
 ) -> tuple[ParsedBody, ValidationResult]:
-    parsed = parse_body(body, content_type, content_encoding=encoding, max_decoded=settings.max_decoded_bytes)
+    parsed = parse_body(body, content_type, content_encoding=encoding, max_decoded=settings.max_decoded_bytes,
+                        max_rows=settings.max_rows_per_request)  # fmt: skip
     if parsed.count > settings.max_rows_per_request:
         raise BadRequest(f"{parsed.count} records in one request; the limit is {settings.max_rows_per_request}")
     result = validate(

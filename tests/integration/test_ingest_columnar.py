@@ -113,7 +113,9 @@ def _ref(manifest: dict[str, Any]) -> Any:
 
 
 async def test_bad_columnar_bodies_are_refused_and_nothing_is_written(isolated: Isolation) -> None:
-    app, runtime = create_app(isolated.settings(IngestSettings, max_decoded_bytes=2 * 1024 * 1024))
+    # rows enough for the bombs below: what refuses them is how far they expand, not how many rows they hold
+    settings = isolated.settings(IngestSettings, max_decoded_bytes=2 * 1024 * 1024, max_rows_per_request=10**6)
+    app, runtime = create_app(settings)
     good = arrow_table(ROWS)
     zeros = pa.table({"age": pa.array([30.0] * 400_000), "plan": ["basic"] * 400_000,
                       "churned": ["no"] * 400_000})  # fmt: skip

@@ -248,7 +248,7 @@ def test_compressed_bodies_may_not_expand_past_the_limit() -> None:
         parse_body(packed, "application/vnd.apache.arrow.stream", max_decoded=1_000_000)
     sink = io.BytesIO()
     pq.write_table(zeros, sink, compression="zstd")
-    with pytest.raises(PayloadTooLarge, match="Parquet body expands"):
+    with pytest.raises(PayloadTooLarge, match="Parquet file expands past the limit"):
         parse_body(sink.getvalue(), "application/vnd.apache.parquet", max_decoded=1_000_000)
 
 

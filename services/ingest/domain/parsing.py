@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
 from libs.common import jsonbody
 from libs.common.errors import BadRequest, DriftloopError, PayloadTooLarge
+from services.ingest.domain import arrow_ipc
 
 
 class UnsupportedMediaType(DriftloopError):
@@ -71,17 +73,19 @@ _BOM = b"\xef\xbb\xbf"
 
 
 def parse_body(
-    body: bytes, content_type: str, *, content_encoding: str = "", max_decoded: int = 256 * 1024 * 1024
-) -> ParsedBody:
-    """Records of ``body`` according to its media type (and content encoding)."""
+    body: bytes, content_type: str, *, content_encoding: str = "", max_decoded: int = 256 * 1024 * 1024,
+    max_rows: int | None = None,
+) -> ParsedBody:  # fmt: skip
+    """Records of ``body`` according to its media type (and content encoding); an Arrow or Parquet
+    body declaring more than ``max_rows`` records is refused before it is read."""
     body = decode_content(body, content_encoding, max_decoded)
     if not body.strip():
         raise BadRequest(f"request body is empty: send {_ACCEPTED}")
     media = content_type.split(";")[0].strip().lower() or "application/json"
     if media in ARROW_TYPES:
-        return ParsedBody(None, {}, from_text=False, table=_arrow(body, media, max_decoded))
+        return ParsedBody(None, {}, from_text=False, table=_arrow(body, media, max_decoded, max_rows))
     if media in PARQUET_TYPES:
-        return ParsedBody(None, {}, from_text=False, table=_parquet(body, max_decoded))
+        return ParsedBody(None, {}, from_text=False, table=_parquet(body, max_decoded, max_rows))
     if media not in JSON_TYPES + NDJSON_TYPES + CSV_TYPES:
         raise UnsupportedMediaType(f"unsupported content type {media!r}: use {_ACCEPTED}")
     try:
@@ -235,16 +239,27 @@ def _csv_rows(text: str) -> ParsedBody:
     return ParsedBody(rows, unreadable, from_text=True)
 
 
-def _arrow(body: bytes, media: str, limit: int) -> pa.Table:
-    """An Arrow IPC stream (or file), read batch by batch so a compressed one cannot expand past ``limit``.
+def _arrow(body: bytes, media: str, limit: int, max_rows: int | None) -> pa.Table:
+    """An Arrow IPC stream (or file), measured from its metadata before any batch is read
+    (:mod:`arrow_ipc`), then read batch by batch, each checked in full (offsets, dictionary
+    indices, UTF-8): pyarrow's compute kernels trust a batch's structure, and a garbled one
+    would read out of bounds.
 
     A body that opens with the IPC file format's magic is read as a file whichever of the two Arrow
     media types it came with: ``.arrow``/Feather files are often sent as "the Arrow type"."""
     as_file = media.endswith(".file") or body.startswith(_ARROW_FILE_MAGIC)
     what = "Arrow IPC file" if as_file else "Arrow IPC stream"
     batches: list[pa.RecordBatch] = []
-    size = 0
     try:
+        if as_file:
+            found = arrow_ipc.file_messages(body)
+        else:
+            found, after = arrow_ipc.stream_messages(body)
+            if after:  # a reader stops at the first end-of-stream marker: what follows would be dropped unread
+                raise BadRequest(f"the {what} goes on for {after} bytes after its end-of-stream marker; "
+                                 "send one stream per body")  # fmt: skip
+        rows, decoded = arrow_ipc.batches(found)
+        _check_size(what, rows, decoded, limit, max_rows)
         if as_file:
             file = pa.ipc.open_file(pa.BufferReader(body))
             schema = file.schema
@@ -253,38 +268,108 @@ def _arrow(body: bytes, media: str, limit: int) -> pa.Table:
             stream = pa.ipc.open_stream(pa.BufferReader(body))
             schema = stream.schema
             chunks = iter(stream)
+        _check_names(schema, what)
         for batch in chunks:
-            size += batch.nbytes
-            if size > limit:
-                raise PayloadTooLarge(f"the {what} expands past the limit of {limit} bytes", limit=limit)
+            _check_columns(batch, what)
             batches.append(batch)
         table = pa.Table.from_batches(batches, schema=schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+    except MemoryError as exc:  # a buffer declaring more than can be allocated, past the measuring
+        raise PayloadTooLarge(f"the {what} declares buffers larger than can be held", limit=limit) from exc
+    except (pa.ArrowException, OSError, ValueError, EOFError) as exc:  # EOFError: a block cut short
         raise BadRequest(f"the body is not a readable {what}: {exc}") from exc
-    return _records_in(table, what)
+    return _records_in(table, what, limit)
 
 
-def _parquet(body: bytes, limit: int) -> pa.Table:
-    """A Parquet file; its metadata's uncompressed size is checked against ``limit`` before any page is read."""
+def _parquet(body: bytes, limit: int, max_rows: int | None) -> pa.Table:
+    """A Parquet file; its metadata's row count and uncompressed size are checked before any page
+    is read. Text columns are read dictionary-encoded as stored, so a value repeated down a
+    column is held once until :func:`_records_in` has measured what decoding it would take."""
+    what = "Parquet file"
     try:
-        file = pq.ParquetFile(pa.BufferReader(body))
-        meta = file.metadata
+        meta = pq.read_metadata(pa.BufferReader(body))
         expands = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        if expands > limit:
-            raise PayloadTooLarge(f"the Parquet body expands to {expands} bytes, past the limit of {limit}",
-                                  limit=limit)  # fmt: skip
-        table = file.read()
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
-        raise BadRequest(f"the body is not a readable Parquet file: {exc}") from exc
-    if table.nbytes > limit:  # the metadata said less than the pages held
-        raise PayloadTooLarge(f"the Parquet body expands past the limit of {limit} bytes", limit=limit)
-    return _records_in(table, "Parquet file")
+        _check_size(what, meta.num_rows, expands, limit, max_rows)
+        texts = [f.name for f in meta.schema.to_arrow_schema() if _is_text(f.type)]
+        table = pq.ParquetFile(pa.BufferReader(body), read_dictionary=texts).read()
+        _check_names(table.schema, what)
+        _check_columns(table, what)
+    except MemoryError as exc:  # a page header declaring more than can be allocated
+        raise PayloadTooLarge(f"the {what} declares buffers larger than can be held", limit=limit) from exc
+    except (pa.ArrowException, OSError, ValueError, EOFError) as exc:
+        raise BadRequest(f"the body is not a readable {what}: {exc}") from exc
+    if table.num_rows != meta.num_rows:
+        raise BadRequest(f"the {what} holds {table.num_rows} records where its metadata says {meta.num_rows}")
+    table = _records_in(table, what, limit)
+    for name in texts:  # measured: now decoded as the reader would have
+        index = table.schema.get_field_index(name)
+        if index >= 0 and pa.types.is_dictionary(table.schema.field(index).type):
+            table = table.set_column(index, name, table.column(index).cast(table.schema.field(index).type.value_type))
+    return table
 
 
-def _records_in(table: pa.Table, what: str) -> pa.Table:
+def _is_text(kind: pa.DataType) -> bool:
+    """Whether values of ``kind`` are variable-length bytes (text or binary)."""
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind)
+                or pa.types.is_large_binary(kind))  # fmt: skip
+
+
+def _check_size(what: str, rows: int, decoded: int, limit: int, max_rows: int | None) -> None:
+    """Refuse a columnar body by what its metadata declares, before its buffers are read."""
+    if decoded > limit:
+        raise PayloadTooLarge(f"the {what} expands past the limit of {limit} bytes: it declares {decoded}",
+                              limit=limit)  # fmt: skip
+    if max_rows is not None and rows > max_rows:
+        raise BadRequest(f"the {what} holds {rows} records; the limit is {max_rows}", limit=max_rows)
+
+
+def _records_in(table: pa.Table, what: str, limit: int) -> pa.Table:
     repeated = sorted({n for n, c in Counter(table.column_names).items() if c > 1})
     if repeated:
         raise BadRequest(f"the {what} repeats column(s) {repeated}", columns=repeated)
     if table.num_rows == 0:
         raise BadRequest(f"the {what} holds no records")
+    size = table.nbytes + sum(_decoded_extra(column) for column in table.columns)
+    if size > limit:
+        raise PayloadTooLarge(f"the {what} expands past the limit of {limit} bytes once decoded", limit=limit)
     return table
+
+
+def _check_columns(columns: pa.RecordBatch | pa.Table, what: str) -> None:
+    """Each column's structure checked in full (offsets and dictionary indices within their buffers,
+    text valid UTF-8): compute kernels trust it, and a garbled offset would have them read out of bounds."""
+    for name, column in zip(columns.schema.names, columns.columns, strict=True):
+        try:
+            column.validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise BadRequest(f"the body is not a readable {what}: column {name!r}: {exc}", field=name) from exc
+
+
+def _check_names(schema: pa.Schema, what: str) -> None:
+    """Every column name, nested ones included, is UTF-8 (records are made from them, as JSON keys)."""
+    fields = list(schema)
+    while fields:
+        field = fields.pop()
+        try:
+            field.name  # noqa: B018 (decoded here: pyarrow decodes names when they are read)
+        except UnicodeDecodeError as exc:
+            raise BadRequest(f"the {what} names a column with bytes that are not UTF-8: {exc}") from exc
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        fields.extend(kind.field(i) for i in range(kind.num_fields))
+
+
+def _decoded_extra(column: pa.ChunkedArray) -> int:
+    """Bytes a dictionary-encoded column takes beyond its encoding once decoded (as validation
+    decodes a declared column): a megabyte value named by 100,000 indices is 100 GB."""
+    if not pa.types.is_dictionary(column.type):
+        return 0
+    value = column.type.value_type
+    extra = 0
+    for chunk in column.chunks:
+        if _is_text(value):  # exactly: each index's value length, and an offset per row
+            lengths = pc.binary_length(chunk.dictionary).take(chunk.indices)
+            extra += (pc.sum(lengths).as_py() or 0) + 8 * len(chunk)
+        elif pa.types.is_primitive(value):
+            extra += len(chunk) * max(1, value.bit_width // 8)
+        else:  # nested values: their mean size per index (an estimate)
+            extra += chunk.dictionary.nbytes * len(chunk) // max(1, len(chunk.dictionary))
+    return extra

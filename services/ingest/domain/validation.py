@@ -200,6 +200,8 @@ def _keys(column: str, source: _Source, keep: np.ndarray) -> tuple[list[tuple[in
         key = key_text(values[position])
         if key is None:
             refused.append((position, f"{column}: missing record key"))
+        elif unstorable := _unstorable_key(key):
+            refused.append((position, f"{column}: {unstorable}"))
         elif key in seen:
             refused.append((position, f"duplicate key {key!r} of row {seen[key]}"))
         else:
@@ -212,6 +214,22 @@ def _keys(column: str, source: _Source, keep: np.ndarray) -> tuple[list[tuple[in
         for (position, reason), record in zip(refused, source.originals(positions), strict=True):
             rejected.append(rejection(source.index(position), column, reason, record))
     return keys, rejected
+
+
+MAX_KEY_BYTES = 1024
+"""Longest record key, in UTF-8 bytes: keys are a PostgreSQL primary key, whose B-tree entries
+must fit a third of a page (about 2,700 bytes, the dataset's name included)."""
+
+
+def _unstorable_key(key: str) -> str | None:
+    """Why ``key`` cannot be stored as a record key (None: it can). A JSON or CSV body cannot carry
+    a NUL, an Arrow or Parquet string can, and PostgreSQL text holds none."""
+    if "\x00" in key:
+        return "the record key holds a NUL character"
+    if len(key) <= MAX_KEY_BYTES // 4:  # four bytes a character at most: short enough, not encoded
+        return None
+    size = len(key.encode("utf-8", "surrogatepass"))
+    return f"the record key is {size} bytes long; the limit is {MAX_KEY_BYTES}" if size > MAX_KEY_BYTES else None
 
 
 def _judge(spec: FeatureSpec, source: _Source) -> tuple[pa.Array, np.ndarray, pa.Array]:
