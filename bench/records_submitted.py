@@ -13,10 +13,13 @@ against Arrow IPC payloads, the same rows either way.
 4. Clock: from the first send until ``GET /v1/datasets/{name}`` counts every row received
    (polled every 20 ms). Producing raw bytes costs the clock little; the consumer decodes,
    validates and stores. ``DRIFTLOOP_INGEST_MICRO_BATCH_WAIT_S`` is 0.2 s (default 2 s) so the
-   last micro-batch's wait does not dominate a few seconds of work; it is in the figure.
+   last micro-batch's wait does not dominate a few seconds of work; it is in the figure (``--wait-s``).
+5. Memory: the ingest process's peak resident set (``VmHWM``) during the measured run, reset just
+   before it (``/proc/PID/clear_refs``), so each case reports its own peak, warm-up excluded.
 
     .venv/bin/python -m bench.records_submitted                  # about a minute
     .venv/bin/python -m bench.records_submitted --rows 100000 --json out.json
+    .venv/bin/python -m bench.records_submitted --cases arrow-max --rows 2000000 --wait-s 2   # memory
 """
 
 from __future__ import annotations
@@ -77,6 +80,20 @@ async def _send(bootstrap: str, topic: str, messages: list[bytes], key: bytes) -
         await producer.stop()
 
 
+def reset_peak(pid: int) -> None:
+    """Start counting the process's peak resident set (VmHWM) from its current size (Linux >= 4.0)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """The process's peak resident set since it started or since :func:`reset_peak` (``VmHWM``), or its
+    current one (``VmRSS``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):  # "VmHWM:   123456 kB"
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
+
+
 def one_case(service: Service, client: httpx.Client, topic: str, case: str, args: argparse.Namespace) -> dict[str, Any]:
     dataset = f"{case}-{uuid.uuid4().hex[:6]}"
     client.put(f"{service.url}/v1/datasets/{dataset}", json=SCHEMA).raise_for_status()
@@ -86,6 +103,9 @@ def one_case(service: Service, client: httpx.Client, topic: str, case: str, args
     for message in messages:
         parse_event(message)
     parse_us = (time.perf_counter() - parse_started) / args.rows * 1e6
+    assert service.process is not None
+    reset_peak(service.process.pid)
+    rss_before = rss_mib(service.process.pid, "VmRSS")
     started = time.perf_counter()
     asyncio.run(_send(service.kafka.bootstrap, topic, messages, dataset.encode()))
     sent = time.perf_counter() - started
@@ -96,18 +116,20 @@ def one_case(service: Service, client: httpx.Client, topic: str, case: str, args
             break
         time.sleep(0.02)
     seconds = time.perf_counter() - started
+    peak = rss_mib(service.process.pid)
     versions = client.get(f"{service.url}/v1/datasets/{dataset}").json()["version"]
     return {
         "case": case, "rows": args.rows, "events": len(messages), "mib_on_the_wire": sum(map(len, messages)) / 2**20,
         "send_s": sent, "seconds": seconds, "rows_per_s": counts["received"] / seconds,
         "envelope_parse_us_per_row": parse_us, "received": counts["received"], "accepted": counts["accepted"],
-        "rejected": counts["rejected"], "versions": versions,
+        "rejected": counts["rejected"], "versions": versions, "rss_before_mib": rss_before,
+        "peak_rss_mib": peak,
     }  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     machine = {"cpus": os.cpu_count(), "load_average_before": os.getloadavg(), "python": platform.python_version()}
-    os.environ["DRIFTLOOP_INGEST_MICRO_BATCH_WAIT_S"] = "0.2"
+    os.environ["DRIFTLOOP_INGEST_MICRO_BATCH_WAIT_S"] = str(args.wait_s)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-records-submitted-") as tmp:
         service = Service(Path(tmp))
@@ -122,11 +144,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"{case:10} {result['rows_per_s']:>9,.0f} rows/s  ({result['events']} events, envelope "
                           f"{result['envelope_parse_us_per_row']:.2f} µs/row, "
                           f"{result['mib_on_the_wire']:.1f} MiB, sent in {result['send_s']:.2f} s, "
-                          f"{result['versions']} versions, {result['rejected']} rejected)", flush=True)  # fmt: skip
+                          f"{result['versions']} versions, {result['rejected']} rejected, "
+                          f"ingest's RSS {result['rss_before_mib']:,.0f} MiB, peak {result['peak_rss_mib']:,.0f} MiB)",
+                          flush=True)  # fmt: skip
         finally:
             service.stop()
     machine["load_average_after"] = os.getloadavg()
-    return {"machine": machine, "event_rows": args.event_rows, "results": results}
+    return {"machine": machine, "event_rows": args.event_rows, "wait_s": args.wait_s, "results": results}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -135,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--event-rows", type=int, default=1000, help="rows per JSON (and sized Arrow) event")
     parser.add_argument("--rejected", type=float, default=0.01)
+    parser.add_argument("--wait-s", type=float, default=0.2, help="DRIFTLOOP_INGEST_MICRO_BATCH_WAIT_S")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     result = run(args)
