@@ -14,6 +14,13 @@ class IngestSettings(ServiceSettings):
     """records.submitted: store a batch once this many records are buffered …"""
     micro_batch_wait_s: float = Field(default=2.0, gt=0)
     """… or this long after the first one arrived."""
+    micro_batch_max_rows: int | None = Field(default=None, ge=1)
+    """records.submitted: most rows one stored submission (dataset version) of a micro-batch holds. One
+    dataset's events past it start the next submission (in order, each its own transaction), so memory
+    holds one submission's rows and one event's, not the micro-batch's. Default: ``max_rows_per_request``."""
+    micro_batch_max_bytes: int | None = Field(default=None, ge=1024)
+    """… and most bytes its rows take once read (Arrow buffers decompressed; a JSON record counts 256).
+    Default: ``max_decoded_bytes``. An event larger than either cap alone is a submission of its own."""
     max_rows_per_request: int = Field(default=1_000_000, ge=1)
     """Largest number of records one HTTP request (or one records.submitted event) may carry. A 10 MiB
     body, the default ``max_body_bytes``, holds about 180,000 CSV rows of 9 features, and a Parquet body

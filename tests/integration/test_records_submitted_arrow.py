@@ -11,7 +11,9 @@ import pytest
 from cli.records import send
 from libs.common import topics
 from libs.common.arrow_records import arrow_stream
-from libs.common.events import RecordsSubmitted
+from libs.common.artifacts import ArtifactStore
+from libs.common.datasets import DatasetManifest, read_batches
+from libs.common.events import ArtifactRef, RecordsSubmitted
 from libs.common.kafka import BrokerPublisher, create_broker
 from libs.common.settings import TelemetrySettings
 from libs.common.telemetry import setup_telemetry
@@ -102,3 +104,87 @@ async def test_arrow_and_json_events_share_a_micro_batch_and_bad_payloads_are_de
 
 async def _at_least(received: Any, n: int) -> bool:
     return bool((await received())["received"] >= n)
+
+
+@pytest.mark.parametrize("failing", [False, True], ids=["stored", "a-run-fails-once"])
+async def test_a_micro_batch_past_the_cap_becomes_several_versions_each_row_stored_once_in_order(
+    isolated: Isolation, failing: bool
+) -> None:
+    """Seven events in ONE micro-batch (it waits for seven), 60 rows against a cap of 25 rows a submission:
+    three versions of two events each, in event order, and the malformed event among them dead-lettered.
+    ``failing``: PostgreSQL refuses the second version once (a trigger), so the micro-batch is handled
+    again after the first version was committed: its events are skipped as delivered, none stored twice."""
+    settings = isolated.settings(IngestSettings, micro_batch_records=7, micro_batch_wait_s=10.0,
+                                 micro_batch_max_rows=25, compact_interval_s=0)  # fmt: skip
+    app, runtime = create_app(settings)
+    rows = [_rows(range(start, start + 10)) for start in range(0, 60, 10)]
+    rows[1][4]["age"] = None  # id 14, row 14 of the first submission: not nullable
+    rows[3][2]["id"] = "21"  # row 12 of the second submission repeats its row 1 (id 21)
+    rows[4][0]["id"] = "5"  # the first submission stored id 5
+    refused = {(1, 4), (3, 2), (4, 0)}  # (event, row in it)
+    malformed = RecordsSubmitted(producer="crm", dataset="customers", arrow=b"\xff\xff\xff\xffnot an arrow stream")
+    events = [RecordsSubmitted(producer="crm", dataset="customers", records=r) if n in (0, 3)
+              else RecordsSubmitted(producer="crm", dataset="customers", arrow=_arrow(r))
+              for n, r in enumerate(rows)]  # fmt: skip
+    events.insert(2, malformed)
+    async with serve(app) as client:
+        assert (await client.put("/v1/datasets/customers", json=SCHEMA)).status_code == 201
+        if failing:
+            await runtime.db.execute(_FAIL_VERSION_2_ONCE)
+        producer = create_broker(isolated.kafka, setup_telemetry("upstream", TelemetrySettings()))
+        async with producer:
+            await producer.start()
+            publisher = BrokerPublisher(producer, isolated.kafka.topic_prefix)
+            for event in events:  # one partition (keyed by dataset): the consumer sees them in this order
+                await publisher.publish_event(event)
+
+        async def received() -> dict[str, Any]:
+            return (await client.get("/v1/datasets/customers")).json()["records"]  # type: ignore[no-any-return]
+
+        await wait_until(lambda: _at_least(received, 60), timeout=60, message="60 rows from Kafka")
+        assert await received() == {"received": 60, "accepted": 57, "rejected": 3}
+        versions = await runtime.db.fetch("SELECT version, rows, total_rows FROM versions ORDER BY version")
+        assert [tuple(v) for v in versions] == [(1, 19, 19), (2, 19, 38), (3, 19, 57)]
+        submissions = await runtime.db.fetch("SELECT version, received FROM submissions ORDER BY version")
+        assert [tuple(s) for s in submissions] == [(1, 20), (2, 20), (3, 20)]
+        delivered = "SELECT count(*) FROM processed_events WHERE consumer = 'ingest.records-submitted'"
+        assert await runtime.db.fetchval(delivered) == 6  # not the malformed one: a replay is processed
+        if failing:
+            assert await runtime.db.fetchval("SELECT last_value FROM fail_once") == 2  # refused, then stored
+
+        store = ArtifactStore(isolated.artifacts_root)
+        shown = (await client.get("/v1/datasets/customers/versions/3")).json()
+        manifest = DatasetManifest.model_validate_json(store.get(ArtifactRef.model_validate(shown["manifest"])))
+        stored = read_batches(store, manifest.batches).select(["age", "visits"]).to_pylist()  # the key is not a column
+        expected = [{"age": r["age"], "visits": r["visits"]}
+                    for n, event in enumerate(rows) for i, r in enumerate(event) if (n, i) not in refused]  # fmt: skip
+        assert stored == expected  # each row once, in event order (ages 20-69, then 20-29)
+        rejections = (await client.get("/v1/datasets/customers/rejections")).json()["rejections"]
+        assert sorted((r["row"], r["field"], r["reason"]) for r in rejections) == [
+            (0, "id", "duplicate key '5': an earlier submission stored it"),  # the third submission's row 0
+            (12, "id", "duplicate key '21' of row 1"),  # rows are numbered within a submission
+            (14, "age", "age: missing value where the column is not nullable"),
+        ]
+
+    dead = await read_topic(
+        isolated.kafka.bootstrap, topics.dlq(isolated.kafka.topic(topics.RECORDS_SUBMITTED)), expect=1
+    )
+    assert [r.value for r in dead] == [malformed.to_bytes()]
+    assert "not a readable Arrow IPC stream" in bytes(dict(dead[0].headers)[topics.HEADER_DLQ_REASON]).decode()
+
+
+#: PostgreSQL refuses the first attempt to insert version 2 (a sequence counts the attempts: it is not
+#: rolled back with the transaction that failed).
+_FAIL_VERSION_2_ONCE = """
+CREATE SEQUENCE fail_once;
+CREATE FUNCTION fail_version_2_once() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.version = 2 THEN
+        IF nextval('fail_once') = 1 THEN
+            RAISE EXCEPTION 'injected: version 2 refused once';
+        END IF;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER fail_version_2_once BEFORE INSERT ON versions FOR EACH ROW EXECUTE FUNCTION fail_version_2_once();
+"""

@@ -4,8 +4,10 @@ micro-batch mixing JSON and Arrow events is judged as one submission."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,9 @@ import pytest
 
 from cli.records import read_table
 from libs.common.arrow_records import arrow_events, arrow_stream
-from libs.common.errors import BadRequest, InvalidEvent, PayloadTooLarge
+from libs.common.errors import BadRequest, DriftloopError, InvalidEvent, PayloadTooLarge
 from libs.common.events import RecordsSubmitted, parse_event
-from services.ingest.domain.submitted import Part, combine, read_arrow
+from services.ingest.domain.submitted import JSON_RECORD_BYTES, Cap, Part, Run, combine, read_arrow, runs
 from services.ingest.domain.validation import SchemaMismatch, validate_records
 from tests.unit.test_columnar_validation import SCHEMA, UNKEYED, assert_same
 
@@ -156,6 +158,87 @@ def test_an_arrow_payload_is_refused_as_the_http_route_refuses_its_body() -> Non
     with pytest.raises(BadRequest, match="50000 records in one event; the limit is 10000"):
         read_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=10_000)
     assert read_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=100_000).num_rows == 50_000
+
+
+def _event(rows: list[dict[str, Any]], arrow: bool) -> RecordsSubmitted:
+    if not arrow:
+        return RecordsSubmitted(producer="crm", dataset="d", records=rows)
+    return RecordsSubmitted(producer="crm", dataset="d",
+                            arrow=arrow_stream(pa.Table.from_pylist(rows, schema=ARROW_TYPES), "zstd"))  # fmt: skip
+
+
+def _rows(run: Run) -> int:
+    return sum(len(p) if isinstance(p, list) else p.num_rows for _, p in run.parts)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_micro_batch_is_cut_into_runs_under_the_cap_keeping_every_event_in_order(seed: int) -> None:
+    """Each run is as long as the cap allows (the next event would take it past), holds more than the cap
+    only as one event alone, and the runs hold every readable event once, in order."""
+    rng = random.Random(seed)
+    sizes = [rng.choice([1, 5, 20, 45, 90]) for _ in range(30)]
+    events = [
+        _event(_typed_records(rng, n, start=100 * i), arrow=bool(rng.getrandbits(1))) for i, n in enumerate(sizes)
+    ]
+    bad = {3, 17}
+    for i in bad:
+        events[i] = RecordsSubmitted(producer="crm", dataset="d", arrow=b"\xff\xff\xff\xffnot arrow")
+    cap = Cap(rows=60, bytes=1 << 30)
+    cut = list(runs(SCHEMA, events, cap=cap, **LIMITS))
+    assert [i for run in cut for i, _ in run.parts] == [i for i in range(30) if i not in bad]
+    assert sorted(i for run in cut for i, _ in run.refused) == sorted(bad)
+    assert all(isinstance(e, BadRequest) for run in cut for _, e in run.refused)
+    for run, after in itertools.pairwise(cut):
+        assert _rows(run) <= cap.rows or len(run.parts) == 1
+        assert _rows(run) + sizes[after.parts[0][0]] > cap.rows  # the next run's first event did not fit
+    assert _rows(cut[-1]) <= cap.rows or len(cut[-1].parts) == 1
+    assert any(len(run.parts) == 1 and _rows(run) > cap.rows for run in cut)  # 90 rows: a run of its own
+    # Each run's parts are the events' rows as sent: joined in order, they are the micro-batch's rows.
+    stored = [combine(SCHEMA, [p for _, p in run.parts]) for run in cut]
+    assert sum(r.accepted.num_rows + len(r.rejected) for r in stored) == sum(sizes) - sum(sizes[i] for i in bad)
+
+
+def test_runs_are_cut_by_the_bytes_their_arrow_buffers_expand_to() -> None:
+    table = pa.Table.from_pylist(_typed_records(random.Random(2), 1000, start=0), schema=ARROW_TYPES)
+    wide = read_arrow(SCHEMA, arrow_stream(table), **LIMITS).nbytes
+    events = [_event(table.to_pylist(), arrow=True) for _ in range(7)]
+    assert all(len(e.arrow or b"") < wide / 4 for e in events)  # zstd: small on the wire
+    cut = list(runs(SCHEMA, events, cap=Cap(rows=1_000_000, bytes=3 * wide), **LIMITS))
+    assert [[i for i, _ in run.parts] for run in cut] == [[0, 1, 2], [3, 4, 5], [6]]
+    assert [run.bytes for run in cut] == [3 * wide, 3 * wide, wide]
+    # JSON records have no buffers: each counts JSON_RECORD_BYTES
+    json_events = [_event([{"x": 1.0}] * 10, arrow=False)] * 5
+    cut = list(runs(SCHEMA, json_events, cap=Cap(rows=1_000_000, bytes=25 * JSON_RECORD_BYTES), **LIMITS))
+    assert [len(run.parts) for run in cut] == [2, 2, 1]
+
+
+def test_runs_are_read_one_at_a_time() -> None:
+    """The next run's events are read only when it is asked for: at most one event past the run in hand."""
+    pulled: list[int] = []
+
+    def events() -> Iterator[RecordsSubmitted]:
+        for i in range(10):
+            pulled.append(i)
+            yield _event(_typed_records(random.Random(i), 10, start=10 * i), arrow=True)
+
+    read = runs(SCHEMA, events(), cap=Cap(rows=30, bytes=1 << 30), **LIMITS)
+    first = next(read)
+    assert [i for i, _ in first.parts] == [0, 1, 2]
+    assert pulled == [0, 1, 2, 3]  # the fourth started the next run
+    assert [i for i, _ in next(read).parts] == [3, 4, 5]
+    assert pulled == [0, 1, 2, 3, 4, 5, 6]
+
+
+def test_refused_events_are_reported_with_their_run_and_a_batch_of_them_alone_is_a_run() -> None:
+    mismatch = RecordsSubmitted(producer="crm", dataset="d", arrow=arrow_stream(_good().drop_columns(["x"])))
+    too_many = _event(_typed_records(random.Random(0), 20, start=0), arrow=True)
+    cut = list(runs(SCHEMA, [mismatch, too_many], cap=Cap(rows=5, bytes=1 << 20), max_decoded=1 << 20, max_rows=10))
+    assert len(cut) == 1
+    assert cut[0].parts == []
+    errors: list[DriftloopError] = [e for _, e in cut[0].refused]
+    assert [type(e) for e in errors] == [SchemaMismatch, BadRequest]
+    assert "20 records in one event; the limit is 10" in str(errors[1])
+    assert list(runs(SCHEMA, [], cap=Cap(rows=5, bytes=1 << 20), **LIMITS)) == []
 
 
 def test_the_cli_reads_parquet_arrow_and_csv_files(tmp_path: Path) -> None:

@@ -6,28 +6,35 @@ judged by the HTTP route's own code: an Arrow stream is read by
 (same size limit, same refusals) and validated column by column, JSON records
 by :func:`validate_records`. There is no third rule set.
 
-What differs from one HTTP request is that one dataset's events of a
-micro-batch become ONE submission (one dataset version). So an Arrow event that
-cannot be read, whose columns do not match the schema, or that expands past
-the limit is refused on its own (the consumer dead-letters it) before anything
-is stored, and the judged parts of the others are joined: rows are numbered
-across the events in order, as they always were for JSON records, and a key
-repeated in a later event is refused like one repeated within an event.
+What differs from one HTTP request is that a run of one dataset's events
+becomes ONE submission (one dataset version). So an Arrow event that cannot be
+read, whose columns do not match the schema, or that expands past the limit is
+refused on its own (the consumer dead-letters it) before anything is stored,
+and the judged parts of the others are joined: rows are numbered across the
+events in order, as they always were for JSON records, and a key repeated in a
+later event is refused like one repeated within an event.
+
+A run holds at most what one submission may (:class:`Cap`: by default what one
+HTTP request may hold), and :func:`runs` reads the events lazily, one run at a
+time: the limits are per event, and a micro-batch holds up to thousands of
+events, whose compressed Arrow buffers can expand many times over. Reading them
+all before storing any held the whole micro-batch's rows in memory at once.
 """
 
 from __future__ import annotations
 
 import re
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from libs.common.errors import BadRequest
-from libs.common.events import ARROW_STREAM
+from libs.common.errors import BadRequest, DriftloopError
+from libs.common.events import ARROW_STREAM, RecordsSubmitted
 from libs.common.schema import DatasetSchema
 from services.ingest.domain.parsing import parse_body
 from services.ingest.domain.validation import (
@@ -41,6 +48,78 @@ from services.ingest.domain.validation import (
 #: An event's rows: an Arrow stream once read (a table), JSON records as sent.
 Part: TypeAlias = pa.Table | list[dict[str, Any]]
 _OF_ROW = re.compile(r"^(duplicate key .* of row )(\d+)$")
+#: Bytes a JSON record is counted as (a validated row of a few features, in Arrow): it has no buffers to measure.
+JSON_RECORD_BYTES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Cap:
+    """Most rows, and decoded bytes (:func:`size`), that one submission of a micro-batch holds."""
+
+    rows: int
+    bytes: int
+
+
+@dataclass(slots=True)
+class Run:
+    """Consecutive events of one dataset, read: what one submission is made of. ``parts`` are the rows
+    of the events that were read, ``refused`` why the others were not, each with the event's index."""
+
+    parts: list[tuple[int, Part]] = field(default_factory=list)
+    refused: list[tuple[int, DriftloopError]] = field(default_factory=list)
+    rows: int = 0
+    bytes: int = 0
+
+    def add(self, index: int, part: Part) -> None:
+        self.parts.append((index, part))
+        self.rows += rows(part)
+        self.bytes += size(part)
+
+
+def rows(part: Part) -> int:
+    """How many rows ``part`` carries."""
+    return len(part) if isinstance(part, list) else part.num_rows
+
+
+def size(part: Part) -> int:
+    """The bytes ``part`` holds once read: an Arrow table's buffers, :data:`JSON_RECORD_BYTES` a JSON record."""
+    return len(part) * JSON_RECORD_BYTES if isinstance(part, list) else part.nbytes
+
+
+def runs(
+    schema: DatasetSchema, events: Iterable[RecordsSubmitted], *, max_decoded: int, max_rows: int, cap: Cap
+) -> Iterator[Run]:
+    """``events`` (one dataset's, in order) read one at a time and cut into consecutive runs under ``cap``.
+
+    An event whose rows would take the run past ``cap`` (in rows or bytes) ends it: the run is
+    yielded and the event starts the next one, so a run exceeds ``cap`` only when one event alone
+    does. Lazy: the next run is read only when asked for, so whoever stores each run before asking
+    for the next (and lets it go) holds at most one run and one event. An Arrow event that cannot be
+    read goes to the run's ``refused`` (see :func:`read_arrow`; ``max_decoded`` and ``max_rows`` are
+    its per-event limits) and counts for nothing; every run has a part or a refusal.
+    """
+    run = Run()
+    passed: list[pa.Schema] = []
+    for index, event in enumerate(events):
+        try:
+            part = _read(schema, event, max_decoded=max_decoded, max_rows=max_rows, seen=passed)
+        except DriftloopError as exc:
+            run.refused.append((index, exc))
+            continue
+        if run.parts and (run.rows + rows(part) > cap.rows or run.bytes + size(part) > cap.bytes):
+            yield run
+            run = Run()
+        run.add(index, part)
+    if run.parts or run.refused:
+        yield run
+
+
+def _read(schema: DatasetSchema, event: RecordsSubmitted, *, max_decoded: int, max_rows: int,
+          seen: list[pa.Schema]) -> Part:  # fmt: skip
+    """The event's rows: its JSON records as sent, or its Arrow stream read and checked (:func:`read_arrow`)."""
+    if event.arrow is None:
+        return event.records or []  # the event's model requires one of the two
+    return read_arrow(schema, event.arrow, max_decoded=max_decoded, max_rows=max_rows, seen=seen)
 
 
 def read_arrow(

@@ -2,15 +2,32 @@
 
 An event's rows are JSON records or an Arrow IPC stream (see
 services/ingest/domain/submitted.py); one dataset's events of a micro-batch
-become one submission, whatever mix of the two they are.
+become one submission, whatever mix of the two they are, unless their rows
+exceed one submission's cap (``micro_batch_max_rows`` / ``_max_bytes``, by
+default what one HTTP request may hold): then each run of events under the cap
+is its own submission, in event order. The events are read one run at a time
+and each run is stored before the next is read, so memory holds about one run
+and one event, not the micro-batch (thousands of events, each up to the
+per-event limits once its compressed buffers are expanded).
+
+Each submission is its own transaction, holding ``outbox.first_delivery`` of each
+of its events, so an event's rows are stored exactly once: the Kafka offsets
+are committed only once the whole micro-batch is handled (at least once), and
+when a later run fails, the micro-batch is retried (then split, see
+:class:`MicroBatchConsumer`) and the events of runs already committed are
+skipped as delivered. One transaction for the whole micro-batch would be as
+correct but would hold the dataset's lock, and its locked rows, across every
+run (HTTP submissions to the dataset wait that long), lose every run stored so
+far to one failing run, and leave the Parquet files of runs whose block had
+ended behind when a later run rolled it back.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 
 import asyncpg
-import pyarrow as pa
 
 from libs.common import outbox, topics
 from libs.common.errors import DriftloopError, NotFound
@@ -21,21 +38,19 @@ from libs.common.schema import DatasetSchema
 from libs.common.service import Runtime
 from services.ingest.adapters import repository
 from services.ingest.adapters.compaction import Submissions
-from services.ingest.domain.submitted import Part, combine, read_arrow
+from services.ingest.domain.submitted import Cap, Part, Run, combine, runs, size
 from services.ingest.settings import IngestSettings
 
 CONSUMER = "ingest.records-submitted"
 #: The principal of records.submitted events that do not name their sender.
 UPSTREAM = "kafka:records.submitted"
-#: Bytes a JSON record is counted as when deciding whether validation leaves the event loop.
-_JSON_RECORD_BYTES = 256
 
 
 def consumer(
     rt: Runtime, settings: IngestSettings, stored: Submissions | None = None
 ) -> MicroBatchConsumer[RecordsSubmitted]:
     async def handle(items: list[tuple[RecordsSubmitted, Delivery]]) -> dict[int, DriftloopError]:
-        """Validate and store the buffered records, one dataset version per dataset.
+        """Validate and store the buffered records: per dataset, one dataset version per run of events under the cap.
 
         Events for a dataset that is not declared, and Arrow events that cannot
         be read or do not match the schema, are refused (dead-lettered) without
@@ -45,16 +60,14 @@ def consumer(
         for position, (event, _) in enumerate(items):
             by_dataset[event.dataset].append((position, event))
         refused: dict[int, DriftloopError] = {}
-        async with rt.db.acquire() as conn, conn.transaction():
+        async with rt.db.acquire() as conn:
             for dataset, entries in by_dataset.items():
                 try:
                     schema = await repository.get_schema(conn, dataset)
                 except NotFound as exc:
                     refused.update((position, exc) for position, _ in entries)
                     continue
-                await _store(rt, conn, settings, dataset, schema, entries, refused)
-        if stored is not None and by_dataset:
-            stored.set()
+                await _store_runs(rt, conn, settings, dataset, schema, entries, refused, stored)
         return refused
 
     return MicroBatchConsumer(
@@ -70,52 +83,55 @@ def consumer(
     )
 
 
-async def _store(
+async def _store_runs(
     rt: Runtime, conn: asyncpg.Connection, settings: IngestSettings, dataset: str, schema: DatasetSchema,
-    entries: list[tuple[int, RecordsSubmitted]], refused: dict[int, DriftloopError],
+    entries: list[tuple[int, RecordsSubmitted]], refused: dict[int, DriftloopError], stored: Submissions | None,
 ) -> None:  # fmt: skip
-    """Store one dataset's events as one submission; the positions of events refused go to ``refused``.
+    """Store one dataset's events, one submission per run under the settings' cap, each run read only once
+    the one before is stored; the positions of events refused go to ``refused``."""
+    events = [event for _, event in entries]
+    cap = Cap(settings.micro_batch_max_rows or settings.max_rows_per_request,
+              settings.micro_batch_max_bytes or settings.max_decoded_bytes)  # fmt: skip
+    read = runs(schema, events, max_decoded=settings.max_decoded_bytes, max_rows=settings.max_rows_per_request,
+                cap=cap)  # fmt: skip
+    arrow = sum(len(e.arrow) for e in events if e.arrow is not None)  # none: nothing to decode, no thread
+    while (run := await off_loop(arrow, _next, read)) is not None:
+        refused.update((entries[index][0], exc) for index, exc in run.refused)
+        if await _store(rt, conn, dataset, schema, [(events[i], part) for i, part in run.parts]) and stored:
+            stored.set()
+        del run  # before the next run is read: one run in memory at a time
 
-    Arrow streams are read and checked first, so a refused event is never recorded as
+
+def _next(read: Iterator[Run]) -> Run | None:
+    return next(read, None)
+
+
+async def _store(
+    rt: Runtime, conn: asyncpg.Connection, dataset: str, schema: DatasetSchema,
+    read: list[tuple[RecordsSubmitted, Part]],
+) -> bool:  # fmt: skip
+    """Store one run's events as one submission, in its own transaction; False if every one of them
+    had been delivered before (nothing is stored).
+
+    The run's Arrow streams were read and checked before, so a refused event is never recorded as
     delivered (a replay from the dead-letter topic is then processed, not skipped).
     """
-    arrow = [e.arrow for _, e in entries if e.arrow is not None]
-    read = await off_loop(sum(map(len, arrow)), _read_all, schema, [e for _, e in entries], settings)
-    parts: list[Part] = []
-    principals: set[str] = set()
-    first = None
-    for (position, event), outcome in zip(entries, read, strict=True):
-        if isinstance(outcome, DriftloopError):
-            refused[position] = outcome
-        elif await outbox.first_delivery(conn, CONSUMER, event.event_id):
-            parts.append(outcome if outcome is not None else event.records or [])
-            principals.add(event.principal or UPSTREAM)
-            first = first or event
-    if first is None:
-        return
-    size = sum(len(p) * _JSON_RECORD_BYTES if isinstance(p, list) else p.nbytes for p in parts)
-    result = await off_loop(size, combine, schema, parts)
-    # Only the upstream system's own Kafka user may write this topic (ACLs): its rows are trusted.
-    async with repository.discard_on_error(rt.store) as written:
-        await repository.store_submission(
-            conn, rt.store, dataset=dataset, result=result, source="kafka", correlation_id=first.correlation_id,
-            principal=",".join(sorted(principals)), trusted=True, written=written,
-        )  # fmt: skip
-
-
-def _read_all(
-    schema: DatasetSchema, events: list[RecordsSubmitted], settings: IngestSettings
-) -> list[pa.Table | DriftloopError | None]:
-    """Each Arrow event's rows read and checked, or why it is refused; None for a JSON event."""
-    outcomes: list[pa.Table | DriftloopError | None] = []
-    passed: list[pa.Schema] = []
-    for event in events:
-        if event.arrow is None:
-            outcomes.append(None)
-            continue
-        try:
-            outcomes.append(read_arrow(schema, event.arrow, max_decoded=settings.max_decoded_bytes,
-                                       max_rows=settings.max_rows_per_request, seen=passed))  # fmt: skip
-        except DriftloopError as exc:
-            outcomes.append(exc)
-    return outcomes
+    async with conn.transaction():
+        parts: list[Part] = []
+        principals: set[str] = set()
+        first = None
+        for event, part in read:
+            if await outbox.first_delivery(conn, CONSUMER, event.event_id):
+                parts.append(part)
+                principals.add(event.principal or UPSTREAM)
+                first = first or event
+        if first is None:
+            return False
+        result = await off_loop(sum(map(size, parts)), combine, schema, parts)
+        # Only the upstream system's own Kafka user may write this topic (ACLs): its rows are trusted.
+        async with repository.discard_on_error(rt.store) as written:
+            await repository.store_submission(
+                conn, rt.store, dataset=dataset, result=result, source="kafka", correlation_id=first.correlation_id,
+                principal=",".join(sorted(principals)), trusted=True, written=written,
+            )  # fmt: skip
+    return True
