@@ -15,7 +15,9 @@ against Arrow IPC payloads, the same rows either way.
    validates and stores. ``DRIFTLOOP_INGEST_MICRO_BATCH_WAIT_S`` is 0.2 s (default 2 s) so the
    last micro-batch's wait does not dominate a few seconds of work; it is in the figure (``--wait-s``).
 5. Memory: the ingest process's peak resident set (``VmHWM``) during the measured run, reset just
-   before it (``/proc/PID/clear_refs``), so each case reports its own peak, warm-up excluded.
+   before it (``/proc/PID/clear_refs``), so each case reports its own peak, warm-up excluded. And
+   the ingest process's CPU time per row received (``/proc/PID/stat``; PostgreSQL's not included),
+   which other load on a shared machine moves less than the wall clock.
 
     .venv/bin/python -m bench.records_submitted                  # about a minute
     .venv/bin/python -m bench.records_submitted --rows 100000 --json out.json
@@ -94,6 +96,13 @@ def rss_mib(pid: int, field: str = "VmHWM") -> float:
     raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds the process has used (user and system, all its threads): less moved by other load on a
+    shared machine than the wall clock."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
 def one_case(service: Service, client: httpx.Client, topic: str, case: str, args: argparse.Namespace) -> dict[str, Any]:
     dataset = f"{case}-{uuid.uuid4().hex[:6]}"
     client.put(f"{service.url}/v1/datasets/{dataset}", json=SCHEMA).raise_for_status()
@@ -106,6 +115,7 @@ def one_case(service: Service, client: httpx.Client, topic: str, case: str, args
     assert service.process is not None
     reset_peak(service.process.pid)
     rss_before = rss_mib(service.process.pid, "VmRSS")
+    cpu_before = cpu_s(service.process.pid)
     started = time.perf_counter()
     asyncio.run(_send(service.kafka.bootstrap, topic, messages, dataset.encode()))
     sent = time.perf_counter() - started
@@ -117,12 +127,14 @@ def one_case(service: Service, client: httpx.Client, topic: str, case: str, args
         time.sleep(0.02)
     seconds = time.perf_counter() - started
     peak = rss_mib(service.process.pid)
+    cpu = cpu_s(service.process.pid) - cpu_before
     versions = client.get(f"{service.url}/v1/datasets/{dataset}").json()["version"]
     return {
         "case": case, "rows": args.rows, "events": len(messages), "mib_on_the_wire": sum(map(len, messages)) / 2**20,
         "send_s": sent, "seconds": seconds, "rows_per_s": counts["received"] / seconds,
         "envelope_parse_us_per_row": parse_us, "received": counts["received"], "accepted": counts["accepted"],
         "rejected": counts["rejected"], "versions": versions, "rss_before_mib": rss_before,
+        "ingest_cpu_us_per_row": cpu / counts["received"] * 1e6,
         "peak_rss_mib": peak,
     }  # fmt: skip
 
@@ -145,7 +157,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                           f"{result['envelope_parse_us_per_row']:.2f} µs/row, "
                           f"{result['mib_on_the_wire']:.1f} MiB, sent in {result['send_s']:.2f} s, "
                           f"{result['versions']} versions, {result['rejected']} rejected, "
-                          f"ingest's RSS {result['rss_before_mib']:,.0f} MiB, peak {result['peak_rss_mib']:,.0f} MiB)",
+                          f"ingest's CPU {result['ingest_cpu_us_per_row']:.2f} µs/row, "
+                          f"RSS {result['rss_before_mib']:,.0f} MiB, peak {result['peak_rss_mib']:,.0f} MiB)",
                           flush=True)  # fmt: skip
         finally:
             service.stop()

@@ -11,14 +11,17 @@ class IngestSettings(ServiceSettings):
 
     port: int = 8001
     micro_batch_records: int = Field(default=2000, ge=1)
-    """records.submitted: store a batch once this many records are buffered …"""
+    """records.submitted: store a batch once this many records (messages) are buffered …"""
+    micro_batch_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    """… or once their messages take this many bytes as received (the message that reaches it is the
+    last; the events' rows once read are bounded by ``micro_batch_submission_rows`` and ``_bytes``) …"""
     micro_batch_wait_s: float = Field(default=2.0, gt=0)
     """… or this long after the first one arrived."""
-    micro_batch_max_rows: int | None = Field(default=None, ge=1)
+    micro_batch_submission_rows: int | None = Field(default=None, ge=1)
     """records.submitted: most rows one stored submission (dataset version) of a micro-batch holds. One
     dataset's events past it start the next submission (in order, each its own transaction), so memory
     holds one submission's rows and one event's, not the micro-batch's. Default: ``max_rows_per_request``."""
-    micro_batch_max_bytes: int | None = Field(default=None, ge=1024)
+    micro_batch_submission_bytes: int | None = Field(default=None, ge=1024)
     """… and most bytes its rows take once read (Arrow buffers decompressed; a JSON record counts 256).
     Default: ``max_decoded_bytes``. An event larger than either cap alone is a submission of its own."""
     max_rows_per_request: int = Field(default=1_000_000, ge=1)

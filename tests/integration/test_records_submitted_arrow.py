@@ -115,7 +115,7 @@ async def test_a_micro_batch_past_the_cap_becomes_several_versions_each_row_stor
     ``failing``: PostgreSQL refuses the second version once (a trigger), so the micro-batch is handled
     again after the first version was committed: its events are skipped as delivered, none stored twice."""
     settings = isolated.settings(IngestSettings, micro_batch_records=7, micro_batch_wait_s=10.0,
-                                 micro_batch_max_rows=25, compact_interval_s=0)  # fmt: skip
+                                 micro_batch_submission_rows=25, compact_interval_s=0)  # fmt: skip
     app, runtime = create_app(settings)
     rows = [_rows(range(start, start + 10)) for start in range(0, 60, 10)]
     rows[1][4]["age"] = None  # id 14, row 14 of the first submission: not nullable

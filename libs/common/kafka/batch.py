@@ -58,19 +58,31 @@ def next_offsets(records: Iterable[Any]) -> dict[TopicPartition, int]:
     return offsets
 
 
-async def gather(consumer: AIOKafkaConsumer, max_records: int, max_wait_s: float, stopping: asyncio.Event) -> list[Any]:
+async def gather(
+    consumer: AIOKafkaConsumer, max_records: int, max_wait_s: float, stopping: asyncio.Event,
+    max_bytes: int | None = None,
+) -> list[Any]:  # fmt: skip
     """Up to ``max_records`` records: whatever arrives within ``max_wait_s`` of the first one (none when
-    ``stopping`` is set before the first)."""
+    ``stopping`` is set before the first), and no more once their values take ``max_bytes`` (the record
+    that reaches it is the last: one larger than ``max_bytes`` still makes a batch). Records fetched past
+    that are left to the next batch: their partitions are sought back to the first one left."""
     buffer: list[Any] = []
+    size = 0
+    full = max_bytes if max_bytes is not None else float("inf")
     deadline: float | None = None
     loop = asyncio.get_running_loop()
-    while len(buffer) < max_records and not (stopping.is_set() and not buffer):
+    while len(buffer) < max_records and size < full and not (stopping.is_set() and not buffer):
         wait = 0.5 if deadline is None else max(0.0, deadline - loop.time())
         if deadline is not None and wait == 0.0:
             break
         fetched = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records - len(buffer))
-        for records in fetched.values():
-            buffer.extend(records)
+        for tp, records in fetched.items():
+            for record in records:
+                if size >= full:
+                    consumer.seek(tp, record.offset)  # this partition's rest is fetched again, in order
+                    break
+                buffer.append(record)
+                size += len(record.value or b"")
         if buffer and deadline is None:
             deadline = loop.time() + max_wait_s
     return buffer
@@ -186,6 +198,7 @@ class _BatchConsumer(ABC, Generic[T]):
         broker: KafkaBroker,
         max_records: int = 100,
         max_wait_s: float = 0.05,
+        max_bytes: int | None = None,
     ) -> None:
         self.topic = settings.topic(topic)
         self.group = settings.group(group)
@@ -193,6 +206,7 @@ class _BatchConsumer(ABC, Generic[T]):
         self.telemetry = telemetry
         self.max_records = max_records
         self.max_wait_s = max_wait_s
+        self.max_bytes = max_bytes
         self.policy = BatchPolicy[T](topic=self.topic, group=self.group, handler=handler, decode=decode,
                                      settings=settings, telemetry=telemetry, broker=broker)  # fmt: skip
         self._task: asyncio.Task[None] | None = None
@@ -231,8 +245,8 @@ class _BatchConsumer(ABC, Generic[T]):
 
 
 class MicroBatchConsumer(_BatchConsumer[E]):
-    """Consumes ``topic`` in micro-batches: up to ``max_records`` or ``max_wait_s``
-    after the first record, whichever comes first, then one handler call.
+    """Consumes ``topic`` in micro-batches: up to ``max_records``, ``max_bytes`` of message values or
+    ``max_wait_s`` after the first record, whichever comes first, then one handler call.
 
     faststream's subscriber hands over one message at a time, which would turn
     every upstream message into its own dataset version; this loop gathers them
@@ -258,11 +272,12 @@ class MicroBatchConsumer(_BatchConsumer[E]):
         broker: KafkaBroker,
         max_records: int = 500,
         max_wait_s: float = 1.0,
+        max_bytes: int | None = None,
     ) -> None:
         super().__init__(
             topic=topic, group=group, handler=handler, settings=settings, telemetry=telemetry, broker=broker,
             decode=lambda raw: cast(E, parse_event(raw, accepts)),  # one of ``accepts``, or refused
-            max_records=max_records, max_wait_s=max_wait_s,
+            max_records=max_records, max_wait_s=max_wait_s, max_bytes=max_bytes,
         )  # fmt: skip
 
     async def run(self) -> None:
@@ -270,7 +285,7 @@ class MicroBatchConsumer(_BatchConsumer[E]):
         await consumer.start()
         try:
             while not self._stopping.is_set():
-                buffer = await gather(consumer, self.max_records, self.max_wait_s, self._stopping)
+                buffer = await gather(consumer, self.max_records, self.max_wait_s, self._stopping, self.max_bytes)
                 if not buffer:
                     continue
                 try:
@@ -348,7 +363,7 @@ class PipelinedConsumer(_BatchConsumer[T]):
         """The next batch's records and what they decode to (an unreadable one dead-lettered). If even the
         DLQ fails, its partitions are rewound to its first record and it is fetched again after a pause."""
         while True:
-            records = await gather(consumer, self.max_records, self.max_wait_s, self._stopping)
+            records = await gather(consumer, self.max_records, self.max_wait_s, self._stopping, self.max_bytes)
             try:
                 return records, await self.policy.prepare(records)
             except DeadLetterFailed:

@@ -3,12 +3,13 @@
 An event's rows are JSON records or an Arrow IPC stream (see
 services/ingest/domain/submitted.py); one dataset's events of a micro-batch
 become one submission, whatever mix of the two they are, unless their rows
-exceed one submission's cap (``micro_batch_max_rows`` / ``_max_bytes``, by
+exceed one submission's cap (``micro_batch_submission_rows`` / ``_bytes``, by
 default what one HTTP request may hold): then each run of events under the cap
 is its own submission, in event order. The events are read one run at a time
 and each run is stored before the next is read, so memory holds about one run
 and one event, not the micro-batch (thousands of events, each up to the
-per-event limits once its compressed buffers are expanded).
+per-event limits once its compressed buffers are expanded). The micro-batch's
+messages themselves are bounded as received (``micro_batch_message_bytes``).
 
 Each submission is its own transaction, holding ``outbox.first_delivery`` of each
 of its events, so an event's rows are stored exactly once: the Kafka offsets
@@ -16,10 +17,10 @@ are committed only once the whole micro-batch is handled (at least once), and
 when a later run fails, the micro-batch is retried (then split, see
 :class:`MicroBatchConsumer`) and the events of runs already committed are
 skipped as delivered. One transaction for the whole micro-batch would be as
-correct but would hold the dataset's lock, and its locked rows, across every
-run (HTTP submissions to the dataset wait that long), lose every run stored so
-far to one failing run, and leave the Parquet files of runs whose block had
-ended behind when a later run rolled it back.
+correct, but it would hold the dataset's row lock across every run (HTTP
+submissions to the dataset wait that long), throw away every run stored so far
+when one fails, and leave behind the Parquet files of the runs it rolled back
+(a submission deletes its files only when its own block fails).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def consumer(
     rt: Runtime, settings: IngestSettings, stored: Submissions | None = None
 ) -> MicroBatchConsumer[RecordsSubmitted]:
     async def handle(items: list[tuple[RecordsSubmitted, Delivery]]) -> dict[int, DriftloopError]:
-        """Validate and store the buffered records: per dataset, one dataset version per run of events under the cap.
+        """Validate and store the buffered records: per dataset, a dataset version per run of events under the cap.
 
         Events for a dataset that is not declared, and Arrow events that cannot
         be read or do not match the schema, are refused (dead-lettered) without
@@ -80,6 +81,7 @@ def consumer(
         broker=rt.broker,
         max_records=settings.micro_batch_records,
         max_wait_s=settings.micro_batch_wait_s,
+        max_bytes=settings.micro_batch_message_bytes,
     )
 
 
@@ -90,8 +92,8 @@ async def _store_runs(
     """Store one dataset's events, one submission per run under the settings' cap, each run read only once
     the one before is stored; the positions of events refused go to ``refused``."""
     events = [event for _, event in entries]
-    cap = Cap(settings.micro_batch_max_rows or settings.max_rows_per_request,
-              settings.micro_batch_max_bytes or settings.max_decoded_bytes)  # fmt: skip
+    cap = Cap(settings.micro_batch_submission_rows or settings.max_rows_per_request,
+              settings.micro_batch_submission_bytes or settings.max_decoded_bytes)  # fmt: skip
     read = runs(schema, events, max_decoded=settings.max_decoded_bytes, max_rows=settings.max_rows_per_request,
                 cap=cap)  # fmt: skip
     arrow = sum(len(e.arrow) for e in events if e.arrow is not None)  # none: nothing to decode, no thread
