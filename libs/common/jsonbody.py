@@ -90,6 +90,8 @@ def loads(data: bytes | str, *, allow_nan: bool = False, max_depth: int = MAX_DE
         raise InvalidJSON(f"body is not valid JSON: {exc}") from exc
     except _Refused as exc:
         raise InvalidJSON(str(exc)) from exc
+    except ValueError as exc:  # an integer of more digits than Python converts (sys.get_int_max_str_digits)
+        raise InvalidJSON(f"body holds a number too long to read: {exc}") from exc
     # Escapes are the only way a NUL or a lone surrogate gets into a decoded
     # string (raw control characters are invalid JSON, raw surrogates invalid
     # UTF-8), so strings need checking only when the text has a \u escape.

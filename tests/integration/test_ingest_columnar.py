@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import io
 import json
 import time
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from libs.common.artifacts import ArtifactStore
@@ -20,6 +18,7 @@ from services.ingest.adapters import repository
 from services.ingest.app import create_app
 from services.ingest.domain.validation import validate
 from services.ingest.settings import IngestSettings
+from tests.bodies import arrow_stream, parquet
 from tests.conftest import Isolation, serve
 from tests.integration.test_ingest import SCHEMA, _row
 
@@ -52,19 +51,6 @@ def arrow_table(rows: list[dict[str, Any]]) -> pa.Table:
         "visits": pa.array([r["visits"] for r in rows], pa.int16()),
         "churned": pa.array([r["churned"] for r in rows], pa.large_string()),
     })  # fmt: skip
-
-
-def arrow_stream(table: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue())
-
-
-def parquet(table: pa.Table, **options: Any) -> bytes:
-    sink = io.BytesIO()
-    pq.write_table(table, sink, **options)
-    return sink.getvalue()
 
 
 def csv_text(rows: list[dict[str, Any]]) -> bytes:

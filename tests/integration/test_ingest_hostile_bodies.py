@@ -18,9 +18,10 @@ import pytest
 
 from services.ingest.app import create_app
 from services.ingest.settings import IngestSettings
+from tests.bodies import arrow_file, parquet
+from tests.bodies import arrow_stream as stream
 from tests.conftest import Isolation, serve
 from tests.integration.test_hardening import assert_error
-from tests.integration.test_ingest_columnar import parquet
 
 pytestmark = pytest.mark.integration
 
@@ -59,20 +60,6 @@ def table(n: int = 3, **columns: pa.Array | None) -> pa.Table:
         else:
             base = base.append_column(name, values)
     return base
-
-
-def stream(t: pa.Table, compression: str | None = None) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, t.schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
-        writer.write_table(t)
-    return bytes(sink.getvalue())
-
-
-def arrow_file(t: pa.Table) -> bytes:
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, t.schema) as writer:
-        writer.write_table(t)
-    return bytes(sink.getvalue())
 
 
 def zeros_column(rows: int, width: int) -> pa.Array:
@@ -201,6 +188,9 @@ def text_cases() -> list[Case]:
         ("JSON string", b'"hello"', JSON, 400, ("JSON array",)),
         ("JSON with a NUL escape", b'[{"id": "k\\u0000"}]', JSON, 400, ("NUL",)),
         ("JSON lone surrogate", b'[{"id": "\\ud800"}]', JSON, 400, ("surrogate",)),
+        ("JSON number of 5,000 digits", b'[{"id": "k0", "age": 1' + b"0" * 5000 + b"}]", JSON, 400,
+         ("number too long",)),
+        ("CSV header only, no line end", header.strip().encode(), CSV, 400, ("no records",)),
         ("NDJSON blank", b"\n \n", NDJSON, 400, ("empty",)),
         ("CSV sent as JSON", header.encode() + b"k0,30,basic,1,true,no\n", JSON, 400, ("JSON",)),
         ("Parquet sent as CSV", parquet(table()), CSV, 400, ("UTF-8",)),
@@ -368,3 +358,72 @@ async def test_keys_that_could_not_be_stored_are_rejected_rows(isolated: Isolati
         ]
         rejected = (await client.get("/v1/datasets/k/rejections")).json()["rejections"]
         assert {r["record"]["id"] for r in rejected if r["row"] == 1} == {"n\x00ul"}
+
+
+async def test_awkward_text_bodies_are_read_and_their_bad_rows_named(isolated: Isolation) -> None:
+    """Text bodies that are unusual but readable are read; each bad row in them is a rejection naming it."""
+    header = "id,age,plan,visits,flag,churned"
+    good = "{},30,basic,1,true,no"
+    cases: list[tuple[str, bytes, dict[str, str], int, list[tuple[int, str | None, str]]]] = [
+        ("CSV with CR line ends", "\r".join([header, good.format("cr0"), good.format("cr1"), ""]).encode(), CSV, 2,
+         []),
+        ("CSV with a BOM and quotes", ("\ufeff" + header + '\n"q0",30,"basic",1,true,no\n').encode(), CSV, 1, []),
+        ("CSV with a cell of 2 MB", f"{header}\nbig0,30,{'x' * 2_000_000},1,true,no\n{good.format('big1')}\n".encode(),
+         CSV, 1, [(0, "plan", "plan: unknown category 'xxx")]),
+        ("CSV ragged", f"{header}\nr0,30,basic,1,true,no,extra\nr1,30\n{good.format('r2')}\n".encode(), CSV, 1,
+         [(0, None, "CSV line 2 has more cells than the header"),
+          (1, "plan", "plan: missing value")]),
+        ("CSV CR ragged", "\r".join([header, good.format("s0") + ",x", good.format("s1"), ""]).encode(), CSV, 1,
+         [(0, None, "CSV line 2 has more cells than the header")]),
+        ("JSON items that are not objects", b'[1, "x", null, [], {"id": "j0", "age": 30, "plan": "basic", '
+         b'"churned": "no"}]', JSON, 1,
+         [(0, None, "record is a int, not a JSON object"), (1, None, "record is a str, not a JSON object"),
+          (2, None, "record is a NoneType, not a JSON object"), (3, None, "record is a list, not a JSON object")]),
+        ("JSON NaN, infinities and a 400-digit number",
+         b'[{"id": "n0", "age": NaN, "plan": "basic", "churned": "no"}, '
+         b'{"id": "n1", "age": -Infinity, "plan": "basic", "churned": "no"}, '
+         b'{"id": "n2", "age": 1' + b"0" * 400 + b', "plan": "basic", "churned": "no"}, '
+         b'{"id": "n3", "age": 30, "visits": 1' + b"0" * 30 + b', "plan": "basic", "churned": "no"}, '
+         b'{"id": true, "age": 30, "plan": "basic", "churned": "no"}]', JSON, 0,
+         [(0, "age", "age: NaN where the column is not nullable"), (1, "age", "age: infinite value"),
+          (2, "age", "age: integer too large to be a number"),
+          (3, "visits", "visits: 1000000000000000000000000000000 is outside the 64-bit integer range"),
+          (4, "id", "id: a boolean cannot be a record key")]),
+        ("NDJSON with bad lines", b'{"id": "d0", "age": 30, "plan": "basic", "churned": "no"}\r\nnot json\n[1]\n'
+         b'{"id": "d1", "id": "d2"}\n', NDJSON, 1,
+         [(1, None, "line is not valid JSON"), (2, None, "line is a list, not a JSON object"),
+          (3, None, "duplicate key 'id'")]),
+    ]  # fmt: skip
+    app, _ = create_app(isolated.settings(IngestSettings))
+    async with serve(app) as client:
+        await client.put("/v1/datasets/k", json=SCHEMA)
+        for why, body, headers, accepted, reasons in cases:
+            answer = await client.post(POST, content=body, headers=headers)
+            assert answer.status_code == 200, (why, answer.text[:300])
+            got = answer.json()
+            assert got["accepted"] == accepted, (why, got)
+            assert len(got["rejections"]) == len(reasons), (why, got["rejections"])
+            for (row, field, reason), r in zip(reasons, got["rejections"], strict=True):
+                assert (r["row"], r["field"]) == (row, field), (why, r)
+                assert reason in r["reason"][:200], (why, r["reason"][:200])
+        stored = (await client.get("/v1/datasets/k/rejections?limit=1000")).json()
+        assert stored["total"] == sum(len(c[4]) for c in cases)
+
+
+async def test_a_refused_body_does_not_spend_its_idempotency_key(isolated: Isolation) -> None:
+    """A body refused with a 4xx claims nothing: the same key then carries the corrected body, whose
+    retry is answered from the first answer; the key with yet another body is a 409."""
+    app, runtime = create_app(isolated.settings(IngestSettings, max_decoded_bytes=LIMIT))
+    key = {"Idempotency-Key": "upload-1"}
+    async with serve(app) as client:
+        await client.put("/v1/datasets/k", json=SCHEMA)
+        good = stream(table())
+        bomb = stream(table(2000, pad=zeros_column(2000, 10_000)), "zstd")
+        assert_error(await client.post(POST, content=bomb, headers={**ARROW, **key}), 413, "expands")
+        assert_error(await client.post(POST, content=good[:-70], headers={**ARROW, **key}), 400, "Arrow")
+        first = await client.post(POST, content=good, headers={**ARROW, **key})
+        assert first.status_code == 200, first.text
+        retry = await client.post(POST, content=good, headers={**ARROW, **key})
+        assert retry.json() == first.json()
+        assert_error(await client.post(POST, content=stream(table(2)), headers={**ARROW, **key}), 409, "upload-1")
+        assert await runtime.db.fetchval("SELECT count(*) FROM submissions") == 1

@@ -61,7 +61,10 @@ def reference(schema: DatasetSchema, records: list[dict[str, Any] | None], *, fr
         if schema.key is not None:
             key = record_key(schema, record)
             if key is None:
-                rejected.append((index, schema.key, f"{schema.key}: missing record key"))
+                value = record.get(schema.key)
+                kind = {bool: "a boolean", dict: "an object", list: "a list"}.get(type(value))
+                why = f"{kind} cannot be a record key" if kind else "missing record key"
+                rejected.append((index, schema.key, f"{schema.key}: {why}"))
                 continue
             if key in seen:
                 rejected.append((index, schema.key, f"duplicate key {key!r} of row {seen[key]}"))

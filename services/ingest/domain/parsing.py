@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ PARQUET_TYPES = ("application/vnd.apache.parquet", "application/x-parquet")
 _ACCEPTED = "application/json, application/x-ndjson, text/csv, application/vnd.apache.arrow.stream or " \
             "application/vnd.apache.parquet"  # fmt: skip
 _BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(r"\r\n?|\n")
 
 
 def parse_body(
@@ -187,11 +189,12 @@ def _ndjson(raw: bytes) -> ParsedBody:
 def _csv(raw: bytes, text: str) -> ParsedBody:
     """CSV through pyarrow's reader, every column as text; a body with ragged lines takes the
     csv module's path, which says which line is wrong."""
-    end = text.find("\n")
-    first = (text if end < 0 else text[:end]).rstrip("\r")
+    first, *rest = _LINE_END.split(text, maxsplit=1)
     header = next(csv.reader([first]), [])
     if not header or first.count('"') % 2:  # no header, or a header cell spanning lines
         return _csv_rows(text)
+    if not rest or not rest[0].strip():
+        raise BadRequest("CSV body has a header but no records")
     repeated = sorted({n for n, c in Counter(header).items() if c > 1})
     if repeated:
         raise BadRequest(f"CSV header repeats column(s) {repeated}", columns=repeated)
@@ -201,15 +204,18 @@ def _csv(raw: bytes, text: str) -> ParsedBody:
         ragged.append(row.number)
         return "skip"
 
+    parse = pcsv.ParseOptions(newlines_in_values=b'"' in raw, invalid_row_handler=skip)
+    convert = pcsv.ConvertOptions(column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False,
+                                  quoted_strings_can_be_null=False)  # fmt: skip
     try:
-        table = pcsv.read_csv(
-            io.BytesIO(raw),
-            parse_options=pcsv.ParseOptions(newlines_in_values=b'"' in raw, invalid_row_handler=skip),
-            convert_options=pcsv.ConvertOptions(
-                column_types=dict.fromkeys(header, pa.string()), strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )  # fmt: skip
+        try:
+            table = pcsv.read_csv(io.BytesIO(raw), parse_options=parse, convert_options=convert)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc):
+                raise
+            # A line longer than the reader's block (1 MiB): read as one block, as long as the body.
+            blocks = pcsv.ReadOptions(block_size=len(raw) + 1)
+            table = pcsv.read_csv(io.BytesIO(raw), read_options=blocks, parse_options=parse, convert_options=convert)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise BadRequest(f"CSV body could not be read: {exc}") from exc
     if ragged or table.column_names != header:
@@ -220,20 +226,23 @@ def _csv(raw: bytes, text: str) -> ParsedBody:
 
 
 def _csv_rows(text: str) -> ParsedBody:
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames:
-        raise BadRequest("CSV body needs a header line naming the columns")
-    repeated = sorted({n for n, c in Counter(reader.fieldnames).items() if c > 1})
-    if repeated:  # DictReader would keep the last cell of each silently
-        raise BadRequest(f"CSV header repeats column(s) {repeated}", columns=repeated)
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # newline="": the reader sees \r, \n and \r\n
     rows: list[dict[str, Any] | None] = []
     unreadable: dict[int, str] = {}
-    for i, record in enumerate(reader):
-        if None in record:  # more cells than header columns
-            rows.append(None)
-            unreadable[i] = f"CSV line {reader.line_num} has more cells than the header"
-        else:
-            rows.append(dict(record))
+    try:
+        if not reader.fieldnames:
+            raise BadRequest("CSV body needs a header line naming the columns")
+        repeated = sorted({n for n, c in Counter(reader.fieldnames).items() if c > 1})
+        if repeated:  # DictReader would keep the last cell of each silently
+            raise BadRequest(f"CSV header repeats column(s) {repeated}", columns=repeated)
+        for i, record in enumerate(reader):
+            if None in record:  # more cells than header columns
+                rows.append(None)
+                unreadable[i] = f"CSV line {reader.line_num} has more cells than the header"
+            else:
+                rows.append(dict(record))
+    except csv.Error as exc:  # e.g. a cell past the csv module's field size limit (128 KiB)
+        raise BadRequest(f"CSV line {reader.line_num} could not be read: {exc}") from exc
     if not rows:
         raise BadRequest("CSV body has a header but no records")
     return ParsedBody(rows, unreadable, from_text=True)

@@ -87,9 +87,21 @@ _EXACT = float(2**53)
 
 def key_text(value: Any) -> str | None:
     """A record key as text (None: no usable key)."""
-    if value is None or value is MISSING or value == "" or isinstance(value, (dict, list, bool)):
+    if value is None or value is MISSING or value == "" or isinstance(value, _NOT_KEYS):
         return None
     return str(value)
+
+
+_NOT_KEYS = (dict, list, bool, bytes)
+"""Values that name no record (a key is text or a number)."""
+
+
+def _no_key(value: Any) -> str:
+    """Why ``value`` is no key (:func:`key_text` gave None)."""
+    if isinstance(value, _NOT_KEYS):
+        kind = {dict: "an object", list: "a list", bool: "a boolean", bytes: "binary"}[type(value)]
+        return f"{kind} cannot be a record key"
+    return "missing record key"
 
 
 def record_key(schema: DatasetSchema, record: dict[str, Any]) -> str | None:
@@ -199,7 +211,7 @@ def _keys(column: str, source: _Source, keep: np.ndarray) -> tuple[list[tuple[in
     for position in np.flatnonzero(keep).tolist():
         key = key_text(values[position])
         if key is None:
-            refused.append((position, f"{column}: missing record key"))
+            refused.append((position, f"{column}: {_no_key(values[position])}"))
         elif unstorable := _unstorable_key(key):
             refused.append((position, f"{column}: {unstorable}"))
         elif key in seen:
