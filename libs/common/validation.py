@@ -26,6 +26,17 @@ class InvalidValue(Exception):
     """A value that does not fit its column; the message says why."""
 
 
+SHOWN_CHARACTERS = 100
+"""Longest text a reason quotes: a reason is kept per rejected row, and a 2 MB cell need not be kept twice."""
+
+
+def _shown(value: Any) -> str:
+    """``value``'s repr, a long text cut to its first :data:`SHOWN_CHARACTERS` characters and its length."""
+    if isinstance(value, str) and len(value) > SHOWN_CHARACTERS:
+        return f"{value[:SHOWN_CHARACTERS]!r}... ({len(value)} characters)"
+    return repr(value)
+
+
 def coerce(spec: FeatureSpec, value: Any, *, from_text: bool) -> Any:
     """The value as the column's type, or raise ``InvalidValue`` saying why not."""
     if value is None or (from_text and value == "") or (isinstance(value, float) and math.isnan(value)):
@@ -45,7 +56,7 @@ def coerce(spec: FeatureSpec, value: Any, *, from_text: bool) -> Any:
     if not isinstance(value, str):
         raise InvalidValue(f"expected a category (string), got {type(value).__name__}")
     if spec.closed and spec.categories is not None and value not in spec.categories:
-        raise InvalidValue(f"unknown category {value!r} (allowed: {', '.join(spec.categories)})")
+        raise InvalidValue(f"unknown category {_shown(value)} (allowed: {', '.join(spec.categories)})")
     return value
 
 
@@ -58,7 +69,7 @@ def _number(spec: FeatureSpec, value: Any, from_text: bool) -> float | int:
         try:
             value = float(value.strip())
         except ValueError as exc:
-            raise InvalidValue(f"{value!r} is not a number") from exc
+            raise InvalidValue(f"{_shown(value)} is not a number") from exc
     if not isinstance(value, int | float):
         raise InvalidValue(f"expected a number, got {type(value).__name__}")
     if isinstance(value, int) and abs(value) > _LARGEST_FLOAT:
@@ -87,7 +98,7 @@ def _boolean(value: Any, from_text: bool) -> bool:
         return value
     if from_text and isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
         return value.strip().lower() in _TRUE
-    raise InvalidValue(f"expected a boolean, got {value!r}")
+    raise InvalidValue(f"expected a boolean, got {_shown(value)}")
 
 
 def validate_row(

@@ -9,13 +9,14 @@ import gzip
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from libs.common.errors import DriftloopError
 from libs.common.schema import DatasetSchema
-from services.ingest.domain import arrow_ipc, quarantine
+from services.ingest.domain import arrow_ipc, parquet_pages, quarantine
 from services.ingest.domain.parsing import parse_body
 from services.ingest.domain.validation import validate
 from tests.bodies import arrow_file, arrow_stream, parquet
@@ -123,3 +124,25 @@ def test_malformed_metadata_is_named() -> None:
         arrow_ipc.file_messages(body[:-10] + b"\xff\xff\xff\x7f" + body[-6:])
     with pytest.raises(arrow_ipc.Malformed, match="ARROW1"):
         arrow_ipc.file_messages(body[:-1])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"compression": "zstd", "use_dictionary": False, "data_page_size": 500}, {"data_page_version": "2.0"},
+     {"write_page_index": True, "row_group_size": 700}],
+)  # fmt: skip
+def test_parquet_pages_are_measured_from_their_headers(options: dict[str, object]) -> None:
+    body = parquet(pa.concat_tables([TABLE] * 100), **options)
+    meta = pq.read_metadata(pa.BufferReader(body))
+    chunks = [meta.row_group(g).column(c) for g in range(meta.num_row_groups) for c in range(meta.num_columns)]
+    declared = parquet_pages.declared_bytes(body, 1 << 30)
+    # the footer's totals count the page headers besides (a few dozen bytes a page)
+    assert (
+        0.9 * sum(c.total_uncompressed_size for c in chunks)
+        < declared
+        <= sum(c.total_uncompressed_size for c in chunks)
+    )
+    first = min(c.dictionary_page_offset or c.data_page_offset for c in chunks)
+    assert body[first] == 0x15  # a header's first field: the page's type
+    with pytest.raises(parquet_pages.Malformed):
+        parquet_pages.declared_bytes(body[: first + 3] + b"\xff" * 12 + body[first + 15 :], 1 << 30)
