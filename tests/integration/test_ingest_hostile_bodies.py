@@ -165,6 +165,10 @@ def arrow_cases() -> list[Case]:
         ("LZ4 bomb", stream(table(2000, pad=zeros_column(2000, 10_000)), "lz4"), ARROW, 413, ("expands",)),
         ("ZSTD bomb", stream(table(2000, pad=zeros_column(2000, 10_000)), "zstd"), ARROW, 413, ("expands",)),
         ("dictionary bomb", stream(table(2000, plan=one_value_repeated(2000, 100_000))), ARROW, 413, ("expands",)),
+        ("run-end encoded bomb", stream(table(2000, plan=pa.RunEndEncodedArray.from_arrays([2000], ["y" * 100_000]))),
+         ARROW, 413, ("expands",)),
+        ("list view column", stream(table(extra=pa.array([[1]] * 3, pa.list_view(pa.int64())))), ARROW, 400,
+         ("'extra'", "list_view")),
         ("too many rows", stream(table(60_000, visits=pa.nulls(60_000, pa.int64()))), ARROW, 400,
          ("60000 records", "limit")),
     ]  # fmt: skip
@@ -457,3 +461,26 @@ async def test_a_refused_body_does_not_spend_its_idempotency_key(isolated: Isola
         assert retry.json() == first.json()
         assert_error(await client.post(POST, content=stream(table(2)), headers={**ARROW, **key}), 409, "upload-1")
         assert await runtime.db.fetchval("SELECT count(*) FROM submissions") == 1
+
+
+async def test_view_and_run_end_encoded_columns_are_read_as_their_plain_types(isolated: Isolation) -> None:
+    """Arrow's newer layouts (string and binary views, run-end encoding) are read as the plain types,
+    declared columns and extra ones alike, and a rejected row's record is kept from them."""
+    columns = {
+        "plan": pa.array(["basic", "gold", "pro"], pa.string_view()),
+        "churned": pa.RunEndEncodedArray.from_arrays([2, 3], ["no", "yes"]),
+        "note": pa.array([b"a", b"b", b"c"], pa.binary_view()),
+        "tag": pa.RunEndEncodedArray.from_arrays([3], [7]),
+    }
+    app, _ = create_app(isolated.settings(IngestSettings))
+    async with serve(app) as client:
+        await client.put("/v1/datasets/k", json=SCHEMA)
+        for name, (headers, encode) in {"stream": (ARROW, stream), "file": (ARROW_FILE, arrow_file)}.items():
+            body = encode(table(**columns, id=pa.array([f"{name}{i}" for i in range(3)])))
+            answer = await client.post(POST, content=body, headers=headers)
+            assert answer.status_code == 200, (name, answer.text)
+            assert answer.json()["rejections"] == [
+                {"row": 1, "field": "plan", "reason": "plan: unknown category 'gold' (allowed: basic, pro)"}
+            ]
+        records = [r["record"] for r in (await client.get("/v1/datasets/k/rejections")).json()["rejections"]]
+    assert [(r["plan"], r["churned"], r["tag"]) for r in records] == [("gold", "no", 7)] * 2

@@ -23,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
@@ -355,7 +356,70 @@ def _records_in(table: pa.Table, what: str, limit: int) -> pa.Table:
     size = table.nbytes + sum(_decoded_extra(column) for column in table.columns)
     if size > limit:
         raise PayloadTooLarge(f"the {what} expands past the limit of {limit} bytes once decoded", limit=limit)
+    return _plain(table, what)
+
+
+def _plain(table: pa.Table, what: str) -> pa.Table:
+    """The columns in the layouts every kernel takes (``take`` has none for views or run-end encoding,
+    and a rejected row's record is taken from every column): view types as their plain ones, a
+    run-end encoded column decoded (measured before, by :func:`_decoded_extra`)."""
+    for index, column_field in enumerate(table.schema):
+        column = table.column(index)
+        if pa.types.is_run_end_encoded(column_field.type):
+            column = pc.run_end_decode(column)
+        plain = _plain_type(column.type)
+        if plain is None:
+            raise BadRequest(f"column {column_field.name!r} is {column_field.type}, which ingest does not read",
+                             field=column_field.name)  # fmt: skip
+        if plain != column_field.type:
+            try:
+                column = column.cast(plain)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise BadRequest(f"column {column_field.name!r} ({column_field.type}) could not be read: {exc}",
+                                 field=column_field.name) from exc  # fmt: skip
+            table = table.set_column(index, column_field.name, column)
     return table
+
+
+def _plain_type(kind: pa.DataType) -> pa.DataType | None:
+    """``kind`` with its view types as the plain ones (None: it nests a layout no cast undoes)."""
+    if pa.types.is_string_view(kind):
+        return pa.string()
+    if pa.types.is_binary_view(kind):
+        return pa.binary()
+    if pa.types.is_run_end_encoded(kind) or pa.types.is_list_view(kind) or pa.types.is_large_list_view(kind):
+        return None  # nested run-end encoding; list views (pyarrow 26 casts them to invalid lists)
+    if pa.types.is_union(kind):
+        children = [kind.field(i).type for i in range(kind.num_fields)]
+        return kind if all(_plain_type(c) == c for c in children) else None
+    if pa.types.is_list(kind):
+        value = _plain_type(kind.value_type)
+        return None if value is None else pa.list_(kind.value_field.with_type(value))
+    if pa.types.is_large_list(kind):
+        value = _plain_type(kind.value_type)
+        return None if value is None else pa.large_list(kind.value_field.with_type(value))
+    if pa.types.is_struct(kind):
+        fields = [kind.field(i) for i in range(kind.num_fields)]
+        plain = [_plain_type(f.type) for f in fields]
+        return None if None in plain else pa.struct([f.with_type(p) for f, p in zip(fields, plain, strict=True)])
+    if pa.types.is_dictionary(kind):
+        value = _plain_type(kind.value_type)
+        return None if value is None else pa.dictionary(kind.index_type, value, kind.ordered)
+    if pa.types.is_map(kind) or pa.types.is_fixed_size_list(kind):
+        children = [kind.field(i).type for i in range(kind.num_fields)]
+        return kind if all(_plain_type(c) == c for c in children) else None
+    return kind
+
+
+def _run_end_extra(chunk: pa.RunEndEncodedArray) -> int:
+    """Bytes a run-end encoded chunk takes once decoded: each run's length times its value's size."""
+    runs = np.diff(np.asarray(chunk.run_ends.to_numpy(zero_copy_only=False), np.int64), prepend=0).clip(0)
+    values = chunk.values
+    if _is_text(values.type):
+        sizes = np.asarray(pc.fill_null(pc.binary_length(values), 0).to_numpy(zero_copy_only=False), np.int64) + 8
+    else:
+        sizes = np.full(len(values), max(1, values.nbytes // max(1, len(values))), np.int64)
+    return int((runs * sizes[: len(runs)]).sum())
 
 
 def _check_columns(columns: pa.RecordBatch | pa.Table, what: str) -> None:
@@ -382,8 +446,10 @@ def _check_names(schema: pa.Schema, what: str) -> None:
 
 
 def _decoded_extra(column: pa.ChunkedArray) -> int:
-    """Bytes a dictionary-encoded column takes beyond its encoding once decoded (as validation
-    decodes a declared column): a megabyte value named by 100,000 indices is 100 GB."""
+    """Bytes a dictionary-encoded or run-end encoded column takes beyond its encoding once decoded (as
+    validation decodes a declared column): a megabyte value named by 100,000 indices is 100 GB."""
+    if pa.types.is_run_end_encoded(column.type):
+        return sum(_run_end_extra(chunk) for chunk in column.chunks)
     if not pa.types.is_dictionary(column.type):
         return 0
     value = column.type.value_type
