@@ -87,6 +87,29 @@ def parse_body(
     if not body.strip():
         raise BadRequest(f"request body is empty: send {_ACCEPTED}")
     media = content_type.split(";")[0].strip().lower() or "application/json"
+    try:
+        return _parse(body, media, max_decoded, max_rows)
+    except BadRequest as exc:  # a body of another format than its type says: say which it looks like
+        found = next(((name, how) for magic, name, how, types in _MAGIC
+                      if body.startswith(magic) and media not in types), None)  # fmt: skip
+        if found is None:
+            raise
+        exc.message = f"{exc.message} (the body looks like {found[0]}: send it with {found[1]})"
+        exc.args = (exc.message,)
+        raise
+
+
+_MAGIC = [
+    (b"PAR1", "Parquet", f"Content-Type: {PARQUET_TYPES[0]}", PARQUET_TYPES),
+    (b"ARROW1", "an Arrow IPC file", f"Content-Type: {ARROW_TYPES[1]}", ARROW_TYPES),
+    (b"\xff\xff\xff\xff", "an Arrow IPC stream", f"Content-Type: {ARROW_TYPES[0]}", ARROW_TYPES),
+    (b"\x1f\x8b", "gzip", "Content-Encoding: gzip", ()),
+    (b"\x28\xb5\x2f\xfd", "zstd", "Content-Encoding: zstd", ()),
+]
+"""How the binary formats begin, how such a body is sent, and the types under which it is no surprise."""
+
+
+def _parse(body: bytes, media: str, max_decoded: int, max_rows: int | None) -> ParsedBody:
     if media in ARROW_TYPES:
         return ParsedBody(None, {}, from_text=False, table=_arrow(body, media, max_decoded, max_rows))
     if media in PARQUET_TYPES:
@@ -103,7 +126,7 @@ def parse_body(
     if media in JSON_TYPES:
         return _json(raw)
     if media in NDJSON_TYPES:
-        return _ndjson(raw)
+        return _ndjson(raw, max_rows)
     return _csv(raw, text)
 
 
@@ -168,10 +191,12 @@ def _json(raw: bytes) -> ParsedBody:
     return ParsedBody(rows, unreadable, from_text=False)
 
 
-def _ndjson(raw: bytes) -> ParsedBody:
+def _ndjson(raw: bytes, max_rows: int | None) -> ParsedBody:
     lines = [line for line in raw.splitlines() if line.strip()]
     if not lines:
         raise BadRequest("body holds no records")
+    if max_rows is not None and len(lines) > max_rows:  # counted before each line is parsed in Python
+        raise BadRequest(f"{len(lines)} records in one request; the limit is {max_rows}", limit=max_rows)
     rows: list[dict[str, Any] | None] = []
     unreadable: dict[int, str] = {}
     for index, line in enumerate(lines):
