@@ -16,8 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli import tokens
-from cli.supervisor import UpState
+from cli import service_http
 
 app = typer.Typer(help="Batch predictions: run a model over a dataset version or a Parquet file.",
                   no_args_is_help=True)  # fmt: skip
@@ -31,23 +30,10 @@ ENDED = ("succeeded", "failed", "cancelled")
 
 
 def _client(home: Path, url: str | None) -> httpx.Client:
-    state = UpState.read(home)
-    base = url or (state.services.get("trainer") if state else None) or "http://127.0.0.1:8002"
-    token = tokens.read_token(home)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=base, headers=headers, timeout=60)
+    return service_http.client("trainer", home, url)
 
 
-def _answer(response: httpx.Response) -> Any:
-    """The JSON body of a success; an error's message on stderr and exit code 1 otherwise."""
-    if response.is_success:
-        return response.json()
-    try:
-        message = response.json().get("message", response.text)
-    except ValueError:
-        message = response.text
-    console.print(f"[red]{response.status_code}[/] {message}")
-    raise typer.Exit(1)
+_answer = service_http.answer
 
 
 def _show(job: dict[str, Any], as_json: bool) -> None:

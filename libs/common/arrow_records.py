@@ -8,8 +8,8 @@ route reads an ``application/vnd.apache.arrow.stream`` body.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 import pyarrow as pa
 
@@ -21,6 +21,7 @@ DEFAULT_MESSAGE_BYTES = 1_000_000
 #: ``max_rows_per_request``, 1,000,000 by default; an event is also cut by ``DEFAULT_MESSAGE_BYTES``).
 DEFAULT_MAX_ROWS = 100_000
 Compression = Literal["zstd", "lz4"] | None
+T = TypeVar("T")
 
 
 def arrow_stream(table: pa.Table, compression: Compression = "zstd") -> bytes:
@@ -31,6 +32,34 @@ def arrow_stream(table: pa.Table, compression: Compression = "zstd") -> bytes:
         writer.write_table(table)
     data: bytes = sink.getvalue().to_pybytes()
     return data
+
+
+def fitted_slices(
+    table: pa.Table, *, max_rows: int, max_bytes: int, budget: int, encode: Callable[[pa.Table], T],
+    size: Callable[[T], int],
+) -> Iterator[tuple[pa.Table, T]]:  # fmt: skip
+    """Consecutive slices of ``table``, each with what ``encode`` made of it: at most ``max_rows`` rows
+    and ``size(encoded) <= max_bytes``.
+
+    A slice starts at the rows ``budget`` uncompressed bytes hold (the table's mean row width) and is
+    halved until it fits, and later slices keep the smaller size; so the cut depends on the table
+    alone, and the same table is cut the same way every time. A single row that does not fit is a
+    :class:`ValueError`.
+    """
+    if table.num_rows == 0:
+        return
+    step = max(1, min(max_rows, int(budget // max(1.0, table.nbytes / table.num_rows))))
+    start = 0
+    while start < table.num_rows:
+        piece = table.slice(start, step)
+        encoded = encode(piece)
+        if size(encoded) > max_bytes:
+            if step == 1:
+                raise ValueError(f"row {start} alone takes more than {max_bytes} bytes")
+            step = max(1, step // 2)
+            continue
+        yield piece, encoded
+        start += piece.num_rows
 
 
 def arrow_events(
@@ -47,24 +76,15 @@ def arrow_events(
     at most ``max_rows`` rows (ingest refuses more in one event: ``DRIFTLOOP_INGEST_MAX_ROWS_PER_REQUEST``;
     narrow rows, such as a few booleans, fit far more than that in a message).
 
-    A slice starts at the size its uncompressed width allows (base64 adds a
-    third) and is halved until its event fits; a single row that does not fit
-    is a :class:`ValueError`. ``fields`` go to every event (``principal``,
-    ``entity_id``, ``correlation_id``).
+    Cut by :func:`fitted_slices` (base64 adds a third to the stream); a single row that does not fit
+    is a :class:`ValueError`. ``fields`` go to every event (``principal``, ``entity_id``,
+    ``correlation_id``).
     """
-    if table.num_rows == 0:
-        return
-    budget = max_message_bytes * 3 // 4
-    step = max(1, min(max_rows, int(budget // max(1.0, table.nbytes / table.num_rows))))
-    start = 0
-    while start < table.num_rows:
-        piece = table.slice(start, step)
-        event = RecordsSubmitted(dataset=dataset, producer=producer,
-                                 arrow=arrow_stream(piece, compression), **fields)  # fmt: skip
-        if len(event.to_bytes()) > max_message_bytes:
-            if step == 1:
-                raise ValueError(f"row {start} alone takes more than {max_message_bytes} bytes as an event")
-            step = max(1, step // 2)
-            continue
-        yield event
-        start += piece.num_rows
+
+    def event(piece: pa.Table) -> RecordsSubmitted:
+        return RecordsSubmitted(dataset=dataset, producer=producer, arrow=arrow_stream(piece, compression), **fields)
+
+    for _, made in fitted_slices(table, max_rows=max_rows, max_bytes=max_message_bytes,
+                                 budget=max_message_bytes * 3 // 4, encode=event,
+                                 size=lambda e: len(e.to_bytes())):  # fmt: skip
+        yield made
