@@ -16,7 +16,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from cli import batch, ops, records, releases, tokens
+from cli import batch, datasets, ops, records, releases, tokens
 from cli.demo import Demo, DemoConfig, DemoState
 from cli.supervisor import CONSOLE, SERVICES, Supervisor, UpState, pid_alive
 from devstack.embedded import port_open
@@ -213,6 +213,7 @@ dlq_app = typer.Typer(help="Dead-lettered messages: list, show, replay.", no_arg
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(batch.app, name="batch")
 app.add_typer(records.app, name="records")
+app.add_typer(datasets.app, name="datasets")
 
 
 @dlq_app.command("list")
