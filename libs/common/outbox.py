@@ -149,6 +149,10 @@ async def pending_count(pool: asyncpg.Pool) -> int:
     return int(await pool.fetchval("SELECT count(*) FROM outbox WHERE sent_at IS NULL"))
 
 
+DRAIN_S = 5.0
+"""How long a stopping relay may spend publishing the rows already committed."""
+
+
 class OutboxRelay:
     """Publishes committed outbox rows in id order and marks them sent.
 
@@ -251,6 +255,20 @@ class OutboxRelay:
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"outbox-relay-{self.schema}")
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float = DRAIN_S) -> None:
+        """Stop relaying, after publishing the rows already committed (for up to ``drain_s`` seconds).
+
+        A graceful stop (a rolling update, a scale-down) so leaves no event behind for as long as the
+        service stays down: a row committed just before the stop used to wait for the next start of
+        some replica of the service, however long that took. Whatever cannot be published now (the
+        broker or the database gone, the time up) stays pending, as before."""
         await cancel_and_wait(self._task)
         self._task = None
+        try:
+            async with asyncio.timeout(drain_s):
+                while await self.relay_once() == self.batch_size:
+                    pass
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("outbox rows left pending at stop", extra={"error": repr(exc)})
+        except Exception as exc:  # a broker error; the rows stay pending
+            log.warning("outbox rows left pending at stop: publishing failed", extra={"error": repr(exc)})

@@ -171,3 +171,25 @@ async def test_relay_stops_when_woken_as_it_is_stopped(pool: asyncpg.Pool, schem
     assert done, "the relay did not stop"
     await stopping
     assert pool.get_size() - pool.get_idle_size() == 0  # its listening connection was released
+
+
+async def test_a_stopping_relay_publishes_what_was_committed_first(
+    pool: asyncpg.Pool, schema: str, topic: str, kafka_settings: KafkaSettings
+) -> None:
+    """Rows committed that the relay has not published yet (here it never ran) are published by its
+    stop, not left for the service's next start."""
+    await _effects_table(pool)
+    seen: list[str] = []
+    broker = create_broker(kafka_settings, setup_telemetry("relay", TelemetrySettings()))
+    _consumer(broker, pool, topic, kafka_settings, seen)
+    async with broker:
+        await broker.start()
+        for i in range(3):
+            async with pool.acquire() as conn, conn.transaction():
+                await outbox.add(conn, TrainingRequested(producer="t", model="m", dataset="d", reason=f"s{i}"),
+                                 topic=topic)  # fmt: skip
+        assert await outbox.pending_count(pool) == 3
+        await outbox.OutboxRelay(pool, BrokerPublisher(broker), schema=schema, poll_interval_s=60).stop()
+        assert await outbox.pending_count(pool) == 0
+        await wait_until(lambda: len(seen) == 3, timeout=30, message="3 relayed events")
+    assert seen == ["s0", "s1", "s2"]

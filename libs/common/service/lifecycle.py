@@ -88,7 +88,7 @@ async def stop(spec: ServiceSpec, rt: Runtime) -> None:
     for task in rt.background:
         task.cancel()
     await asyncio.gather(*rt.background, return_exceptions=True)
-    if rt.relay is not None:  # before the broker: a batch in flight completes or stays pending
+    if rt.relay is not None:  # before the broker: it publishes what was committed (up to 5 s), the rest stays pending
         await rt.relay.stop()
     await bounded(rt.broker.stop(), timeout_s=BROKER_STOP_TIMEOUT_S, what=f"{spec.name}: stopping the Kafka clients")
     if rt.pool is not None:
