@@ -155,7 +155,7 @@ def test_an_arrow_payload_is_refused_as_the_http_route_refuses_its_body() -> Non
     assert len(small) < (1 << 20) < big.nbytes
     with pytest.raises(PayloadTooLarge, match="expands past the limit of 1048576 bytes"):
         read_arrow(UNKEYED, small, max_decoded=1 << 20, max_rows=100_000)
-    with pytest.raises(BadRequest, match="50000 records in one event; the limit is 10000"):
+    with pytest.raises(BadRequest, match="holds 50000 records; the limit is 10000"):
         read_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=10_000)
     assert read_arrow(UNKEYED, small, max_decoded=1 << 30, max_rows=100_000).num_rows == 50_000
 
@@ -237,7 +237,7 @@ def test_refused_events_are_reported_with_their_run_and_a_batch_of_them_alone_is
     assert cut[0].parts == []
     errors: list[DriftloopError] = [e for _, e in cut[0].refused]
     assert [type(e) for e in errors] == [SchemaMismatch, BadRequest]
-    assert "20 records in one event; the limit is 10" in str(errors[1])
+    assert "holds 20 records; the limit is 10" in str(errors[1])
     assert list(runs(SCHEMA, [], cap=Cap(rows=5, bytes=1 << 20), **LIMITS)) == []
 
 

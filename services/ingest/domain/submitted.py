@@ -134,11 +134,10 @@ def read_arrow(
     Whether the columns match depends on their names and types alone, so it is
     checked on no rows, once per Arrow schema in ``seen`` (the schemas that passed).
     """
-    parsed = parse_body(data, ARROW_STREAM, max_decoded=max_decoded)
+    # the row count is checked on what the stream declares, before its buffers are read
+    parsed = parse_body(data, ARROW_STREAM, max_decoded=max_decoded, max_rows=max_rows)
     table = parsed.table
     assert table is not None  # an Arrow body is always read as a table
-    if table.num_rows > max_rows:
-        raise BadRequest(f"{table.num_rows} records in one event; the limit is {max_rows}")
     seen = [] if seen is None else seen
     if not any(table.schema.equals(known) for known in seen):
         _validated(schema, table.slice(0, 0))
