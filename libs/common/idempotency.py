@@ -91,6 +91,21 @@ async def claim(conn: asyncpg.Connection, scope: str, key: str, request: str) ->
     return Replay(row["status"], bytes(row["response"]))
 
 
+async def answered(db: asyncpg.Pool | asyncpg.Connection, scope: str, key: str, request: str) -> Replay | None:
+    """The committed answer to ``key`` when the same request already used it: a retry can be answered
+    before its work is redone (a large body parsed and validated again, a rate limit charged again).
+    None when the key is new or its first request is still in flight: :func:`claim`, in the
+    transaction, decides then. :class:`Conflict` when it answered a different request."""
+    row = await db.fetchrow(
+        "SELECT fingerprint, status, response FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
+    )
+    if row is None or row["response"] is None:
+        return None
+    if row["fingerprint"] != request:
+        raise Conflict(f"{HEADER} {key!r} was already used for a different request", key=key)
+    return Replay(row["status"], bytes(row["response"]))
+
+
 async def remember(conn: asyncpg.Connection, scope: str, key: str, status: int, body: bytes) -> None:
     """Store the answer to ``key`` (same transaction as :func:`claim` and the effect)."""
     await conn.execute(

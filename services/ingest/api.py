@@ -152,6 +152,11 @@ def _mount_records(router: APIRouter, rt: Runtime, settings: IngestSettings, sto
         key: IdempotencyKey = None,
     ) -> Response:
         body, content_type = await request.body(), request.headers.get("content-type", "application/json")
+        claim = None
+        if key is not None:  # a retry of a stored request gets its answer before the body is read again
+            claim = (key, await off_loop(len(body), fingerprint, principal.name, dataset, mode, content_type, body))
+            if (replay := await idempotency.answered(rt.db, RECORDS_SCOPE, *claim)) is not None:
+                return replay.response()
         schema = await repository.get_schema(rt.db, dataset)
         # parsed and validated on a worker thread (pyarrow and orjson release the GIL for the bulk of it)
         encoding = request.headers.get("content-encoding", "")
@@ -159,9 +164,6 @@ def _mount_records(router: APIRouter, rt: Runtime, settings: IngestSettings, sto
         await limit.charge(principal.name, parsed.count)  # every row costs, accepted or not
         if mode == "strict" and result.rejected:
             raise _all_or_nothing(result.rejected)
-        claim = None
-        if key is not None:
-            claim = (key, await off_loop(len(body), fingerprint, principal.name, dataset, mode, content_type, body))
         answer, version = await _store(rt, dataset, principal, parsed.count, result, claim)
         if stored is not None and version is not None:
             stored.set()
