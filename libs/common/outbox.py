@@ -230,13 +230,7 @@ class OutboxRelay:
                 # Clear before relaying, never after: a NOTIFY that arrives while
                 # a batch is in flight must trigger another pass, not be lost.
                 self._wake.clear()
-                try:
-                    while await self.relay_once() == self.batch_size:
-                        pass
-                except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    log.warning("outbox relay failed, will retry", extra={"error": str(exc)})
-                except Exception as exc:  # a broker error; the rows stay pending
-                    log.warning("outbox publish failed, will retry", extra={"error": repr(exc)})
+                await self._relay_pending("will retry")
                 with contextlib.suppress(TimeoutError):  # not wait_for: see libs.common.tasks
                     async with asyncio.timeout(self.poll_interval_s):
                         await self._wake.wait()
@@ -266,9 +260,17 @@ class OutboxRelay:
         self._task = None
         try:
             async with asyncio.timeout(drain_s):
-                while await self.relay_once() == self.batch_size:
-                    pass
+                await self._relay_pending("rows left pending at stop")
+        except TimeoutError:
+            log.warning("outbox relay: rows left pending at stop, after %.0f s", drain_s)
+
+    async def _relay_pending(self, then: str) -> None:
+        """Publish batches until one comes back short. A failure is logged (with ``then``: what happens
+        to the rows now) and the rows stay pending."""
+        try:
+            while await self.relay_once() == self.batch_size:
+                pass
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("outbox rows left pending at stop", extra={"error": repr(exc)})
-        except Exception as exc:  # a broker error; the rows stay pending
-            log.warning("outbox rows left pending at stop: publishing failed", extra={"error": repr(exc)})
+            log.warning("outbox relay failed, %s", then, extra={"error": repr(exc)})
+        except Exception as exc:  # a broker error
+            log.warning("outbox publish failed, %s", then, extra={"error": repr(exc)})

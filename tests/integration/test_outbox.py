@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import asyncpg
@@ -37,7 +38,7 @@ class CrashAfterPublish(BrokerPublisher):
 
 
 async def _effects_table(pool: asyncpg.Pool) -> None:
-    await pool.execute("CREATE TABLE effects (event_id uuid, reason text)")
+    await pool.execute("CREATE TABLE IF NOT EXISTS effects (event_id uuid, reason text)")
 
 
 async def _write_effect(conn: asyncpg.Connection, event: TrainingRequested) -> str:
@@ -56,6 +57,20 @@ def _consumer(broker: KafkaBroker, pool: asyncpg.Pool, topic: str, settings: Kaf
               settings=settings, telemetry=setup_telemetry("consumer", TelemetrySettings()))  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def _consumed(
+    pool: asyncpg.Pool, topic: str, settings: KafkaSettings
+) -> AsyncIterator[tuple[KafkaBroker, list[str]]]:
+    """A started broker whose consumer of ``topic`` applies each event's effect once; the reasons seen."""
+    await _effects_table(pool)
+    seen: list[str] = []
+    broker = create_broker(settings, setup_telemetry("relay", TelemetrySettings()))
+    _consumer(broker, pool, topic, settings, seen)
+    async with broker:
+        await broker.start()
+        yield broker, seen
+
+
 async def test_crash_between_commit_and_publish_still_delivers_and_redelivery_changes_nothing(
     pool: asyncpg.Pool, schema: str, topic: str, kafka_settings: KafkaSettings
 ) -> None:
@@ -69,11 +84,7 @@ async def test_crash_between_commit_and_publish_still_delivers_and_redelivery_ch
         await outbox.add(conn, event, topic=topic)
     assert await outbox.pending_count(pool) == 1
 
-    seen: list[str] = []
-    broker = create_broker(kafka_settings, setup_telemetry("relay", TelemetrySettings()))
-    _consumer(broker, pool, topic, kafka_settings, seen)
-    async with broker:
-        await broker.start()
+    async with _consumed(pool, topic, kafka_settings) as (broker, seen):
         # The first relay publishes, then dies before marking: the row stays pending.
         crashing = outbox.OutboxRelay(pool, CrashAfterPublish(broker), schema=schema)
         with pytest.raises(ConnectionResetError):
@@ -131,12 +142,7 @@ async def test_add_outside_a_transaction_is_refused(pool: asyncpg.Pool) -> None:
 async def test_running_relay_wakes_on_commit_and_keeps_order(
     pool: asyncpg.Pool, schema: str, topic: str, kafka_settings: KafkaSettings
 ) -> None:
-    await _effects_table(pool)
-    seen: list[str] = []
-    broker = create_broker(kafka_settings, setup_telemetry("relay", TelemetrySettings()))
-    _consumer(broker, pool, topic, kafka_settings, seen)
-    async with broker:
-        await broker.start()
+    async with _consumed(pool, topic, kafka_settings) as (broker, seen):
         # A long poll interval: only NOTIFY can make delivery this quick.
         relay = outbox.OutboxRelay(pool, BrokerPublisher(broker), schema=schema, poll_interval_s=60)
         relay.start()
@@ -178,12 +184,7 @@ async def test_a_stopping_relay_publishes_what_was_committed_first(
 ) -> None:
     """Rows committed that the relay has not published yet (here it never ran) are published by its
     stop, not left for the service's next start."""
-    await _effects_table(pool)
-    seen: list[str] = []
-    broker = create_broker(kafka_settings, setup_telemetry("relay", TelemetrySettings()))
-    _consumer(broker, pool, topic, kafka_settings, seen)
-    async with broker:
-        await broker.start()
+    async with _consumed(pool, topic, kafka_settings) as (broker, seen):
         for i in range(3):
             async with pool.acquire() as conn, conn.transaction():
                 await outbox.add(conn, TrainingRequested(producer="t", model="m", dataset="d", reason=f"s{i}"),
