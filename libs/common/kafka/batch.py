@@ -77,6 +77,9 @@ async def gather(
             break
         fetched = await consumer.getmany(timeout_ms=int(wait * 1000), max_records=max_records - len(buffer))
         for tp, records in fetched.items():
+            if max_bytes is None:  # the monitor's hot path: no size to count
+                buffer.extend(records)
+                continue
             for record in records:
                 if size >= full:
                     consumer.seek(tp, record.offset)  # this partition's rest is fetched again, in order
