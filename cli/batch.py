@@ -29,13 +29,6 @@ PARQUET = "application/vnd.apache.parquet"
 ENDED = ("succeeded", "failed", "cancelled")
 
 
-def _client(home: Path, url: str | None) -> httpx.Client:
-    return service_http.client("trainer", home, url)
-
-
-_answer = service_http.answer
-
-
 def _show(job: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(job))
@@ -56,7 +49,7 @@ def _show(job: dict[str, Any], as_json: bool) -> None:
 def _wait(client: httpx.Client, job_id: str, timeout: float, as_json: bool) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        job: dict[str, Any] = _answer(client.get(f"/v1/batch-jobs/{job_id}"))
+        job: dict[str, Any] = service_http.answer(client.get(f"/v1/batch-jobs/{job_id}"))
         if job["status"] in ENDED:
             return job
         if time.monotonic() > deadline:
@@ -87,7 +80,7 @@ def submit(
     if (dataset is None) == (file is None):
         console.print("[red]give --dataset or --file (one of them)[/]")
         raise typer.Exit(2)
-    with _client(home, url) as client:
+    with service_http.client("trainer", home, url) as client:
         if file is not None:
             params = {k: v for k, v in {"model": model, "version": version, "alias": alias,
                                         "id_column": id_column}.items() if v is not None}  # fmt: skip
@@ -97,7 +90,7 @@ def submit(
             body = {"model": model, "version": version, "alias": alias, "dataset": dataset,
                     "dataset_version": dataset_version}  # fmt: skip
             response = client.post("/v1/batch-jobs", json={k: v for k, v in body.items() if v is not None})
-        job: dict[str, Any] = _answer(response)
+        job: dict[str, Any] = service_http.answer(response)
         if wait:
             job = _wait(client, job["id"], timeout, as_json)
     _show(job, as_json)
@@ -114,11 +107,12 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """A batch job's progress and output, or the newest jobs."""
-    with _client(home, url) as client:
+    with service_http.client("trainer", home, url) as client:
         if job_id is not None:
-            _show(_answer(client.get(f"/v1/batch-jobs/{job_id}")), as_json)
+            _show(service_http.answer(client.get(f"/v1/batch-jobs/{job_id}")), as_json)
             return
-        jobs: list[dict[str, Any]] = _answer(client.get("/v1/batch-jobs", params={"model": model} if model else {}))
+        listed = client.get("/v1/batch-jobs", params={"model": model} if model else {})
+        jobs: list[dict[str, Any]] = service_http.answer(listed)
     if as_json:
         print(json.dumps(jobs))
         return
@@ -138,7 +132,7 @@ def wait_for(
     as_json: JsonOption = False,
 ) -> None:
     """Wait until a batch job ends; exit code 1 if it failed."""
-    with _client(home, url) as client:
+    with service_http.client("trainer", home, url) as client:
         job = _wait(client, job_id, timeout, as_json)
     _show(job, as_json)
     if job["status"] in ("failed", "cancelled"):
@@ -155,6 +149,6 @@ def cancel(
 ) -> None:
     """Cancel a queued or running batch job (its worker stops at once). Cancelling a cancelled job again
     shows it as it is; exit code 1 if the job had already succeeded or failed (409) or does not exist (404)."""
-    with _client(home, url) as client:
+    with service_http.client("trainer", home, url) as client:
         params = {"reason": reason} if reason else {}
-        _show(_answer(client.post(f"/v1/batch-jobs/{job_id}/cancel", params=params)), as_json)
+        _show(service_http.answer(client.post(f"/v1/batch-jobs/{job_id}/cancel", params=params)), as_json)

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from cli import service_http, upload
 from cli.posting import Summary, post_file
+from libs.common.arrow_records import DEFAULT_MAX_ROWS
 
 app = typer.Typer(help="Datasets on ingest: declare a schema, post Parquet/Arrow/CSV/JSON files, read versions "
                   "and rejected rows.", no_args_is_help=True)  # fmt: skip
@@ -204,7 +205,7 @@ def post(
     file: FileArgument,
     mode: ModeOption = Mode.partial,
     fmt: FormatOption = None,
-    rows_per_request: RowsOption = upload.DEFAULT_MAX_ROWS,
+    rows_per_request: RowsOption = DEFAULT_MAX_ROWS,
     max_bytes: BytesOption = upload.DEFAULT_MAX_BYTES,
     key: KeyOption = None,
     home: HomeOption = Path(".driftloop"),

@@ -23,7 +23,8 @@ from rich.markup import escape
 from cli import upload
 from cli.service_http import message
 from cli.upload import Chunk
-from libs.common.idempotency import REPLAYED_HEADER
+from libs.common.idempotency import HEADER, REPLAYED_HEADER
+from libs.common.retry import Backoff
 
 T = TypeVar("T")
 console = Console(stderr=True)
@@ -89,7 +90,7 @@ def post_file(
 
 def send_chunk(http: httpx.Client, dataset: str, chunk: Chunk, key: str, mode: str) -> tuple[httpx.Response, float]:
     """Post ``chunk`` until it is answered: the success, and the seconds spent waiting out 429s."""
-    throttled, failures = 0.0, 0
+    throttled, failures, backoff = 0.0, 0, Backoff(1.0, 16.0).delays()
     while True:
         response, why = _post(http, dataset, chunk, key, mode)
         if response is not None and response.is_success:
@@ -104,7 +105,7 @@ def send_chunk(http: httpx.Client, dataset: str, chunk: Chunk, key: str, mode: s
         failures += 1
         if failures > RETRIES:
             raise Refused(chunk, response.status_code if response is not None else None, why)
-        wait = 2.0 ** (failures - 1)
+        wait = next(backoff)
         wait = _retry_after(response, wait) if response is not None else wait
         console.print(f"[yellow]chunk {chunk.index}: {escape(why)}; trying again in {wait:g}s[/]")
         time.sleep(wait)
@@ -112,7 +113,7 @@ def send_chunk(http: httpx.Client, dataset: str, chunk: Chunk, key: str, mode: s
 
 def _post(http: httpx.Client, dataset: str, chunk: Chunk, key: str, mode: str) -> tuple[httpx.Response | None, str]:
     """One try: the answer (None when there was none) and what went wrong, if anything."""
-    headers = {"content-type": chunk.content_type, "idempotency-key": key}
+    headers = {"content-type": chunk.content_type, HEADER: key}
     try:
         response = http.post(f"/v1/datasets/{dataset}/records", params={"mode": mode}, content=chunk.body,
                              headers=headers)  # fmt: skip

@@ -19,31 +19,18 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cli.supervisor import UpState
-from cli.tokens import read_token
+from cli import service_http
 
 console = Console(stderr=True)
-DEFAULTS = {"registry": "http://127.0.0.1:8003", "monitor": "http://127.0.0.1:8005"}
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Reason = Annotated[str, typer.Option("--reason", help="Why; kept in the registry's audit log.")]
 Home = Annotated[Path, typer.Option("--home", envvar="DRIFTLOOP_HOME", help="State directory.")]
 
 
-def url(service: str, home: Path) -> str:
-    """A service's base URL: ``$DRIFTLOOP_<SERVICE>_URL``, else the running `driftloop up`'s, else the default."""
-    if found := os.environ.get(f"DRIFTLOOP_{service.upper()}_URL"):
-        return found.rstrip("/")
-    state = UpState.read(home)
-    if state is not None and service in state.services:
-        return state.services[service]
-    return DEFAULTS[service]
-
-
 def client(service: str, home: Path) -> httpx.Client:
-    token = read_token(home)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=url(service, home), headers=headers, timeout=10)
+    """A client for ``service``: ``$DRIFTLOOP_<SERVICE>_URL``, else the running `driftloop up`'s, else the default."""
+    return service_http.client(service, home, os.environ.get(f"DRIFTLOOP_{service.upper()}_URL"), timeout=10)
 
 
 def _answer(response: httpx.Response, as_json: bool) -> Any:
@@ -62,12 +49,8 @@ def _answer(response: httpx.Response, as_json: bool) -> Any:
 
 
 def _call(service: str, home: Path, method: str, path: str, as_json: bool, **kwargs: Any) -> Any:
-    try:
-        with client(service, home) as http:
-            return _answer(http.request(method, path, **kwargs), as_json)
-    except httpx.HTTPError as exc:
-        console.print(f"[red]{service} not reachable at {url(service, home)}[/]: {exc}")
-        raise typer.Exit(1) from exc
+    with client(service, home) as http:
+        return service_http.call(http, method, path, read=lambda response: _answer(response, as_json), **kwargs)
 
 
 def models(home: Home = Path(".driftloop"), as_json: Json = False) -> None:

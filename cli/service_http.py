@@ -7,6 +7,7 @@ token is ``$DRIFTLOOP_TOKEN``, else the one ``driftloop up`` wrote.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,11 +52,14 @@ def answer(response: httpx.Response) -> Any:
     raise typer.Exit(1)
 
 
-def call(http: httpx.Client, method: str, path: str, **options: Any) -> Any:
-    """:func:`answer` to a request; a service that cannot be reached is said so on stderr, exit code 1."""
+def call(
+    http: httpx.Client, method: str, path: str, *, read: Callable[[httpx.Response], Any] = answer, **options: Any
+) -> Any:
+    """``read`` (:func:`answer`) of the answer to a request; a service that cannot be reached is said so on
+    stderr, exit code 1."""
     try:
         response = http.request(method, path, **options)
     except httpx.TransportError as exc:
         console.print(f"[red]{http.base_url} not reachable:[/] {escape(str(exc) or type(exc).__name__)}")
         raise typer.Exit(1) from exc
-    return answer(response)
+    return read(response)

@@ -28,12 +28,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from libs.common import jsonbody
-from libs.common.arrow_records import arrow_stream, fitted_slices
+from libs.common.arrow_records import DEFAULT_MAX_ROWS, arrow_stream, fitted_slices
+from libs.common.events import ARROW_STREAM
 
 #: Ingest's default ``max_body_bytes`` (10 MiB) and a request size that keeps a failed request cheap.
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_ROWS = 100_000
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
 CSV = "text/csv"
 NDJSON = "application/x-ndjson"
 FORMATS = ("parquet", "arrow", "csv", "json", "ndjson")

@@ -81,14 +81,10 @@ async def claim(conn: asyncpg.Connection, scope: str, key: str, request: str) ->
     )  # fmt: skip
     if claimed:
         return None
-    row = await conn.fetchrow(
-        "SELECT fingerprint, status, response FROM idempotency_keys WHERE scope = $1 AND key = $2", scope, key
-    )
-    if row is None:  # pragma: no cover - the conflicting row was committed, it cannot vanish but by pruning
+    replay = await answered(conn, scope, key, request)  # the conflicting row was committed with its answer
+    if replay is None:  # pragma: no cover - it cannot vanish but by pruning
         raise Conflict(f"{HEADER} {key!r} is being pruned; retry", key=key)
-    if row["fingerprint"] != request:
-        raise Conflict(f"{HEADER} {key!r} was already used for a different request", key=key)
-    return Replay(row["status"], bytes(row["response"]))
+    return replay
 
 
 async def answered(db: asyncpg.Pool | asyncpg.Connection, scope: str, key: str, request: str) -> Replay | None:

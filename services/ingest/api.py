@@ -219,8 +219,6 @@ def _read(
 ) -> tuple[ParsedBody, ValidationResult]:
     parsed = parse_body(body, content_type, content_encoding=encoding, max_decoded=settings.max_decoded_bytes,
                         max_rows=settings.max_rows_per_request)  # fmt: skip
-    if parsed.count > settings.max_rows_per_request:
-        raise BadRequest(f"{parsed.count} records in one request; the limit is {settings.max_rows_per_request}")
     result = validate(
         schema, records=parsed.records, table=parsed.table, from_text=parsed.from_text, unreadable=parsed.unreadable
     )

@@ -81,14 +81,18 @@ def parse_body(
     body: bytes, content_type: str, *, content_encoding: str = "", max_decoded: int = 256 * 1024 * 1024,
     max_rows: int | None = None,
 ) -> ParsedBody:  # fmt: skip
-    """Records of ``body`` according to its media type (and content encoding); an Arrow or Parquet
-    body declaring more than ``max_rows`` records is refused before it is read."""
+    """Records of ``body`` according to its media type (and content encoding), at most ``max_rows``: an
+    Arrow or Parquet body declaring more is refused before it is read, an NDJSON one before its lines
+    are parsed."""
     body = decode_content(body, content_encoding, max_decoded)
     if not body.strip():
         raise BadRequest(f"request body is empty: send {_ACCEPTED}")
     media = content_type.split(";")[0].strip().lower() or "application/json"
     try:
-        return _parse(body, media, max_decoded, max_rows)
+        parsed = _parse(body, media, max_decoded, max_rows)
+        if max_rows is not None and parsed.count > max_rows:  # JSON and CSV: known once read
+            raise BadRequest(f"the body holds {parsed.count} records; the limit is {max_rows}", limit=max_rows)
+        return parsed
     except BadRequest as exc:  # a body of another format than its type says: say which it looks like
         found = next(((name, how) for magic, name, how, types in _MAGIC
                       if body.startswith(magic) and media not in types), None)  # fmt: skip
@@ -196,7 +200,7 @@ def _ndjson(raw: bytes, max_rows: int | None) -> ParsedBody:
     if not lines:
         raise BadRequest("body holds no records")
     if max_rows is not None and len(lines) > max_rows:  # counted before each line is parsed in Python
-        raise BadRequest(f"{len(lines)} records in one request; the limit is {max_rows}", limit=max_rows)
+        raise BadRequest(f"the body holds {len(lines)} records; the limit is {max_rows}", limit=max_rows)
     rows: list[dict[str, Any] | None] = []
     unreadable: dict[int, str] = {}
     for index, line in enumerate(lines):
@@ -217,11 +221,12 @@ def _ndjson(raw: bytes, max_rows: int | None) -> ParsedBody:
 def _csv(raw: bytes, text: str) -> ParsedBody:
     """CSV through pyarrow's reader, every column as text; a body with ragged lines takes the
     csv module's path, which says which line is wrong."""
-    first, *rest = _LINE_END.split(text, maxsplit=1)
+    end = _LINE_END.search(text)  # the header line, not a copy of the whole body
+    first = text if end is None else text[: end.start()]
     header = next(csv.reader([first]), [])
     if not header or first.count('"') % 2:  # no header, or a header cell spanning lines
         return _csv_rows(text)
-    if not rest or not rest[0].strip():
+    if end is None:  # a header line alone (pyarrow cannot tell its columns without a line end)
         raise BadRequest("CSV body has a header but no records")
     repeated = sorted({n for n, c in Counter(header).items() if c > 1})
     if repeated:
@@ -331,7 +336,7 @@ def _parquet(body: bytes, limit: int, max_rows: int | None) -> pa.Table:
         fixed = meta.num_rows * sum(f.type.bit_width // 8 for f in arrow if pa.types.is_primitive(f.type))
         _check_size(what, meta.num_rows, max(expands, fixed, pages), limit, max_rows)
         texts = [f.name for f in arrow if _is_text(f.type)]
-        file = pq.ParquetFile(pa.BufferReader(body), read_dictionary=texts)
+        file = pq.ParquetFile(pa.BufferReader(body), metadata=meta, read_dictionary=texts)  # the footer read once
         batches, size = [], 0
         for batch in file.iter_batches(batch_size=_PARQUET_BATCH_ROWS):
             # the footer's sizes are the sender's word: what the pages hold is counted as they are decoded
