@@ -20,6 +20,7 @@ import pytest
 from cli import upload
 from cli.posting import Refused, Summary, send_chunk
 from cli.upload import Chunk, Unreadable
+from libs.common.events import ARROW_STREAM
 from services.ingest.domain.parsing import parse_body
 
 ROWS = 2_500
@@ -63,7 +64,7 @@ def test_parquet_is_cut_into_arrow_streams_under_both_limits_and_read_back_whole
     chunks = list(upload.chunks(path, "parquet", max_rows=1_000, max_bytes=1 << 20))
     assert [c.rows for c in chunks] == [1_000, 1_000, 500]
     assert [c.first_row for c in chunks] == [0, 1_000, 2_000]
-    assert {c.content_type for c in chunks} == {upload.ARROW_STREAM}
+    assert {c.content_type for c in chunks} == {ARROW_STREAM}
     assert _read(chunks).equals(_table())
     # zstd-compressed buffers: ingest reads them as they are
     assert pa.ipc.open_stream(chunks[0].body).read_all().num_rows == 1_000
@@ -229,7 +230,7 @@ def test_a_summary_counts_rows_stored_now_and_before_and_numbers_rejections_as_i
 
 
 def test_a_refusal_names_the_chunk_and_the_files_row() -> None:
-    chunk = Chunk(2, 2_000, 1_000, b"", upload.ARROW_STREAM)
+    chunk = Chunk(2, 2_000, 1_000, b"", ARROW_STREAM)
     refused = Refused(chunk, 422, "row 50: age: too young", {"error": "validation_failed", "row": 50})
     described = refused.describe()
     assert described["message"] == ("chunk 2 (file rows 2,000-2,999) refused: 422 row 50: age: too young "
@@ -257,7 +258,7 @@ def test_a_transient_failure_is_retried_with_the_same_key_and_a_refusal_is_not()
             return httpx.Response(400, json={"error": "bad_request", "message": "CSV body could not be read"})
         return httpx.Response(200, json=_answer(10, [], 1))
 
-    chunk = Chunk(0, 0, 10, b"...", upload.ARROW_STREAM)
+    chunk = Chunk(0, 0, 10, b"...", ARROW_STREAM)
     with httpx.Client(transport=httpx.MockTransport(ingest), base_url="http://ingest") as http:
         answered, throttled = send_chunk(http, "churn", chunk, "k-0", "strict")
         assert (answered.status_code, throttled, seen) == (200, 0.0, [("k-0", "strict")] * 2)
